@@ -1,0 +1,1 @@
+"""Perception for audio: the voice-activity gate, features shared with training, the speech emotion model."""

@@ -1,0 +1,87 @@
+"""Speech features: MFCCs with deltas, normalised per window. Training imports this module, so there is no skew.
+
+All parameters travel in the speech model's metadata (`preprocess` section);
+`SAMPLE_RATE` is the one rate the daemon captures at and models are trained at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import python_speech_features as psf
+
+SAMPLE_RATE = 16_000  # Hz, mono; microphones are opened at this rate and training resamples to it
+
+
+@dataclass(frozen=True)
+class SpeechFeatures:
+    """MFCC front end. Defaults are the shipped speech model's; the metadata is the source of truth at run time."""
+
+    sample_rate: int = SAMPLE_RATE
+    window_s: float = 2.0  # seconds of audio per model input
+    winlen: float = 0.025  # analysis frame, s
+    winstep: float = 0.010  # frame step, s
+    numcep: int = 20
+    nfilt: int = 40
+    nfft: int = 512  # >= winlen * sample_rate, else python_speech_features truncates frames
+    preemph: float = 0.97
+    deltas: bool = True  # append first and second derivatives
+    cmvn: bool = True  # per-window mean/variance normalisation: removes level and channel colour
+
+    @classmethod
+    def from_meta(cls, pre: dict[str, Any]) -> SpeechFeatures:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(pre) - known
+        if unknown:
+            raise ValueError(f"unknown feature parameters: {', '.join(sorted(unknown))}")
+        return cls(**pre)
+
+    def to_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def num_frames(self) -> int:
+        """Frames per window, as python_speech_features counts them (it pads the last frame)."""
+        frame_len = int(round(self.winlen * self.sample_rate))
+        step = int(round(self.winstep * self.sample_rate))
+        return 1 + int(np.ceil((self.window_samples - frame_len) / step))
+
+    @property
+    def num_features(self) -> int:
+        return self.numcep * (3 if self.deltas else 1)
+
+    def compute(self, audio: np.ndarray) -> np.ndarray:
+        """Features of one window of mono float audio in [-1, 1] at `sample_rate`: float32 (num_frames, num_features)."""
+        if audio.shape != (self.window_samples,):
+            raise ValueError(f"expected {self.window_samples} mono samples, got shape {audio.shape}")
+        # A little dither keeps log energies finite on digital silence.
+        x = audio.astype(np.float64) + 1e-5 * np.random.default_rng(0).standard_normal(audio.shape[0])
+        feat = psf.mfcc(
+            x,
+            samplerate=self.sample_rate,
+            winlen=self.winlen,
+            winstep=self.winstep,
+            numcep=self.numcep,
+            nfilt=self.nfilt,
+            nfft=self.nfft,
+            preemph=self.preemph,
+            appendEnergy=True,
+            winfunc=np.hamming,
+        )
+        if self.deltas:
+            d1 = psf.delta(feat, 2)
+            feat = np.concatenate([feat, d1, psf.delta(d1, 2)], axis=1)
+        if self.cmvn:
+            feat = (feat - feat.mean(axis=0)) / (feat.std(axis=0) + 1e-6)
+        return feat.astype(np.float32)
+
+
+def pcm16_to_float(pcm: np.ndarray) -> np.ndarray:
+    """int16 PCM to float32 in [-1, 1)."""
+    return pcm.astype(np.float32) / 32768.0

@@ -1,0 +1,53 @@
+"""The one canonical label set, and how other corpora's labels map onto it.
+
+Every model's metadata lists its own labels; the daemon maps them onto
+CANONICAL through `to_canonical` so that fusion compares like with like.
+"""
+
+from __future__ import annotations
+
+# FER2013's order; the face model's outputs use it, and fusion's tie-break follows it.
+CANONICAL: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+# Speech corpora also have `calm`; the speech model keeps it as its own class
+# (RAVDESS has 8 classes) and the daemon maps it to neutral unless configured otherwise.
+SPEECH_LABELS: tuple[str, ...] = ("neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise")
+
+UNKNOWN = "unknown"
+
+# Spellings found in corpora and exports, folded onto our names.
+ALIASES: dict[str, str] = {
+    "anger": "angry",
+    "ang": "angry",
+    "disgusted": "disgust",
+    "dis": "disgust",
+    "fearful": "fear",
+    "fea": "fear",
+    "scared": "fear",
+    "happiness": "happy",
+    "hap": "happy",
+    "joy": "happy",
+    "sadness": "sad",
+    "sa": "sad",
+    "surprised": "surprise",
+    "sur": "surprise",
+    "neu": "neutral",
+    "contempt": "disgust",
+    "boredom": "neutral",
+}
+
+
+def normalise(label: str) -> str:
+    """Fold a corpus spelling ('Fearful', 'sadness') onto our spelling; unknown names pass through lower-cased."""
+    key = label.strip().lower()
+    return ALIASES.get(key, key)
+
+
+def to_canonical(label: str, calm_as: str = "neutral") -> str:
+    """Map a model label onto CANONICAL (`calm` becomes `calm_as`)."""
+    name = normalise(label)
+    if name == "calm":
+        return calm_as
+    if name not in CANONICAL:
+        raise ValueError(f"label {label!r} has no canonical emotion; known: {', '.join(CANONICAL)}")
+    return name

@@ -1,0 +1,110 @@
+"""The one place that imports a TFLite runtime.
+
+Order: `ai_edge_litert` (LiteRT, maintained, works with numpy 2), then
+`tflite_runtime` (frozen at 2.14, needs numpy<2, still what many Pi images
+have), then `tensorflow.lite` (a workstation with TensorFlow installed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def _import_interpreter() -> tuple[Any, str]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, "tensorflow"
+    except ImportError:
+        pass
+    raise UserError("no TFLite runtime is installed: pip install ai-edge-litert (or tflite-runtime with numpy<2)")
+
+
+_INTERPRETER: Any = None
+RUNTIME_NAME = ""
+
+
+def interpreter_class() -> tuple[Any, str]:
+    global _INTERPRETER, RUNTIME_NAME
+    if _INTERPRETER is None:
+        _INTERPRETER, RUNTIME_NAME = _import_interpreter()
+    return _INTERPRETER, RUNTIME_NAME
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+    name: str
+
+
+class TFLiteModel:
+    """A loaded model: float in, float out, quantisation handled from the model's own parameters."""
+
+    def __init__(self, path: Path, num_threads: int = 1) -> None:
+        cls, _ = interpreter_class()
+        try:
+            self._interp = cls(model_path=str(path), num_threads=num_threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"{path}: not a loadable TFLite model ({exc}); copy the file again from training") from exc
+        self.path = path
+        self._in = self._interp.get_input_details()
+        self._out = self._interp.get_output_details()
+        self.inputs = [_spec(d) for d in self._in]
+        self.outputs = [_spec(d) for d in self._out]
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Invoke on float inputs (batch dimension included); returns float outputs."""
+        for detail, spec, x in zip(self._in, self.inputs, inputs, strict=True):
+            self._interp.set_tensor(detail["index"], _quantize(x, spec))
+        self._interp.invoke()
+        return [_dequantize(self._interp.get_tensor(d["index"]), s) for d, s in zip(self._out, self.outputs)]
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return TensorSpec(
+        shape=tuple(int(v) for v in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]).name,
+        scale=float(scale),
+        zero_point=int(zero),
+        name=str(detail.get("name", "")),
+    )
+
+
+def _quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if spec.dtype == "float32":
+        return x.astype(np.float32, copy=False)
+    info = np.iinfo(spec.dtype)
+    q = np.round(x / spec.scale + spec.zero_point)
+    return np.clip(q, info.min, info.max).astype(spec.dtype)
+
+
+def _dequantize(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    if spec.dtype == "float32":
+        return y
+    return (y.astype(np.float32) - spec.zero_point) * spec.scale

@@ -1,0 +1,1 @@
+"""Perception for frames: face detection, face crops, the face emotion model."""

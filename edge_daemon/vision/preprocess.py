@@ -1,0 +1,80 @@
+"""Face crop and input preparation, shared by the daemon and `training/` so both feed the model identical tensors.
+
+The face emotion model's metadata (`preprocess` section) says how: square crop
+around the detected box grown by `crop_margin`, grayscale, resized to `size`,
+scaled by `scale` and shifted by `offset`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FacePreprocess:
+    """How a face crop becomes the model's float input (before quantisation)."""
+
+    size: tuple[int, int] = (48, 48)  # (height, width)
+    color: str = "gray"  # "gray" or "rgb"
+    crop_margin: float = 0.2  # grow the detector's box by this fraction of its longer side
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+
+    @classmethod
+    def from_meta(cls, pre: dict[str, Any]) -> FacePreprocess:
+        return cls(
+            size=(int(pre["size"][0]), int(pre["size"][1])),
+            color=str(pre.get("color", "gray")),
+            crop_margin=float(pre.get("crop_margin", 0.2)),
+            scale=float(pre["scale"]),
+            offset=float(pre.get("offset", 0.0)),
+        )
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "size": list(self.size),
+            "color": self.color,
+            "crop_margin": self.crop_margin,
+            "scale": self.scale,
+            "offset": self.offset,
+        }
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+    def crop(self, frame_bgr: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """Cut the square face region (x, y, w, h in pixels) out of a BGR or gray frame, padding at the borders."""
+        x, y, w, h = box
+        side = max(w, h) * (1.0 + self.crop_margin)
+        cx, cy = x + w / 2.0, y + h / 2.0
+        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+        s = max(int(round(side)), 1)
+        img = self._to_color(frame_bgr)
+        fh, fw = img.shape[:2]
+        pad = max(0, -x0, -y0, x0 + s - fw, y0 + s - fh)
+        if pad:
+            img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            x0, y0 = x0 + pad, y0 + pad
+        return img[y0 : y0 + s, x0 : x0 + s]
+
+    def prepare(self, face: np.ndarray) -> np.ndarray:
+        """Turn a face crop (uint8, any size, gray or BGR) into the model's float32 input of shape (H, W, C)."""
+        img = self._to_color(face)
+        h, w = self.size
+        if img.shape[:2] != (h, w):
+            interp = cv2.INTER_AREA if img.shape[0] > h else cv2.INTER_LINEAR
+            img = cv2.resize(img, (w, h), interpolation=interp)
+        x = img.astype(np.float32) * self.scale + self.offset
+        return x.reshape(h, w, self.channels)
+
+    def _to_color(self, img: np.ndarray) -> np.ndarray:
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[:, :, 0]
+        if self.color == "gray":
+            return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
