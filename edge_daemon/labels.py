@@ -6,6 +6,8 @@ CANONICAL through `to_canonical` so that fusion compares like with like.
 
 from __future__ import annotations
 
+import numpy as np
+
 # FER2013's order; the face model's outputs use it, and fusion's tie-break follows it.
 CANONICAL: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
@@ -51,3 +53,11 @@ def to_canonical(label: str, calm_as: str = "neutral") -> str:
     if name not in CANONICAL:
         raise ValueError(f"label {label!r} has no canonical emotion; known: {', '.join(CANONICAL)}")
     return name
+
+
+def canonical_matrix(model_labels: tuple[str, ...] | list[str], calm_as: str = "neutral") -> np.ndarray:
+    """Matrix M (len(model_labels) × len(CANONICAL)) so that `probs @ M` gives canonical probabilities."""
+    m = np.zeros((len(model_labels), len(CANONICAL)), dtype=np.float32)
+    for i, label in enumerate(model_labels):
+        m[i, CANONICAL.index(to_canonical(label, calm_as))] = 1.0
+    return m

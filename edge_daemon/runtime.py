@@ -82,7 +82,9 @@ class TFLiteModel:
         for detail, spec, x in zip(self._in, self.inputs, inputs, strict=True):
             self._interp.set_tensor(detail["index"], _quantize(x, spec))
         self._interp.invoke()
-        return [_dequantize(self._interp.get_tensor(d["index"]), s) for d, s in zip(self._out, self.outputs)]
+        return [
+            _dequantize(self._interp.get_tensor(d["index"]), s) for d, s in zip(self._out, self.outputs, strict=True)
+        ]
 
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:

@@ -1,0 +1,70 @@
+"""The speech emotion model: windows of audio in, probabilities over its labels out.
+
+A clip (for `classify speech` and training's evaluation) is cut into windows
+of the model's length every `hop_s`; the windows that pass the voice gate are
+averaged, and a clip where none passes falls back to its loudest window.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..labels import canonical_matrix
+from ..modelmeta import load_model
+from .features import SpeechFeatures
+from .vad import frame_levels_db, speech_fraction
+
+
+class SpeechEmotionModel:
+    def __init__(self, meta_path: Path, num_threads: int = 1, calm_as: str = "neutral") -> None:
+        self.meta, self.model = load_model(meta_path, "speech_emotion", num_threads)
+        try:
+            self.features = SpeechFeatures.from_meta(self.meta.preprocess)
+            self.to_canonical = canonical_matrix(self.meta.labels, calm_as)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{self.meta.json_path}: field 'preprocess' or 'labels' is invalid ({exc})") from None
+        shape = self.model.inputs[0].shape
+        if shape[1:3] != (self.features.num_frames, self.features.num_features):
+            raise UserError(
+                f"{self.meta.json_path}: features give {self.features.num_frames}×{self.features.num_features} "
+                f"but the model takes {shape}; export the model and metadata together"
+            )
+        self._input_shape = shape
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.meta.labels
+
+    def classify_window(self, audio: np.ndarray) -> np.ndarray:
+        """Probabilities over `labels` for exactly one window of float audio in [-1, 1]."""
+        x = self.features.compute(audio).reshape(self._input_shape)
+        return self.model.run(x)[0][0]
+
+    def classify_clip(
+        self, audio: np.ndarray, threshold_db: float, min_fraction: float, hop_s: float = 1.0
+    ) -> np.ndarray:
+        windows = clip_windows(audio, self.features, threshold_db, min_fraction, hop_s)
+        return np.mean([self.classify_window(w) for w in windows], axis=0)
+
+
+def clip_windows(
+    audio: np.ndarray, features: SpeechFeatures, threshold_db: float, min_fraction: float, hop_s: float = 1.0
+) -> list[np.ndarray]:
+    """The windows of a clip that a gate at `threshold_db` lets through; the loudest window if none does."""
+    n = features.window_samples
+    if len(audio) < n:  # short clip: centre it in silence, as a live window would hold it
+        pad = n - len(audio)
+        audio = np.pad(audio, (pad // 2, pad - pad // 2))
+    hop = max(1, int(hop_s * features.sample_rate))
+    starts = list(range(0, len(audio) - n + 1, hop))
+    if starts[-1] != len(audio) - n:
+        starts.append(len(audio) - n)  # cover the tail too
+    windows = [audio[s : s + n] for s in starts]
+    voiced = [w for w in windows if speech_fraction(w, features.sample_rate, threshold_db) >= min_fraction]
+    if voiced:
+        return voiced
+    loudness = [float(np.mean(frame_levels_db(w, features.sample_rate))) for w in windows]
+    return [windows[int(np.argmax(loudness))]]

@@ -1,0 +1,116 @@
+"""Bounded, typed hand-offs between the capture threads and the perception workers.
+
+Live capture never waits for perception: the latest-frame slot keeps only the
+newest frame and the audio ring overwrites its oldest samples (both count what
+they drop). Replay sets `lossless`, so the producer waits instead and every
+frame and sample is processed: the same code path, minus the dropping.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # BGR (or gray) uint8
+    t: float  # stream seconds
+    index: int  # frames captured so far, from 0
+
+
+class LatestSlot:
+    """Holds at most one frame. `put` replaces (live) or waits for the reader (lossless)."""
+
+    def __init__(self, lossless: bool = False) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+        self.lossless = lossless
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            if self.lossless:
+                self._cond.wait_for(lambda: self._frame is None or self._closed)
+            elif self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._cond.notify_all()
+
+    def get(self, timeout: float) -> Frame | None:
+        """The newest frame not yet taken, or None after `timeout` (or when closed and empty)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        """The producer is done (end of file, shutdown): wake the reader."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed and self._frame is None
+
+
+class AudioRing:
+    """int16 mono samples addressed by their absolute index since capture began."""
+
+    def __init__(self, capacity: int, lossless: bool = False) -> None:
+        self._buf = np.zeros(capacity, dtype=np.int16)
+        self._cond = threading.Condition()
+        self.capacity = capacity
+        self.lossless = lossless
+        self.total = 0  # samples written so far
+        self.consumed = 0  # the reader no longer needs samples before this index (lossless waits on it)
+        self.dropped = 0  # samples overwritten before anyone read them
+        self._closed = False
+
+    def write(self, samples: np.ndarray) -> None:
+        samples = np.asarray(samples, dtype=np.int16).ravel()
+        for start in range(0, len(samples), self.capacity // 2):
+            self._write(samples[start : start + self.capacity // 2])
+
+    def _write(self, part: np.ndarray) -> None:
+        with self._cond:
+            if self.lossless:
+                self._cond.wait_for(lambda: self.total + len(part) - self.consumed <= self.capacity or self._closed)
+            idx = (self.total + np.arange(len(part))) % self.capacity
+            self._buf[idx] = part
+            self.total += len(part)
+            overwritten = self.total - self.capacity - self.consumed
+            if overwritten > 0:
+                self.dropped += overwritten
+                self.consumed += overwritten
+            self._cond.notify_all()
+
+    def read(self, start: int, n: int, timeout: float) -> np.ndarray | None:
+        """Samples [start, start+n) once written; None on timeout or if they were overwritten or will never come."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.total >= start + n or self._closed, timeout)
+            if self.total < start + n or start < self.total - self.capacity:
+                return None
+            return self._buf[(start + np.arange(n)) % self.capacity].copy()
+
+    def release(self, upto: int) -> None:
+        """The reader is done with samples before `upto`."""
+        with self._cond:
+            self.consumed = max(self.consumed, min(upto, self.total))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed

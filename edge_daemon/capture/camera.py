@@ -1,0 +1,81 @@
+"""The camera thread: a device index or path, a video file, or a stream URL, into a latest-frame slot.
+
+On open failure, read error or end of stream it releases the device, reports
+`offline`, and reopens with back-off, while the microphone keeps working.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import cv2
+
+from ..config import CameraConfig
+from .buffers import Frame, LatestSlot
+from .retry import Backoff, SourceStatus
+
+logger = logging.getLogger(__name__)
+
+
+def open_capture(source: int | str, cfg: CameraConfig) -> cv2.VideoCapture | None:
+    cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        cap.release()
+        return None
+    if isinstance(source, int) or str(source).startswith("/dev/"):
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # we want the newest frame, not a backlog
+    return cap
+
+
+class CameraSource(threading.Thread):
+    def __init__(self, cfg: CameraConfig, slot: LatestSlot, t0: float, stop: threading.Event) -> None:
+        super().__init__(name="camera", daemon=True)
+        self.cfg, self.slot, self.t0, self.stop_event = cfg, slot, t0, stop
+        self.status = SourceStatus(f"camera {cfg.source!r}")
+        self.frames = 0
+        self.last_frame_at = 0.0  # monotonic; the watchdog reads it
+
+    def run(self) -> None:
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        # A file used as a camera is paced at its own frame rate; devices and streams pace themselves.
+        is_file = (
+            isinstance(self.cfg.source, str)
+            and "://" not in self.cfg.source
+            and not self.cfg.source.startswith("/dev/")
+        )
+        while not self.stop_event.is_set():
+            cap = open_capture(self.cfg.source, self.cfg)
+            if cap is None:
+                self.status.offline("cannot open (unplugged, busy, or not a camera?)")
+                backoff.wait(self.stop_event)
+                continue
+            period = 1.0 / (cap.get(cv2.CAP_PROP_FPS) or self.cfg.fps) if is_file else 0.0
+            try:
+                self._read_until_failure(cap, period, backoff)
+            finally:
+                cap.release()
+            if not self.stop_event.is_set():
+                backoff.wait(self.stop_event)
+        self.slot.close()
+
+    def _read_until_failure(self, cap: cv2.VideoCapture, period: float, backoff: Backoff) -> None:
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            ok, image = cap.read()
+            if not ok or image is None or image.size == 0:
+                self.status.offline("stopped delivering frames (unplugged, stream ended, or read error)")
+                return
+            now = time.monotonic()
+            self.status.online()
+            backoff.reset()
+            self.slot.put(Frame(image, now - self.t0, self.frames))
+            self.frames += 1
+            self.last_frame_at = now
+            if period:
+                next_at += period
+                self.stop_event.wait(max(0.0, next_at - time.monotonic()))

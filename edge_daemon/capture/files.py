@@ -1,0 +1,134 @@
+"""File-backed sources for replay: a video file into the frame slot and a wav file into the audio ring.
+
+They feed the same hand-offs as the camera and microphone threads (lossless,
+so nothing is skipped) and stamp data with media time. With `realtime` they
+pace themselves to the wall clock like a live device would.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import wave
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.signal import resample_poly
+
+from ..audio.features import SAMPLE_RATE
+from ..errors import UserError
+from .buffers import AudioRing, Frame, LatestSlot
+from .retry import SourceStatus
+
+logger = logging.getLogger(__name__)
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A wav file as int16 mono at SAMPLE_RATE (down-mixed and resampled if needed); UserError if unreadable."""
+    path = Path(path)
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate, channels, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
+            raw = w.readframes(n)
+    except FileNotFoundError:
+        raise UserError(f"{path}: audio file not found") from None
+    except (wave.Error, EOFError, OSError) as exc:
+        raise UserError(
+            f"{path}: not a readable PCM wav file ({exc}); convert it with: sox IN -r 16000 -c 1 -b 16 OUT.wav"
+        ) from None
+    if width not in (1, 2, 4) or channels < 1 or rate < 1000:
+        raise UserError(
+            f"{path}: unsupported wav format ({width * 8}-bit, {channels} channels, {rate} Hz); use 16-bit PCM"
+        )
+    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}[width]
+    x = np.frombuffer(raw[: len(raw) // (width * channels) * width * channels], dtype=dtype).astype(np.float64)
+    if width == 1:
+        x = (x - 128.0) * 256.0
+    elif width == 4:
+        x = x / 65536.0
+    x = x.reshape(-1, channels).mean(axis=1)
+    if rate != SAMPLE_RATE:
+        g = np.gcd(rate, SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, rate // g)
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def probe_video(path: Path) -> float:
+    """Frames per second of a readable video file; UserError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: video file not found")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+        if not ok or frame is None:
+            raise UserError(
+                f"{path}: not a readable video (OpenCV could not decode a frame); try re-encoding it as MP4/MJPEG"
+            )
+        fps = cap.get(cv2.CAP_PROP_FPS)
+    finally:
+        cap.release()
+    return fps if fps and fps > 0 else 25.0
+
+
+class VideoFileSource(threading.Thread):
+    def __init__(self, path: Path, slot: LatestSlot, stop: threading.Event, realtime: bool = False) -> None:
+        super().__init__(name="video-file", daemon=True)
+        self.path, self.slot, self.stop_event, self.realtime = Path(path), slot, stop, realtime
+        self.fps = probe_video(self.path)
+        self.status = SourceStatus(f"video {self.path.name}")
+        self.frames = 0
+        self.last_frame_at = 0.0
+
+    def run(self) -> None:
+        cap = cv2.VideoCapture(str(self.path))
+        start = time.monotonic()
+        self.status.online()
+        try:
+            while not self.stop_event.is_set():
+                ok, image = cap.read()
+                if not ok:
+                    break
+                t = self.frames / self.fps
+                if self.realtime:
+                    self.stop_event.wait(max(0.0, start + t - time.monotonic()))
+                self.slot.put(Frame(image, t, self.frames))
+                self.frames += 1
+                self.last_frame_at = time.monotonic()
+        finally:
+            cap.release()
+            self.status.set("ended")
+            self.slot.close()
+
+
+class WavFileSource(threading.Thread):
+    def __init__(
+        self, path: Path, ring: AudioRing, stop: threading.Event, realtime: bool = False, chunk_ms: int = 100
+    ) -> None:
+        super().__init__(name="wav-file", daemon=True)
+        self.path, self.ring, self.stop_event, self.realtime = Path(path), ring, stop, realtime
+        self.samples = read_wav(self.path)
+        self.chunk = SAMPLE_RATE * chunk_ms // 1000
+        self.status = SourceStatus(f"audio {self.path.name}")
+        self.last_chunk_at = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+    def run(self) -> None:
+        start = time.monotonic()
+        self.status.online()
+        try:
+            for i in range(0, len(self.samples), self.chunk):
+                if self.stop_event.is_set():
+                    break
+                if self.realtime:
+                    self.stop_event.wait(max(0.0, start + i / SAMPLE_RATE - time.monotonic()))
+                self.ring.write(self.samples[i : i + self.chunk])
+                self.last_chunk_at = time.monotonic()
+        finally:
+            self.status.set("ended")
+            self.ring.close()

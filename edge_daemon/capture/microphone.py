@@ -1,0 +1,128 @@
+"""The microphone thread: PyAudio, 16 kHz mono int16, into a bounded ring buffer.
+
+A missing or failing input is reported `offline` and retried with back-off.
+While it is away the ring is padded with silence, so sample indices stay
+aligned with stream time and the voice gate simply sees no speech.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..audio.features import SAMPLE_RATE
+from ..config import MicrophoneConfig
+from .buffers import AudioRing
+from .retry import Backoff, SourceStatus
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """PortAudio's ALSA probing prints pages of noise to fd 2 on machines without every sound device."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def pyaudio_instance() -> Any:
+    import pyaudio  # imported here: only live capture needs the sound stack
+
+    with _quiet_stderr():
+        return pyaudio.PyAudio()
+
+
+def list_input_devices() -> list[dict[str, Any]]:
+    pa = pyaudio_instance()
+    try:
+        devices = []
+        for i in range(pa.get_device_count()):
+            info = pa.get_device_info_by_index(i)
+            if int(info.get("maxInputChannels", 0)) > 0:
+                devices.append(
+                    {
+                        "index": i,
+                        "name": info["name"],
+                        "channels": int(info["maxInputChannels"]),
+                        "default_rate": info["defaultSampleRate"],
+                    }
+                )
+        return devices
+    finally:
+        pa.terminate()
+
+
+def find_device(device: int | str | None) -> int | None:
+    """Index for a configured device (index, or part of a name); None means the default input."""
+    if device is None or isinstance(device, int):
+        return device
+    for d in list_input_devices():
+        if device.lower() in d["name"].lower():
+            return int(d["index"])
+    raise LookupError(f"no input device named like {device!r}; `emotion-edge devices` lists them")
+
+
+class MicrophoneSource(threading.Thread):
+    def __init__(self, cfg: MicrophoneConfig, ring: AudioRing, t0: float, stop: threading.Event) -> None:
+        super().__init__(name="microphone", daemon=True)
+        self.cfg, self.ring, self.t0, self.stop_event = cfg, ring, t0, stop
+        self.status = SourceStatus(f"microphone {cfg.device if cfg.device is not None else 'default'}")
+        self.chunk = SAMPLE_RATE * cfg.chunk_ms // 1000
+        self.last_chunk_at = 0.0
+
+    def run(self) -> None:
+        backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        while not self.stop_event.is_set():
+            try:
+                self._capture(backoff)
+            except (OSError, LookupError, ImportError) as exc:
+                self.status.offline(str(exc) or type(exc).__name__)
+            self._pad_to_now()
+            backoff.wait(self.stop_event)
+        self.ring.close()
+
+    def _capture(self, backoff: Backoff) -> None:
+        import pyaudio
+
+        pa = pyaudio_instance()
+        try:
+            stream = pa.open(
+                format=pyaudio.paInt16,
+                channels=1,
+                rate=SAMPLE_RATE,
+                input=True,
+                input_device_index=find_device(self.cfg.device),
+                frames_per_buffer=self.chunk,
+            )
+            try:
+                while not self.stop_event.is_set():
+                    data = stream.read(self.chunk, exception_on_overflow=False)
+                    self._pad_to_now(ahead=self.chunk)
+                    self.ring.write(np.frombuffer(data, dtype=np.int16))
+                    self.last_chunk_at = time.monotonic()
+                    self.status.online()
+                    backoff.reset()
+            finally:
+                stream.close()
+        finally:
+            pa.terminate()
+
+    def _pad_to_now(self, ahead: int = 0) -> None:
+        """Fill a capture gap with silence so that sample index / rate keeps meaning stream time."""
+        expected = int((time.monotonic() - self.t0) * SAMPLE_RATE) - ahead
+        gap = min(expected - self.ring.total, self.ring.capacity)
+        if gap > SAMPLE_RATE // 10:  # ignore scheduling jitter
+            self.ring.write(np.zeros(gap, dtype=np.int16))

@@ -1,0 +1,269 @@
+"""The `emotion-edge` command: run, check, devices, replay, classify, bench, demo.
+
+Progress and logs go to stderr; results (classify, replay --events-out -) to
+stdout. A mistake the user can fix exits with code 2 and one line that says
+what and where; nothing the user does should end in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, load_config
+from .errors import UserError
+
+logger = logging.getLogger("emotion-edge")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_VIDEO = REPO_ROOT / "tests" / "fixtures" / "av" / "clip.mp4"
+SAMPLE_AUDIO = REPO_ROOT / "tests" / "fixtures" / "av" / "clip.wav"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
+
+
+def find_config(arg: str | None) -> Path | None:
+    """--config, else $EMOTION_EDGE_CONFIG, else ./config.yaml, else /etc/emotion-edge/config.yaml, else defaults."""
+    if arg:
+        return Path(arg)
+    if os.environ.get("EMOTION_EDGE_CONFIG"):
+        return Path(os.environ["EMOTION_EDGE_CONFIG"])
+    for candidate in (Path("config.yaml"), Path("/etc/emotion-edge/config.yaml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from .daemon import Daemon
+
+    daemon = Daemon(config)
+    _stop_on_signals(daemon)
+    return daemon.run()
+
+
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    from .daemon import Daemon, ReplayInputs
+
+    if not args.video and not args.audio:
+        raise UserError("replay needs --video FILE, --audio FILE, or both")
+    out = _open_events_out(args.events_out)
+    try:
+        daemon = Daemon(
+            config,
+            replay=ReplayInputs(_path(args.video), _path(args.audio), args.realtime),
+            state_dir=_path(args.state_dir),
+            events_out=out,
+            publish=not args.no_mqtt,
+        )
+        _stop_on_signals(daemon)
+        code = daemon.run()
+        logger.info("replay done: %d event(s), last seq %d", daemon.events, daemon.outbox.last_seq)
+        return code
+    finally:
+        if out is not None and out is not sys.stdout:
+            out.close()
+
+
+def cmd_check(args: argparse.Namespace, config: Config) -> int:
+    from .check import run_checks
+
+    problems = run_checks(config)
+    for line in problems:
+        print(line)
+    if not problems:
+        print("ok: config, models, camera, microphone and broker all usable")
+    return 2 if problems else 0
+
+
+def cmd_devices(args: argparse.Namespace, config: Config) -> int:
+    from .capture.camera import open_capture
+    from .capture.microphone import list_input_devices
+
+    print("microphones:")
+    try:
+        mics = list_input_devices()
+    except (OSError, ImportError) as exc:
+        mics = []
+        print(f"  (PortAudio unavailable: {exc})")
+    for d in mics:
+        print(f"  {d['index']}: {d['name']} ({d['channels']} ch, default {d['default_rate']:.0f} Hz)")
+    if not mics:
+        print("  none found")
+    print("cameras:")
+    found = False
+    for dev in sorted(Path("/dev").glob("video*")):
+        cap = open_capture(str(dev), config.camera)
+        if cap is not None:
+            print(f"  {dev}: opens")
+            cap.release()
+            found = True
+    if not found:
+        print("  none found")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace, config: Config) -> int:
+    from .classify import classify_faces, classify_speech
+
+    paths = _expand(args.paths, IMAGE_SUFFIXES if args.modality == "face" else {".wav"})
+    if args.modality == "face":
+        results = classify_faces(config, paths, detect=not args.no_detect)
+    else:
+        results = classify_speech(config, paths)
+    failed = 0
+    for r in results:
+        if "error" in r:
+            failed += 1
+            print(f"emotion-edge: {r['path']}: {r['error']}", file=sys.stderr)
+        print(json.dumps(r), flush=True)
+    return 2 if failed else 0
+
+
+def cmd_bench(args: argparse.Namespace, config: Config) -> int:
+    from .bench import run_bench
+
+    report = run_bench(config, _path(args.video) or SAMPLE_VIDEO, _path(args.audio) or SAMPLE_AUDIO, args.frames)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, config: Config) -> int:
+    from .demo import run_demo
+
+    return run_demo(
+        config, _path(args.video) or SAMPLE_VIDEO, _path(args.audio) or SAMPLE_AUDIO, realtime=not args.fast
+    )
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _open_events_out(value: str | None) -> Any:
+    if not value:
+        return None
+    if value == "-":
+        return sys.stdout
+    try:
+        return open(value, "a", encoding="utf-8")  # append: a resumed replay keeps what it wrote
+    except OSError as exc:
+        raise UserError(f"{value}: cannot write events ({exc.strerror})") from None
+
+
+def _expand(paths: list[str], suffixes: set[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in suffixes))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise UserError(f"{p}: no such file or directory")
+    if not out:
+        raise UserError(f"no {'/'.join(sorted(suffixes))} files in {', '.join(paths)}")
+    return out
+
+
+def _stop_on_signals(daemon: Any) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="emotion-edge",
+        description="On-device emotion recognition from camera and microphone, published over MQTT.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "--config", help="config file (default: $EMOTION_EDGE_CONFIG, ./config.yaml, /etc/emotion-edge/config.yaml)"
+    )
+    p.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="overrides log_level in the config"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="run the daemon on the camera and microphone").set_defaults(func=cmd_run)
+    sub.add_parser(
+        "check", help="validate config, load models, probe devices and broker; one line per problem"
+    ).set_defaults(func=cmd_check)
+    sub.add_parser("devices", help="list microphones and cameras").set_defaults(func=cmd_devices)
+
+    r = sub.add_parser("replay", help="run the exact daemon pipeline over a video and/or wav file")
+    r.add_argument("--video", help="video file (frames)")
+    r.add_argument("--audio", help="wav file (speech); resampled to 16 kHz mono if needed")
+    r.add_argument(
+        "--events-out", metavar="FILE.jsonl", help="also append each event as a JSON line here (- for stdout)"
+    )
+    r.add_argument(
+        "--realtime", action="store_true", help="pace input like a live device instead of as fast as the CPU allows"
+    )
+    r.add_argument("--state-dir", help="outbox and sequence state (default: state_dir from the config)")
+    r.add_argument(
+        "--no-mqtt", action="store_true", help="do not connect to a broker (events go to the outbox and --events-out)"
+    )
+    r.set_defaults(func=cmd_replay)
+
+    c = sub.add_parser("classify", help="classify face images or speech wavs; one JSON object per line")
+    csub = c.add_subparsers(dest="modality", required=True, metavar="MODALITY")
+    cf = csub.add_parser("face", help="images (files or folders)")
+    cf.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
+    cf.add_argument("paths", nargs="+")
+    cs = csub.add_parser("speech", help="wav files or folders")
+    cs.add_argument("paths", nargs="+")
+    c.set_defaults(func=cmd_classify)
+
+    b = sub.add_parser("bench", help="median time per stage on a video/audio (defaults to the bundled clip)")
+    b.add_argument("--video")
+    b.add_argument("--audio")
+    b.add_argument("--frames", type=int, default=200, help="frames to time (default 200)")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="replay the bundled clip through the real models to a broker, and show the events")
+    d.add_argument("--video")
+    d.add_argument("--audio")
+    d.add_argument("--fast", action="store_true", help="as fast as the CPU allows instead of in real time")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or "info")
+    try:
+        config = load_config(find_config(args.config))
+        setup_logging(args.log_level or config.log_level)
+        return int(args.func(args, config))
+    except UserError as exc:
+        print(f"emotion-edge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

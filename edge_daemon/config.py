@@ -1,0 +1,389 @@
+"""The whole configuration: every field, its default, its bounds, and strict loading.
+
+Each subsystem gets a frozen dataclass; a field's `metadata` carries its
+description and its allowed range, and `config.yaml` documents the same fields
+with the same defaults (a test keeps the two equal). Loading rejects unknown
+keys, wrong types and out-of-range values with one line that names the file,
+the line, the key path and what is allowed.
+
+Secrets never live here: the MQTT password comes from the environment variable
+named by `mqtt.password_env` or from `$CREDENTIALS_DIRECTORY/mqtt_password`
+(systemd's LoadCredential).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import UserError
+
+
+def _f(
+    default: Any, doc: str, *, lo: float | None = None, hi: float | None = None, choices: tuple = (), pattern: str = ""
+) -> Any:
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """The camera thread."""
+
+    enabled: bool = _f(True, "capture frames at all")
+    source: int | str = _f(0, "device index (0), device path (/dev/video0), video file, or stream URL (rtsp://…)")
+    width: int = _f(640, "requested frame width, pixels", lo=32, hi=4096)
+    height: int = _f(480, "requested frame height, pixels", lo=32, hi=4096)
+    fps: float = _f(15.0, "requested capture rate, frames per second", lo=0.5, hi=120)
+    reconnect_min_s: float = _f(1.0, "first back-off after a failure, seconds", lo=0.05, hi=600)
+    reconnect_max_s: float = _f(30.0, "longest back-off, seconds", lo=0.05, hi=3600)
+
+
+@dataclass(frozen=True)
+class MicrophoneConfig:
+    """The microphone thread (16 kHz mono int16, the rate the speech model was trained at)."""
+
+    enabled: bool = _f(True, "capture audio at all")
+    device: int | str | None = _f(None, "input device index, or part of its name; null = the default input")
+    chunk_ms: int = _f(100, "audio read size, milliseconds", lo=10, hi=1000)
+    buffer_s: float = _f(
+        10.0, "ring buffer length, seconds (oldest audio is overwritten if processing stalls)", lo=2, hi=120
+    )
+    reconnect_min_s: float = _f(1.0, "first back-off after a failure, seconds", lo=0.05, hi=600)
+    reconnect_max_s: float = _f(30.0, "longest back-off, seconds", lo=0.05, hi=3600)
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    """The face path: detection, then the emotion model on the largest faces."""
+
+    rate_hz: float = _f(5.0, "frames analysed per second (the rest are skipped)", lo=0.1, hi=60)
+    detector: str = _f("blazeface", "face detector backend", choices=("blazeface", "haar"))
+    min_face_px: int = _f(40, "ignore faces whose box is smaller than this, pixels", lo=8, hi=4096)
+    max_faces: int = _f(3, "classify at most this many faces per frame, largest first", lo=1, hi=20)
+    detection_threshold: float = _f(0.5, "minimum detector score", lo=0.05, hi=0.99)
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """The speech path: voice-activity gate, then the emotion model on sliding windows."""
+
+    hop_s: float = _f(1.0, "classify a window every this many seconds of audio", lo=0.1, hi=10)
+    vad_min_level_db: float = _f(-45.0, "speech must be louder than this, dBFS", lo=-90, hi=0)
+    vad_margin_db: float = _f(12.0, "and this much louder than the tracked noise floor, dB", lo=0, hi=60)
+    vad_min_speech_fraction: float = _f(0.25, "fraction of a window that must be speech", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    """Model metadata files; each names its .tflite beside it."""
+
+    dir: str = _f("models_tflite", "folder of the models, relative to this config file unless absolute")
+    face_detector: str = _f(
+        "face_detection_short_range.json", "BlazeFace metadata (used when face.detector is blazeface)"
+    )
+    face_emotion: str = _f("face_emotion.json", "face emotion model metadata")
+    speech_emotion: str = _f("speech_emotion.json", "speech emotion model metadata")
+    num_threads: int = _f(1, "interpreter threads per model", lo=1, hi=8)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How each time window's predictions become one event."""
+
+    window_s: float = _f(2.0, "window length, seconds", lo=0.5, hi=60)
+    method: str = _f(
+        "vote",
+        "vote: weighted majority of per-prediction labels; average: weighted mean of probabilities",
+        choices=("vote", "average"),
+    )
+    face_weight: float = _f(
+        1.0, "total weight of the face modality in a window, however many frames it saw", lo=0, hi=10
+    )
+    speech_weight: float = _f(
+        1.0, "total weight of the speech modality in a window, however many windows it saw", lo=0, hi=10
+    )
+    min_confidence: float = _f(0.35, "below this fused confidence the window's emotion is 'unknown'", lo=0, hi=1)
+    calm_as: str = _f("neutral", "canonical emotion that speech's 'calm' maps to", choices=("neutral", "happy", "sad"))
+    state_after_windows: int = _f(2, "publish a new state after this many consecutive windows agree", lo=1, hi=100)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS to the broker."""
+
+    enabled: bool = _f(False, "connect with TLS")
+    ca_file: str | None = _f(None, "CA certificate file; null = the system's trust store")
+    cert_file: str | None = _f(None, "client certificate, for brokers that require one")
+    key_file: str | None = _f(None, "client key, for brokers that require one")
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery."""
+
+    discovery: bool = _f(True, "announce sensors to Home Assistant")
+    prefix: str = _f("homeassistant", "Home Assistant's discovery prefix", pattern=r"[A-Za-z0-9_/-]+")
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker session and topics."""
+
+    host: str | None = _f(None, "broker host; null: `run` uses localhost, `demo` starts a private local broker")
+    port: int = _f(1883, "broker port", lo=1, hi=65535)
+    topic_prefix: str = _f("emotion-edge", "topics live under <topic_prefix>/<device_id>/", pattern=r"[A-Za-z0-9_/-]+")
+    client_id: str | None = _f(None, "MQTT client id; null = emotion-edge-<device_id>")
+    username: str | None = _f(
+        None, "user name; the password comes from password_env or $CREDENTIALS_DIRECTORY/mqtt_password"
+    )
+    password_env: str = _f(
+        "EMOTION_EDGE_MQTT_PASSWORD", "environment variable that holds the password", pattern=r"[A-Za-z_][A-Za-z0-9_]*"
+    )
+    keepalive_s: int = _f(30, "MQTT keep-alive, seconds", lo=5, hi=3600)
+    stats_interval_s: float = _f(30.0, "publish stats this often, seconds", lo=1, hi=86400)
+    reconnect_min_s: float = _f(1.0, "first back-off after a lost connection, seconds", lo=0.1, hi=600)
+    reconnect_max_s: float = _f(60.0, "longest back-off, seconds", lo=0.1, hi=3600)
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant"})
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    """The on-disk event queue in state_dir that survives broker outages and restarts."""
+
+    max_events: int = _f(
+        100_000,
+        "keep at most this many undelivered events; the oldest are dropped first (and counted)",
+        lo=10,
+        hi=10_000_000,
+    )
+    max_age_s: float = _f(
+        604_800.0, "drop undelivered events older than this, seconds (default a week)", lo=60, hi=31_536_000
+    )
+    drain_rate_per_s: float = _f(
+        50.0, "after an outage, send the backlog at most this fast, events per second", lo=1, hi=10_000
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon can be told."""
+
+    device_id: str = _f("emotion-edge", "this device's name in topics", pattern=r"[A-Za-z0-9_-]+")
+    state_dir: str = _f(
+        ".state",
+        "where the event sequence and outbox live (systemd: /var/lib/emotion-edge), relative to this file unless absolute",
+    )
+    log_level: str = _f("info", "log verbosity", choices=("debug", "info", "warning", "error"))
+    camera: CameraConfig = field(default_factory=CameraConfig, metadata={"doc": "camera"})
+    microphone: MicrophoneConfig = field(default_factory=MicrophoneConfig, metadata={"doc": "microphone"})
+    face: FaceConfig = field(default_factory=FaceConfig, metadata={"doc": "face path"})
+    speech: SpeechConfig = field(default_factory=SpeechConfig, metadata={"doc": "speech path"})
+    models: ModelsConfig = field(default_factory=ModelsConfig, metadata={"doc": "models"})
+    fusion: FusionConfig = field(default_factory=FusionConfig, metadata={"doc": "fusion"})
+    mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"doc": "MQTT"})
+    outbox: OutboxConfig = field(default_factory=OutboxConfig, metadata={"doc": "outbox"})
+    # Where the file was read from: relative paths in it resolve against this folder.
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def model_path(self, name: str) -> Path:
+        return self.path(self.models.dir) / getattr(self.models, name)
+
+
+# --------------------------------------------------------------------------- loading
+
+_HINTS_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS_CACHE:
+        _HINTS_CACHE[cls] = typing.get_type_hints(cls)
+    return _HINTS_CACHE[cls]
+
+
+def _public_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, node: yaml.Node | None, key: str, what: str) -> UserError:
+        line = f":{node.start_mark.line + 1}" if node is not None else ""
+        return UserError(f"{self.path}{line}: {key}: {what}")
+
+    def section(self, cls: type, node: yaml.Node | None, prefix: str) -> Any:
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+            return cls()
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, prefix or "(top level)", "must be a mapping of keys to values")
+        fields = {f.name: f for f in _public_fields(cls)}
+        values: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in fields:
+                allowed = ", ".join(fields)
+                raise self.fail(key_node, path, f"unknown key; allowed here: {allowed}")
+            if key in values:
+                raise self.fail(key_node, path, "appears twice")
+            values[key] = self.value(fields[key], _hints(cls)[key], value_node, path)
+        return cls(**values)
+
+    def value(self, f: dataclasses.Field, hint: Any, node: yaml.Node, path: str) -> Any:
+        if dataclasses.is_dataclass(hint):
+            return self.section(hint, node, path)
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, path, f"must be a single value ({_describe(hint, f)})")
+        try:
+            raw = yaml.safe_load(yaml.serialize(node))
+        except yaml.YAMLError as exc:
+            raise self.fail(node, path, f"unreadable value ({exc})") from None
+        allowed = _types_of(hint)
+        got = _coerce(raw, allowed)
+        if got is _BAD:
+            raise self.fail(node, path, f"must be {_describe(hint, f)}, got {raw!r}")
+        m = f.metadata
+        if isinstance(got, (int, float)) and not isinstance(got, bool):
+            if (m["lo"] is not None and got < m["lo"]) or (m["hi"] is not None and got > m["hi"]):
+                raise self.fail(node, path, f"must be {_describe(hint, f)}, got {raw!r}")
+        if isinstance(got, str):
+            if m["choices"] and got not in m["choices"]:
+                raise self.fail(node, path, f"must be one of {', '.join(m['choices'])}, got {raw!r}")
+            if m["pattern"] and not re.fullmatch(m["pattern"], got):
+                raise self.fail(node, path, f"must match {m['pattern']}, got {raw!r}")
+            if not got:
+                raise self.fail(node, path, "must not be empty")
+        return got
+
+
+_BAD = object()
+
+
+def _types_of(hint: Any) -> tuple[type, ...]:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return tuple(type(None) if a is type(None) else a for a in typing.get_args(hint))
+    return (hint,)
+
+
+def _coerce(raw: Any, allowed: tuple[type, ...]) -> Any:
+    for t in allowed:
+        if t is type(None) and raw is None:
+            return None
+        if t is bool and isinstance(raw, bool):
+            return raw
+        if t is int and isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if t is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if t is str and isinstance(raw, str):
+            return raw
+    return _BAD
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def _describe(hint: Any, f: dataclasses.Field) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    text = " or ".join(names[t] for t in _types_of(hint))
+    m = f.metadata
+    if m.get("lo") is not None and m.get("hi") is not None:
+        text += f" between {_num(m['lo'])} and {_num(m['hi'])}"
+    return text
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Read a YAML config strictly; None gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(
+            f"{path}: config file not found; pass --config PATH or copy config.yaml from the repository"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: config file unreadable ({exc})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserError(f"{path}{line}: not valid YAML ({problem})") from None
+    config = _Reader(path).section(Config, node, "")
+    config = dataclasses.replace(config, base_dir=path.resolve().parent)
+    if config.camera.reconnect_min_s > config.camera.reconnect_max_s:
+        raise UserError(f"{path}: camera.reconnect_min_s must not exceed camera.reconnect_max_s")
+    return config
+
+
+def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, dataclasses.Field]]:
+    """Every leaf field as (key path, default, Field) — for docs and the config.yaml consistency test."""
+    for f in _public_fields(cls):
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        hint = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from iter_fields(hint, path)
+        else:
+            yield path, f.default, f
+
+
+def mqtt_password(config: Config) -> str | None:
+    """The broker password from the environment or a systemd credential; None when neither is set."""
+    value = os.environ.get(config.mqtt.password_env)
+    if value:
+        return value
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        cred = Path(cred_dir) / "mqtt_password"
+        if cred.is_file():
+            return cred.read_text(encoding="utf-8").strip()
+    return None
+
+
+def render_default_yaml() -> str:
+    """config.yaml as shipped: every field, its default and its description, generated from this schema."""
+    lines = [
+        "# emotion-edge configuration. Every field is listed with its default; delete what you don't change.",
+        "# Unknown keys, wrong types and out-of-range values are errors (file:line: key: what is allowed).",
+        "# The MQTT password is never written here: set $EMOTION_EDGE_MQTT_PASSWORD (or mqtt.password_env),",
+        "# or give systemd a credential named mqtt_password (LoadCredential=mqtt_password:/path).",
+        "",
+    ]
+
+    def scalar(v: Any) -> str:
+        return "null" if v is None else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").strip()
+
+    def walk(cls: type, indent: str) -> None:
+        for f in _public_fields(cls):
+            hint = _hints(cls)[f.name]
+            if dataclasses.is_dataclass(hint):
+                lines.append(f"{indent}{f.name}:  # {hint.__doc__.strip()}")
+                walk(hint, indent + "  ")
+                continue
+            m = f.metadata
+            allowed = f" [{', '.join(m['choices'])}]" if m["choices"] else ""
+            if m["lo"] is not None:
+                allowed = f" [{_num(m['lo'])}..{_num(m['hi'])}]"
+            lines.append(f"{indent}{f.name}: {scalar(f.default)}  # {m['doc']}{allowed}")
+
+    walk(Config, "")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,270 @@
+"""Wiring: loads the models, starts capture, perception, fusion and the broker session, supervises, shuts down.
+
+`Daemon(config).run()` is the service; `Daemon(config, replay=Inputs(...))`
+runs the identical pipeline over files instead of devices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from .audio.emotion import SpeechEmotionModel
+from .audio.features import SAMPLE_RATE
+from .audio.vad import VoiceGate
+from .capture.buffers import AudioRing, LatestSlot
+from .capture.camera import CameraSource
+from .capture.files import VideoFileSource, WavFileSource
+from .capture.microphone import MicrophoneSource
+from .config import Config
+from .events import Clock, build_event, iso_utc
+from .fusion import FusionRule, StateTracker, Windower, WindowResult
+from .mqtt import MqttSession, resolve_broker
+from .outbox import Outbox
+from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings
+from .vision.detector import make_detector
+from .vision.emotion import FaceEmotionModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Models:
+    detector: Any
+    face: FaceEmotionModel
+    speech: SpeechEmotionModel
+
+    def versions(self) -> dict[str, str]:
+        v = {"face_emotion": self.face.meta.version, "speech_emotion": self.speech.meta.version}
+        meta = getattr(self.detector, "meta", None)
+        v["face_detector"] = meta.version if meta else "opencv-haar"
+        return v
+
+
+def load_models(config: Config) -> Models:
+    """Every model the config names, checked against its metadata (UserError on any mismatch)."""
+    threads = config.models.num_threads
+    detector = make_detector(
+        config.face.detector,
+        config.model_path("face_detector") if config.face.detector == "blazeface" else None,
+        min_face_px=config.face.min_face_px,
+        max_faces=config.face.max_faces,
+        score_threshold=config.face.detection_threshold,
+        num_threads=threads,
+    )
+    face = FaceEmotionModel(config.model_path("face_emotion"), threads, config.fusion.calm_as)
+    speech = SpeechEmotionModel(config.model_path("speech_emotion"), threads, config.fusion.calm_as)
+    return Models(detector, face, speech)
+
+
+@dataclass(frozen=True)
+class ReplayInputs:
+    video: Path | None = None
+    audio: Path | None = None
+    realtime: bool = False
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        replay: ReplayInputs | None = None,
+        state_dir: Path | None = None,
+        events_out: IO[str] | None = None,
+        publish: bool = True,
+        broker: tuple[str, int] | None = None,
+        models: Models | None = None,
+    ) -> None:
+        self.config = config
+        self.replay = replay
+        self.stop_event = threading.Event()
+        self.timings = Timings()
+        self.events_out = events_out
+        self.events = 0
+        self.models = models or load_models(config)
+        self.outbox = Outbox(
+            state_dir or config.path(config.state_dir), config.outbox.max_events, config.outbox.max_age_s
+        )
+        host, port = broker or resolve_broker(config)
+        self.session = MqttSession(config, self.outbox, host, port, config.outbox.drain_rate_per_s) if publish else None
+        self.started = time.monotonic()
+        self.clock = Clock(datetime.now(timezone.utc), replay=replay is not None)
+        self.fusion = FusionLoop(
+            Windower(
+                config.fusion.window_s,
+                FusionRule(
+                    config.fusion.method,
+                    config.fusion.face_weight,
+                    config.fusion.speech_weight,
+                    config.fusion.min_confidence,
+                ),
+            ),
+            StateTracker(config.fusion.state_after_windows),
+            self._on_window,
+            self._on_state,
+        )
+        self.sources: list[Any] = []
+        self.workers: list[Any] = []
+        self._build_pipeline()
+
+    # ------------------------------------------------------------------ construction
+
+    def _build_pipeline(self) -> None:
+        c, r = self.config, self.replay
+        lossless = r is not None
+        common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
+        self.slot = LatestSlot(lossless=lossless)
+        self.ring = AudioRing(int(c.microphone.buffer_s * SAMPLE_RATE), lossless=lossless)
+        if r is not None:
+            if r.video:
+                self.sources.append(VideoFileSource(r.video, self.slot, self.stop_event, r.realtime))
+            if r.audio:
+                self.sources.append(
+                    WavFileSource(r.audio, self.ring, self.stop_event, r.realtime, c.microphone.chunk_ms)
+                )
+            video, audio = r.video is not None, r.audio is not None
+        else:
+            if c.camera.enabled:
+                self.sources.append(CameraSource(c.camera, self.slot, self.started, self.stop_event))
+            if c.microphone.enabled:
+                self.sources.append(MicrophoneSource(c.microphone, self.ring, self.started, self.stop_event))
+            video, audio = c.camera.enabled, c.microphone.enabled
+        if video:
+            self.face_worker = FaceWorker(self.slot, self.models.detector, self.models.face, c.face.rate_hz, **common)
+            self.workers.append(self.face_worker)
+        if audio:
+            gate = VoiceGate(
+                SAMPLE_RATE, c.speech.vad_min_level_db, c.speech.vad_margin_db, c.speech.vad_min_speech_fraction
+            )
+            self.speech_worker = SpeechWorker(self.ring, self.models.speech, gate, c.speech.hop_s, **common)
+            self.workers.append(self.speech_worker)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> int:
+        """Block until stopped (service) or until the inputs end (replay). Returns the exit code."""
+        if self.session:
+            self.session.start()
+        for t in [*self.sources, *self.workers]:
+            t.start()
+        next_stats = time.monotonic() + self.config.mqtt.stats_interval_s
+        # Live windows close this long after they end: a speech window's prediction is stamped at its centre.
+        lag = self.models.speech.features.window_s / 2 + 1.0
+        try:
+            while not self.stop_event.is_set():
+                if self.replay is not None:
+                    self.fusion.pump(min((w.progress for w in self.workers), default=float("inf")))
+                    if all(w.finished.is_set() for w in self.workers):
+                        break
+                else:
+                    self.fusion.pump(time.monotonic() - self.started - lag)
+                if time.monotonic() >= next_stats:
+                    self.publish_stats()
+                    next_stats += self.config.mqtt.stats_interval_s
+        finally:
+            self.shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        for t in [*self.sources, *self.workers]:
+            t.join(timeout=2)
+        self.fusion.flush()
+        self.publish_stats()
+        if self.session:
+            if self.replay is not None:
+                self._wait_drained(timeout_s=10 + self.outbox.depth() / self.config.outbox.drain_rate_per_s)
+            self.session.stop()
+        left = self.outbox.depth()
+        if left:
+            logger.warning(
+                "%d event(s) not yet acknowledged by the broker stay in %s for the next start", left, self.outbox.path
+            )
+        self.outbox.close()
+
+    def _wait_drained(self, timeout_s: float) -> None:
+        assert self.session is not None
+        if not self.session.wait_connected(timeout=min(5.0, timeout_s)):
+            logger.warning(
+                "MQTT broker %s:%d not reachable; events stay in the outbox", self.session.host, self.session.port
+            )
+            return
+        deadline = time.monotonic() + timeout_s
+        while self.outbox.depth() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _on_window(self, result: WindowResult) -> None:
+        event = build_event(
+            result,
+            device_id=self.config.device_id,
+            clock=self.clock,
+            method=self.config.fusion.method,
+            models=self.models.versions(),
+        )
+        self.outbox.append(event)  # assigns seq, durable before anyone tries to publish
+        self.events += 1
+        if self.events_out is not None:
+            self.events_out.write(json.dumps(event) + "\n")
+            self.events_out.flush()
+        logger.info(
+            "window %s–%s: %s (%.2f) from %s",
+            event["window_start"],
+            event["window_end"],
+            event["emotion"],
+            event["confidence"],
+            "+".join(event["used"]),
+        )
+        if self.session:
+            self.session.notify_event()
+
+    def _on_state(self, emotion: str, result: WindowResult) -> None:
+        if self.session:
+            self.session.publish_state(
+                {
+                    "emotion": emotion,
+                    "confidence": round(result.confidence, 4),
+                    "since": iso_utc(self.clock.wall(result.start)),
+                    "seq": self.outbox.last_seq,
+                }
+            )
+
+    def stats(self) -> dict[str, Any]:
+        fw, sw = getattr(self, "face_worker", None), getattr(self, "speech_worker", None)
+        return {
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "frames_analysed": fw.frames_analysed if fw else 0,
+            "frames_with_face": fw.faces_seen if fw else 0,
+            "audio_s": round(self.ring.total / SAMPLE_RATE, 1),
+            "speech_windows": sw.windows if sw else 0,
+            "speech_windows_voiced": sw.voiced if sw else 0,
+            "inference_ms": self.timings.medians(),
+            "drops": {
+                "frames_replaced": self.slot.dropped,
+                "audio_samples_overwritten": self.ring.dropped,
+                "late_predictions": self.fusion.windower.late,
+                "outbox_dropped": self.outbox.dropped,
+            },
+            "queue_depth": {"predictions": self.fusion.predictions.qsize(), "outbox": self.outbox.depth()},
+            "events": self.events,
+            "last_seq": self.outbox.last_seq,
+            "events_published": self.session.published if self.session else 0,
+            "sources": {s.name: s.status.snapshot() for s in self.sources},
+        }
+
+    def publish_stats(self) -> None:
+        stats = self.stats()
+        logger.debug("stats %s", stats)
+        if self.session:
+            self.session.publish_stats(stats)

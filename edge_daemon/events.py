@@ -1,0 +1,77 @@
+"""The event schema: what a subscriber receives on `<prefix>/<device>/events`, one JSON object per window.
+
+Only labels, scores and timings: never pixels or samples. `seq` is assigned
+by the outbox when the event is stored, so it increases by one per event and
+continues across restarts; `event_id` lets a subscriber drop the duplicates
+that at-least-once delivery can bring.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .fusion import ModalitySummary, WindowResult
+
+SCHEMA = 1
+
+
+def iso_utc(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Maps stream seconds to wall-clock time; replay also reports media seconds."""
+
+    wall_origin: datetime  # wall time of stream second 0
+    replay: bool = False
+
+    def wall(self, t: float) -> datetime:
+        return self.wall_origin + timedelta(seconds=t)
+
+
+def _summary(s: ModalitySummary | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "label": s.label,
+        "confidence": round(s.confidence, 4),
+        "votes": s.votes,
+        "probs": {k: round(v, 4) for k, v in s.probs.items()},
+        "count": s.count,
+    }
+
+
+def build_event(
+    result: WindowResult, *, device_id: str, clock: Clock, method: str, models: dict[str, str]
+) -> dict[str, Any]:
+    """The event for one closed window, without `seq` (the outbox adds it)."""
+    event: dict[str, Any] = {
+        "schema": SCHEMA,
+        "event_id": str(uuid.uuid4()),
+        "device_id": device_id,
+        "window_start": iso_utc(clock.wall(result.start)),
+        "window_end": iso_utc(clock.wall(result.end)),
+    }
+    if clock.replay:
+        event["media_start_s"] = round(result.start, 3)
+        event["media_end_s"] = round(result.end, 3)
+    event.update(
+        {
+            "emotion": result.emotion,
+            "confidence": round(result.confidence, 4),
+            "method": method,
+            "used": [m for m, s in result.modalities.items() if s is not None],
+            "modalities": {m: _summary(s) for m, s in result.modalities.items()},
+            "models": models,
+        }
+    )
+    return event
+
+
+def to_json(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), sort_keys=False)

@@ -1,0 +1,174 @@
+"""Fusion: predictions from both modalities are grouped into fixed time windows and reduced to one emotion.
+
+The rule, per window:
+
+* Each modality has a total weight (`face_weight`, `speech_weight`), split
+  evenly over the predictions it made in the window, so a camera analysing
+  five frames a second cannot outvote one speech window by volume.
+* `vote`: each prediction votes for its top label with its share of the
+  weight; the label with the largest weighted vote wins. Ties go to the label
+  with the larger weighted mean probability, then to the earlier label in
+  `labels.CANONICAL` (angry, disgust, fear, happy, sad, surprise, neutral).
+* `average`: the weighted mean of the modalities' mean probabilities; the
+  top label wins (same tie-break order).
+* In both, `confidence` is the weighted mean probability of the winning
+  label; below `min_confidence` the window's emotion is `unknown`.
+
+A window with predictions from one modality still yields a result that says
+which modality it used; a window with none yields nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .labels import CANONICAL, UNKNOWN
+
+MODALITIES = ("face", "speech")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One model output, already mapped onto CANONICAL."""
+
+    modality: str  # "face" or "speech"
+    t: float  # stream time, seconds (media time in replay)
+    probs: np.ndarray  # shape (len(CANONICAL),), sums to 1
+
+    @property
+    def label(self) -> str:
+        return CANONICAL[int(np.argmax(self.probs))]
+
+
+@dataclass(frozen=True)
+class ModalitySummary:
+    label: str
+    confidence: float  # mean probability of `label` over the window's predictions
+    votes: dict[str, int]
+    probs: dict[str, float]  # mean probabilities
+    count: int
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    index: int
+    start: float  # stream seconds
+    end: float
+    emotion: str
+    confidence: float
+    scores: dict[str, float]  # the fused score per label that decided the winner
+    modalities: dict[str, ModalitySummary | None]
+
+
+@dataclass(frozen=True)
+class FusionRule:
+    method: str = "vote"
+    face_weight: float = 1.0
+    speech_weight: float = 1.0
+    min_confidence: float = 0.35
+
+    def weight(self, modality: str) -> float:
+        return self.face_weight if modality == "face" else self.speech_weight
+
+    def fuse(self, preds: list[Prediction]) -> tuple[str, float, dict[str, float], dict[str, ModalitySummary | None]]:
+        summaries: dict[str, ModalitySummary | None] = {}
+        means: dict[str, np.ndarray] = {}
+        shares: dict[str, np.ndarray] = {}
+        for m in MODALITIES:
+            mine = [p for p in preds if p.modality == m]
+            if not mine:
+                summaries[m] = None
+                continue
+            stack = np.stack([p.probs for p in mine])
+            mean = stack.mean(axis=0)
+            top = np.argmax(stack, axis=1)
+            share = np.bincount(top, minlength=len(CANONICAL)) / len(mine)
+            means[m], shares[m] = mean, share
+            label = _pick(share, mean)
+            summaries[m] = ModalitySummary(
+                label=CANONICAL[label],
+                confidence=float(mean[label]),
+                votes={CANONICAL[i]: int(c) for i, c in enumerate(np.bincount(top, minlength=len(CANONICAL))) if c},
+                probs={name: float(mean[i]) for i, name in enumerate(CANONICAL)},
+                count=len(mine),
+            )
+        total = sum(self.weight(m) for m in means)
+        if total <= 0:  # every present modality weighted 0: nothing may decide
+            return UNKNOWN, 0.0, {}, summaries
+        mean_prob = sum(self.weight(m) * means[m] for m in means) / total
+        score = mean_prob if self.method == "average" else sum(self.weight(m) * shares[m] for m in means) / total
+        best = _pick(score, mean_prob)
+        confidence = float(mean_prob[best])
+        emotion = CANONICAL[best] if confidence >= self.min_confidence else UNKNOWN
+        return emotion, confidence, {CANONICAL[i]: float(s) for i, s in enumerate(score)}, summaries
+
+
+def _pick(primary: np.ndarray, secondary: np.ndarray) -> int:
+    """Index of the largest `primary`; ties by `secondary`, then by CANONICAL order (lowest index)."""
+    eps = 1e-9
+    candidates = np.flatnonzero(primary >= primary.max() - eps)
+    if len(candidates) > 1:
+        sub = secondary[candidates]
+        candidates = candidates[sub >= sub.max() - eps]
+    return int(candidates[0])
+
+
+@dataclass
+class Windower:
+    """Collects predictions into windows [k*w, (k+1)*w) of stream time and closes them behind a watermark."""
+
+    window_s: float
+    rule: FusionRule
+    _open: dict[int, list[Prediction]] = field(default_factory=dict)
+    _next: int = 0  # the earliest window not yet closed
+    late: int = 0  # predictions that arrived after their window closed (counted, not silently lost)
+
+    def add(self, pred: Prediction) -> None:
+        k = int(math.floor(pred.t / self.window_s))
+        if k < self._next:
+            self.late += 1
+            return
+        self._open.setdefault(k, []).append(pred)
+
+    def close_until(self, watermark: float) -> list[WindowResult]:
+        """Close every window that ends at or before `watermark`; returns results for the non-empty ones, in order."""
+        results = []
+        last = int(math.floor(watermark / self.window_s))  # windows < last have ended
+        for k in sorted(k for k in self._open if k < last):
+            preds = self._open.pop(k)
+            emotion, confidence, scores, summaries = self.rule.fuse(preds)
+            results.append(
+                WindowResult(k, k * self.window_s, (k + 1) * self.window_s, emotion, confidence, scores, summaries)
+            )
+        self._next = max(self._next, last)
+        return results
+
+    def flush(self) -> list[WindowResult]:
+        """Close everything (end of input or shutdown)."""
+        if not self._open:
+            return []
+        return self.close_until((max(self._open) + 1) * self.window_s)
+
+
+@dataclass
+class StateTracker:
+    """The current emotion: changes after `after` consecutive windows agree on a new one."""
+
+    after: int
+    current: str | None = None
+    _candidate: str | None = None
+    _run: int = 0
+
+    def update(self, emotion: str) -> bool:
+        """Feed one window's emotion; True when the state changed."""
+        if emotion == self._candidate:
+            self._run += 1
+        else:
+            self._candidate, self._run = emotion, 1
+        if self._run >= self.after and emotion != self.current:
+            self.current = emotion
+            return True
+        return False

@@ -1,0 +1,260 @@
+"""The broker session: topics, availability, retained state, stats, Home Assistant discovery, and draining the outbox.
+
+Topics live under `<topic_prefix>/<device_id>/`:
+
+* `availability`: `online` on every connect, `offline` as the will, `stopped` on clean shutdown (QoS 1, retained)
+* `events`: one JSON object per window (QoS 1, never retained), drained from the outbox in `seq` order
+* `state`: the current emotion (QoS 1, retained; re-published after every reconnect)
+* `stats`: counters on an interval (QoS 0)
+
+paho re-sends unacknowledged QoS 1 messages itself after a reconnect, in
+order; the outbox covers what paho's memory cannot: a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .config import Config, mqtt_password
+from .errors import UserError
+from .labels import CANONICAL, UNKNOWN
+from .outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+ONLINE, OFFLINE, STOPPED = "online", "offline", "stopped"
+INFLIGHT = 50  # events handed to paho and not yet acknowledged, at most
+
+
+@dataclass(frozen=True)
+class Topics:
+    base: str
+
+    @classmethod
+    def for_device(cls, prefix: str, device_id: str) -> Topics:
+        return cls(f"{prefix.rstrip('/')}/{device_id}")
+
+    @property
+    def availability(self) -> str:
+        return f"{self.base}/availability"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}/events"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}/stats"
+
+
+class MqttSession:
+    """One broker connection that reconnects by itself (paho's loop thread) plus a thread that drains the outbox."""
+
+    def __init__(self, config: Config, outbox: Outbox, host: str, port: int, drain_rate_per_s: float = 50.0) -> None:
+        c = config.mqtt
+        self.config = config
+        self.topics = Topics.for_device(c.topic_prefix, config.device_id)
+        self.outbox = outbox
+        self.host, self.port = host, port
+        self.drain_rate_per_s = drain_rate_per_s
+        self.connected = threading.Event()
+        self.published = 0
+        self._retained_state: str | None = None
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._last_refusal = ""
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=c.client_id or f"emotion-edge-{config.device_id}", clean_session=True
+        )
+        self._client.enable_logger(logging.getLogger("paho"))
+        self._client.reconnect_delay_set(min_delay=max(1, int(c.reconnect_min_s)), max_delay=int(c.reconnect_max_s))
+        self._client.max_queued_messages_set(0)
+        self._client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
+        if c.username:
+            self._client.username_pw_set(c.username, mqtt_password(config))
+        if c.tls.enabled:
+            self._configure_tls()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
+        self._drainer = threading.Thread(target=self._drain_loop, name="mqtt-drain", daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        logger.info("connecting to MQTT broker %s:%d", self.host, self.port)
+        self._client.connect_async(self.host, self.port, keepalive=self.config.mqtt.keepalive_s)
+        self._client.loop_start()
+        self._drainer.start()
+
+    def stop(self, flush_timeout_s: float = 2.0) -> None:
+        """Hand over what is pending (briefly), announce `stopped`, disconnect."""
+        deadline = time.monotonic() + flush_timeout_s
+        while self.connected.is_set() and self.outbox.depth() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        self._drainer.join(timeout=2)
+        if self.connected.is_set():
+            info = self._client.publish(self.topics.availability, STOPPED, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=max(0.2, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    # ------------------------------------------------------------------ what the daemon publishes
+
+    def notify_event(self) -> None:
+        """An event was appended to the outbox: drain now rather than at the next poll."""
+        self._wake.set()
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        self._retained_state = json.dumps(state, separators=(",", ":"))
+        if self.connected.is_set():
+            self._client.publish(self.topics.state, self._retained_state, qos=1, retain=True)
+
+    def publish_stats(self, stats: dict[str, Any]) -> None:
+        if self.connected.is_set():
+            self._client.publish(self.topics.stats, json.dumps(stats, separators=(",", ":")), qos=0)
+
+    # ------------------------------------------------------------------ paho callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            if str(reason_code) != self._last_refusal:  # one line per new reason, not one per retry
+                logger.error(
+                    "MQTT broker %s:%d refused the connection: %s; retrying with back-off",
+                    self.host,
+                    self.port,
+                    reason_code,
+                )
+                self._last_refusal = str(reason_code)
+            return
+        self._last_refusal = ""
+        logger.info("MQTT connected to %s:%d", self.host, self.port)
+        client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+        if self._retained_state is not None:
+            client.publish(self.topics.state, self._retained_state, qos=1, retain=True)
+        ha = self.config.mqtt.homeassistant
+        if ha.discovery:
+            client.subscribe(f"{ha.prefix}/status", qos=1)
+            self._announce_to_home_assistant()
+        self.connected.set()
+        self._wake.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self.connected.is_set():
+            logger.warning(
+                "MQTT connection lost (%s); reconnecting with back-off, events wait in the outbox", reason_code
+            )
+        self.connected.clear()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        # paho holds its message lock here: hand the ack to the drain thread instead of touching our state.
+        self._acks.put(mid)
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith("/status") and msg.payload == b"online":
+            self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
+
+    # ------------------------------------------------------------------ outbox drain (own thread)
+
+    def _drain_loop(self) -> None:
+        inflight: dict[int, int] = {}  # paho mid -> event seq
+        handed = 0  # highest seq handed to paho
+        budget, last = 0.0, time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(0.2)
+            self._wake.clear()
+            while True:
+                try:
+                    mid = self._acks.get_nowait()
+                except queue.Empty:
+                    break
+                seq = inflight.pop(mid, None)
+                if seq is not None:
+                    self.outbox.ack(seq)
+                    self.published += 1
+            now = time.monotonic()
+            # Token bucket: a long backlog drains at drain_rate_per_s, with a burst of one second's worth.
+            budget = min(self.drain_rate_per_s, budget + (now - last) * self.drain_rate_per_s)
+            last = now
+            room = min(INFLIGHT - len(inflight), int(budget))
+            if not self.connected.is_set() or room <= 0:
+                continue
+            for item in self.outbox.pending(handed, room):
+                info = self._client.publish(self.topics.events, item.payload, qos=1, retain=False)
+                inflight[info.mid] = item.seq
+                handed = item.seq
+                budget -= 1
+
+    # ------------------------------------------------------------------ helpers
+
+    def _configure_tls(self) -> None:
+        tls = self.config.mqtt.tls
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(tls, name)
+            if value and not self.config.path(value).is_file():
+                raise UserError(f"mqtt.tls.{name}: {self.config.path(value)} not found")
+        try:
+            self._client.tls_set(
+                ca_certs=str(self.config.path(tls.ca_file)) if tls.ca_file else None,
+                certfile=str(self.config.path(tls.cert_file)) if tls.cert_file else None,
+                keyfile=str(self.config.path(tls.key_file)) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise UserError(f"mqtt.tls: cannot use the certificate files ({exc})") from None
+
+    def _announce_to_home_assistant(self) -> None:
+        ha = self.config.mqtt.homeassistant
+        dev = self.config.device_id
+        device = {"identifiers": [f"emotion-edge-{dev}"], "name": f"emotion-edge {dev}", "manufacturer": "emotion-edge"}
+        sensors = {
+            "emotion": {
+                "value_template": "{{ value_json.emotion }}",
+                "options": [*CANONICAL, UNKNOWN],
+                "device_class": "enum",
+            },
+            "confidence": {"value_template": "{{ value_json.confidence }}", "state_class": "measurement"},
+        }
+        for key, extra in sensors.items():
+            payload = {
+                "name": key.capitalize(),
+                "unique_id": f"emotion_edge_{dev}_{key}",
+                "state_topic": self.topics.state,
+                "availability_topic": self.topics.availability,
+                "payload_available": ONLINE,
+                "payload_not_available": OFFLINE,
+                "device": device,
+                **extra,
+            }
+            self._client.publish(
+                f"{ha.prefix}/sensor/emotion_edge_{dev}/{key}/config", json.dumps(payload), qos=1, retain=True
+            )
+
+
+def resolve_broker(config: Config) -> tuple[str, int]:
+    return (config.mqtt.host or "localhost", config.mqtt.port)

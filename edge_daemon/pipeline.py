@@ -1,0 +1,204 @@
+"""Perception workers and the fusion loop, the same for live capture and for replay.
+
+    camera/video ─▶ LatestSlot ─▶ FaceWorker ───┐
+                                                 ├─▶ predictions queue ─▶ FusionLoop ─▶ Outbox ─▶ MQTT
+    mic/wav ─────▶ AudioRing ──▶ SpeechWorker ──┘
+
+Each worker stamps predictions with stream time and reports `progress`, a
+lower bound on the time of anything it will still produce. Replay closes a
+window once every worker's progress has passed it (so results do not depend on
+CPU speed); live closes it a fixed lag behind the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .audio.emotion import SpeechEmotionModel
+from .audio.features import pcm16_to_float
+from .audio.vad import VoiceGate
+from .capture.buffers import AudioRing, LatestSlot
+from .fusion import Prediction, StateTracker, Windower, WindowResult
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_QUEUE = 1000  # bounded: a stalled fusion loop must not grow memory without limit
+
+
+class Timings:
+    """Recent durations per stage, for stats and `bench`."""
+
+    def __init__(self, keep: int = 500) -> None:
+        self._d: dict[str, deque[float]] = {}
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, ms: float) -> None:
+        with self._lock:
+            self._d.setdefault(stage, deque(maxlen=self._keep)).append(ms)
+
+    def medians(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(statistics.median(v), 3) for k, v in self._d.items() if v}
+
+    def samples(self, stage: str) -> list[float]:
+        with self._lock:
+            return list(self._d.get(stage, ()))
+
+
+class _Worker(threading.Thread):
+    def __init__(self, name: str, out: queue.Queue[Prediction], stop: threading.Event, timings: Timings) -> None:
+        super().__init__(name=name, daemon=True)
+        self.out, self.stop_event, self.timings = out, stop, timings
+        self.progress = 0.0
+        self.finished = threading.Event()
+        self.heartbeat = time.monotonic()  # the watchdog reads it
+
+    def emit(self, pred: Prediction) -> None:
+        self.out.put(pred)  # blocks only if fusion is far behind; the queue is bounded
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        finally:
+            self.progress = math.inf
+            self.finished.set()
+
+    def loop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class FaceWorker(_Worker):
+    """Samples frames at `rate_hz` of stream time, detects faces, classifies the largest."""
+
+    def __init__(self, slot: LatestSlot, detector: Any, model: Any, rate_hz: float, **kw: Any) -> None:
+        super().__init__("face", **kw)
+        self.slot, self.detector, self.model, self.rate_hz = slot, detector, model, rate_hz
+        self.frames_analysed = 0
+        self.faces_seen = 0
+
+    def loop(self) -> None:
+        next_t = 0.0
+        while not self.stop_event.is_set():
+            self.heartbeat = time.monotonic()
+            frame = self.slot.get(timeout=0.5)
+            if frame is None:
+                if self.slot.closed:
+                    return
+                continue
+            if frame.t + 1e-6 < next_t:
+                continue
+            # Sample on a fixed grid of stream time, so replay picks the same frames at any speed.
+            next_t = (math.floor(frame.t * self.rate_hz + 1e-6) + 1) / self.rate_hz
+            t0 = time.perf_counter()
+            faces = self.detector.detect(frame.image)
+            t1 = time.perf_counter()
+            self.timings.add("face_detect", (t1 - t0) * 1000)
+            self.frames_analysed += 1
+            self.progress = frame.t
+            if not faces:
+                continue
+            self.faces_seen += 1
+            probs = self.model.classify(
+                self.model.pre.crop(frame.image, faces[0].box)
+            )  # the largest face drives fusion
+            self.timings.add("face_emotion", (time.perf_counter() - t1) * 1000)
+            self.emit(Prediction("face", frame.t, probs @ self.model.to_canonical))
+
+
+class SpeechWorker(_Worker):
+    """Slides a window of the model's length over the ring every `hop_s`, and classifies the voiced ones."""
+
+    def __init__(self, ring: AudioRing, model: SpeechEmotionModel, gate: VoiceGate, hop_s: float, **kw: Any) -> None:
+        super().__init__("speech", **kw)
+        self.ring, self.model, self.gate = ring, model, gate
+        self.n = model.features.window_samples
+        self.rate = model.features.sample_rate
+        self.hop = max(1, int(hop_s * self.rate))
+        self.windows = 0
+        self.voiced = 0
+
+    def loop(self) -> None:
+        start = 0
+        while not self.stop_event.is_set():
+            self.heartbeat = time.monotonic()
+            self.progress = (start + self.n / 2) / self.rate
+            buf = self.ring.read(start, self.n, timeout=0.5)
+            if buf is None:
+                total = self.ring.total
+                if start < total - self.ring.capacity:  # we fell behind and the ring moved on: skip to the newest audio
+                    start = max(0, total - self.n)
+                elif self.ring.closed:
+                    self._tail(start)
+                    return
+                continue
+            self._classify(buf, start)
+            start += self.hop
+            self.ring.release(start)
+
+    def _tail(self, start: int) -> None:
+        """End of input: one last window flush with the end, if a real part of the audio was never covered."""
+        total = self.ring.total
+        covered = start - self.hop + self.n if start else 0
+        if total - covered >= self.hop // 2 and total >= self.n:
+            buf = self.ring.read(total - self.n, self.n, timeout=0)
+            if buf is not None:
+                self._classify(buf, total - self.n)
+
+    def _classify(self, buf: np.ndarray, start: int) -> None:
+        self.windows += 1
+        audio = pcm16_to_float(buf)
+        if not self.gate.is_speech(audio):
+            return
+        self.voiced += 1
+        t0 = time.perf_counter()
+        probs = self.model.classify_window(audio)
+        self.timings.add("speech_emotion", (time.perf_counter() - t0) * 1000)
+        self.emit(Prediction("speech", (start + self.n / 2) / self.rate, probs @ self.model.to_canonical))
+
+
+@dataclass
+class FusionLoop:
+    """Turns predictions into closed windows, events in the outbox, and state changes."""
+
+    windower: Windower
+    state: StateTracker
+    on_window: Callable[[WindowResult], None]
+    on_state: Callable[[str, WindowResult], None]
+    predictions: queue.Queue[Prediction] = field(default_factory=lambda: queue.Queue(PREDICTION_QUEUE))
+
+    def pump(self, watermark: float, wait_s: float = 0.1) -> int:
+        """Take the queued predictions, close windows up to `watermark`; returns how many windows closed."""
+        try:
+            self.windower.add(self.predictions.get(timeout=wait_s))
+            while True:
+                self.windower.add(self.predictions.get_nowait())
+        except queue.Empty:
+            pass
+        return self._emit(self.windower.close_until(watermark))
+
+    def flush(self) -> int:
+        while True:
+            try:
+                self.windower.add(self.predictions.get_nowait())
+            except queue.Empty:
+                break
+        return self._emit(self.windower.flush())
+
+    def _emit(self, results: list[WindowResult]) -> int:
+        for r in results:
+            self.on_window(r)
+            if self.state.update(r.emotion):
+                self.on_state(r.emotion, r)
+        return len(results)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what emotion-edge needs on a fresh Debian / Raspberry Pi OS machine, then the virtual environment in .venv/.
+# Usage: scripts/bootstrap.sh [EXTRAS]   e.g. "dev" or "dev,train". Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-dev}"
+
+# System packages: PortAudio (pyaudio builds against it), a compiler and headers for that build, Mosquitto (the local
+# broker for demo and tests), venv support.
+pkgs=(gcc portaudio19-dev libportaudio2 mosquitto)
+# A Python built outside Debian (pyenv, conda) brings its own venv module and headers.
+case "$(python3 -c 'import sys; print(sys.prefix)')" in /usr*) pkgs+=(python3-venv python3-dev) ;; esac
+need=()
+for pkg in "${pkgs[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bootstrap: installing system packages: ${need[*]}" >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian starts the system-wide broker on install; the demo and tests start their own on a free port.
+fi
+
+stamp=".venv/.installed-$extras-$(cat setup.py | sha256sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  touch "$stamp"
+fi

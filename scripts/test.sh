@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Quick start, command 2: install everything (training extras too), then run the whole test suite, including the
+# runtime-compatibility check of the shipped models under tflite-runtime 2.14 with numpy<2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh dev,train
+
+# tflite-runtime stopped at 2.14 and crashes with numpy 2, so it lives in its own small environment.
+compat=.venv-compat
+if [ ! -f "$compat/.installed" ]; then
+  python3 -m venv "$compat"
+  "$compat/bin/python" -m pip install -q --upgrade pip
+  "$compat/bin/python" -m pip install -q "tflite-runtime==2.14.0" "numpy<2" "opencv-python-headless<4.11" \
+    "python_speech_features==0.6" "scipy<1.14" pyyaml
+  touch "$compat/.installed"
+fi
+export EMOTION_EDGE_COMPAT_PYTHON="$PWD/$compat/bin/python"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,41 @@
+"""emotion-edge: on-device emotion recognition daemon (camera + microphone → TFLite → MQTT)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "edge_daemon" / "__init__.py").read_text(), version)
+
+setup(
+    name="emotion-edge",
+    version=version["__version__"],
+    description="On-device emotion recognition from camera and microphone, published over MQTT",
+    long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["edge_daemon", "edge_daemon.*"]),
+    # The shipped models travel with a non-editable install too (share/emotion-edge/models_tflite).
+    data_files=[("share/emotion-edge/models_tflite", [str(p) for p in sorted(Path("models_tflite").glob("*")) if p.is_file()])],
+    install_requires=[
+        # LiteRT is the maintained TFLite runtime and works with numpy 2; tflite-runtime 2.14 (numpy<2) also works,
+        # see edge_daemon/runtime.py. Wheels exist for aarch64 and x86-64 Linux.
+        "ai-edge-litert>=2.0; platform_machine in 'x86_64 aarch64 AMD64 arm64'",
+        # OpenCV 5 removed cv2.CascadeClassifier and the Haar cascades we fall back on.
+        "opencv-python-headless>=4.8,<5",
+        "numpy>=1.24",
+        "pyaudio>=0.2.13",
+        "python_speech_features==0.6",  # features must match training exactly: pin it
+        "scipy>=1.10",  # python_speech_features imports it without declaring it; we resample with it
+        "paho-mqtt>=2.0,<3",  # the v2 callback API
+        "pyyaml>=6",
+    ],
+    extras_require={
+        # Training on a workstation: TensorFlow for Keras, matplotlib/scikit-learn for reports.
+        "train": ["tensorflow-cpu>=2.16", "matplotlib>=3.7", "scikit-learn>=1.3", "tqdm>=4.60"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "amqtt>=0.11", "scikit-image>=0.22"],
+    },
+    entry_points={"console_scripts": ["emotion-edge=edge_daemon.cli:main"]},
+)
