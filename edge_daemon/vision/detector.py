@@ -1,0 +1,488 @@
+"""Face detection: BlazeFace short-range (TFLite) with an OpenCV Haar cascade fallback, behind one small interface.
+
+`make_detector(...)` returns an object with `detect(frame_bgr) -> list[Face]`, largest face first, boxes as
+(x, y, w, h) in the frame's own pixels, which is what `FacePreprocess.crop` takes.
+
+BlazeFace is MediaPipe's `face_detection_short_range.tflite` (see models_tflite/face_detection_short_range.md).
+The model emits raw SSD regressions for 896 fixed anchors; turning them into boxes is done here, exactly as
+MediaPipe's FaceDetectionShortRange graph does it (SsdAnchorsCalculator -> TensorsToDetectionsCalculator ->
+weighted NonMaxSuppressionCalculator). Every number that step needs is in the model's metadata `.json`
+(`preprocess` section, parsed by `BlazeFaceSpec.from_meta`), so the metadata fully specifies how to run the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import cv2
+import numpy as np
+
+from ..errors import UserError
+from ..modelmeta import ModelMeta, load_model
+from ..runtime import TFLiteModel
+
+BACKENDS = ("blazeface", "haar")
+_HAAR_WINDOW = 24  # px, the training window of haarcascade_frontalface_default.xml
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face."""
+
+    box: tuple[float, float, float, float]  # x, y, w, h in frame pixels; may reach past the frame edge
+    score: float  # BlazeFace: sigmoid confidence in [0, 1]; Haar has no calibrated confidence and reports 1.0
+
+    @property
+    def area(self) -> float:
+        return self.box[2] * self.box[3]
+
+
+class FaceDetector(Protocol):
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        """Faces in a BGR, BGRA or grayscale uint8 frame, largest first; [] for an empty frame."""
+        ...
+
+
+# Defaults below are MediaPipe's own, for face_detection_short_range.tflite:
+#   mediapipe/modules/face_detection/face_detection_short_range.pbtxt (tensor 128x128, num_layers 4,
+#     strides 8/16/16/16, interpolated_scale_aspect_ratio 1.0, num_boxes 896, x/y/w/h_scale 128,
+#     min_score_thresh 0.5)
+#   mediapipe/modules/face_detection/face_detection.pbtxt (SsdAnchorsCalculator: min_scale 0.1484375,
+#     max_scale 0.75, anchor_offset 0.5, aspect_ratios 1.0, fixed_anchor_size true; TensorsToDetections:
+#     num_coords 16, box_coord_offset 0, keypoint_coord_offset 4, 6 keypoints x 2 values, sigmoid_score,
+#     score_clipping_thresh 100, reverse_output_order true; NonMaxSuppression: WEIGHTED, IoU 0.3;
+#     ImageToTensor: keep_aspect_ratio (letterbox), float range [-1, 1], BORDER_ZERO)
+# The algorithms follow mediapipe/calculators/tflite/ssd_anchors_calculator.cc and
+# mediapipe/calculators/tensor/tensors_to_detections_calculator.cc (MediaPipe 0.10.x, Apache-2.0).
+@dataclass(frozen=True)
+class BlazeFaceSpec:
+    """How to feed BlazeFace and decode its output; stored in the model's `.json` under `preprocess`."""
+
+    # input (ImageToTensorCalculator)
+    input_size: tuple[int, int] = (128, 128)  # (height, width)
+    color: str = "rgb"
+    input_range: tuple[float, float] = (-1.0, 1.0)  # uint8 0..255 maps linearly onto this
+    letterbox: bool = True  # keep aspect ratio, pad (black) to a centred square
+    # anchors (SsdAnchorsCalculatorOptions)
+    num_layers: int = 4
+    min_scale: float = 0.1484375
+    max_scale: float = 0.75
+    anchor_offset_x: float = 0.5
+    anchor_offset_y: float = 0.5
+    strides: tuple[int, ...] = (8, 16, 16, 16)
+    aspect_ratios: tuple[float, ...] = (1.0,)
+    interpolated_scale_aspect_ratio: float = 1.0
+    reduce_boxes_in_lowest_layer: bool = False
+    fixed_anchor_size: bool = True
+    # decoding (TensorsToDetectionsCalculatorOptions)
+    num_boxes: int = 896
+    num_coords: int = 16
+    box_coord_offset: int = 0
+    keypoint_coord_offset: int = 4
+    num_keypoints: int = 6
+    num_values_per_keypoint: int = 2
+    reverse_output_order: bool = True  # boxes are (x_center, y_center, w, h), not (y, x, h, w)
+    x_scale: float = 128.0
+    y_scale: float = 128.0
+    w_scale: float = 128.0
+    h_scale: float = 128.0
+    sigmoid_score: bool = True
+    score_clipping_thresh: float = 100.0
+    min_score_thresh: float = 0.5
+    # non-max suppression (NonMaxSuppressionCalculatorOptions)
+    nms_algorithm: str = "weighted"  # "weighted" (MediaPipe's choice) or "default" (greedy)
+    min_suppression_threshold: float = 0.3  # IoU
+
+    _SECTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "input": ("input_size", "color", "input_range", "letterbox"),
+        "anchors": (
+            "num_layers",
+            "min_scale",
+            "max_scale",
+            "anchor_offset_x",
+            "anchor_offset_y",
+            "strides",
+            "aspect_ratios",
+            "interpolated_scale_aspect_ratio",
+            "reduce_boxes_in_lowest_layer",
+            "fixed_anchor_size",
+        ),
+        "decode": (
+            "num_boxes",
+            "num_coords",
+            "box_coord_offset",
+            "keypoint_coord_offset",
+            "num_keypoints",
+            "num_values_per_keypoint",
+            "reverse_output_order",
+            "x_scale",
+            "y_scale",
+            "w_scale",
+            "h_scale",
+            "sigmoid_score",
+            "score_clipping_thresh",
+            "min_score_thresh",
+        ),
+        "nms": ("nms_algorithm", "min_suppression_threshold"),
+    }
+
+    @classmethod
+    def from_meta(cls, pre: dict[str, Any], source: str = "preprocess") -> BlazeFaceSpec:
+        """Parse the nested `preprocess` section; a missing or mistyped field is a UserError naming it."""
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for section, names in cls._SECTIONS.items():
+            sub = pre.get(section)
+            if not isinstance(sub, dict):
+                raise UserError(f"{source}: section '{section}' is missing")
+            for name in names:
+                if name not in sub:
+                    raise UserError(f"{source}: field '{section}.{name}' is missing")
+                default = getattr(defaults, name)
+                try:
+                    values[name] = _coerce(sub[name], default)
+                except (TypeError, ValueError):
+                    raise UserError(
+                        f"{source}: field '{section}.{name}' should look like {default!r}, got {sub[name]!r}"
+                    ) from None
+        spec = cls(**values)
+        if spec.nms_algorithm not in ("weighted", "default"):
+            raise UserError(f"{source}: field 'nms.nms_algorithm' must be 'weighted' or 'default'")
+        if spec.color not in ("rgb", "bgr"):
+            raise UserError(f"{source}: field 'input.color' must be 'rgb' or 'bgr'")
+        if len(spec.strides) != spec.num_layers:
+            raise UserError(f"{source}: 'anchors.strides' has {len(spec.strides)} entries for {spec.num_layers} layers")
+        return spec
+
+    def to_meta(self) -> dict[str, Any]:
+        flat = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {section: {name: flat[name] for name in names} for section, names in self._SECTIONS.items()}
+
+    def anchors(self) -> np.ndarray:
+        """SSD anchors as a (num_boxes, 4) float32 array of (x_center, y_center, w, h), normalised to [0, 1].
+
+        Same order as MediaPipe's SsdAnchorsCalculator: layers with equal stride share a feature map; for each
+        map, cells row-major, and within a cell one anchor per (scale, aspect ratio).
+        """
+        height, width = self.input_size
+        n_strides = len(self.strides)
+
+        def scale_at(i: int) -> float:
+            if n_strides == 1:
+                return (self.min_scale + self.max_scale) / 2.0
+            return self.min_scale + (self.max_scale - self.min_scale) * i / (n_strides - 1)
+
+        out: list[np.ndarray] = []
+        layer = 0
+        while layer < self.num_layers:
+            sizes: list[tuple[float, float]] = []  # (w, h) per anchor in a cell
+            last = layer
+            while last < n_strides and self.strides[last] == self.strides[layer]:
+                scale = scale_at(last)
+                if last == 0 and self.reduce_boxes_in_lowest_layer:
+                    pairs = [(1.0, 0.1), (2.0, scale), (0.5, scale)]
+                else:
+                    pairs = [(ar, scale) for ar in self.aspect_ratios]
+                    if self.interpolated_scale_aspect_ratio > 0:
+                        nxt = 1.0 if last == n_strides - 1 else scale_at(last + 1)
+                        pairs.append((self.interpolated_scale_aspect_ratio, math.sqrt(scale * nxt)))
+                sizes += [(s * math.sqrt(ar), s / math.sqrt(ar)) for ar, s in pairs]
+                last += 1
+            stride = self.strides[layer]
+            fm_h, fm_w = math.ceil(height / stride), math.ceil(width / stride)
+            ys, xs = np.meshgrid(
+                (np.arange(fm_h) + self.anchor_offset_y) / fm_h,
+                (np.arange(fm_w) + self.anchor_offset_x) / fm_w,
+                indexing="ij",
+            )
+            k = len(sizes)
+            wh = np.ones((k, 2)) if self.fixed_anchor_size else np.array(sizes)
+            grid = np.empty((fm_h, fm_w, k, 4))
+            grid[..., 0] = xs[..., None]
+            grid[..., 1] = ys[..., None]
+            grid[..., 2:] = wh
+            out.append(grid.reshape(-1, 4))
+            layer = last
+        return np.concatenate(out).astype(np.float32)
+
+
+def _coerce(value: Any, like: Any) -> Any:
+    """Convert a JSON value to the type of the dataclass default it replaces."""
+    if isinstance(like, bool):
+        if not isinstance(value, bool):
+            raise TypeError
+        return value
+    if isinstance(like, tuple):
+        if not isinstance(value, list) or not value:
+            raise TypeError
+        return tuple(_coerce(v, like[0]) for v in value)
+    if isinstance(like, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError
+        return value
+    if isinstance(like, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError
+        return float(value)
+    if not isinstance(value, type(like)):
+        raise TypeError
+    return value
+
+
+@dataclass
+class _Filter:
+    """The parts of the contract both backends share: size floor, count cap, largest first."""
+
+    min_face_px: int
+    max_faces: int
+
+    def apply(self, faces: list[Face]) -> list[Face]:
+        kept = [f for f in faces if min(f.box[2], f.box[3]) >= self.min_face_px]
+        kept.sort(key=lambda f: f.area, reverse=True)
+        return kept[: self.max_faces]
+
+
+def _as_uint8_image(frame: np.ndarray) -> np.ndarray | None:
+    """Validate a frame; None when there is nothing to look at. Squeezes (H, W, 1) to (H, W)."""
+    frame = np.asarray(frame)
+    if frame.size == 0 or frame.ndim not in (2, 3):
+        return None
+    if frame.ndim == 3:
+        if frame.shape[2] == 1:
+            frame = frame[:, :, 0]
+        elif frame.shape[2] not in (3, 4):
+            raise ValueError(f"frame has {frame.shape[2]} channels; expected gray, BGR or BGRA")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"frame dtype is {frame.dtype}; expected uint8")
+    return frame
+
+
+class BlazeFaceDetector:
+    """MediaPipe BlazeFace short-range on TFLite. Not thread-safe (one interpreter); make one per thread."""
+
+    def __init__(
+        self, model: TFLiteModel, spec: BlazeFaceSpec, meta: ModelMeta, min_face_px: int, max_faces: int
+    ) -> None:
+        self.meta = meta  # the daemon reports meta.version; the Haar backend has no `meta`
+        source = str(meta.json_path)
+        self._model = model
+        self._spec = spec
+        self._filter = _Filter(min_face_px, max_faces)
+        self._anchors = spec.anchors()
+        if len(self._anchors) != spec.num_boxes:
+            raise UserError(f"{source}: anchor settings give {len(self._anchors)} anchors, not {spec.num_boxes}")
+        h, w = spec.input_size
+        if model.inputs[0].shape != (1, h, w, 3):
+            raise UserError(f"{source}: model input is {model.inputs[0].shape}, spec says (1, {h}, {w}, 3)")
+        self._reg_idx, self._cls_idx = _find_outputs(model, spec, source)
+        lo, hi = spec.input_range
+        self._in_scale = np.float32((hi - lo) / 255.0)  # uint8 0..255 -> [lo, hi]
+        self._in_offset = np.float32(lo)
+        self._box_scale = np.array([spec.x_scale, spec.y_scale, spec.w_scale, spec.h_scale], dtype=np.float32)
+
+    @property
+    def spec(self) -> BlazeFaceSpec:
+        return self._spec
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        frame = _as_uint8_image(frame_bgr)
+        if frame is None:
+            return []
+        tensor, (kx, ky, tx, ty) = self._letterbox(frame)
+        outs = self._model.run(tensor[None])
+        raw = outs[self._reg_idx].reshape(self._spec.num_boxes, self._spec.num_coords)
+        logits = outs[self._cls_idx].reshape(self._spec.num_boxes)
+        boxes, scores = self._decode(raw, logits)
+        if len(scores) == 0:
+            return []
+        boxes, scores = self._nms(boxes, scores)
+        th, tw = self._spec.input_size
+        # normalised tensor coords -> tensor pixels -> frame pixels (inverse of the warp in _letterbox), less
+        # the warp's half-pixel bias: warpAffine samples tensor pixel i at frame point (i - tx) / kx, i.e. its
+        # centre i + 0.5 shows frame position (i - tx) / kx + 0.5. MediaPipe ignores this, so its boxes sit
+        # 0.5 / k - 0.5 px right of and below the face (2 px on a 640x480 frame); on 584 FER2013 faces centred
+        # in a canvas the corrected horizontal offset is 0.2 px, MediaPipe's 2.1 px.
+        bx, by = 0.5 / kx - 0.5, 0.5 / ky - 0.5
+        x0 = (boxes[:, 0] * tw - tx) / kx - bx
+        y0 = (boxes[:, 1] * th - ty) / ky - by
+        x1 = (boxes[:, 2] * tw - tx) / kx - bx
+        y1 = (boxes[:, 3] * th - ty) / ky - by
+        faces = [
+            Face(box=(float(a), float(b), float(c - a), float(d - b)), score=float(s))
+            for a, b, c, d, s in zip(x0, y0, x1, y1, scores, strict=True)
+        ]
+        return self._filter.apply(faces)
+
+    def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """Scale the frame into the input tensor, centred and zero-padded to keep its aspect ratio.
+
+        Same geometry and sampling as MediaPipe's ImageToTensorCalculator (OpenCV path: the frame's bounding
+        square warped with INTER_LINEAR, BORDER_ZERO), which matters: a plain cv2.resize samples at pixel
+        centres instead and changes BlazeFace's boxes by ~3% of the face size. With this warp, scores match the
+        mediapipe 0.10.14 package exactly and boxes do up to the half-pixel correction in detect(). Returns the tensor and (kx, ky, tx, ty) with
+        tensor_x = kx * frame_x + tx.
+        """
+        th, tw = self._spec.input_size
+        fh, fw = frame.shape[:2]
+        if self._spec.letterbox:
+            side = max(fw, fh)
+            kx, ky = tw / side, th / side
+            tx, ty = (side - fw) / 2 * kx, (side - fh) / 2 * ky
+        else:
+            kx, ky, tx, ty = tw / fw, th / fh, 0.0, 0.0
+        m = np.array([[kx, 0.0, tx], [0.0, ky, ty]], dtype=np.float64)
+        small = cv2.warpAffine(
+            frame, m, (tw, th), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
+        # colour conversion after the warp: 19x fewer pixels on a 640x480 frame
+        rgb = self._spec.color == "rgb"
+        if small.ndim == 2:
+            small = cv2.cvtColor(small, cv2.COLOR_GRAY2RGB)
+        elif small.shape[2] == 4:
+            small = cv2.cvtColor(small, cv2.COLOR_BGRA2RGB if rgb else cv2.COLOR_BGRA2BGR)
+        elif rgb:
+            small = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+        tensor = small.astype(np.float32)
+        tensor *= self._in_scale
+        tensor += self._in_offset
+        return tensor, (kx, ky, tx, ty)
+
+    def _decode(self, raw: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and (xmin, ymin, xmax, ymax) boxes, normalised, for anchors above the score threshold."""
+        spec = self._spec
+        if spec.sigmoid_score:
+            t = spec.score_clipping_thresh
+            with np.errstate(over="ignore"):  # float32 exp(100) is inf, and 1 / (1 + inf) is the right 0
+                scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -t, t)))
+        else:
+            scores = logits
+        keep = np.flatnonzero(scores >= spec.min_score_thresh)
+        if keep.size == 0:
+            return np.empty((0, 4), np.float32), np.empty(0, np.float32)
+        o = spec.box_coord_offset
+        r = raw[keep, o : o + 4]
+        if not spec.reverse_output_order:  # (y, x, h, w) -> (x, y, w, h)
+            r = r[:, [1, 0, 3, 2]]
+        a = self._anchors[keep]
+        r = r / self._box_scale
+        xc = r[:, 0] * a[:, 2] + a[:, 0]
+        yc = r[:, 1] * a[:, 3] + a[:, 1]
+        w = r[:, 2] * a[:, 2]
+        h = r[:, 3] * a[:, 3]
+        boxes = np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
+        return boxes, scores[keep]
+
+    def _nms(self, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MediaPipe's non-max suppression; "weighted" averages each cluster by score and keeps the top score.
+
+        Loops once per surviving face (a handful), vectorised over candidates within each pass.
+        """
+        order = np.argsort(-scores, kind="stable")
+        boxes, scores = boxes[order], scores[order]
+        areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+        weighted = self._spec.nms_algorithm == "weighted"
+        remaining = np.arange(len(scores))
+        out_boxes: list[np.ndarray] = []
+        out_scores: list[float] = []
+        while remaining.size:
+            top = remaining[0]
+            b = boxes[remaining]
+            iw = np.clip(np.minimum(b[:, 2], boxes[top, 2]) - np.maximum(b[:, 0], boxes[top, 0]), 0, None)
+            ih = np.clip(np.minimum(b[:, 3], boxes[top, 3]) - np.maximum(b[:, 1], boxes[top, 1]), 0, None)
+            inter = iw * ih
+            union = areas[remaining] + areas[top] - inter
+            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+            cluster = iou > self._spec.min_suppression_threshold
+            cluster[0] = True  # the top box belongs to its own cluster even if degenerate (zero area)
+            if weighted:
+                w = scores[remaining[cluster]]
+                out_boxes.append((b[cluster] * w[:, None]).sum(axis=0) / w.sum())
+            else:
+                out_boxes.append(boxes[top])
+            out_scores.append(float(scores[top]))
+            remaining = remaining[~cluster]
+        return np.array(out_boxes, dtype=np.float32), np.array(out_scores, dtype=np.float32)
+
+
+def _find_outputs(model: TFLiteModel, spec: BlazeFaceSpec, source: str) -> tuple[int, int]:
+    """Indices of the regressors and classificators outputs, by name first, then by shape (never by position)."""
+    names = [o.name for o in model.outputs]
+    if "regressors" in names and "classificators" in names:
+        reg, cls = names.index("regressors"), names.index("classificators")
+    else:
+        by_last = {o.shape[-1]: i for i, o in enumerate(model.outputs)}
+        if spec.num_coords not in by_last or 1 not in by_last:
+            shapes = [o.shape for o in model.outputs]
+            raise UserError(f"{source}: cannot tell regressors from classificators in model outputs {shapes}")
+        reg, cls = by_last[spec.num_coords], by_last[1]
+    want = {reg: (1, spec.num_boxes, spec.num_coords), cls: (1, spec.num_boxes, 1)}
+    for i, shape in want.items():
+        if model.outputs[i].shape != shape:
+            raise UserError(f"{source}: model output '{names[i]}' is {model.outputs[i].shape}, spec expects {shape}")
+    return reg, cls
+
+
+@dataclass
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade: no model file needed, slower and less accurate, no real confidence."""
+
+    min_face_px: int
+    max_faces: int
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    _cascade: Any = field(init=False, repr=False)
+    _filter: _Filter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise UserError(f"{path}: OpenCV Haar cascade not found; reinstall opencv-python-headless")
+        self._filter = _Filter(self.min_face_px, self.max_faces)
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        frame = _as_uint8_image(frame_bgr)
+        if frame is None:
+            return []
+        if frame.ndim == 3:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+        # The cascade's window is 24x24 px, so a frame shrunk until min_face_px becomes 24 px loses no face we
+        # would keep, and scans far fewer positions (640x480, min 40 px: ~60 ms instead of ~90 ms here).
+        f = min(1.0, _HAAR_WINDOW / max(self.min_face_px, 1))
+        if f < 1.0:
+            frame = cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        rects = self._cascade.detectMultiScale(frame, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors)
+        boxes = (np.asarray(rects, dtype=np.float64).reshape(-1, 4) / f).tolist()
+        faces = [Face(box=(x, y, w, h), score=1.0) for x, y, w, h in boxes]
+        return self._filter.apply(faces)
+
+
+def make_detector(
+    backend: str,
+    meta_path: Path | None,
+    min_face_px: int = 40,
+    max_faces: int = 3,
+    score_threshold: float = 0.5,
+    num_threads: int = 1,
+) -> FaceDetector:
+    """Build the configured detector. `score_threshold` overrides the metadata's `decode.min_score_thresh`."""
+    if max_faces < 1:
+        raise UserError(f"max_faces is {max_faces}; it must be at least 1")
+    if min_face_px < 0:
+        raise UserError(f"min_face_px is {min_face_px}; it must be 0 or more")
+    if not 0.0 < score_threshold < 1.0:
+        raise UserError(f"score_threshold is {score_threshold}; it must be between 0 and 1")
+    if backend == "haar":
+        return HaarDetector(min_face_px=min_face_px, max_faces=max_faces)
+    if backend != "blazeface":
+        raise UserError(f"face detector backend {backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+    if meta_path is None:
+        raise UserError("the blazeface detector needs its model metadata (.json) path; check the models section")
+    meta, model = load_model(Path(meta_path), expect_kind="face_detector", num_threads=num_threads)
+    source = str(meta.json_path)
+    spec = BlazeFaceSpec.from_meta(meta.preprocess, source=f"{source}: preprocess")
+    spec = replace(spec, min_score_thresh=float(score_threshold))
+    return BlazeFaceDetector(model, spec, meta, min_face_px=min_face_px, max_faces=max_faces)
