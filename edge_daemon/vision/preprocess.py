@@ -21,6 +21,8 @@ class FacePreprocess:
     size: tuple[int, int] = (48, 48)  # (height, width)
     color: str = "gray"  # "gray" or "rgb"
     crop_margin: float = 0.2  # grow the detector's box by this fraction of its longer side
+    # BlazeFace boxes run eyebrows-to-chin; FER2013 crops are centred ~0.1 box-side higher (measured on 600 val faces).
+    crop_shift_y: float = -0.1
     scale: float = 1.0 / 255.0
     offset: float = 0.0
 
@@ -30,6 +32,7 @@ class FacePreprocess:
             size=(int(pre["size"][0]), int(pre["size"][1])),
             color=str(pre.get("color", "gray")),
             crop_margin=float(pre.get("crop_margin", 0.2)),
+            crop_shift_y=float(pre.get("crop_shift_y", 0.0)),
             scale=float(pre["scale"]),
             offset=float(pre.get("offset", 0.0)),
         )
@@ -39,6 +42,7 @@ class FacePreprocess:
             "size": list(self.size),
             "color": self.color,
             "crop_margin": self.crop_margin,
+            "crop_shift_y": self.crop_shift_y,
             "scale": self.scale,
             "offset": self.offset,
         }
@@ -51,7 +55,7 @@ class FacePreprocess:
         """Cut the square face region (x, y, w, h in pixels) out of a BGR or gray frame, padding at the borders."""
         x, y, w, h = box
         side = max(w, h) * (1.0 + self.crop_margin)
-        cx, cy = x + w / 2.0, y + h / 2.0
+        cx, cy = x + w / 2.0, y + h / 2.0 + self.crop_shift_y * max(w, h)
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         s = max(int(round(side)), 1)
         img = self._to_color(frame_bgr)

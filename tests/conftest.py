@@ -1,0 +1,119 @@
+"""Shared test fixtures: a real Mosquitto on a free port, an MQTT subscriber, configs, and the CLI as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_daemon.devbroker import LocalBroker
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models_tflite"
+CLIP_VIDEO = ROOT / "tests" / "fixtures" / "av" / "clip.mp4"
+CLIP_AUDIO = ROOT / "tests" / "fixtures" / "av" / "clip.wav"
+# The fixture's segments (see tests/fixtures/av/ATTRIBUTION.md): media seconds -> the emotion shown and spoken.
+SEGMENTS = [(0.0, 6.0, "happy"), (6.0, 12.0, "angry"), (12.0, 18.0, "surprise")]
+
+
+@pytest.fixture
+def broker() -> Iterator[LocalBroker]:
+    b = LocalBroker()
+    b.start()
+    assert b.kind == "mosquitto", "the tests need a real Mosquitto: scripts/bootstrap.sh installs it"
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """Collects every message under a topic filter, in arrival order."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}")
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topic, qos=1), self._ready.set())
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._ready.wait(5), "subscriber could not connect"
+        time.sleep(0.2)  # let the SUBACK arrive before the test publishes
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(msg)
+
+    def payloads(self, suffix: str) -> list[str]:
+        with self._lock:
+            return [m.payload.decode() for m in self.messages if m.topic.endswith(suffix)]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(p) for p in self.payloads("/events")]
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return predicate()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def subscribe(broker: LocalBroker) -> Iterator[Callable[[str], Subscriber]]:
+    subs: list[Subscriber] = []
+
+    def make(topic: str = "emotion-edge/#") -> Subscriber:
+        s = Subscriber(broker.port, topic)
+        subs.append(s)
+        return s
+
+    yield make
+    for s in subs:
+        s.close()
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    """A config file that uses the shipped models; keyword arguments override whole sections or top-level keys."""
+    data: dict[str, Any] = {"models": {"dir": str(MODELS)}, "state_dir": str(path.parent / "state")}
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`emotion-edge ARGS` in a fresh process, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "edge_daemon", *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT
+    )
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit code 2, no traceback, and one error line that mentions every needle."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], f"{needle!r} not in {errors[0]!r}"

@@ -1,0 +1,125 @@
+"""Capture hand-offs and sources: bounded, typed, lossless in replay; devices that fail are reported, not fatal."""
+
+from __future__ import annotations
+
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_daemon.capture.buffers import AudioRing, Frame, LatestSlot
+from edge_daemon.capture.files import probe_video, read_wav
+from edge_daemon.capture.microphone import MicrophoneSource
+from edge_daemon.config import MicrophoneConfig
+from edge_daemon.errors import UserError
+
+from .conftest import CLIP_AUDIO, CLIP_VIDEO
+
+
+def frame(i: int) -> Frame:
+    return Frame(np.zeros((2, 2, 3), np.uint8), i / 10, i)
+
+
+def test_latest_slot_keeps_only_the_newest_frame_live() -> None:
+    slot = LatestSlot()
+    for i in range(5):
+        slot.put(frame(i))
+    assert slot.get(timeout=0.1).index == 4
+    assert slot.dropped == 4
+    assert slot.get(timeout=0.05) is None
+
+
+def test_latest_slot_in_replay_waits_instead_of_dropping() -> None:
+    slot = LatestSlot(lossless=True)
+    got: list[int] = []
+
+    def consume() -> None:
+        while (f := slot.get(timeout=1)) is not None:
+            got.append(f.index)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i in range(20):
+        slot.put(frame(i))
+    slot.close()
+    t.join(timeout=5)
+    assert got == list(range(20)) and slot.dropped == 0
+
+
+def test_audio_ring_overwrites_oldest_live_and_counts() -> None:
+    ring = AudioRing(capacity=100)
+    ring.write(np.arange(250, dtype=np.int16))
+    assert ring.total == 250 and ring.dropped == 150
+    assert ring.read(0, 10, timeout=0) is None  # overwritten
+    assert list(ring.read(240, 10, timeout=0)) == list(range(240, 250))
+
+
+def test_audio_ring_in_replay_blocks_the_writer_until_read() -> None:
+    ring = AudioRing(capacity=100, lossless=True)
+    writer = threading.Thread(target=ring.write, args=(np.arange(300, dtype=np.int16),))
+    writer.start()
+    seen = []
+    start = 0
+    while start < 300:
+        chunk = ring.read(start, 50, timeout=2)
+        assert chunk is not None
+        seen.extend(chunk.tolist())
+        start += 50
+        ring.release(start)
+    writer.join(timeout=2)
+    assert seen == list(range(300)) and ring.dropped == 0
+
+
+def test_wav_is_downmixed_and_resampled_to_16k_mono(tmp_path: Path) -> None:
+    p = tmp_path / "stereo44k.wav"
+    t = np.arange(44100) / 44100
+    tone = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+    with wave.open(str(p), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(np.stack([tone, tone], axis=1).tobytes())
+    x = read_wav(p)
+    assert x.dtype == np.int16 and len(x) == 16000
+    spectrum = np.abs(np.fft.rfft(x.astype(float)))
+    assert abs(np.argmax(spectrum) - 440) <= 2  # 1 s at 16 kHz: bin = Hz
+
+
+@pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00\x00\x00WAVEjunk", b"not audio at all"])
+def test_unreadable_wav_is_a_clear_user_error(tmp_path: Path, content: bytes) -> None:
+    p = tmp_path / "bad.wav"
+    p.write_bytes(content)
+    with pytest.raises(UserError, match="bad.wav"):
+        read_wav(p)
+
+
+def test_unreadable_video_is_a_clear_user_error(tmp_path: Path) -> None:
+    p = tmp_path / "bad.mp4"
+    p.write_bytes(b"\x00" * 1000)
+    with pytest.raises(UserError, match="bad.mp4: not a readable video"):
+        probe_video(p)
+    assert probe_video(CLIP_VIDEO) == pytest.approx(10.0)
+    assert len(read_wav(CLIP_AUDIO)) == 18 * 16000
+
+
+def test_absent_microphone_is_reported_offline_and_retried_not_fatal() -> None:
+    # This machine has no sound card: the real PyAudio path fails to open an input, as an unplugged USB mic does.
+    stop = threading.Event()
+    ring = AudioRing(16000 * 4)
+    mic = MicrophoneSource(MicrophoneConfig(reconnect_min_s=0.1, reconnect_max_s=0.2), ring, time.monotonic(), stop)
+    mic.start()
+    try:
+        deadline = time.monotonic() + 10
+        while mic.status.failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        snap = mic.status.snapshot()
+        assert snap["state"] == "offline" and snap["failures"] >= 2, snap  # retried with back-off
+        assert mic.is_alive()
+    finally:
+        stop.set()
+        mic.join(timeout=5)
+    assert not mic.is_alive()

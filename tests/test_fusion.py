@@ -1,0 +1,81 @@
+"""Fusion: weighted majority per window, deterministic ties, no outvoting by volume, unknown below confidence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_daemon.fusion import FusionRule, Prediction, StateTracker, Windower
+from edge_daemon.labels import CANONICAL, UNKNOWN, canonical_matrix
+
+
+def p(modality: str, t: float, **probs: float) -> Prediction:
+    v = np.full(len(CANONICAL), 0.0)
+    for k, x in probs.items():
+        v[CANONICAL.index(k)] = x
+    rest = 1.0 - v.sum()
+    v[v == 0] = rest / max(1, int((v == 0).sum()))
+    return Prediction(modality, t, v)
+
+
+def test_many_face_frames_do_not_outvote_one_speech_window() -> None:
+    preds = [p("face", 0.1 * i, happy=0.6) for i in range(10)] + [p("speech", 1.0, angry=0.9)]
+    emotion, conf, scores, mods = FusionRule().fuse(preds)
+    # Equal modality weights: 10 happy frames share weight 1, one angry speech window has weight 1 -> a tie on votes,
+    # broken by the weighted mean probability (angry 0.9 vs happy 0.6).
+    assert scores["happy"] == pytest.approx(scores["angry"]) == pytest.approx(0.5)
+    assert emotion == "angry"
+    assert mods["face"].count == 10 and mods["face"].votes == {"happy": 10}
+    assert mods["speech"].label == "angry"
+
+
+def test_weights_decide_between_disagreeing_modalities() -> None:
+    preds = [p("face", 0.5, happy=0.7), p("speech", 1.0, sad=0.7)]
+    assert FusionRule(face_weight=2.0).fuse(preds)[0] == "happy"
+    assert FusionRule(speech_weight=2.0).fuse(preds)[0] == "sad"
+
+
+def test_exact_tie_goes_to_canonical_order() -> None:
+    preds = [p("face", 0.5, sad=0.5), p("speech", 1.0, happy=0.5)]
+    assert FusionRule(min_confidence=0).fuse(preds)[0] == "happy"  # happy precedes sad in CANONICAL
+
+
+def test_low_confidence_window_is_unknown_not_forced() -> None:
+    emotion, conf, _, _ = FusionRule(min_confidence=0.5).fuse([p("face", 0.1, fear=0.3)])
+    assert emotion == UNKNOWN and conf == pytest.approx(0.3)
+
+
+def test_single_modality_window_says_which_modality() -> None:
+    _, _, _, mods = FusionRule().fuse([p("speech", 0.5, neutral=0.8)])
+    assert mods["face"] is None and mods["speech"].label == "neutral"
+
+
+def test_average_method_uses_probabilities() -> None:
+    preds = [p("face", 0.1, happy=0.4, surprise=0.35), p("face", 0.2, surprise=0.8), p("face", 0.3, happy=0.4, surprise=0.35)]
+    assert FusionRule(method="vote", min_confidence=0).fuse(preds)[0] == "happy"  # two of three frames vote happy
+    assert FusionRule(method="average", min_confidence=0).fuse(preds)[0] == "surprise"  # but surprise has more probability mass
+
+
+def test_windows_close_behind_the_watermark_in_order() -> None:
+    w = Windower(2.0, FusionRule())
+    for pred in [p("face", 0.5, happy=0.9), p("face", 2.5, sad=0.9), p("speech", 4.1, angry=0.9)]:
+        w.add(pred)
+    assert [r.emotion for r in w.close_until(3.9)] == ["happy"]  # window [2, 4) not over yet
+    assert [(r.start, r.emotion) for r in w.close_until(4.0)] == [(2.0, "sad")]
+    w.add(p("face", 1.0, fear=0.9))  # arrives after its window closed: counted, not silently merged
+    assert w.late == 1
+    assert [(r.start, r.emotion) for r in w.flush()] == [(4.0, "angry")]
+
+
+def test_state_changes_after_consistent_windows() -> None:
+    s = StateTracker(after=2)
+    assert [s.update(e) for e in ["happy", "sad", "happy", "happy", "happy", "sad"]] == [False, False, False, True, False, False]
+    assert s.current == "happy"
+
+
+def test_calm_maps_to_configured_emotion() -> None:
+    m = canonical_matrix(["neutral", "calm", "happy"], calm_as="neutral")
+    probs = np.array([0.2, 0.5, 0.3]) @ m
+    assert probs[CANONICAL.index("neutral")] == pytest.approx(0.7)
+    m2 = canonical_matrix(["neutral", "calm", "happy"], calm_as="happy")
+    assert (np.array([0.2, 0.5, 0.3]) @ m2)[CANONICAL.index("happy")] == pytest.approx(0.8)
