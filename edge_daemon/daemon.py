@@ -28,6 +28,7 @@ from .fusion import FusionRule, StateTracker, Windower, WindowResult
 from .mqtt import MqttSession, resolve_broker
 from .outbox import Outbox
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings
+from .systemd import notify, watchdog_interval_s
 from .vision.detector import make_detector
 from .vision.emotion import FaceEmotionModel
 
@@ -155,6 +156,9 @@ class Daemon:
         for t in [*self.sources, *self.workers]:
             t.start()
         next_stats = time.monotonic() + self.config.mqtt.stats_interval_s
+        ping_every = watchdog_interval_s()
+        next_ping = 0.0
+        notify("READY=1")
         # Live windows close this long after they end: a speech window's prediction is stamped at its centre.
         lag = self.models.speech.features.window_s / 2 + 1.0
         try:
@@ -165,9 +169,13 @@ class Daemon:
                         break
                 else:
                     self.fusion.pump(time.monotonic() - self.started - lag)
-                if time.monotonic() >= next_stats:
+                now = time.monotonic()
+                if now >= next_stats:
                     self.publish_stats()
                     next_stats += self.config.mqtt.stats_interval_s
+                if ping_every and now >= next_ping and self.workers_alive(stall_s=4 * ping_every):
+                    notify("WATCHDOG=1")
+                    next_ping = now + ping_every
         finally:
             self.shutdown()
         return 0
@@ -175,7 +183,21 @@ class Daemon:
     def request_stop(self) -> None:
         self.stop_event.set()
 
+    def workers_alive(self, stall_s: float) -> bool:
+        """Every worker thread runs and has looped recently (they wake at least every 0.5 s even without input)."""
+        now = time.monotonic()
+        for w in self.workers:
+            if not w.finished.is_set() and (not w.is_alive() or now - w.heartbeat > stall_s):
+                logger.error(
+                    "%s worker stalled for %.0f s; withholding the watchdog ping so systemd restarts us",
+                    w.name,
+                    now - w.heartbeat,
+                )
+                return False
+        return True
+
     def shutdown(self) -> None:
+        notify("STOPPING=1")
         self.stop_event.set()
         for t in [*self.sources, *self.workers]:
             t.join(timeout=2)

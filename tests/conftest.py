@@ -101,11 +101,18 @@ def write_config(path: Path, **sections: Any) -> Path:
     return path
 
 
-def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`emotion-edge ARGS` in a fresh process, as a user runs it."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "edge_daemon", *args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT
+        [sys.executable, "-m", "edge_daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd or ROOT,
     )
 
 

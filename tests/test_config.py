@@ -14,16 +14,26 @@ from .conftest import ROOT, assert_clean_error, run_cli
 
 
 def test_shipped_config_documents_every_field_with_its_default() -> None:
-    assert (ROOT / "config.yaml").read_text() == render_default_yaml(), "regenerate: python -c 'from edge_daemon.config import render_default_yaml as r; print(r(), end=\"\")' > config.yaml"
+    assert (ROOT / "config.yaml").read_text() == render_default_yaml(), (
+        "regenerate: python -c 'from edge_daemon.config import render_default_yaml as r; print(r(), end=\"\")' > config.yaml"
+    )
     loaded = load_config(ROOT / "config.yaml")
     assert dataclasses.replace(loaded, base_dir=Path(".")) == Config()
 
 
 def test_overrides_are_read(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
-    p.write_text("device_id: kitchen\ncamera:\n  source: rtsp://cam/stream\n  fps: 10\nmqtt:\n  host: broker.lan\n  tls:\n    enabled: true\n")
+    p.write_text(
+        "device_id: kitchen\ncamera:\n  source: rtsp://cam/stream\n  fps: 10\nmqtt:\n  host: broker.lan\n  tls:\n    enabled: true\n"
+    )
     c = load_config(p)
-    assert (c.device_id, c.camera.source, c.camera.fps, c.mqtt.host, c.mqtt.tls.enabled) == ("kitchen", "rtsp://cam/stream", 10.0, "broker.lan", True)
+    assert (c.device_id, c.camera.source, c.camera.fps, c.mqtt.host, c.mqtt.tls.enabled) == (
+        "kitchen",
+        "rtsp://cam/stream",
+        10.0,
+        "broker.lan",
+        True,
+    )
     assert c.camera.width == 640  # untouched fields keep their defaults
     assert c.model_path("face_emotion") == tmp_path / "models_tflite" / "face_emotion.json"
 

@@ -51,9 +51,15 @@ def test_single_modality_window_says_which_modality() -> None:
 
 
 def test_average_method_uses_probabilities() -> None:
-    preds = [p("face", 0.1, happy=0.4, surprise=0.35), p("face", 0.2, surprise=0.8), p("face", 0.3, happy=0.4, surprise=0.35)]
+    preds = [
+        p("face", 0.1, happy=0.4, surprise=0.35),
+        p("face", 0.2, surprise=0.8),
+        p("face", 0.3, happy=0.4, surprise=0.35),
+    ]
     assert FusionRule(method="vote", min_confidence=0).fuse(preds)[0] == "happy"  # two of three frames vote happy
-    assert FusionRule(method="average", min_confidence=0).fuse(preds)[0] == "surprise"  # but surprise has more probability mass
+    assert (
+        FusionRule(method="average", min_confidence=0).fuse(preds)[0] == "surprise"
+    )  # but surprise has more probability mass
 
 
 def test_windows_close_behind_the_watermark_in_order() -> None:
@@ -69,7 +75,14 @@ def test_windows_close_behind_the_watermark_in_order() -> None:
 
 def test_state_changes_after_consistent_windows() -> None:
     s = StateTracker(after=2)
-    assert [s.update(e) for e in ["happy", "sad", "happy", "happy", "happy", "sad"]] == [False, False, False, True, False, False]
+    assert [s.update(e) for e in ["happy", "sad", "happy", "happy", "happy", "sad"]] == [
+        False,
+        False,
+        False,
+        True,
+        False,
+        False,
+    ]
     assert s.current == "happy"
 
 

@@ -1,7 +1,7 @@
 """Face crop and input preparation, shared by the daemon and `training/` so both feed the model identical tensors.
 
 The face emotion model's metadata (`preprocess` section) says how: square crop
-around the detected box grown by `crop_margin`, grayscale, resized to `size`,
+around the detected box grown by `crop_margin` and moved by `crop_shift_y`, grayscale, resized to `size`,
 scaled by `scale` and shifted by `offset`.
 """
 

@@ -1,0 +1,91 @@
+"""`emotion-edge bench`: median time per stage on real media, and the peak memory of a process with every model loaded.
+
+The face path is timed on 640×480 frames (the frame is resized to that size,
+as a typical USB camera delivers it); the speech path per second of audio.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .audio.features import SAMPLE_RATE, pcm16_to_float
+from .capture.files import probe_video, read_wav
+from .config import Config
+from .daemon import load_models
+from .errors import UserError
+from .runtime import interpreter_class
+
+
+def _median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 3) if samples else float("nan")
+
+
+def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> dict[str, Any]:
+    models = load_models(config)
+    probe_video(video)
+    cap = cv2.VideoCapture(str(video))
+    images = []
+    while len(images) < frames:
+        ok, img = cap.read()
+        if not ok:
+            if not images:
+                break
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # loop a short clip
+            continue
+        images.append(cv2.resize(img, (640, 480)))
+    cap.release()
+    if not images:
+        raise UserError(f"{video}: no frames to time")
+
+    detect, classify, total, faces = [], [], [], 0
+    for img in images:
+        t0 = time.perf_counter()
+        found = models.detector.detect(img)
+        t1 = time.perf_counter()
+        if found:
+            models.face.classify(models.face.pre.crop(img, found[0].box))
+            faces += 1
+        t2 = time.perf_counter()
+        detect.append(t1 - t0)
+        if found:
+            classify.append(t2 - t1)
+            total.append(t2 - t0)
+
+    speech = models.speech
+    x = pcm16_to_float(read_wav(audio))
+    n = speech.features.window_samples
+    if len(x) < n:
+        x = np.pad(x, (0, n - len(x)))
+    feats, infer = [], []
+    for start in range(0, len(x) - n + 1, SAMPLE_RATE):  # one window per second of audio, as the daemon's default hop
+        w = x[start : start + n]
+        t0 = time.perf_counter()
+        f = speech.features.compute(w)
+        t1 = time.perf_counter()
+        speech.model.run(f.reshape(speech.model.inputs[0].shape))
+        t2 = time.perf_counter()
+        feats.append(t1 - t0)
+        infer.append(t2 - t1)
+    _, runtime = interpreter_class()
+    return {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "runtime": runtime,
+        "frames": len(images),
+        "frames_with_face": faces,
+        "face_detect_ms": _median_ms(detect),
+        "face_classify_ms": _median_ms(classify),
+        "face_path_ms": _median_ms(total),
+        "speech_windows": len(feats),
+        "speech_features_ms": _median_ms(feats),
+        "speech_model_ms": _median_ms(infer),
+        "speech_path_ms_per_audio_s": _median_ms([a + b for a, b in zip(feats, infer, strict=True)]),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
