@@ -75,7 +75,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         )
         _stop_on_signals(daemon)
         code = daemon.run()
-        logger.info("replay done: %d event(s), last seq %d", daemon.events, daemon.outbox.last_seq)
+        logger.info("replay done: %d event(s), last seq %d", daemon.events, daemon.last_seq)
         return code
     finally:
         if out is not None and out is not sys.stdout:

@@ -208,6 +208,7 @@ class Daemon:
                 self._wait_drained(timeout_s=10 + self.outbox.depth() / self.config.outbox.drain_rate_per_s)
             self.session.stop()
         left = self.outbox.depth()
+        self.last_seq = self.outbox.last_seq
         if left:
             logger.warning(
                 "%d event(s) not yet acknowledged by the broker stay in %s for the next start", left, self.outbox.path
@@ -235,7 +236,9 @@ class Daemon:
             method=self.config.fusion.method,
             models=self.models.versions(),
         )
-        self.outbox.append(event)  # assigns seq, durable before anyone tries to publish
+        seq = self.outbox.append(event)  # assigns seq, durable before anyone tries to publish
+        if self.session is None:
+            self.outbox.ack(seq)  # --no-mqtt: nothing will ever send it; keep the seq, not the event
         self.events += 1
         if self.events_out is not None:
             self.events_out.write(json.dumps(event) + "\n")
@@ -257,7 +260,7 @@ class Daemon:
                 {
                     "emotion": emotion,
                     "confidence": round(result.confidence, 4),
-                    "since": iso_utc(self.clock.wall(result.start)),
+                    "since": iso_utc(self.clock.wall(self.fusion.state.since)),
                     "seq": self.outbox.last_seq,
                 }
             )

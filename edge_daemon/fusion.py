@@ -159,16 +159,18 @@ class StateTracker:
 
     after: int
     current: str | None = None
+    since: float = 0.0  # stream time when the windows that set `current` began
     _candidate: str | None = None
     _run: int = 0
+    _run_start: float = 0.0
 
-    def update(self, emotion: str) -> bool:
-        """Feed one window's emotion; True when the state changed."""
+    def update(self, emotion: str, t: float = 0.0) -> bool:
+        """Feed one window's emotion and start time; True when the state changed."""
         if emotion == self._candidate:
             self._run += 1
         else:
-            self._candidate, self._run = emotion, 1
+            self._candidate, self._run, self._run_start = emotion, 1, t
         if self._run >= self.after and emotion != self.current:
-            self.current = emotion
+            self.current, self.since = emotion, self._run_start
             return True
         return False

@@ -199,6 +199,6 @@ class FusionLoop:
     def _emit(self, results: list[WindowResult]) -> int:
         for r in results:
             self.on_window(r)
-            if self.state.update(r.emotion):
+            if self.state.update(r.emotion, r.start):
                 self.on_state(r.emotion, r)
         return len(results)

@@ -20,7 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_daemon.devbroker import LocalBroker
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models_tflite"
+# The shipped models; EMOTION_EDGE_TEST_MODELS points the suite at a candidate folder before it ships.
+MODELS = Path(os.environ.get("EMOTION_EDGE_TEST_MODELS", ROOT / "models_tflite"))
 CLIP_VIDEO = ROOT / "tests" / "fixtures" / "av" / "clip.mp4"
 CLIP_AUDIO = ROOT / "tests" / "fixtures" / "av" / "clip.wav"
 # The fixture's segments (see tests/fixtures/av/ATTRIBUTION.md): media seconds -> the emotion shown and spoken.

@@ -61,7 +61,7 @@ def test_replay_publishes_schema_valid_events_with_both_modalities_and_right_emo
         e["used"] == ["face", "speech"] for e in events[1:]
     )  # the first window may precede the first voiced speech
     # The middle window of each segment is clear: face and voice agree on one emotion.
-    for start, end, emotion in SEGMENTS:
+    for start, _end, emotion in SEGMENTS:
         middle = next(e for e in events if e["media_start_s"] == start + 2.0)
         assert middle["emotion"] == emotion, (emotion, middle)
     # Availability: online then stopped, both retained; a state was published.
