@@ -355,7 +355,7 @@ def mqtt_password(config: Config) -> str | None:
     if cred_dir:
         cred = Path(cred_dir) / "mqtt_password"
         if cred.is_file():
-            return cred.read_text(encoding="utf-8").strip()
+            return cred.read_text(encoding="utf-8").strip() or None  # the installer leaves an empty one
     return None
 
 

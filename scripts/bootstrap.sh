@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what emotion-edge needs on a fresh Debian / Raspberry Pi OS machine, then the virtual environment in .venv/.
-# Usage: scripts/bootstrap.sh [EXTRAS]   e.g. "dev" or "dev,train". Safe to run again: it only does what is missing.
+# Usage: scripts/bootstrap.sh [EXTRAS]   e.g. "dev" (default), "dev,train", or "" for the runtime alone. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-dev}"
@@ -24,6 +24,7 @@ stamp=".venv/.installed-$extras-$(cat setup.py | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  spec="."; [ -n "$extras" ] && spec=".[$extras]"
+  .venv/bin/python -m pip install -q -e "$spec"
   touch "$stamp"
 fi
