@@ -7,10 +7,13 @@ All parameters travel in the speech model's metadata (`preprocess` section);
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import python_speech_features as psf
+from python_speech_features import sigproc
+from scipy.fftpack import dct
 
 SAMPLE_RATE = 16_000  # Hz, mono; microphones are opened at this rate and training resamples to it
 
@@ -56,24 +59,39 @@ class SpeechFeatures:
     def num_features(self) -> int:
         return self.numcep * (3 if self.deltas else 1)
 
+    @cached_property
+    def _dither(self) -> np.ndarray:
+        # A little fixed noise keeps log energies finite on digital silence (same values every window).
+        return 1e-5 * np.random.default_rng(0).standard_normal(self.window_samples)
+
+    @cached_property
+    def _filterbank(self) -> np.ndarray:
+        return psf.get_filterbanks(self.nfilt, self.nfft, self.sample_rate, 0, self.sample_rate / 2)
+
+    def mfcc(self, x: np.ndarray) -> np.ndarray:
+        """`python_speech_features.mfcc(x, …, appendEnergy=True, winfunc=np.hamming)` with our parameters, step by step
+        with the same library functions, so that the mel filterbank is built once instead of on every call."""
+        frames = sigproc.framesig(
+            sigproc.preemphasis(x, self.preemph),
+            self.winlen * self.sample_rate,
+            self.winstep * self.sample_rate,
+            np.hamming,
+        )
+        pspec = sigproc.powspec(frames, self.nfft)
+        eps = np.finfo(float).eps
+        energy = pspec.sum(axis=1)
+        energy = np.where(energy == 0, eps, energy)  # exactly as psf: zeros become eps (log of 0)
+        feat = pspec @ self._filterbank.T
+        feat = np.log(np.where(feat == 0, eps, feat))
+        feat = psf.lifter(dct(feat, type=2, axis=1, norm="ortho")[:, : self.numcep], 22)
+        feat[:, 0] = np.log(energy)
+        return feat
+
     def compute(self, audio: np.ndarray) -> np.ndarray:
         """Features of one window of mono float audio in [-1, 1] at `sample_rate`: float32 (num_frames, num_features)."""
         if audio.shape != (self.window_samples,):
             raise ValueError(f"expected {self.window_samples} mono samples, got shape {audio.shape}")
-        # A little dither keeps log energies finite on digital silence.
-        x = audio.astype(np.float64) + 1e-5 * np.random.default_rng(0).standard_normal(audio.shape[0])
-        feat = psf.mfcc(
-            x,
-            samplerate=self.sample_rate,
-            winlen=self.winlen,
-            winstep=self.winstep,
-            numcep=self.numcep,
-            nfilt=self.nfilt,
-            nfft=self.nfft,
-            preemph=self.preemph,
-            appendEnergy=True,
-            winfunc=np.hamming,
-        )
+        feat = self.mfcc(audio.astype(np.float64) + self._dither)
         if self.deltas:
             d1 = psf.delta(feat, 2)
             feat = np.concatenate([feat, d1, psf.delta(d1, 2)], axis=1)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.signal import resample_poly
 
 from ..audio.features import SAMPLE_RATE
 from ..errors import UserError
@@ -50,6 +49,8 @@ def read_wav(path: Path) -> np.ndarray:
         x = x / 65536.0
     x = x.reshape(-1, channels).mean(axis=1)
     if rate != SAMPLE_RATE:
+        from scipy.signal import resample_poly  # imported only when needed: scipy.signal costs ~65 MB of RAM
+
         g = np.gcd(rate, SAMPLE_RATE)
         x = resample_poly(x, SAMPLE_RATE // g, rate // g)
     return np.clip(np.round(x), -32768, 32767).astype(np.int16)
