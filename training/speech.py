@@ -1,0 +1,540 @@
+"""Speech emotion model: speaker-independent CV, SVM baseline, final training on all speakers, int8 export.
+
+    python -m training.speech --data ravdess=/work/shared/data/ravdess --folds 5 --epochs 40 \
+        --run-dir runs/speech --out models_tflite/speech_emotion.tflite
+
+Windows are `SpeechFeatures.window_s` crops that pass the daemon's voice gate, featurised with the
+daemon's own `SpeechFeatures.compute`; clip accuracy averages window probabilities exactly like the
+daemon's `classify speech file.wav` (gated windows at a 1 s hop, else the loudest window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_daemon.audio.features import SpeechFeatures
+from edge_daemon.labels import SPEECH_LABELS
+
+from . import common
+from .speech_data import (
+    Corpus,
+    augment_audio,
+    clip_windows,
+    gate_params,
+    load_sources,
+    make_split,
+    random_gated_crops,
+    read_wav,
+)
+
+MODEL_NAME = "speech_emotion"
+VERSION = "1.0.0"
+AUG_KINDS = ("orig", "slow", "fast", "noise")
+DATA_LICENCE = (
+    "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391), CC BY-NC-SA 4.0: attribution, NON-COMMERCIAL "
+    "use only, share-alike. A model trained on it inherits these terms: no commercial use."
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m training.speech", description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        help="kind=path with kind in ravdess/cremad/tess/savee/emodb (repeat to merge corpora)",
+    )
+    ap.add_argument("--out", type=Path, default=Path("models_tflite/speech_emotion.tflite"))
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/speech"))
+    ap.add_argument("--split", default="speaker", help="validation protocol; only 'speaker' is accepted")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--crops", type=int, default=4, help="random gated crops per clip and augmentation variant")
+    ap.add_argument("--window-s", type=float, default=None, help="override SpeechFeatures.window_s")
+    ap.add_argument("--numcep", type=int, default=None, help="override SpeechFeatures.numcep")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-cv", action="store_true", help="train the shipped model only (reuses cv.json if any)")
+    ap.add_argument("--cv-only", action="store_true", help="cross-validate (and SVM baseline) only")
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 crop, no augmentation")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.epochs, args.crops = min(args.epochs, 2), 1
+    return args
+
+
+def feature_params(args: argparse.Namespace) -> SpeechFeatures:
+    kw: dict[str, Any] = {}
+    if args.window_s:
+        kw["window_s"] = args.window_s
+    if args.numcep:
+        kw["numcep"] = args.numcep
+    return SpeechFeatures(**kw)
+
+
+# ---------------------------------------------------------------- features
+
+
+@dataclass
+class Windows:
+    x: np.ndarray  # (n, frames, features) float32
+    clip: np.ndarray  # index into corpus.items
+
+
+def build_train_windows(
+    corpus: Corpus, feats: SpeechFeatures, crops: int, augs: tuple[str, ...], seed: int, cache: Path
+) -> Windows:
+    """Gated random crops of every clip under each waveform augmentation, featurised by the daemon's code."""
+    key = hashlib.sha1(
+        json.dumps([[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, gate_params()]).encode()
+    ).hexdigest()[:12]
+    f = cache / f"train_windows_{key}.npz"
+    if f.is_file():
+        d = np.load(f)
+        return Windows(d["x"], d["clip"])
+    rng = np.random.default_rng(seed)
+    xs, cl = [], []
+    t0 = time.time()
+    for i, u in enumerate(corpus.items):
+        audio = read_wav(u.path)
+        for a in augs:
+            for w in random_gated_crops(augment_audio(audio, a, rng), feats, crops, rng):
+                xs.append(feats.compute(w))
+                cl.append(i)
+        if i % 200 == 0:
+            print(f"  featurised {i}/{len(corpus.items)} clips, {len(xs)} windows, {time.time() - t0:.0f}s", flush=True)
+    out = Windows(np.stack(xs), np.asarray(cl))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, x=out.x, clip=out.clip)
+    return out
+
+
+def build_eval_windows(corpus: Corpus, feats: SpeechFeatures, cache: Path) -> Windows:
+    """The windows the daemon would classify for each whole clip (1 s hop, gated, loudest fallback)."""
+    key = hashlib.sha1(
+        json.dumps(
+            [[str(u.path) for u in corpus.items], feats.to_meta(), gate_params(), "daemon-clip-windows"]
+        ).encode()
+    ).hexdigest()[:12]
+    f = cache / f"eval_windows_{key}.npz"
+    if f.is_file():
+        d = np.load(f)
+        return Windows(d["x"], d["clip"])
+    xs, cl = [], []
+    for i, u in enumerate(corpus.items):
+        for w in clip_windows(read_wav(u.path), feats):
+            xs.append(feats.compute(w))
+            cl.append(i)
+    out = Windows(np.stack(xs), np.asarray(cl))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, x=out.x, clip=out.clip)
+    return out
+
+
+def clip_probs(win_probs: np.ndarray, clip_idx: np.ndarray, clips: np.ndarray) -> np.ndarray:
+    """Mean window probability per clip, in the order of `clips`."""
+    return np.stack([win_probs[clip_idx == c].mean(axis=0) for c in clips])
+
+
+def clip_stats_features(corpus: Corpus, feats: SpeechFeatures) -> np.ndarray:
+    """Classic baseline input: mean and std over the whole clip of MFCC+deltas (no per-window CMVN)."""
+    raw = SpeechFeatures(**{**feats.to_meta(), "cmvn": False})
+    rows = []
+    for u in corpus.items:
+        a = read_wav(u.path)
+        n = raw.window_samples
+        a = np.pad(a, (0, (-len(a)) % n))  # compute() takes whole windows; stats pool over all of them
+        f = np.concatenate([raw.compute(a[s : s + n]) for s in range(0, len(a), n)])
+        rows.append(np.concatenate([f.mean(0), f.std(0)]))
+    return np.stack(rows)
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(input_shape: tuple[int, int], n_classes: int) -> Any:
+    """1-D conv net over time (features as channels): small, int8-friendly, ~0.2 M params."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input(shape=input_shape, name="mfcc")
+    x = inp
+    for ch, k in ((64, 5), (96, 5), (128, 3), (160, 3)):
+        x = layers.Conv1D(ch, k, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling1D(2)(x)
+        x = layers.Dropout(0.15)(x)
+    x = layers.GlobalAveragePooling1D()(x)
+    x = layers.Dropout(0.4)(x)
+    x = layers.Dense(64, activation="relu")(x)
+    x = layers.Dropout(0.3)(x)
+    out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="speech_cnn1d")
+
+
+def spec_augment(tf: Any, x: Any, seed: int) -> Any:
+    """SpecAugment on a batch: one time mask (≤ 20 frames) and one feature-band mask (≤ 8 columns), set to 0 = the
+    CMVN mean."""
+    b, t, f = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+
+    def mask(length: Any, width: int) -> Any:
+        w = tf.random.uniform([b, 1], 0, width + 1, dtype=tf.int32)
+        s = tf.random.uniform([b, 1], 0, length, dtype=tf.int32)
+        r = tf.range(length)[None, :]
+        return tf.cast((r >= s) & (r < s + w), x.dtype)
+
+    mt = mask(t, 20)[:, :, None]
+    mf = mask(f, 8)[:, None, :]
+    return x * (1 - mt) * (1 - mf)
+
+
+def fit(
+    args: argparse.Namespace,
+    xw: np.ndarray,
+    yw: np.ndarray,
+    weights: dict[int, float],
+    val: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+    log_prefix: str,
+) -> tuple[Any, dict]:
+    """Train for exactly args.epochs (cosine LR); optionally track clip-level val accuracy each epoch."""
+    tf = common.setup_tf(args.threads, args.seed)
+    import keras
+
+    n = len(SPEECH_LABELS)
+    model = build_model(xw.shape[1:], n)
+    ds = (
+        tf.data.Dataset.from_tensor_slices((xw, keras.utils.to_categorical(yw, n).astype(np.float32)))
+        .shuffle(len(xw), seed=args.seed, reshuffle_each_iteration=True)
+        .batch(args.batch)
+        .map(lambda a, b: (spec_augment(tf, a, args.seed), b), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(2)
+    )
+    steps = args.epochs * int(np.ceil(len(xw) / args.batch))
+    lr = keras.optimizers.schedules.CosineDecay(
+        args.lr * 0.1, steps, warmup_target=args.lr, warmup_steps=max(1, steps // 20)
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(lr, weight_decay=1e-3),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=["accuracy"],
+    )
+    hist: dict[str, list[float]] = {"loss": [], "accuracy": [], "val_clip_accuracy": []}
+
+    class ClipEval(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            hist["loss"].append(float(logs["loss"]))
+            hist["accuracy"].append(float(logs["accuracy"]))
+            msg = f"{log_prefix} epoch {epoch + 1}/{args.epochs} loss {logs['loss']:.3f} acc {logs['accuracy']:.3f}"
+            if val is not None:
+                xe, ce, clips, yc = val
+                p = clip_probs(self.model.predict(xe, batch_size=512, verbose=0), ce, clips)
+                hist["val_clip_accuracy"].append(float(np.mean(p.argmax(1) == yc)))
+                msg += f" val_clip_acc {hist['val_clip_accuracy'][-1]:.3f}"
+            print(msg, flush=True)
+
+    model.fit(ds, epochs=args.epochs, class_weight=weights, callbacks=[ClipEval()], verbose=0)
+    return model, hist
+
+
+def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
+    """Inverse frequency (RAVDESS has half as many neutral clips as the others)."""
+    c = np.bincount(y, minlength=n).astype(float)
+    w = np.where(c > 0, c.sum() / (n * np.maximum(c, 1)), 0.0)
+    return {i: float(w[i]) for i in range(n)}
+
+
+def export(model: Any, xw: np.ndarray, path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(xw))[:400]
+    return common.export_int8(model, (xw[i : i + 1] for i in idx), path)
+
+
+# ---------------------------------------------------------------- main
+
+
+def cross_validate(
+    args: argparse.Namespace, corpus: Corpus, y_clip: np.ndarray, tw: Windows, ew: Windows, feats: SpeechFeatures
+) -> dict[str, Any]:
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    speakers = [u.speaker for u in corpus.items]
+    sexes = np.asarray([u.sex for u in corpus.items])
+    folds = make_split(args.split, speakers, args.folds)
+    n = len(SPEECH_LABELS)
+    stats = clip_stats_features(corpus, feats)
+    res: dict[str, Any] = {"folds": [], "svm_folds": []}
+    all_true, all_pred = [], []
+    for k, val_clips in enumerate(folds):
+        val_set = set(val_clips.tolist())
+        train_clips = np.array([i for i in range(len(corpus.items)) if i not in val_set])
+        held = sorted({speakers[i] for i in val_clips})
+        assert not set(held) & {speakers[i] for i in train_clips}  # speaker-independent by construction
+        tr = np.isin(tw.clip, train_clips)
+        ev = np.isin(ew.clip, val_clips)
+        yw = y_clip[tw.clip[tr]]
+        model, hist = fit(
+            args,
+            tw.x[tr],
+            yw,
+            class_weights(yw, n),
+            (ew.x[ev], ew.clip[ev], val_clips, y_clip[val_clips]),
+            f"fold {k + 1}",
+        )
+        tfl = export(model, tw.x[tr], args.run_dir / f"fold{k + 1}.tflite", args.seed)
+        pq = clip_probs(common.tflite_predict(tfl, ew.x[ev]), ew.clip[ev], val_clips)
+        pred = pq.argmax(1)
+        yt = y_clip[val_clips]
+        sex_acc = {
+            str(s): float(np.mean(pred[sexes[val_clips] == s] == yt[sexes[val_clips] == s]))
+            for s in sorted(set(sexes[val_clips]))
+        }
+        res["folds"].append(
+            {
+                "held_out_speakers": held,
+                "clip_accuracy_float_final_epoch": hist["val_clip_accuracy"][-1],
+                "clip_accuracy_int8": float(np.mean(pred == yt)),
+                "clip_accuracy_by_sex_int8": sex_acc,
+                "val_clip_accuracy_curve": hist["val_clip_accuracy"],
+                "train_loss_curve": hist["loss"],
+            }
+        )
+        all_true.append(yt)
+        all_pred.append(pred)
+        svm = make_pipeline(StandardScaler(), SVC(C=10, gamma="scale"))
+        svm.fit(stats[train_clips], y_clip[train_clips])
+        res["svm_folds"].append(float(np.mean(svm.predict(stats[val_clips]) == yt)))
+        print(
+            f"fold {k + 1} held out {held}: int8 clip acc {res['folds'][-1]['clip_accuracy_int8']:.3f}, "
+            f"SVM {res['svm_folds'][-1]:.3f}",
+            flush=True,
+        )
+    accs = [f["clip_accuracy_int8"] for f in res["folds"]]
+    yt, yp = np.concatenate(all_true), np.concatenate(all_pred)
+    rep = common.classification_report(yt, yp, list(SPEECH_LABELS))
+    sexes_all = np.concatenate([sexes[f] for f in folds])
+    by_sex = {str(s): float(np.mean(yp[sexes_all == s] == yt[sexes_all == s])) for s in sorted(set(sexes_all))}
+    res.update(
+        {
+            "protocol": f"{args.folds}-fold grouped by speaker (whole actors held out), fixed {args.epochs} epochs "
+            "(no early stopping on the held-out fold)",
+            "clip_accuracy_int8_mean": float(np.mean(accs)),
+            "clip_accuracy_int8_std": float(np.std(accs)),
+            "svm_mean": float(np.mean(res["svm_folds"])),
+            "svm_std": float(np.std(res["svm_folds"])),
+            "pooled_report_int8": rep,
+            "accuracy_by_sex_int8": by_sex,
+            "sex_gap_points": (abs(by_sex.get("M", 0) - by_sex.get("F", 0)) * 100) if len(by_sex) > 1 else None,
+        }
+    )
+    common.plot_confusion(
+        rep["confusion"],
+        list(SPEECH_LABELS),
+        args.run_dir / "cv_confusion_int8.png",
+        "speech int8, pooled speaker-independent CV",
+    )
+    curves = np.mean([f["val_clip_accuracy_curve"] for f in res["folds"]], axis=0)
+    common.plot_curves(
+        {
+            "loss": np.mean([f["train_loss_curve"] for f in res["folds"]], axis=0).tolist(),
+            "val_accuracy": curves.tolist(),
+        },
+        args.run_dir / "cv_curves.png",
+        "speech CV: mean train loss / mean val clip accuracy (float)",
+    )
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    feats = feature_params(args)
+    corpus = load_sources(args.data)
+    print(f"data: {corpus.summary()}", flush=True)
+    make_split(args.split, [u.speaker for u in corpus.items], args.folds)  # refuse bad protocols before any work
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    cache = args.run_dir / "cache"
+    y_clip = np.asarray([SPEECH_LABELS.index(u.label) for u in corpus.items])
+    augs = ("orig",) if args.quick else AUG_KINDS
+    t0 = time.time()
+    tw = build_train_windows(corpus, feats, args.crops, augs, args.seed, cache)
+    ew = build_eval_windows(corpus, feats, cache)
+    print(f"{len(tw.x)} training windows, {len(ew.x)} evaluation windows ({time.time() - t0:.0f}s)", flush=True)
+
+    cv_path = args.run_dir / "cv.json"
+    cv = None
+    if not args.skip_cv:
+        cv = cross_validate(args, corpus, y_clip, tw, ew, feats)
+        cv["command"] = "python -m training.speech " + shlex.join(argv)
+        cv["features"] = feats.to_meta()
+        common.write_json(cv_path, cv)
+        print(
+            f"CV int8 clip accuracy {cv['clip_accuracy_int8_mean']:.3f} ± {cv['clip_accuracy_int8_std']:.3f}; "
+            f"SVM {cv['svm_mean']:.3f} ± {cv['svm_std']:.3f}; by sex {cv['accuracy_by_sex_int8']}",
+            flush=True,
+        )
+    elif cv_path.is_file():
+        cv = json.loads(cv_path.read_text())
+        if cv.get("features") != feats.to_meta():
+            print("warning: cv.json was made with other feature parameters; not quoting it", flush=True)
+            cv = None
+    if args.cv_only:
+        return 0
+
+    # The shipped model: all speakers, same recipe and epoch count as the CV folds.
+    yw = y_clip[tw.clip]
+    model, hist = fit(args, tw.x, yw, class_weights(yw, len(SPEECH_LABELS)), None, "final")
+    tfl = export(model, tw.x, args.run_dir / "speech_emotion.tflite", args.seed)
+    common.plot_curves(
+        {"loss": hist["loss"], "accuracy": hist["accuracy"]},
+        args.run_dir / "final_curves.png",
+        "speech final model (all training speakers)",
+    )
+    ms_model = common.time_inference(tfl, ew.x[0])
+    win = np.zeros(feats.window_samples, np.float32)
+    win[:] = np.random.default_rng(0).standard_normal(len(win)) * 0.05
+    t = time.perf_counter()
+    for _ in range(30):
+        feats.compute(win)
+    ms_feat = (time.perf_counter() - t) / 30 * 1000
+    metrics: dict[str, Any] = {
+        "model_bytes": tfl.stat().st_size,
+        "params": int(model.count_params()),
+        "inference_ms_median": ms_model,
+        "features_ms_per_window": ms_feat,
+        # the daemon classifies one window per ~1 s hop, so per second of audio = one window's work
+        "ms_per_second_of_audio": ms_feat + ms_model,
+        "train_accuracy_final_epoch_float": hist["accuracy"][-1],
+    }
+    if cv:
+        metrics.update(
+            {
+                k: cv[k]
+                for k in (
+                    "clip_accuracy_int8_mean",
+                    "clip_accuracy_int8_std",
+                    "svm_mean",
+                    "svm_std",
+                    "accuracy_by_sex_int8",
+                    "sex_gap_points",
+                    "protocol",
+                )
+            }
+        )
+        metrics["per_fold_int8"] = [f["clip_accuracy_int8"] for f in cv["folds"]]
+        metrics["per_class_cv_int8"] = cv["pooled_report_int8"]["per_class"]
+    common.write_json(args.run_dir / "report.json", metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2), flush=True)
+    if args.no_export:
+        return 0
+    from edge_daemon.modelmeta import load_model, write_meta
+
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(tfl.read_bytes())
+    training = {
+        "data": corpus.summary(),
+        "split_protocol": (cv or {}).get("protocol", "no CV run for this export")
+        + "; shipped model trained on all listed speakers (RAVDESS actors 21-24 never seen: held back)",
+        "command": "python -m training.speech " + shlex.join(argv),
+        "date": common.now_iso(),
+        "git": common.git_rev(),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "windows": f"{feats.window_s} s gated random crops ({args.crops} per clip per variant), gate "
+        f"{gate_params()[0]} dBFS / {gate_params()[1]} speech fraction",
+        "augmentation": "speed/pitch ±10 % by resampling, noise 10-30 dB SNR, SpecAugment time+feature masks",
+        "quantisation": "full int8 (in/out int8), 400 real training windows for calibration",
+    }
+    write_meta(
+        out,
+        "speech_emotion",
+        MODEL_NAME,
+        VERSION,
+        feats.to_meta(),
+        labels=list(SPEECH_LABELS),
+        training=training,
+        metrics=metrics,
+        licence="model weights: CC BY-NC-SA 4.0 (inherited from RAVDESS)",
+        data_licence=DATA_LICENCE,
+    )
+    load_model(out.with_suffix(".json"), expect_kind="speech_emotion")
+    out.with_suffix(".md").write_text(model_card(metrics, training, feats), encoding="utf-8")
+    print(f"exported {out} ({metrics['model_bytes'] / 1024:.0f} KiB) + .json + .md", flush=True)
+    return 0
+
+
+def model_card(m: dict[str, Any], t: dict[str, Any], feats: SpeechFeatures) -> str:
+    if "per_fold_int8" in m:
+        folds = ", ".join(f"{a:.3f}" for a in m["per_fold_int8"])
+        pc = "\n".join(
+            f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+            for k, v in m["per_class_cv_int8"].items()
+        )
+        res = f"""Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the clip's gated
+1 s-hop windows (the daemon's `classify speech file.wav`), int8 model through `edge_daemon.runtime`.
+
+| model | mean ± std clip accuracy (8 classes, chance 12.5 %) |
+|---|---|
+| **this CNN, int8** | **{m["clip_accuracy_int8_mean"]:.3f} ± {m["clip_accuracy_int8_std"]:.3f}** (folds: {folds}) |
+| baseline: MFCC mean/std + RBF SVM, same folds | {m["svm_mean"]:.3f} ± {m["svm_std"]:.3f} |
+
+Accuracy by speaker sex (pooled over folds, int8): {m["accuracy_by_sex_int8"]}; gap
+{m["sex_gap_points"]:.1f} points.
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{pc}
+"""
+    else:
+        res = "No cross-validation was run for this export: no speaker-independent accuracy is claimed.\n"
+    return f"""# speech_emotion — speech emotion classifier (int8 TFLite)
+
+Eight classes, output order = `edge_daemon.labels.SPEECH_LABELS`: {", ".join(SPEECH_LABELS)}
+(`calm` maps to neutral in the daemon). Input: one {feats.window_s} s window at {feats.sample_rate} Hz →
+`SpeechFeatures` ({feats.numcep} MFCC + deltas, per-window CMVN) = {feats.num_frames}×{feats.num_features},
+int8 in and out.
+
+## Data and licence
+- {t["data"]}
+- {DATA_LICENCE}
+- Split: {t["split_protocol"]}.
+
+## How it was made
+`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}). {m["params"]:,} parameters, {t["epochs"]} epochs.
+Windows: {t["windows"]}. Augmentation: {t["augmentation"]}. {t["quantisation"]}.
+
+## Speaker-independent results (RAVDESS actors 01-20)
+{res}
+Size {m["model_bytes"] / 1024:.0f} KiB. Per window (= per second of audio at the daemon's 1 s hop):
+features {m["features_ms_per_window"]:.1f} ms + model {m["inference_ms_median"]:.2f} ms =
+{m["ms_per_second_of_audio"]:.1f} ms on this x86 dev box, 1 thread (not measured on a Pi; expect several times slower there).
+
+## Known failure modes
+- RAVDESS is acted North-American English, two fixed sentences, studio audio. Spontaneous speech,
+  other languages, far-field microphones, reverberation and background talk will score much lower.
+- calm/neutral and fear/surprise/happy are easily confused; 24 professional actors are not a population.
+- It classifies how speech sounds, not what a person feels.
+
+## Intended use
+Non-commercial (licence), on-device, opt-in. {common.EU_AI_ACT_NOTICE}
+"""
+
+
+if __name__ == "__main__":
+    common.run_main(main)

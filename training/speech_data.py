@@ -1,0 +1,341 @@
+"""Speech emotion corpora: file-name parsers, audio loading, gated windows and speaker-grouped splits.
+
+Parsers map each corpus's naming convention onto `edge_daemon.labels.SPEECH_LABELS` (through
+`normalise`) and keep the speaker id and sex, so that validation can hold out whole speakers:
+
+- RAVDESS  `03-01-05-01-02-01-12.wav`   (EE emotion, AA actor; odd actor = male)
+- CREMA-D  `1001_DFA_ANG_XX.wav`         (speaker 1001-1091; sex from VideoDemographics.csv if present)
+- TESS     `OAF_back_angry.wav`          (speakers OAF/YAF, both female; `ps` = pleasant surprise)
+- SAVEE    `DC_a01.wav` or `DC/a01.wav`  (a/d/f/h/n/sa/su; speakers DC/JE/JK/KL, all male)
+- EmoDB    `03a01Fa.wav`                 (speaker = first two digits; 6th char W/L/E/A/F/T/N)
+
+Files whose names do not parse are collected in `Corpus.rejected` (and reported), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.io import wavfile
+from scipy.signal import resample_poly
+
+from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures, pcm16_to_float
+from edge_daemon.audio.vad import speech_fraction
+from edge_daemon.labels import SPEECH_LABELS, normalise
+
+from .common import DatasetError
+
+AUDIO_EXTS = {".wav"}
+CORPORA = ("ravdess", "cremad", "tess", "savee", "emodb")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    path: Path
+    label: str  # one of SPEECH_LABELS
+    speaker: str  # corpus-qualified ("ravdess:12") so merged corpora never share ids by accident
+    sex: str  # "M", "F" or "?"
+    corpus: str
+
+
+@dataclass
+class Corpus:
+    items: list[Utterance] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+    def extend(self, other: Corpus) -> None:
+        self.items += other.items
+        self.rejected += other.rejected
+
+    def summary(self) -> str:
+        c = Counter(u.label for u in self.items)
+        spk = {u.speaker for u in self.items}
+        line = (
+            f"{len(self.items)} clips, {len(spk)} speakers ({', '.join(f'{k}={c.get(k, 0)}' for k in SPEECH_LABELS)})"
+        )
+        if self.rejected:
+            line += f"; {len(self.rejected)} files rejected, e.g. " + "; ".join(
+                f"{Path(p).name}: {why}" for p, why in self.rejected[:3]
+            )
+        return line
+
+
+def _label(name: str) -> str | None:
+    lab = normalise(name)
+    return lab if lab in SPEECH_LABELS else None
+
+
+# ---------------------------------------------------------------- per-corpus file-name parsers
+# Each returns (label, speaker, sex) or raises ValueError with the reason.
+
+RAVDESS_EMOTIONS = {
+    "01": "neutral",
+    "02": "calm",
+    "03": "happy",
+    "04": "sad",
+    "05": "angry",
+    "06": "fearful",
+    "07": "disgust",
+    "08": "surprised",
+}
+
+
+def parse_ravdess(path: Path) -> tuple[str, str, str]:
+    parts = path.stem.split("-")
+    if len(parts) != 7 or not all(p.isdigit() and len(p) == 2 for p in parts):
+        raise ValueError("not MM-VV-EE-II-SS-RR-AA")
+    if parts[1] != "01":
+        raise ValueError(f"vocal channel {parts[1]} is song, not speech")
+    if parts[2] not in RAVDESS_EMOTIONS:
+        raise ValueError(f"unknown emotion code {parts[2]}")
+    actor = int(parts[6])
+    return normalise(RAVDESS_EMOTIONS[parts[2]]), f"ravdess:{actor:02d}", "M" if actor % 2 else "F"
+
+
+CREMAD_EMOTIONS = {"ANG": "angry", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
+CREMAD_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2}|X{1,2})$")
+
+
+def parse_cremad(path: Path, sexes: dict[str, str] | None = None) -> tuple[str, str, str]:
+    m = CREMAD_RE.match(path.stem)
+    if not m:
+        raise ValueError("not SSSS_SEN_EMO_LVL")
+    if m.group(3) not in CREMAD_EMOTIONS:
+        raise ValueError(f"unknown emotion code {m.group(3)}")
+    spk = m.group(1)
+    return CREMAD_EMOTIONS[m.group(3)], f"cremad:{spk}", (sexes or {}).get(spk, "?")
+
+
+TESS_EMOTIONS = {"ps": "surprise", "pleasant_surprise": "surprise", "pleasant_surprised": "surprise"}
+
+
+def parse_tess(path: Path) -> tuple[str, str, str]:
+    parts = path.stem.split("_")
+    if len(parts) < 3 or parts[0].upper() not in ("OAF", "YAF"):
+        raise ValueError("not OAF|YAF_word_emotion")
+    emo = "_".join(parts[2:]).lower()
+    lab = TESS_EMOTIONS.get(emo) or _label(emo)
+    if lab is None:
+        raise ValueError(f"unknown emotion {emo!r}")
+    return lab, f"tess:{parts[0].upper()}", "F"  # both TESS speakers are women
+
+
+SAVEE_PREFIX = {"a": "angry", "d": "disgust", "f": "fear", "h": "happy", "n": "neutral", "sa": "sad", "su": "surprise"}
+SAVEE_SPEAKERS = ("DC", "JE", "JK", "KL")
+SAVEE_RE = re.compile(r"^(?:(DC|JE|JK|KL)_)?(sa|su|a|d|f|h|n)(\d{2})$")
+
+
+def parse_savee(path: Path) -> tuple[str, str, str]:
+    m = SAVEE_RE.match(path.stem)
+    if not m:
+        raise ValueError("not [SPK_]<a|d|f|h|n|sa|su>NN")
+    spk = m.group(1) or (path.parent.name.upper() if path.parent.name.upper() in SAVEE_SPEAKERS else None)
+    if spk is None:
+        raise ValueError("speaker neither in the name nor the folder (DC/JE/JK/KL)")
+    return SAVEE_PREFIX[m.group(2)], f"savee:{spk}", "M"  # all four SAVEE speakers are men
+
+
+EMODB_EMOTIONS = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy", "T": "sad", "N": "neutral"}
+EMODB_SEX = {
+    "03": "M",
+    "10": "M",
+    "11": "M",
+    "12": "M",
+    "15": "M",
+    "08": "F",
+    "09": "F",
+    "13": "F",
+    "14": "F",
+    "16": "F",
+}
+EMODB_RE = re.compile(r"^(\d{2})([ab]\d{2})([WLEAFTN])[a-z]$")
+
+
+def parse_emodb(path: Path) -> tuple[str, str, str]:
+    m = EMODB_RE.match(path.stem)
+    if not m:
+        raise ValueError("not SSTTTEv (e.g. 03a01Fa)")
+    # boredom folds onto neutral through labels.normalise: the one place that decides it
+    return normalise(EMODB_EMOTIONS[m.group(3)]), f"emodb:{m.group(1)}", EMODB_SEX.get(m.group(1), "?")
+
+
+def _cremad_sexes(root: Path) -> dict[str, str]:
+    """CREMA-D keeps sex in VideoDemographics.csv (ActorID,Age,Sex,...); used when it sits in or above root."""
+    for cand in (root / "VideoDemographics.csv", root.parent / "VideoDemographics.csv"):
+        if cand.is_file():
+            with open(cand, newline="", encoding="utf-8") as f:
+                return {r["ActorID"]: ("M" if r["Sex"].lower().startswith("m") else "F") for r in csv.DictReader(f)}
+    return {}
+
+
+def load_corpus(kind: str, root: Path) -> Corpus:
+    """Every .wav under `root` parsed with `kind`'s convention."""
+    root = Path(root)
+    if kind not in CORPORA:
+        raise DatasetError(f"unknown corpus kind {kind!r}; known: {', '.join(CORPORA)}")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: {kind} folder not found")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    sexes = _cremad_sexes(root) if kind == "cremad" else None
+    out = Corpus()
+    for p in files:
+        if p.suffix.lower() not in AUDIO_EXTS:
+            if p.suffix.lower() not in (".csv", ".txt", ".md"):
+                out.rejected.append((str(p), "not a .wav file"))
+            continue
+        try:
+            if kind == "ravdess":
+                lab, spk, sex = parse_ravdess(p)
+            elif kind == "cremad":
+                lab, spk, sex = parse_cremad(p, sexes)
+            elif kind == "tess":
+                lab, spk, sex = parse_tess(p)
+            elif kind == "savee":
+                lab, spk, sex = parse_savee(p)
+            else:
+                lab, spk, sex = parse_emodb(p)
+        except ValueError as exc:
+            out.rejected.append((str(p), str(exc)))
+            continue
+        if lab not in SPEECH_LABELS:
+            out.rejected.append((str(p), f"label {lab!r} not in SPEECH_LABELS"))
+            continue
+        out.items.append(Utterance(p, lab, spk, sex, kind))
+    if not out.items:
+        raise DatasetError(f"{root}: no {kind} clips found ({len(out.rejected)} files with unparsable names)")
+    return out
+
+
+def parse_source(spec: str) -> tuple[str, Path]:
+    """`kind=path` (e.g. `ravdess=/data/ravdess`); a bare path means RAVDESS."""
+    if "=" in spec:
+        kind, path = spec.split("=", 1)
+        return kind.strip().lower(), Path(path)
+    return "ravdess", Path(spec)
+
+
+def load_sources(specs: list[str]) -> Corpus:
+    out = Corpus()
+    for s in specs:
+        out.extend(load_corpus(*parse_source(s)))
+    return out
+
+
+# ---------------------------------------------------------------- splits
+
+
+def grouped_folds(speakers: list[str], k: int) -> list[np.ndarray]:
+    """k folds of whole speakers (deterministic): fold i holds the sorted speakers with index % k == i.
+
+    With RAVDESS actors 01-20 and k=5 each fold gets 4 actors alternating male/female.
+    """
+    uniq = sorted(set(speakers))
+    if len(uniq) < k:
+        raise DatasetError(f"{len(uniq)} speakers cannot make {k} speaker-independent folds")
+    fold_of = {s: i % k for i, s in enumerate(uniq)}
+    spk = np.asarray(speakers)
+    return [np.flatnonzero(np.vectorize(fold_of.get)(spk) == i) for i in range(k)]
+
+
+def make_split(protocol: str, speakers: list[str], k: int = 5) -> list[np.ndarray]:
+    """Validation folds. Only speaker-grouped protocols are allowed for speech corpora."""
+    if protocol != "speaker":
+        raise DatasetError(
+            f"split protocol {protocol!r} refused: speech corpora repeat the same sentences by the same voices, "
+            "so a random clip split measures speaker memory, not emotion; use whole speakers held out ('speaker')"
+        )
+    return grouped_folds(speakers, k)
+
+
+# ---------------------------------------------------------------- audio and windows
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """Mono float32 in [-1, 1] at SAMPLE_RATE (down-mixed and resampled if needed)."""
+    try:
+        sr, a = wavfile.read(str(path))
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"{path}: unreadable WAV ({exc})") from None
+    if a.dtype == np.int16:
+        a = pcm16_to_float(a)
+    elif a.dtype == np.int32:
+        a = a.astype(np.float32) / 2**31
+    elif a.dtype == np.uint8:
+        a = (a.astype(np.float32) - 128) / 128
+    a = a.astype(np.float32)
+    if a.ndim == 2:
+        a = a.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        g = np.gcd(sr, SAMPLE_RATE)
+        a = resample_poly(a, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    return a
+
+
+def gate_params() -> tuple[float, float]:
+    """The daemon's default gate for clips: `speech.vad_min_level_db` and `speech.vad_min_speech_fraction`."""
+    from edge_daemon.config import SpeechConfig
+
+    c = SpeechConfig()
+    return float(c.vad_min_level_db), float(c.vad_min_speech_fraction)
+
+
+def passes_gate(win: np.ndarray) -> bool:
+    thr, frac = gate_params()
+    return speech_fraction(win, SAMPLE_RATE, thr) >= frac
+
+
+def pad_to(audio: np.ndarray, n: int) -> np.ndarray:
+    """Clips shorter than one window are centred in silence, as the daemon's `clip_windows` does."""
+    if len(audio) >= n:
+        return audio
+    pad = n - len(audio)
+    return np.pad(audio, (pad // 2, pad - pad // 2))
+
+
+def clip_windows(audio: np.ndarray, feats: SpeechFeatures, hop_s: float | None = None) -> list[np.ndarray]:
+    """The windows the daemon classifies for a whole clip (its own function, with its default gate and hop)."""
+    from edge_daemon.audio.emotion import clip_windows as daemon_clip_windows
+    from edge_daemon.config import SpeechConfig
+
+    thr, frac = gate_params()
+    return daemon_clip_windows(audio, feats, thr, frac, SpeechConfig().hop_s if hop_s is None else hop_s)
+
+
+def random_gated_crops(
+    audio: np.ndarray, feats: SpeechFeatures, n_crops: int, rng: np.random.Generator, tries: int = 6
+) -> Iterator[np.ndarray]:
+    """Random `window_s` crops that pass the gate (training windows, as the daemon would select them)."""
+    n = feats.window_samples
+    audio = pad_to(audio, n)
+    got = 0
+    for _ in range(n_crops * tries):
+        s = int(rng.integers(0, len(audio) - n + 1))
+        w = audio[s : s + n]
+        if passes_gate(w):
+            got += 1
+            yield w
+            if got >= n_crops:
+                return
+    if got == 0:  # same fallback as the daemon: the loudest window
+        yield clip_windows(audio, feats)[0]
+
+
+def augment_audio(audio: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Waveform augmentation: speed/pitch by resampling (±10 %), additive noise at 10-30 dB SNR."""
+    if kind == "orig":
+        return audio
+    if kind in ("slow", "fast"):
+        up, down = (10, 9) if kind == "slow" else (9, 10)  # slow: 10/9 longer, lower pitch
+        return resample_poly(audio, up, down).astype(np.float32)
+    if kind == "noise":
+        p = float(np.mean(audio.astype(np.float64) ** 2)) + 1e-12
+        snr_db = float(rng.uniform(10, 30))
+        noise = rng.standard_normal(len(audio)) * np.sqrt(p / 10 ** (snr_db / 10))
+        return np.clip(audio + noise, -1, 1).astype(np.float32)
+    raise ValueError(kind)
