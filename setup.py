@@ -22,7 +22,7 @@ setup(
     install_requires=[
         # LiteRT is the maintained TFLite runtime and works with numpy 2; tflite-runtime 2.14 (numpy<2) also works,
         # see edge_daemon/runtime.py. Wheels exist for aarch64 and x86-64 Linux.
-        "ai-edge-litert>=2.0; platform_machine in 'x86_64 aarch64 AMD64 arm64'",
+        "ai-edge-litert>=2.0",
         # OpenCV 5 removed cv2.CascadeClassifier and the Haar cascades we fall back on.
         "opencv-python-headless>=4.8,<5",
         "numpy>=1.24",

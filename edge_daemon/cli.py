@@ -78,6 +78,7 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
             state_dir=_path(args.state_dir),
             events_out=out,
             publish=not args.no_mqtt,
+            drain_timeout_s=args.drain_timeout,
         )
         _stop_on_signals(daemon)
         code = daemon.run()
@@ -233,8 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--realtime", action="store_true", help="pace input like a live device instead of as fast as the CPU allows"
     )
     r.add_argument("--state-dir", help="outbox and sequence state (default: state_dir from the config)")
+    r.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (events go to --events-out only)")
     r.add_argument(
-        "--no-mqtt", action="store_true", help="do not connect to a broker (events go to the outbox and --events-out)"
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="at the end, wait up to S seconds for the broker to take the backlog (default 30); the rest stays in the outbox",
     )
     r.set_defaults(func=cmd_replay)
 

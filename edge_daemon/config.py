@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,7 +201,12 @@ class Config:
         return p if p.is_absolute() else self.base_dir / p
 
     def model_path(self, name: str) -> Path:
-        return self.path(self.models.dir) / getattr(self.models, name)
+        folder = self.path(self.models.dir)
+        if not folder.is_dir() and not Path(self.models.dir).is_absolute():
+            # A non-editable install carries the shipped models in <prefix>/share/emotion-edge/ (see setup.py).
+            installed = Path(sys.prefix) / "share" / "emotion-edge" / self.models.dir
+            folder = installed if installed.is_dir() else folder
+        return folder / getattr(self.models, name)
 
 
 # --------------------------------------------------------------------------- loading

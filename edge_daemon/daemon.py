@@ -82,13 +82,16 @@ class Daemon:
         publish: bool = True,
         broker: tuple[str, int] | None = None,
         models: Models | None = None,
+        drain_timeout_s: float = 30.0,
     ) -> None:
         self.config = config
         self.replay = replay
         self.stop_event = threading.Event()
+        self.stop_signalled = threading.Event()  # SIGTERM/SIGINT, as opposed to the end of a replay
         self.timings = Timings()
         self.events_out = events_out
         self.events = 0
+        self.drain_timeout_s = drain_timeout_s
         self.models = models or load_models(config)
         self.outbox = Outbox(
             state_dir or config.path(config.state_dir), config.outbox.max_events, config.outbox.max_age_s
@@ -181,6 +184,7 @@ class Daemon:
         return 0
 
     def request_stop(self) -> None:
+        self.stop_signalled.set()
         self.stop_event.set()
 
     def workers_alive(self, stall_s: float) -> bool:
@@ -202,10 +206,10 @@ class Daemon:
         for t in [*self.sources, *self.workers]:
             t.join(timeout=2)
         self.fusion.flush()
-        self.publish_stats()
+        if self.session and self.replay is not None:
+            self._wait_drained(self.drain_timeout_s + self.outbox.depth() / self.config.outbox.drain_rate_per_s)
+        self.publish_stats()  # the final figures, after the drain they count
         if self.session:
-            if self.replay is not None:
-                self._wait_drained(timeout_s=10 + self.outbox.depth() / self.config.outbox.drain_rate_per_s)
             self.session.stop()
         left = self.outbox.depth()
         self.last_seq = self.outbox.last_seq
@@ -216,14 +220,12 @@ class Daemon:
         self.outbox.close()
 
     def _wait_drained(self, timeout_s: float) -> None:
+        """End of a replay: give the broker up to `timeout_s` to take what the outbox holds."""
         assert self.session is not None
-        if not self.session.wait_connected(timeout=min(5.0, timeout_s)):
-            logger.warning(
-                "MQTT broker %s:%d not reachable; events stay in the outbox", self.session.host, self.session.port
-            )
-            return
         deadline = time.monotonic() + timeout_s
-        while self.outbox.depth() and time.monotonic() < deadline:
+        if self.outbox.depth() and not self.session.connected.is_set():
+            logger.info("waiting up to %.0f s for MQTT broker %s:%d", timeout_s, self.session.host, self.session.port)
+        while self.outbox.depth() and time.monotonic() < deadline and not self.stop_signalled.is_set():
             time.sleep(0.05)
 
     # ------------------------------------------------------------------ outputs
@@ -243,7 +245,7 @@ class Daemon:
         if self.events_out is not None:
             self.events_out.write(json.dumps(event) + "\n")
             self.events_out.flush()
-        logger.info(
+        logger.debug(
             "window %s–%s: %s (%.2f) from %s",
             event["window_start"],
             event["window_end"],

@@ -34,11 +34,16 @@ def wait_for_port(port: int, timeout: float = 10.0) -> bool:
 
 
 class LocalBroker:
-    """Start with `start()`, stop with `stop()`; `port` is where it listens. `extra_conf` adds mosquitto.conf lines."""
+    """Start with `start()`, stop with `stop()`; `port` is where it listens. `extra_conf` adds mosquitto.conf lines.
 
-    def __init__(self, port: int | None = None, extra_conf: str = "") -> None:
+    With `persistence`, Mosquitto keeps sessions and retained messages across `stop()`/`start()` (the tests'
+    subscribers use that to miss nothing while the broker is down); without, a restart forgets everything.
+    """
+
+    def __init__(self, port: int | None = None, extra_conf: str = "", persistence: bool = False) -> None:
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
         self.kind = ""
         self._dir = tempfile.TemporaryDirectory(prefix="emotion-edge-broker-")

@@ -81,7 +81,9 @@ class MqttSession:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=c.client_id or f"emotion-edge-{config.device_id}", clean_session=True
         )
-        self._client.enable_logger(logging.getLogger("paho"))
+        if logger.isEnabledFor(logging.DEBUG):
+            # paho logs an ERROR on every failed reconnect; we log each outage once ourselves.
+            self._client.enable_logger(logging.getLogger("paho"))
         self._client.reconnect_delay_set(min_delay=max(1, int(c.reconnect_min_s)), max_delay=int(c.reconnect_max_s))
         self._client.max_queued_messages_set(0)
         self._client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
@@ -91,6 +93,7 @@ class MqttSession:
             self._configure_tls()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._drainer = threading.Thread(target=self._drain_loop, name="mqtt-drain", daemon=True)
@@ -163,8 +166,14 @@ class MqttSession:
         self.connected.set()
         self._wake.set()
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        reason = "unreachable (no broker listening, or the network is down)"
+        if reason != self._last_refusal:
+            logger.error("MQTT broker %s:%d %s; retrying with back-off", self.host, self.port, reason)
+            self._last_refusal = reason
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stop.is_set():
             logger.warning(
                 "MQTT connection lost (%s); reconnecting with back-off, events wait in the outbox", reason_code
             )

@@ -29,8 +29,9 @@ SEGMENTS = [(0.0, 6.0, "happy"), (6.0, 12.0, "angry"), (12.0, 18.0, "surprise")]
 
 
 @pytest.fixture
-def broker() -> Iterator[LocalBroker]:
-    b = LocalBroker()
+def broker(request: pytest.FixtureRequest) -> Iterator[LocalBroker]:
+    """A real Mosquitto on a free port; `@pytest.mark.parametrize("broker", [True], indirect=True)` makes it persistent."""
+    b = LocalBroker(persistence=getattr(request, "param", False))
     b.start()
     assert b.kind == "mosquitto", "the tests need a real Mosquitto: scripts/bootstrap.sh installs it"
     yield b
@@ -40,12 +41,22 @@ def broker() -> Iterator[LocalBroker]:
 class Subscriber:
     """Collects every message under a topic filter, in arrival order."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, persistent: bool = False) -> None:
+        """`persistent`: a durable session (the broker queues QoS 1 messages for us while we are away)."""
         self.messages: list[mqtt.MQTTMessage] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}")
-        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topic, qos=1), self._ready.set())
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}", clean_session=not persistent
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.connected = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: (
+            c.subscribe(topic, qos=1),
+            self._ready.set(),
+            self.connected.set(),
+        )
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.connected.clear()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -80,8 +91,8 @@ class Subscriber:
 def subscribe(broker: LocalBroker) -> Iterator[Callable[[str], Subscriber]]:
     subs: list[Subscriber] = []
 
-    def make(topic: str = "emotion-edge/#") -> Subscriber:
-        s = Subscriber(broker.port, topic)
+    def make(topic: str = "emotion-edge/#", persistent: bool = False) -> Subscriber:
+        s = Subscriber(broker.port, topic, persistent)
         subs.append(s)
         return s
 

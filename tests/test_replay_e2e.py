@@ -94,7 +94,7 @@ def test_seq_continues_across_runs_with_the_same_state_dir(tmp_path: Path, broke
 
 
 def test_replay_without_a_broker_keeps_events_for_later(tmp_path: Path) -> None:
-    _, written = replay(tmp_path, 1, "--audio", str(CLIP_AUDIO))  # nothing listens on port 1
+    _, written = replay(tmp_path, 1, "--audio", str(CLIP_AUDIO), "--drain-timeout", "1")  # nothing listens on port 1
     assert written
     from edge_daemon.outbox import Outbox
 
