@@ -14,6 +14,7 @@ named by `mqtt.password_env` or from `$CREDENTIALS_DIRECTORY/mqtt_password`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -240,6 +241,8 @@ class _Reader:
         fields = {f.name: f for f in _public_fields(cls)}
         values: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(key_node, prefix or "(top level)", "keys must be plain names, not lists or mappings")
             key = key_node.value
             path = f"{prefix}.{key}" if prefix else str(key)
             if key not in fields:
@@ -256,8 +259,8 @@ class _Reader:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, path, f"must be a single value ({_describe(hint, f)})")
         try:
-            raw = yaml.safe_load(yaml.serialize(node))
-        except yaml.YAMLError as exc:
+            raw = yaml.SafeLoader("").construct_object(node)  # the value as safe_load reads it, `key:` alone is null
+        except (yaml.YAMLError, ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
             raise self.fail(node, path, f"unreadable value ({exc})") from None
         allowed = _types_of(hint)
         got = _coerce(raw, allowed)
@@ -295,7 +298,11 @@ def _coerce(raw: Any, allowed: tuple[type, ...]) -> Any:
         if t is int and isinstance(raw, int) and not isinstance(raw, bool):
             return raw
         if t is float and isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
+            try:
+                value = float(raw)
+            except OverflowError:
+                return _BAD
+            return value if math.isfinite(value) else _BAD  # NaN would slip past every bound
         if t is str and isinstance(raw, str):
             return raw
     return _BAD
@@ -329,12 +336,14 @@ def load_config(path: Path | str | None) -> Config:
         raise UserError(f"{path}: config file unreadable ({exc})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        config = _Reader(path).section(Config, node, "")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{path}{line}: not valid YAML ({problem})") from None
-    config = _Reader(path).section(Config, node, "")
+    except RecursionError:
+        raise UserError(f"{path}: nested too deeply to be a config file") from None
     config = dataclasses.replace(config, base_dir=path.resolve().parent)
     if config.camera.reconnect_min_s > config.camera.reconnect_max_s:
         raise UserError(f"{path}: camera.reconnect_min_s must not exceed camera.reconnect_max_s")

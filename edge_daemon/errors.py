@@ -7,3 +7,7 @@ class UserError(Exception):
     """A mistake the user can fix: the message names the file, field or device and what to do."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        # Always one line: parser messages and odd key names can carry newlines and control characters.
+        return " ".join("".join(c if c.isprintable() else " " for c in super().__str__()).split())

@@ -34,6 +34,8 @@ from .runtime import TensorSpec, TFLiteModel
 
 SCHEMA = 1
 KINDS = ("face_detector", "face_emotion", "speech_emotion")
+# What a malformed `preprocess` value can raise while it is parsed; callers turn these into one UserError line.
+SPEC_ERRORS = (KeyError, TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -167,7 +168,7 @@ class MqttSession:
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        reason = "unreachable (no broker listening, or the network is down)"
+        reason = self._diagnose()  # paho does not say why; one cheap probe per failed attempt does
         if reason != self._last_refusal:
             logger.error("MQTT broker %s:%d %s; retrying with back-off", self.host, self.port, reason)
             self._last_refusal = reason
@@ -220,6 +221,27 @@ class MqttSession:
                 budget -= 1
 
     # ------------------------------------------------------------------ helpers
+
+    def _diagnose(self) -> str:
+        """Why a connection attempt failed, in words an operator can act on."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=3) as sock:
+                if not self.config.mqtt.tls.enabled:
+                    return "accepted the connection but did not complete the MQTT handshake"
+                tls = self.config.mqtt.tls
+                ctx = ssl.create_default_context(cafile=str(self.config.path(tls.ca_file)) if tls.ca_file else None)
+                if tls.cert_file:
+                    ctx.load_cert_chain(
+                        self.config.path(tls.cert_file), self.config.path(tls.key_file) if tls.key_file else None
+                    )
+                with ctx.wrap_socket(sock, server_hostname=self.host):
+                    return "completed TLS on a probe but refused MQTT"
+        except ssl.SSLCertVerificationError as exc:
+            return f"presented a TLS certificate we do not trust ({exc.verify_message}); check mqtt.tls.ca_file and mqtt.host"
+        except ssl.SSLError as exc:
+            return f"failed the TLS handshake ({exc.reason or exc}); check mqtt.tls and that the port speaks TLS"
+        except OSError as exc:
+            return f"is unreachable ({exc.strerror or exc}); is the broker running and mqtt.host/mqtt.port right?"
 
     def _configure_tls(self) -> None:
         tls = self.config.mqtt.tls

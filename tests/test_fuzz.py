@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import wave
 from collections.abc import Callable, Iterator
@@ -147,8 +150,49 @@ def assert_within_schema(config: Config) -> None:
             assert lo <= value <= hi, f"{path} = {value!r} loaded, outside [{lo}, {hi}]"
 
 
+@FAST
+@given(text=yamlish)
+@example(text="[a, b]: 1\n")  # a sequence as a key
+@example(text="camera:\n  ? {x: 1}\n  : 2\n")  # a mapping as a key
+@example(text="camera:\n  fps: " + "9" * 400 + "\n")  # an integer too large for a float
+@example(text="camera:\n  width: " + "9" * 5000 + "\n")  # more digits than Python converts by default
+@example(text="camera: " + "[" * 2000 + "]" * 2000 + "\n")  # deep nesting
+def test_any_yamlish_text_as_config_loads_or_raises_user_error(scratch: Path, text: str) -> None:
+    check_config_text(scratch, text)
+
+
+@FAST
+@given(text=mutated_configs())
+@example(text="camera:\n  fps: .nan\n")
+def test_mutated_shipped_config_loads_within_schema_or_raises_user_error(scratch: Path, text: str) -> None:
+    check_config_text(scratch, text)
+
+
+@FEW
+@given(data=st.binary(max_size=300))
+@example(data=b"\xff\xfe\x00c\x00a")  # UTF-16 BOM
+@example(data=b"camera:\n  source: \xe9\n")  # Latin-1, not UTF-8
+def test_arbitrary_bytes_as_config_load_or_raise_user_error(scratch: Path, data: bytes) -> None:
+    check_config_text(scratch, data)
+
+
+@pytest.mark.parametrize("key", ["mqtt.host", "mqtt.username", "microphone.device", "mqtt.tls.ca_file"])
+def test_an_empty_value_means_null_for_a_nullable_key(scratch: Path, key: str) -> None:
+    """`host:` with nothing after it is YAML's null, the same as `host: null`."""
+    *sections, leaf = key.split(".")
+    text = "".join(f"{'  ' * i}{s}:\n" for i, s in enumerate(sections)) + f"{'  ' * len(sections)}{leaf}:\n"
+    path = scratch / "empty.yaml"
+    path.write_text(text)
+    config: Any = load_config(path)
+    for part in key.split("."):
+        config = getattr(config, part)
+    assert config is None
+
+
 CLI_CASES = {
     "binary": b"\x00\xff\xfe garbage \x80",
+    "complex_key": b"[a, b]: 1\n",
+    "huge_number": b"camera:\n  fps: " + b"9" * 400 + b"\n",
     "unknown_key_unicode": "camera:\n  f\u00e9s: 5\n".encode(),
     "duplicate_key": b"device_id: a\ndevice_id: b\n",
 }
@@ -269,6 +313,12 @@ def test_mutated_face_emotion_metadata_loads_or_raises_user_error(model_copy: Pa
     check_meta(model_copy, "face_emotion", data.draw(mutated_meta(original_meta("face_emotion"))))
 
 
+@FEW
+@given(data=st.data())
+def test_mutated_speech_emotion_metadata_loads_or_raises_user_error(model_copy: Path, data: st.DataObject) -> None:
+    check_meta(model_copy, "speech_emotion", data.draw(mutated_meta(original_meta("speech_emotion"))))
+
+
 def with_preprocess(kind: str, *path_and_value: Any) -> bytes:
     data = original_meta(kind)
     *keys, value = path_and_value
@@ -292,6 +342,19 @@ META_CASES = {
     "detector strides [-8, 16, 16, 16]": ("face_detector", "anchors", "strides", [-8, 16, 16, 16]),
     "detector aspect_ratios [-1.0]": ("face_detector", "anchors", "aspect_ratios", [-1.0]),
 }
+
+
+@pytest.mark.parametrize("case", list(META_CASES))
+def test_invalid_preprocess_field_raises_user_error(model_copy: Path, case: str) -> None:
+    kind, *path_and_value = META_CASES[case]
+    path = model_copy / META_FILES[kind]
+    original = path.read_bytes()
+    path.write_bytes(with_preprocess(kind, *path_and_value))
+    try:
+        with pytest.raises(UserError):
+            CONSTRUCTORS[kind](path)
+    finally:
+        path.write_bytes(original)
 
 
 # =========================================================================== files the daemon reads
@@ -335,6 +398,40 @@ def sane_rate(wav: bytes) -> bool:
 
 
 FMT_CHUNK_PAST_THE_END = CLIP_WAV_BYTES[:16] + (0xE0000010).to_bytes(4, "little") + CLIP_WAV_BYTES[20:]
+
+
+@FAST
+@given(data=corrupted(CLIP_WAV_BYTES, header=44).filter(sane_rate))
+@example(data=FMT_CHUNK_PAST_THE_END)  # a 'fmt ' chunk that claims 3.7 GB: RuntimeError from the wave module
+@example(data=CLIP_WAV_BYTES[:44])  # a header and no samples
+def test_corrupted_wav_reads_as_int16_mono_or_raises_user_error(scratch: Path, data: bytes) -> None:
+    path = scratch / "fuzz.wav"
+    path.write_bytes(data)
+    got = outcome(lambda: read_wav(path))
+    if not isinstance(got, UserError):
+        assert got.dtype == np.int16 and got.ndim == 1
+
+
+def test_wav_claiming_an_absurd_sample_rate_raises_user_error_without_exhausting_memory(tmp_path: Path) -> None:
+    """100,000,007 Hz in the header: refuse it (UserError) or resample it, within a 4 GiB address space and 30 s."""
+    path = tmp_path / "absurd.wav"
+    path.write_bytes(wav_bytes(np.zeros((1000, 1), np.int16), rate=100_000_007, width=2))
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))\n"
+        "from edge_daemon.capture.files import read_wav\n"
+        "from edge_daemon.errors import UserError\n"
+        "try:\n"
+        "    read_wav(sys.argv[1])\n"
+        "except UserError:\n"
+        "    pass\n"
+        "print('done')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]
 
 
 @FEW

@@ -341,6 +341,21 @@ def test_a_wrong_password_is_logged_once_and_retried_with_backoff_until_sigterm(
     assert wrong not in stdout + stderr and secret.device_password not in stdout + stderr
 
 
+def test_an_untrusted_broker_certificate_is_logged_once_and_retried_with_backoff_until_sigterm(
+    tmp_path: Path, tls_broker: TlsBroker, watcher: TlsSubscriber, pki: Pki, secret: Secrets
+) -> None:
+    cfg = tls_config(tmp_path, tls_broker.port, pki.other_ca)  # trusts a CA that did not sign the broker
+    env = daemon_env(password=secret.device_password)
+    code, stdout, stderr, attempts = run_refused(cfg, tmp_path, env, tls_broker)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert 2 <= attempts <= 8, f"retried with back-off (1-2 s over 8 s), saw {attempts} attempts"
+    problems = broker_problem_lines(stderr)
+    assert len(problems) == 1, f"one clear line about the untrusted certificate, not one per retry:\n{stderr}"
+    assert f"127.0.0.1:{tls_broker.port}" in problems[0] and "certificate" in problems[0].lower(), problems[0]
+    assert watcher.payloads("/events") == [], "the daemon published to a broker it must not trust"
+    assert secret.device_password not in stdout + stderr
+
+
 def test_the_password_never_appears_in_daemon_output_even_at_debug_level(
     tmp_path: Path, tls_broker: TlsBroker, watcher: TlsSubscriber, pki: Pki, secret: Secrets
 ) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..labels import canonical_matrix
-from ..modelmeta import load_model
+from ..modelmeta import SPEC_ERRORS, load_model
 from .features import SpeechFeatures
 from .vad import frame_levels_db, speech_fraction
 
@@ -24,10 +24,11 @@ class SpeechEmotionModel:
         try:
             self.features = SpeechFeatures.from_meta(self.meta.preprocess)
             self.to_canonical = canonical_matrix(self.meta.labels, calm_as)
-        except (KeyError, TypeError, ValueError) as exc:
+            frames, feats = self.features.num_frames, self.features.num_features
+        except SPEC_ERRORS as exc:
             raise UserError(f"{self.meta.json_path}: field 'preprocess' or 'labels' is invalid ({exc})") from None
         shape = self.model.inputs[0].shape
-        if shape[1:3] != (self.features.num_frames, self.features.num_features):
+        if shape[1:3] != (frames, feats):
             raise UserError(
                 f"{self.meta.json_path}: features give {self.features.num_frames}×{self.features.num_features} "
                 f"but the model takes {shape}; export the model and metadata together"

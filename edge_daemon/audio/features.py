@@ -33,10 +33,32 @@ class SpeechFeatures:
     deltas: bool = True  # append first and second derivatives
     cmvn: bool = True  # per-window mean/variance normalisation: removes level and channel colour
 
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("sample_rate", int),
+            ("numcep", int),
+            ("nfilt", int),
+            ("nfft", int),
+            ("deltas", bool),
+            ("cmvn", bool),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TypeError(f"{name} must be {kind.__name__}, got {value!r}")
+        for name in ("window_s", "winlen", "winstep", "preemph"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
+                raise TypeError(f"{name} must be a number, got {getattr(self, name)!r}")
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"sample_rate {self.sample_rate}: the daemon captures at {SAMPLE_RATE} Hz")
+        if not (0.2 <= self.window_s <= 30 and 0.001 <= self.winstep <= self.winlen <= 0.2 and 0 <= self.preemph < 1):
+            raise ValueError("window_s, winlen, winstep or preemph out of range")
+        if not (1 <= self.numcep <= self.nfilt <= 128 and self.winlen * self.sample_rate <= self.nfft <= 8192):
+            raise ValueError("numcep, nfilt or nfft out of range (numcep <= nfilt, nfft >= one frame)")
+
     @classmethod
     def from_meta(cls, pre: dict[str, Any]) -> SpeechFeatures:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(pre) - known
+        """Raises one of modelmeta.SPEC_ERRORS if a parameter is unknown, mistyped or out of range."""
+        unknown = set(pre) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown feature parameters: {', '.join(sorted(unknown))}")
         return cls(**pre)

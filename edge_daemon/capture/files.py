@@ -33,11 +33,11 @@ def read_wav(path: Path) -> np.ndarray:
             raw = w.readframes(n)
     except FileNotFoundError:
         raise UserError(f"{path}: audio file not found") from None
-    except (wave.Error, EOFError, OSError) as exc:
+    except (wave.Error, EOFError, OSError, RuntimeError) as exc:  # RuntimeError: a chunk that claims more than the file
         raise UserError(
             f"{path}: not a readable PCM wav file ({exc}); convert it with: sox IN -r 16000 -c 1 -b 16 OUT.wav"
         ) from None
-    if width not in (1, 2, 4) or channels < 1 or rate < 1000:
+    if width not in (1, 2, 4) or not 1 <= channels <= 64 or not 1000 <= rate <= 384_000:  # beyond: a broken header
         raise UserError(
             f"{path}: unsupported wav format ({width * 8}-bit, {channels} channels, {rate} Hz); use 16-bit PCM"
         )

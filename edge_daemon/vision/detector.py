@@ -155,6 +155,17 @@ class BlazeFaceSpec:
             raise UserError(f"{source}: field 'input.color' must be 'rgb' or 'bgr'")
         if len(spec.strides) != spec.num_layers:
             raise UserError(f"{source}: 'anchors.strides' has {len(spec.strides)} entries for {spec.num_layers} layers")
+        # Values that would crash the anchor grid or allocate absurdly, caught here with the field's name.
+        checks = {
+            "input.input_size": len(spec.input_size) == 2 and all(8 <= v <= 1024 for v in spec.input_size),
+            "input.input_range": len(spec.input_range) == 2 and all(np.isfinite(spec.input_range)),
+            "anchors.strides": all(1 <= s <= 1024 for s in spec.strides),
+            "anchors.aspect_ratios": len(spec.aspect_ratios) > 0 and all(0 < a < 100 for a in spec.aspect_ratios),
+            "anchors.num_layers": 1 <= spec.num_layers <= 16,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(f"{source}: field '{name}' is out of range ({getattr(spec, name.split('.')[1])!r})")
         return spec
 
     def to_meta(self) -> dict[str, Any]:

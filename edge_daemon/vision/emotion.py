@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..labels import canonical_matrix
-from ..modelmeta import load_model
+from ..modelmeta import SPEC_ERRORS, load_model
 from .preprocess import FacePreprocess
 
 
@@ -18,7 +18,7 @@ class FaceEmotionModel:
         try:
             self.pre = FacePreprocess.from_meta(self.meta.preprocess)
             self.to_canonical = canonical_matrix(self.meta.labels, calm_as)
-        except (KeyError, TypeError, ValueError) as exc:
+        except SPEC_ERRORS as exc:
             raise UserError(f"{self.meta.json_path}: field 'preprocess' or 'labels' is invalid ({exc})") from None
         want = (1, *self.pre.size, self.pre.channels)
         if self.model.inputs[0].shape != want:

@@ -26,8 +26,19 @@ class FacePreprocess:
     scale: float = 1.0 / 255.0
     offset: float = 0.0
 
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or not all(8 <= v <= 1024 for v in self.size):
+            raise ValueError(f"size {self.size} must be two sides of 8 to 1024 pixels")
+        if self.color not in ("gray", "rgb"):
+            raise ValueError(f"color {self.color!r} must be 'gray' or 'rgb'")
+        if not (0 <= self.crop_margin <= 3 and -1 <= self.crop_shift_y <= 1):
+            raise ValueError("crop_margin must be in [0, 3] and crop_shift_y in [-1, 1]")
+        if not (np.isfinite(self.scale) and np.isfinite(self.offset) and self.scale != 0):
+            raise ValueError("scale must be finite and non-zero, offset finite")
+
     @classmethod
     def from_meta(cls, pre: dict[str, Any]) -> FacePreprocess:
+        """Raises one of modelmeta.SPEC_ERRORS if a value is missing, mistyped or out of range."""
         return cls(
             size=(int(pre["size"][0]), int(pre["size"][1])),
             color=str(pre.get("color", "gray")),
