@@ -202,6 +202,8 @@ def _stop_on_signals(daemon: Any) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # SIGHUP: reload the models after checking the new files (systemctl reload emotion-edge).
+    signal.signal(signal.SIGHUP, lambda signum, frame: daemon.reload.set())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from .capture.camera import CameraSource
 from .capture.files import VideoFileSource, WavFileSource
 from .capture.microphone import MicrophoneSource
 from .config import Config
+from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
 from .mqtt import MqttSession, resolve_broker
@@ -62,6 +63,42 @@ def load_models(config: Config) -> Models:
     face = FaceEmotionModel(config.model_path("face_emotion"), threads, config.fusion.calm_as)
     speech = SpeechEmotionModel(config.model_path("speech_emotion"), threads, config.fusion.calm_as)
     return Models(detector, face, speech)
+
+
+MODEL_CHECK_S = 5.0  # how often `run` looks for changed model files
+
+
+def model_files(config: Config) -> list[Path]:
+    """The metadata files the config names, and the model files they name."""
+    names = ["face_emotion", "speech_emotion"] + (["face_detector"] if config.face.detector == "blazeface" else [])
+    paths = [config.model_path(n) for n in names]
+    return paths + [p.with_suffix(".tflite") for p in paths]
+
+
+class FileWatch:
+    """Notices when files change, once they have stopped changing (a copy in progress is not a change yet)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self._loaded = self._previous = self._snapshot()
+
+    def _snapshot(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for p in self.paths:
+            try:
+                st = p.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((0, 0))
+        return tuple(out)
+
+    def changed(self) -> bool:
+        now = self._snapshot()
+        stable, self._previous = now == self._previous, now
+        if stable and now != self._loaded:
+            self._loaded = now
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -116,6 +153,9 @@ class Daemon:
         )
         self.sources: list[Any] = []
         self.workers: list[Any] = []
+        self.reload = threading.Event()  # set by SIGHUP
+        self.model_files = FileWatch(model_files(config))
+        self._last_status: dict[str, str] = {}
         self._build_pipeline()
 
     # ------------------------------------------------------------------ construction
@@ -160,10 +200,8 @@ class Daemon:
             t.start()
         next_stats = time.monotonic() + self.config.mqtt.stats_interval_s
         ping_every = watchdog_interval_s()
-        next_ping = 0.0
+        next_ping = next_model_check = 0.0
         notify("READY=1")
-        # Live windows close this long after they end: a speech window's prediction is stamped at its centre.
-        lag = self.models.speech.features.window_s / 2 + 1.0
         try:
             while not self.stop_event.is_set():
                 if self.replay is not None:
@@ -171,6 +209,8 @@ class Daemon:
                     if all(w.finished.is_set() for w in self.workers):
                         break
                 else:
+                    # Live windows close this long after they end: a speech prediction is stamped at its window's centre.
+                    lag = self.models.speech.features.window_s / 2 + 1.0
                     self.fusion.pump(time.monotonic() - self.started - lag)
                 now = time.monotonic()
                 if now >= next_stats:
@@ -179,6 +219,14 @@ class Daemon:
                 if ping_every and now >= next_ping and self.workers_alive(stall_s=4 * ping_every):
                     notify("WATCHDOG=1")
                     next_ping = now + ping_every
+                if self.replay is None and now >= next_model_check:
+                    next_model_check = now + MODEL_CHECK_S
+                    if self.model_files.changed():
+                        self.reload.set()
+                if self.reload.is_set():
+                    self.reload.clear()
+                    self.reload_models()
+                self.publish_status()
         finally:
             self.shutdown()
         return 0
@@ -186,6 +234,29 @@ class Daemon:
     def request_stop(self) -> None:
         self.stop_signalled.set()
         self.stop_event.set()
+
+    def reload_models(self) -> bool:
+        """Load and check the model files again; switch the workers over only if all of them are good."""
+        logger.info("reloading models")
+        try:
+            new = load_models(self.config)
+        except UserError as exc:
+            logger.error("model reload rejected, the running models stay: %s", exc)
+            return False
+        self.models = new
+        if hasattr(self, "face_worker"):
+            self.face_worker.replace_models(new.detector, new.face)
+        if hasattr(self, "speech_worker"):
+            self.speech_worker.replace_models(new.speech)
+        logger.info("models reloaded: %s", ", ".join(f"{k} {v}" for k, v in new.versions().items()))
+        return True
+
+    def publish_status(self) -> None:
+        """Each source's online/offline state, retained, whenever it changes."""
+        status = {s.name: s.status.snapshot()["state"] for s in self.sources}
+        if status != self._last_status and self.session:
+            self.session.publish_retained("status", status)
+            self._last_status = status
 
     def workers_alive(self, stall_s: float) -> bool:
         """Every worker thread runs and has looped recently (they wake at least every 0.5 s even without input)."""
@@ -258,13 +329,14 @@ class Daemon:
 
     def _on_state(self, emotion: str, result: WindowResult) -> None:
         if self.session:
-            self.session.publish_state(
+            self.session.publish_retained(
+                "state",
                 {
                     "emotion": emotion,
                     "confidence": round(result.confidence, 4),
                     "since": iso_utc(self.clock.wall(self.fusion.state.since)),
                     "seq": self.outbox.last_seq,
-                }
+                },
             )
 
     def stats(self) -> dict[str, Any]:

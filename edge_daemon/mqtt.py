@@ -61,6 +61,10 @@ class Topics:
     def stats(self) -> str:
         return f"{self.base}/stats"
 
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
 
 class MqttSession:
     """One broker connection that reconnects by itself (paho's loop thread) plus a thread that drains the outbox."""
@@ -74,7 +78,7 @@ class MqttSession:
         self.drain_rate_per_s = drain_rate_per_s
         self.connected = threading.Event()
         self.published = 0
-        self._retained_state: str | None = None
+        self._retained: dict[str, str] = {}  # topic -> payload, published again after every reconnect
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -133,10 +137,12 @@ class MqttSession:
         """An event was appended to the outbox: drain now rather than at the next poll."""
         self._wake.set()
 
-    def publish_state(self, state: dict[str, Any]) -> None:
-        self._retained_state = json.dumps(state, separators=(",", ":"))
+    def publish_retained(self, name: str, value: dict[str, Any]) -> None:
+        """`state` or `status`: kept, and published again after every reconnect (a broker may have lost it)."""
+        topic = getattr(self.topics, name)
+        self._retained[topic] = json.dumps(value, separators=(",", ":"))
         if self.connected.is_set():
-            self._client.publish(self.topics.state, self._retained_state, qos=1, retain=True)
+            self._client.publish(topic, self._retained[topic], qos=1, retain=True)
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
         if self.connected.is_set():
@@ -158,8 +164,8 @@ class MqttSession:
         self._last_refusal = ""
         logger.info("MQTT connected to %s:%d", self.host, self.port)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
-        if self._retained_state is not None:
-            client.publish(self.topics.state, self._retained_state, qos=1, retain=True)
+        for topic, payload in list(self._retained.items()):
+            client.publish(topic, payload, qos=1, retain=True)
         ha = self.config.mqtt.homeassistant
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)

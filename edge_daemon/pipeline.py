@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .audio.emotion import SpeechEmotionModel
-from .audio.features import pcm16_to_float
+from .audio.features import SAMPLE_RATE, pcm16_to_float
 from .audio.vad import VoiceGate
 from .capture.buffers import AudioRing, LatestSlot
 from .fusion import Prediction, StateTracker, Windower, WindowResult
@@ -64,6 +64,19 @@ class _Worker(threading.Thread):
         self.progress = 0.0
         self.finished = threading.Event()
         self.heartbeat = time.monotonic()  # the watchdog reads it
+        self._pending: tuple[Any, ...] | None = None  # new models, taken up between two inferences
+
+    def replace_models(self, *models: Any) -> None:
+        """Hand over reloaded models; the worker switches at the top of its next loop, never mid-inference."""
+        self._pending = models
+
+    def _take_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.use_models(*pending)
+
+    def use_models(self, *models: Any) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def emit(self, pred: Prediction) -> None:
         self.out.put(pred)  # blocks only if fusion is far behind; the queue is bounded
@@ -84,14 +97,19 @@ class FaceWorker(_Worker):
 
     def __init__(self, slot: LatestSlot, detector: Any, model: Any, rate_hz: float, **kw: Any) -> None:
         super().__init__("face", **kw)
-        self.slot, self.detector, self.model, self.rate_hz = slot, detector, model, rate_hz
+        self.slot, self.rate_hz = slot, rate_hz
+        self.use_models(detector, model)
         self.frames_analysed = 0
         self.faces_seen = 0
+
+    def use_models(self, detector: Any, model: Any) -> None:
+        self.detector, self.model = detector, model
 
     def loop(self) -> None:
         next_t = 0.0
         while not self.stop_event.is_set():
             self.heartbeat = time.monotonic()
+            self._take_pending()
             frame = self.slot.get(timeout=0.5)
             if frame is None:
                 if self.slot.closed:
@@ -122,17 +140,21 @@ class SpeechWorker(_Worker):
 
     def __init__(self, ring: AudioRing, model: SpeechEmotionModel, gate: VoiceGate, hop_s: float, **kw: Any) -> None:
         super().__init__("speech", **kw)
-        self.ring, self.model, self.gate = ring, model, gate
-        self.n = model.features.window_samples
-        self.rate = model.features.sample_rate
+        self.ring, self.gate = ring, gate
+        self.rate = SAMPLE_RATE  # the ring's rate; models are checked to match it when they load
         self.hop = max(1, int(hop_s * self.rate))
+        self.use_models(model)
         self.windows = 0
         self.voiced = 0
+
+    def use_models(self, model: SpeechEmotionModel) -> None:
+        self.model, self.n = model, model.features.window_samples  # a new model may use another window length
 
     def loop(self) -> None:
         start = 0
         while not self.stop_event.is_set():
             self.heartbeat = time.monotonic()
+            self._take_pending()
             self.progress = (start + self.n / 2) / self.rate
             buf = self.ring.read(start, self.n, timeout=0.5)
             if buf is None:
