@@ -7,7 +7,7 @@ extras="${1:-dev}"
 
 # System packages: PortAudio (pyaudio builds against it), a compiler and headers for that build, Mosquitto (the local
 # broker for demo and tests), venv support.
-pkgs=(gcc portaudio19-dev libportaudio2 mosquitto)
+pkgs=(gcc portaudio19-dev libportaudio2 mosquitto systemd)
 # A Python built outside Debian (pyenv, conda) brings its own venv module and headers.
 case "$(python3 -c 'import sys; print(sys.prefix)')" in /usr*) pkgs+=(python3-venv python3-dev) ;; esac
 need=()

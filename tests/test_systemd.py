@@ -1,0 +1,55 @@
+"""The systemd unit: valid, notify-type with a watchdog, and sandboxed to an exposure of 2.5 or lower."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import ROOT
+
+UNIT = ROOT / "systemd" / "emotion-edge.service"
+
+
+def installed_copy(tmp_path: Path) -> Path:
+    """The unit as installed, with ExecStart pointing at an executable that exists here (verify checks it)."""
+    text = UNIT.read_text().replace("/opt/emotion-edge/.venv/bin/emotion-edge", str(Path(sys.executable).resolve()))
+    unit = tmp_path / "emotion-edge.service"
+    unit.write_text(text)
+    return unit
+
+
+def analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze is part of systemd: scripts/bootstrap.sh installs it"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_unit_verifies(tmp_path: Path) -> None:
+    proc = analyze("verify", str(installed_copy(tmp_path)))
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_unit_exposure_is_at_most_2_5(tmp_path: Path) -> None:
+    proc = analyze("security", "--offline=true", str(installed_copy(tmp_path)))
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout).group(1))
+    assert score <= 2.5, proc.stdout[-3000:]
+
+
+def test_unit_is_notify_type_with_watchdog_credentials_and_unprivileged_user() -> None:
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "User=emotion-edge",
+        "SupplementaryGroups=video audio",
+        "StateDirectory=emotion-edge",
+        "ConfigurationDirectory=emotion-edge",
+        "LoadCredential=mqtt_password:",
+        "ExecReload=",
+        "MemoryMax=",
+    ):
+        assert re.search(rf"^{re.escape(line)}", text, re.M), line
