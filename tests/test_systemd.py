@@ -53,3 +53,45 @@ def test_unit_is_notify_type_with_watchdog_credentials_and_unprivileged_user() -
         "MemoryMax=",
     ):
         assert re.search(rf"^{re.escape(line)}", text, re.M), line
+
+
+def test_daemon_reports_ready_pings_the_watchdog_and_says_stopping(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import time
+
+    from .conftest import CLIP_VIDEO, write_config
+
+    addr = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(addr)
+    sock.settimeout(0.5)
+    cfg = write_config(
+        tmp_path / "config.yaml", camera={"source": str(CLIP_VIDEO)}, microphone={"enabled": False}, mqtt={"port": 1}
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "2000000"}  # WatchdogSec=2: a ping every second
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "run"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL
+    )
+    got: list[str] = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and got.count("WATCHDOG=1") < 3:
+            try:
+                got.append(sock.recv(256).decode())
+            except TimeoutError:
+                pass
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        while True:
+            try:
+                got.append(sock.recv(256).decode())
+            except TimeoutError:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    assert got[0] == "READY=1" and got.count("WATCHDOG=1") >= 3 and got[-1] == "STOPPING=1", got
+    assert proc.returncode == 0
