@@ -47,23 +47,11 @@ def run_checks(config: Config) -> list[str]:
 
 def _check_microphone(config: Config) -> list[str]:
     try:
-        import pyaudio
+        from .capture.microphone import open_input, pyaudio_instance
 
-        from .audio.features import SAMPLE_RATE
-        from .capture.microphone import find_device, pyaudio_instance
-
-        index = find_device(config.microphone.device)
         pa = pyaudio_instance()
         try:
-            stream = pa.open(
-                format=pyaudio.paInt16,
-                channels=1,
-                rate=SAMPLE_RATE,
-                input=True,
-                input_device_index=index,
-                frames_per_buffer=1600,
-            )
-            stream.close()
+            open_input(pa, config.microphone.device, 1600).close()
         finally:
             pa.terminate()
     except (OSError, LookupError, ImportError) as exc:

@@ -9,13 +9,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .audio.emotion import SpeechEmotionModel
 from .audio.features import pcm16_to_float
 from .capture.files import read_wav
 from .config import Config
+from .daemon import load_detector, load_face_model, load_speech_model
 from .errors import UserError
-from .vision.detector import make_detector
-from .vision.emotion import FaceEmotionModel
 
 
 def _result(path: Path, labels: tuple[str, ...], probs: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -30,16 +28,8 @@ def _result(path: Path, labels: tuple[str, ...], probs: np.ndarray, **extra: Any
 
 
 def classify_faces(config: Config, paths: list[Path], detect: bool = True) -> Iterator[dict[str, Any]]:
-    model = FaceEmotionModel(config.model_path("face_emotion"), config.models.num_threads, config.fusion.calm_as)
-    detector = None
-    if detect:
-        detector = make_detector(
-            config.face.detector,
-            config.model_path("face_detector") if config.face.detector == "blazeface" else None,
-            min_face_px=config.face.min_face_px,
-            max_faces=config.face.max_faces,
-            score_threshold=config.face.detection_threshold,
-        )
+    model = load_face_model(config)
+    detector = load_detector(config) if detect else None
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if image is None or image.size == 0:
@@ -61,7 +51,7 @@ def classify_faces(config: Config, paths: list[Path], detect: bool = True) -> It
 
 
 def classify_speech(config: Config, paths: list[Path]) -> Iterator[dict[str, Any]]:
-    model = SpeechEmotionModel(config.model_path("speech_emotion"), config.models.num_threads, config.fusion.calm_as)
+    model = load_speech_model(config)
     s = config.speech
     for path in paths:
         try:

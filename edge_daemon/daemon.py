@@ -49,20 +49,29 @@ class Models:
         return v
 
 
-def load_models(config: Config) -> Models:
-    """Every model the config names, checked against its metadata (UserError on any mismatch)."""
-    threads = config.models.num_threads
-    detector = make_detector(
+def load_detector(config: Config) -> Any:
+    """The face detector the config asks for (`face.*`, `models.face_detector`)."""
+    return make_detector(
         config.face.detector,
         config.model_path("face_detector") if config.face.detector == "blazeface" else None,
         min_face_px=config.face.min_face_px,
         max_faces=config.face.max_faces,
         score_threshold=config.face.detection_threshold,
-        num_threads=threads,
+        num_threads=config.models.num_threads,
     )
-    face = FaceEmotionModel(config.model_path("face_emotion"), threads, config.fusion.calm_as)
-    speech = SpeechEmotionModel(config.model_path("speech_emotion"), threads, config.fusion.calm_as)
-    return Models(detector, face, speech)
+
+
+def load_face_model(config: Config) -> FaceEmotionModel:
+    return FaceEmotionModel(config.model_path("face_emotion"), config.models.num_threads, config.fusion.calm_as)
+
+
+def load_speech_model(config: Config) -> SpeechEmotionModel:
+    return SpeechEmotionModel(config.model_path("speech_emotion"), config.models.num_threads, config.fusion.calm_as)
+
+
+def load_models(config: Config) -> Models:
+    """Every model the config names, checked against its metadata (UserError on any mismatch)."""
+    return Models(load_detector(config), load_face_model(config), load_speech_model(config))
 
 
 MODEL_CHECK_S = 5.0  # how often `run` looks for changed model files

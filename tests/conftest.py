@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -126,6 +127,30 @@ def run_cli(
         env=full_env,
         cwd=cwd or ROOT,
     )
+
+
+def start_daemon(cfg: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`emotion-edge --config CFG run` in the background, as systemd would start it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "run"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stop_daemon(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, as systemd stops it: exit code 0, no traceback. Returns what it logged."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    return stderr
 
 
 def assert_clean_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from edge_daemon.devbroker import LocalBroker, free_port
 
-from .conftest import CLIP_VIDEO, ROOT, Subscriber, run_cli, write_config
+from .conftest import CLIP_VIDEO, ROOT, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
 persistent_broker = pytest.mark.parametrize("broker", [True], indirect=True)
 
@@ -38,25 +38,6 @@ def daemon_config(tmp_path: Path, port: int, reconnect_s: float = 1, **extra: An
         },
         **extra,
     )
-
-
-def start_daemon(cfg: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "run"], cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
-
-
-def stop_daemon(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0
-    stderr = proc.stderr.read() if proc.stderr else ""
-    assert "Traceback" not in stderr, stderr
-    return stderr
 
 
 def last_seq(state_dir: Path) -> int:

@@ -5,35 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from .conftest import CLIP_AUDIO, CLIP_VIDEO, MODELS, ROOT, Subscriber, run_cli, write_config
+from .conftest import CLIP_AUDIO, CLIP_VIDEO, MODELS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
 
-def start(cfg: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "run"], cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    err = proc.stderr.read() if proc.stderr else ""
-    assert proc.returncode == 0 and "Traceback" not in err, err
-    return err
-
-
-def test_sighup_rejects_a_bad_model_keeps_running_and_takes_a_good_one(
-    tmp_path: Path, broker: Any, subscribe: Any
-) -> None:
+def with_own_models(tmp_path: Path, port: int) -> tuple[Path, Path]:
+    """A copy of the shipped models that a test may overwrite, and a config (file camera, no mic) that uses it."""
     models = tmp_path / "models"
     shutil.copytree(MODELS, models)
     cfg = write_config(
@@ -42,10 +21,17 @@ def test_sighup_rejects_a_bad_model_keeps_running_and_takes_a_good_one(
         models={"dir": str(models)},
         camera={"source": str(CLIP_VIDEO)},
         microphone={"enabled": False},
-        mqtt={"host": "127.0.0.1", "port": broker.port},
+        mqtt={"host": "127.0.0.1", "port": port},
     )
+    return models, cfg
+
+
+def test_sighup_rejects_a_bad_model_keeps_running_and_takes_a_good_one(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    models, cfg = with_own_models(tmp_path, broker.port)
     sub: Subscriber = subscribe("emotion-edge/life/events")
-    proc = start(cfg)
+    proc = start_daemon(cfg)
     try:
         assert sub.wait_for(lambda: len(sub.events()) >= 1, timeout=30)
         good = (models / "face_emotion.tflite").read_bytes()
@@ -60,25 +46,16 @@ def test_sighup_rejects_a_bad_model_keeps_running_and_takes_a_good_one(
         proc.send_signal(signal.SIGHUP)
         assert sub.wait_for(lambda: sub.events()[-1]["models"]["face_emotion"] == "reloaded-1", timeout=20)
     finally:
-        err = stop(proc)
+        err = stop_daemon(proc)
     rejected = [line for line in err.splitlines() if "model reload rejected" in line]
     assert len(rejected) == 1 and "face_emotion.tflite" in rejected[0], err
     assert "models reloaded" in err
 
 
 def test_changed_model_files_are_reloaded_without_a_signal(tmp_path: Path, broker: Any, subscribe: Any) -> None:
-    models = tmp_path / "models"
-    shutil.copytree(MODELS, models)
-    cfg = write_config(
-        tmp_path / "config.yaml",
-        device_id="life",
-        models={"dir": str(models)},
-        camera={"source": str(CLIP_VIDEO)},
-        microphone={"enabled": False},
-        mqtt={"host": "127.0.0.1", "port": broker.port},
-    )
+    models, cfg = with_own_models(tmp_path, broker.port)
     sub: Subscriber = subscribe("emotion-edge/life/events")
-    proc = start(cfg)
+    proc = start_daemon(cfg)
     try:
         assert sub.wait_for(lambda: len(sub.events()) >= 1, timeout=30)
         meta = json.loads((models / "speech_emotion.json").read_text())
@@ -86,7 +63,7 @@ def test_changed_model_files_are_reloaded_without_a_signal(tmp_path: Path, broke
         (models / "speech_emotion.json").write_text(json.dumps(meta))
         assert sub.wait_for(lambda: sub.events()[-1]["models"]["speech_emotion"] == "copied-in-2", timeout=30)
     finally:
-        stop(proc)
+        stop_daemon(proc)
 
 
 def test_a_camera_that_fails_and_returns_is_reported_and_used_again(
@@ -101,7 +78,7 @@ def test_a_camera_that_fails_and_returns_is_reported_and_used_again(
         mqtt={"host": "127.0.0.1", "port": broker.port},
     )
     sub: Subscriber = subscribe("emotion-edge/life/#")
-    proc = start(cfg)
+    proc = start_daemon(cfg)
     try:
         assert sub.wait_for(lambda: any('"offline"' in p for p in sub.payloads("/status")), timeout=20)
         assert sub.events() == []
@@ -109,7 +86,7 @@ def test_a_camera_that_fails_and_returns_is_reported_and_used_again(
         assert sub.wait_for(lambda: len(sub.events()) >= 1, timeout=30)
         assert sub.wait_for(lambda: json.loads(sub.payloads("/status")[-1])["camera"] == "online", timeout=10)
     finally:
-        err = stop(proc)
+        err = stop_daemon(proc)
     assert err.count("offline: cannot open") == 1, "a missing camera is logged once, not once per retry"
 
 

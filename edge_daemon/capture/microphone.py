@@ -65,6 +65,20 @@ def list_input_devices() -> list[dict[str, Any]]:
         pa.terminate()
 
 
+def open_input(pa: Any, device: int | str | None, chunk: int) -> Any:
+    """A 16 kHz mono int16 input stream on the configured device (OSError or LookupError if it cannot be had)."""
+    import pyaudio
+
+    return pa.open(
+        format=pyaudio.paInt16,
+        channels=1,
+        rate=SAMPLE_RATE,
+        input=True,
+        input_device_index=find_device(device),
+        frames_per_buffer=chunk,
+    )
+
+
 def find_device(device: int | str | None) -> int | None:
     """Index for a configured device (index, or part of a name); None means the default input."""
     if device is None or isinstance(device, int):
@@ -95,18 +109,9 @@ class MicrophoneSource(threading.Thread):
         self.ring.close()
 
     def _capture(self, backoff: Backoff) -> None:
-        import pyaudio
-
         pa = pyaudio_instance()
         try:
-            stream = pa.open(
-                format=pyaudio.paInt16,
-                channels=1,
-                rate=SAMPLE_RATE,
-                input=True,
-                input_device_index=find_device(self.cfg.device),
-                frames_per_buffer=self.chunk,
-            )
+            stream = open_input(pa, self.cfg.device, self.chunk)
             try:
                 while not self.stop_event.is_set():
                     data = stream.read(self.chunk, exception_on_overflow=False)
