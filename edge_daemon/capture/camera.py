@@ -56,20 +56,27 @@ class CameraSource(threading.Thread):
                 continue
             period = 1.0 / (cap.get(cv2.CAP_PROP_FPS) or self.cfg.fps) if is_file else 0.0
             try:
-                self._read_until_failure(cap, period, backoff)
+                delivered = self._read_until_failure(cap, period, backoff)
             finally:
                 cap.release()
+            if self.stop_event.is_set():
+                break
+            if is_file and delivered:
+                continue  # the end of a file used as a camera: play it again, nothing went wrong
+            self.status.offline("stopped delivering frames (unplugged, stream ended, or read error)")
             if not self.stop_event.is_set():
                 backoff.wait(self.stop_event)
         self.slot.close()
 
-    def _read_until_failure(self, cap: cv2.VideoCapture, period: float, backoff: Backoff) -> None:
+    def _read_until_failure(self, cap: cv2.VideoCapture, period: float, backoff: Backoff) -> int:
+        """Read frames into the slot until the source fails or ends; returns how many it delivered."""
         next_at = time.monotonic()
+        delivered = 0
         while not self.stop_event.is_set():
             ok, image = cap.read()
             if not ok or image is None or image.size == 0:
-                self.status.offline("stopped delivering frames (unplugged, stream ended, or read error)")
-                return
+                return delivered
+            delivered += 1
             now = time.monotonic()
             self.status.online()
             backoff.reset()
@@ -79,3 +86,4 @@ class CameraSource(threading.Thread):
             if period:
                 next_at += period
                 self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+        return delivered
