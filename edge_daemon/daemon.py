@@ -127,7 +127,6 @@ class Daemon:
         events_out: IO[str] | None = None,
         publish: bool = True,
         broker: tuple[str, int] | None = None,
-        models: Models | None = None,
         drain_timeout_s: float = 30.0,
     ) -> None:
         self.config = config
@@ -138,7 +137,7 @@ class Daemon:
         self.events_out = events_out
         self.events = 0
         self.drain_timeout_s = drain_timeout_s
-        self.models = models or load_models(config)
+        self.models = load_models(config)
         self.outbox = Outbox(
             state_dir or config.path(config.state_dir), config.outbox.max_events, config.outbox.max_age_s
         )
