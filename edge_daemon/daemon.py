@@ -75,6 +75,7 @@ def load_models(config: Config) -> Models:
 
 
 MODEL_CHECK_S = 5.0  # how often `run` looks for changed model files
+STALL_S = 30.0  # a perception stage that has not looped for this long is stuck: exit so the supervisor restarts us
 
 
 def model_files(config: Config) -> list[Path]:
@@ -210,6 +211,7 @@ class Daemon:
         ping_every = watchdog_interval_s()
         next_ping = next_model_check = 0.0
         notify("READY=1")
+        exit_code = 0
         try:
             while not self.stop_event.is_set():
                 if self.replay is not None:
@@ -231,13 +233,16 @@ class Daemon:
                     next_model_check = now + MODEL_CHECK_S
                     if self.model_files.changed():
                         self.reload.set()
+                    if not self.workers_alive(stall_s=STALL_S):
+                        exit_code = 1  # systemd's Restart=on-failure (or any supervisor) starts a fresh process
+                        break
                 if self.reload.is_set():
                     self.reload.clear()
                     self.reload_models()
                 self.publish_status()
         finally:
             self.shutdown()
-        return 0
+        return exit_code
 
     def request_stop(self) -> None:
         self.stop_signalled.set()
@@ -272,7 +277,7 @@ class Daemon:
         for w in self.workers:
             if not w.finished.is_set() and (not w.is_alive() or now - w.heartbeat > stall_s):
                 logger.error(
-                    "%s worker stalled for %.0f s; withholding the watchdog ping so systemd restarts us",
+                    "%s stage stuck for %.0f s: stopping so that systemd (or another supervisor) restarts the daemon",
                     w.name,
                     now - w.heartbeat,
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,31 @@ def test_nothing_but_the_outbox_is_written_and_no_payload_carries_media(
         assert len(m.payload) < 8192, (m.topic, len(m.payload))
         if text.startswith("{"):
             assert small(json.loads(text)), m.topic
+
+
+def test_a_stuck_stage_ends_the_process_so_its_supervisor_restarts_it(tmp_path: Path, monkeypatch: Any) -> None:
+    import threading
+
+    from edge_daemon import daemon as daemon_module
+    from edge_daemon.config import load_config
+
+    monkeypatch.setattr(daemon_module, "STALL_S", 2.0)
+    monkeypatch.setattr(daemon_module, "MODEL_CHECK_S", 0.5)
+    cfg = write_config(tmp_path / "config.yaml", camera={"source": str(CLIP_VIDEO)}, microphone={"enabled": False})
+    d = daemon_module.Daemon(load_config(cfg), publish=False)
+    release = threading.Event()
+
+    class HungDetector:  # fault injection: a stage that never returns, as a wedged driver call would
+        meta = None
+
+        def detect(self, frame: Any) -> list:
+            release.wait()
+            return []
+
+    d.face_worker.use_models(HungDetector(), d.models.face)
+    t0 = time.monotonic()
+    try:
+        code = d.run()
+    finally:
+        release.set()
+    assert code == 1 and time.monotonic() - t0 < 20
