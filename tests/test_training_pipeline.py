@@ -16,6 +16,7 @@ from edge_daemon.audio.emotion import clip_windows as daemon_clip_windows
 from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures
 from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 from edge_daemon.modelmeta import load_model
+from edge_daemon.vision.emotion import FaceEmotionModel
 from edge_daemon.vision.preprocess import FacePreprocess
 from training.speech_data import clip_windows, gate_params, load_corpus, read_wav
 
@@ -78,6 +79,12 @@ def test_face_quick_run_exports_loadable_int8_model(tmp_path: Path) -> None:
     x = FacePreprocess.from_meta(meta.preprocess).prepare(cv2.imread(str(tmp_path / "val" / "happy" / "0.png")))
     probs = model.run(x[None])[0][0]
     assert probs.shape == (7,) and abs(float(probs.sum()) - 1) < 0.05
+    # the daemon's own wrapper gives the same probabilities for the same crop
+    np.testing.assert_allclose(
+        FaceEmotionModel(out.with_suffix(".json")).classify(cv2.imread(str(tmp_path / "val" / "happy" / "0.png"))),
+        probs,
+        atol=1e-6,
+    )
     card = out.with_suffix(".md").read_text()
     assert "Art" in card and "5(1)(f)" in card and "research use" in card
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "confusion_int8.png").is_file()

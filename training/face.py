@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cosine: epoch-indexed (exact on resume); plateau: ReduceLROnPlateau on val loss",
     )
     ap.add_argument("--patience", type=int, default=12, help="EarlyStopping patience on val accuracy (epochs)")
-    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--label-smoothing", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.keras")
@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--card", action="store_true", default=True)
     ap.add_argument("--usage-train", default="Training", help="CSV Usage value(s) for --train (comma separated)")
     ap.add_argument("--usage-val", default="PublicTest", help="CSV Usage value(s) for --val (comma separated)")
+    ap.add_argument(
+        "--train-blur-sigma",
+        type=float,
+        default=BLUR_SIGMA,
+        help="Gaussian blur already present in the training images; the exported net applies it to its "
+        "input (0 = training images are sharp, no blur front end)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.arch, args.epochs = "tiny", min(args.epochs, 1)
@@ -117,8 +124,8 @@ def _subsample(fs: FaceSet, per_class: int) -> FaceSet:
     return out
 
 
-def class_weights(y: np.ndarray, n: int, power: float = 0.5) -> dict[int, float]:
-    """Tempered inverse-frequency weights (power 0.5): lifts disgust without letting its 436 images dominate."""
+def class_weights(y: np.ndarray, n: int, power: float = 0.3) -> dict[int, float]:
+    """Tempered inverse-frequency weights (power 0.3): lifts disgust without letting its 436 images dominate."""
     counts = np.bincount(y, minlength=n).astype(float)
     w = np.where(counts > 0, (counts.max() / np.maximum(counts, 1)) ** power, 0.0)
     w = w / np.sum(w * counts) * counts.sum()  # mean weight per sample = 1
@@ -136,36 +143,88 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
     def block(x: Any, ch: int, convs: int, drop: float) -> Any:
         for _ in range(convs):
             x = layers.Conv2D(ch, 3, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
+            x = layers.BatchNormalization(momentum=0.9)(x)  # short memory: eval stats track fast-moving weights
             x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
         return layers.Dropout(drop)(x) if drop else x
 
-    # (blocks, dense units, head): "flatten" keeps where features are (mouth vs brows), which on FER2013 learns
-    # much faster than global average pooling early on; the last pooled map is small (3x3), so the dense layer
-    # stays ~0.4 M weights.
+    # (blocks, dense units, head, input pooling). "flatten" keeps where features are (mouth vs brows), which on
+    # FER2013 learns faster than global average pooling; the last pooled map is 3x3, so the dense layer stays small.
+    # "vgg" pools the 48x48 input to 24x24 first: the training images carry no detail finer than that (they are
+    # Gaussian-blurred, see BLUR_SIGMA), so full resolution would only cost time.
     plans = {
-        "tiny": ([(8, 1), (16, 1)], 32, "gap"),
-        "small": ([(32, 1), (64, 2), (128, 2)], 128, "gap"),
-        "vgg": ([(32, 1), (64, 1), (128, 2), (192, 2)], 256, "flatten"),
+        "tiny": ([(8, 1), (16, 1)], 32, "gap", 1, 0.1),
+        "small": ([(32, 1), (64, 2), (128, 2)], 128, "gap", 1, 0.1),
+        # no dropout inside the conv blocks: with ~35 epochs of CPU budget, learning speed matters more
+        "vgg": ([(48, 2), (96, 2), (192, 2)], 256, "flatten", 2, 0.0),
     }
-    blocks, dense, head = plans[arch]
+    blocks, dense, head, pool_in, block_drop = plans[arch]
     inp = keras.Input(shape=input_shape, name="face")
-    x = inp
+    x = layers.AveragePooling2D(pool_in)(inp) if pool_in > 1 else inp
     for i, (ch, n) in enumerate(blocks):
-        x = block(x, ch, n, 0.1 * (i > 0))
+        x = block(x, ch, n, block_drop * (i > 0))
     if head == "flatten":
         x = layers.MaxPooling2D()(x)
         x = layers.Flatten()(x)
     else:
         x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.4)(x)
+    x = layers.Dropout(0.2)(x)
     x = layers.Dense(dense, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU()(x)
-    x = layers.Dropout(0.4)(x)
+    x = layers.Dropout(0.3)(x)
     out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name=f"face_{arch}")
+
+
+# The FER2013 `train` tree we were given is Gaussian-blurred (sigma ~3.3 px, reflect-101 borders; measured by
+# matching the sharp rows of fer2013_csv_sample to their train JPEGs, mean abs error 0.47 grey levels), while
+# `val` and live detector crops are sharp. The shipped network therefore starts with this fixed blur, so at
+# serve time it sees what it was trained on. Training feeds the (already blurred) train images to the core net.
+BLUR_SIGMA = 3.3
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """cv2.getGaussianKernel with OpenCV's own size rule for float images (ksize = round(8 sigma + 1) | 1)."""
+    import cv2
+
+    k = int(round(sigma * 8 + 1)) | 1
+    return cv2.getGaussianKernel(k, sigma).astype(np.float32).ravel()
+
+
+def blur_front(input_shape: tuple[int, ...], sigma: float) -> Any:
+    """Fixed (non-trainable) separable Gaussian blur with reflect-101 borders, as int8-friendly TFLite ops
+    (MIRROR_PAD + two CONV_2D)."""
+    import keras
+    from keras import layers
+
+    g = gaussian_kernel(sigma)
+    r = len(g) // 2
+
+    class MirrorPad(layers.Layer):
+        def call(self, x: Any) -> Any:
+            return keras.ops.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="reflect")
+
+    inp = keras.Input(shape=input_shape, name="face")
+    x = MirrorPad()(inp)
+    ch = input_shape[-1]
+    h = layers.DepthwiseConv2D((len(g), 1), use_bias=False, trainable=False, name="blur_v")
+    w = layers.DepthwiseConv2D((1, len(g)), use_bias=False, trainable=False, name="blur_h")
+    x = w(h(x))
+    h.set_weights([np.tile(g.reshape(-1, 1, 1, 1), (1, 1, ch, 1))])
+    w.set_weights([np.tile(g.reshape(1, -1, 1, 1), (1, 1, ch, 1))])
+    return keras.Model(inp, x, name="blur")
+
+
+def compose_for_serving(core: Any, sigma: float) -> Any:
+    """blur -> core; what gets exported and evaluated on sharp images (val, live crops)."""
+    import keras
+
+    if sigma <= 0:
+        return core
+    front = blur_front(tuple(core.inputs[0].shape[1:]), sigma)
+    inp = keras.Input(shape=tuple(core.inputs[0].shape[1:]), name="face")
+    return keras.Model(inp, core(front(inp)), name=f"{core.name}_served")
 
 
 def make_augment(pre: FacePreprocess, seed: int) -> Any:
@@ -177,11 +236,11 @@ def make_augment(pre: FacePreprocess, seed: int) -> Any:
     return keras.Sequential(
         [
             layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.04, fill_mode="nearest", seed=seed + 1),  # ±15°
-            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 2),
-            layers.RandomZoom((-0.1, 0.1), fill_mode="nearest", seed=seed + 3),
-            layers.RandomContrast(0.3, value_range=(lo, hi), seed=seed + 4),
-            layers.RandomBrightness(0.2, value_range=(lo, hi), seed=seed + 5),
+            layers.RandomRotation(0.03, fill_mode="nearest", seed=seed + 1),  # ±11°
+            layers.RandomTranslation(0.08, 0.08, fill_mode="nearest", seed=seed + 2),
+            layers.RandomZoom((-0.08, 0.08), fill_mode="nearest", seed=seed + 3),
+            layers.RandomContrast(0.2, value_range=(lo, hi), seed=seed + 4),
+            layers.RandomBrightness(0.1, value_range=(lo, hi), seed=seed + 5),
         ],
         name="augment",
     )
@@ -221,6 +280,8 @@ def train(
         .map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(2)
     )
+    if args.train_blur_sigma > 0:  # monitor val as the served net sees it: through the same fixed blur
+        xv = np.asarray(blur_front(xv.shape[1:], args.train_blur_sigma).predict(xv, batch_size=256, verbose=0))
     vds = tf.data.Dataset.from_tensor_slices((xv, keras.utils.to_categorical(yv, n).astype(np.float32)))
     vds = vds.batch(256).cache()
 
@@ -233,7 +294,7 @@ def train(
         )
 
     def cosine(epoch: int, _lr: float) -> float:
-        warm = 2
+        warm = 1
         if epoch < warm:
             return args.lr * (epoch + 1) / warm
         t = (epoch - warm) / max(1, args.epochs - warm)
@@ -294,7 +355,7 @@ def export_and_report(
 
     run = args.run_dir
     best = run / "best.keras"
-    model = keras.models.load_model(best)
+    model = compose_for_serving(keras.models.load_model(best), args.train_blur_sigma)
     labels = list(CANONICAL)
     p_float = model.predict(xv, batch_size=256, verbose=0)
     rng = np.random.default_rng(args.seed)
@@ -349,9 +410,12 @@ def export_and_report(
         "arch": args.arch,
         "epochs_trained": metrics["epochs_trained"],
         "best_epoch": metrics["best_epoch"],
-        "augmentation": "hflip, rotation ±15°, shift ±10 %, zoom ±10 %, contrast ±30 %, brightness ±20 %",
+        "augmentation": "hflip, rotation ±11°, shift ±8 %, zoom ±8 %, contrast ±20 %, brightness ±10 %",
         "loss": f"categorical cross-entropy, label smoothing {args.label_smoothing}, tempered class weights",
         "quantisation": "full int8 (in/out int8), 420 stratified real training images for calibration",
+        "input_blur_sigma": args.train_blur_sigma,
+        "input_blur_note": "the FER2013 train images we have are Gaussian-blurred (sigma ~3.3 px) while val and live "
+        "crops are sharp; the network applies that fixed blur to its input so serving matches training",
     }
     scalar_metrics = {k: v for k, v in metrics.items() if k not in ("confusion_int8",)}
     write_meta(

@@ -437,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         metrics["per_fold_int8"] = [f["clip_accuracy_int8"] for f in cv["folds"]]
+        metrics["cv_command"] = cv.get("command")
+        metrics["held_out_speakers_per_fold"] = [f["held_out_speakers"] for f in cv["folds"]]
         metrics["per_class_cv_int8"] = cv["pooled_report_int8"]["per_class"]
     common.write_json(args.run_dir / "report.json", metrics)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2), flush=True)
@@ -486,7 +488,8 @@ def model_card(m: dict[str, Any], t: dict[str, Any], feats: SpeechFeatures) -> s
             f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
             for k, v in m["per_class_cv_int8"].items()
         )
-        res = f"""Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the clip's gated
+        res = f"""CV command: `{m.get("cv_command")}`.
+Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the clip's gated
 1 s-hop windows (the daemon's `classify speech file.wav`), int8 model through `edge_daemon.runtime`.
 
 | model | mean ± std clip accuracy (8 classes, chance 12.5 %) |
