@@ -532,6 +532,8 @@ features {m["features_ms_per_window"]:.1f} ms + model {m["inference_ms_median"]:
 - RAVDESS is acted North-American English, two fixed sentences, studio audio. Spontaneous speech,
   other languages, far-field microphones, reverberation and background talk will score much lower.
 - calm/neutral and fear/surprise/happy are easily confused; 24 professional actors are not a population.
+- Accuracy differs by speaker sex (gap above; measured on 10 + 10 actors, so a rough estimate):
+  check it on your own users before relying on it.
 - It classifies how speech sounds, not what a person feels.
 
 ## Intended use
