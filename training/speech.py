@@ -497,7 +497,7 @@ Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the
 | **this CNN, int8** | **{m["clip_accuracy_int8_mean"]:.3f} ± {m["clip_accuracy_int8_std"]:.3f}** (folds: {folds}) |
 | baseline: MFCC mean/std + RBF SVM, same folds | {m["svm_mean"]:.3f} ± {m["svm_std"]:.3f} |
 
-Accuracy by speaker sex (pooled over folds, int8): {m["accuracy_by_sex_int8"]}; gap
+Accuracy by speaker sex (pooled over folds, int8): {", ".join(f"{k} {v:.3f}" for k, v in m["accuracy_by_sex_int8"].items())}; gap
 {m["sex_gap_points"]:.1f} points.
 
 | class | precision | recall | F1 | support |
