@@ -165,3 +165,18 @@ def test_bad_dataset_paths_give_one_line_and_exit_2(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "refused" in r.stderr
+
+
+def test_face_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    _face_tree(tmp_path / "train", 6)
+    _face_tree(tmp_path / "val", 2)
+    common = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--quick", "--no-export"]
+    run = tmp_path / "run"
+    r = _run("training.face", *common, "--epochs", "1", "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
+    r = _run("training.face", *common, "--epochs", "2", "--resume", "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from" in r.stdout and "at epoch 1" in r.stdout
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist["loss"]) == 2 and (run / "last.keras").is_file() and (run / "best.keras").is_file()

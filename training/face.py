@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.keras")
     ap.add_argument("--export-only", action="store_true", help="skip training; export <run-dir>/best.keras")
     ap.add_argument("--no-export", action="store_true", help="train only (models_tflite/ untouched)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: 40 images per class, 1 epoch, tiny net")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 40 images per class, at most 2 epochs, tiny net")
     ap.add_argument(
         "--peer-json",
         type=Path,
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = ap.parse_args(argv)
     if args.quick:
-        args.arch, args.epochs = "tiny", min(args.epochs, 1)
+        args.arch, args.epochs = "tiny", min(args.epochs, 2)
     return args
 
 
@@ -276,7 +276,7 @@ def train(
         tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, n).astype(np.float32)))
         .cache()
         .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
-        .batch(args.batch, drop_remainder=True)
+        .batch(args.batch, drop_remainder=len(x) > 10 * args.batch)  # no tiny last batch for BN; keep all of a tiny set
         .map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(2)
     )
