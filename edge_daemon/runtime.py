@@ -67,8 +67,13 @@ class TFLiteModel:
     def __init__(self, path: Path, num_threads: int = 1) -> None:
         cls, _ = interpreter_class()
         try:
-            self._interp = cls(model_path=str(path), num_threads=num_threads)
+            # From bytes, not model_path: a path is memory-mapped, and copying a new model over the file (cp
+            # truncates it in place) would then kill the running daemon with SIGBUS. Our models are < 3 MB.
+            self._bytes = Path(path).read_bytes()
+            self._interp = cls(model_content=self._bytes, num_threads=num_threads)
             self._interp.allocate_tensors()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read the model file ({exc.strerror})") from None
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"{path}: not a loadable TFLite model ({exc}); copy the file again from training") from exc
         self.path = path

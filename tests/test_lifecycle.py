@@ -156,3 +156,20 @@ def test_a_stuck_stage_ends_the_process_so_its_supervisor_restarts_it(tmp_path: 
     finally:
         release.set()
     assert code == 1 and time.monotonic() - t0 < 20
+
+
+def test_a_model_copied_over_in_place_does_not_crash_the_running_daemon(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    """`cp new.tflite models/` truncates the file in place; a memory-mapped model would die with SIGBUS."""
+    models, cfg = with_own_models(tmp_path, broker.port)
+    sub: Subscriber = subscribe("emotion-edge/life/events")
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: len(sub.events()) >= 1, timeout=30)
+        with open(models / "face_emotion.tflite", "r+b") as f:
+            f.truncate(0)  # the first moment of a copy
+        seen = len(sub.events())
+        assert sub.wait_for(lambda: len(sub.events()) >= seen + 3, timeout=30), "the daemon stopped producing events"
+    finally:
+        stop_daemon(proc)
