@@ -120,7 +120,8 @@ def test_fer_csv(tmp_path: Path) -> None:
 
 
 def test_real_fer_csv_sample_matches_label_order() -> None:
-    sample = Path("/work/shared/data/fer2013_csv_sample/fer2013_first_200_rows.csv")
+    # ../shared/data beside the checkout, as on every development and CI machine of this project.
+    sample = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013_csv_sample" / "fer2013_first_200_rows.csv"
     if not sample.is_file():
         pytest.skip("FER2013 CSV sample not available")
     fs = load_fer_csv(sample)
