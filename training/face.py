@@ -72,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="result of benchmarks/fer_peer_accuracy.py, quoted in the model card if present",
     )
     ap.add_argument("--card", action="store_true", default=True)
+    ap.add_argument("--calib-per-class", type=int, default=60, help="training images per class for int8 calibration")
     ap.add_argument("--usage-train", default="Training", help="CSV Usage value(s) for --train (comma separated)")
     ap.add_argument("--usage-val", default="PublicTest", help="CSV Usage value(s) for --val (comma separated)")
     ap.add_argument(
@@ -360,7 +361,9 @@ def export_and_report(
     p_float = model.predict(xv, batch_size=256, verbose=0)
     rng = np.random.default_rng(args.seed)
     # Calibration: real training inputs, stratified so rare classes' activations are covered too.
-    rep_idx = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:60] for c in range(len(labels))])
+    rep_idx = np.concatenate(
+        [rng.permutation(np.flatnonzero(y == c))[: args.calib_per_class] for c in range(len(labels))]
+    )
     tfl_path = run / "face_emotion.tflite"
     common.export_int8(model, (x[i : i + 1] for i in rep_idx), tfl_path)
     p_int8 = common.tflite_predict(tfl_path, xv)
@@ -412,7 +415,7 @@ def export_and_report(
         "best_epoch": metrics["best_epoch"],
         "augmentation": "hflip, rotation ±11°, shift ±8 %, zoom ±8 %, contrast ±20 %, brightness ±10 %",
         "loss": f"categorical cross-entropy, label smoothing {args.label_smoothing}, tempered class weights",
-        "quantisation": "full int8 (in/out int8), 420 stratified real training images for calibration",
+        "quantisation": f"full int8 (in/out int8), {args.calib_per_class} real training images per class for calibration",
         "input_blur_sigma": args.train_blur_sigma,
         "input_blur_note": "the FER2013 train images we have are Gaussian-blurred (sigma ~3.3 px) while val and live "
         "crops are sharp; the network applies that fixed blur to its input so serving matches training",
@@ -461,7 +464,7 @@ Seven FER2013 classes, output order = `edge_daemon.labels.CANONICAL`:
 - {DATA_LICENCE} The model weights are derived from these images; treat them as research-use only.
 
 ## How it was made
-`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}).
+{("Trained with `" + t["train_command"] + "`, exported with ") if t.get("train_command") else ""}`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}).
 Architecture `{t["arch"]}` ({m["params"]:,} parameters), {m["epochs_trained"]} epochs, best epoch
 {m["best_epoch"]} by val accuracy. {t["augmentation"]}. {t["loss"]}. {t["quantisation"]}.
 
@@ -477,6 +480,11 @@ would very likely give a better model.
 | **this model, int8 (as shipped, via `edge_daemon.runtime.TFLiteModel`)** | **{m["val_accuracy_int8"]:.4f}** |
 | this model, int8 + horizontal-flip averaging (NOT done by the daemon today) | {m["val_accuracy_int8_hflip_tta"]:.4f} |
 {peer_line}
+
+Issue B's target (int8 ≥ 68 %, ≥ 2 points above the peer) is **not met**. The peer was trained on sharp
+FER2013 (on the same val images blurred like our training set it drops to 21.8 %: the two image domains
+differ that much); our net only ever saw blurred faces. The int8/float agreement target (≥ 98 %) is not met
+either; the calibration set size (300 vs 60 images per class) was chosen on val (+0.25 points int8).
 
 int8 vs float top-1 agreement: {m["int8_float_top1_agreement"]:.4f}. Macro F1 (int8): {m["val_macro_f1_int8"]:.3f}.
 Because val picked the checkpoint, these numbers are slightly optimistic; the held-back PrivateTest
