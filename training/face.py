@@ -314,7 +314,8 @@ def train(
             common.write_json(hist_path, history)
             common.plot_curves(history, run / "curves.png", f"{self.model.name} on FER2013")
 
-    best_val = max(history.get("val_accuracy", [0.0]) or [0.0])
+    # -inf on a fresh run: a first epoch at 0 % (a tiny --quick val set) must still leave a best.keras to export.
+    best_val = max(history.get("val_accuracy", []), default=-np.inf)
     ckpt = keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True)
     ckpt.best = best_val  # a resumed run must not overwrite a better best.keras
     sched = (
