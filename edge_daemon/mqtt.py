@@ -128,9 +128,6 @@ class MqttSession:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def wait_connected(self, timeout: float) -> bool:
-        return self.connected.wait(timeout)
-
     # ------------------------------------------------------------------ what the daemon publishes
 
     def notify_event(self) -> None:

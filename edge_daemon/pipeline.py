@@ -52,10 +52,6 @@ class Timings:
         with self._lock:
             return {k: round(statistics.median(v), 3) for k, v in self._d.items() if v}
 
-    def samples(self, stage: str) -> list[float]:
-        with self._lock:
-            return list(self._d.get(stage, ()))
-
 
 class _Worker(threading.Thread):
     def __init__(self, name: str, out: queue.Queue[Prediction], stop: threading.Event, timings: Timings) -> None:

@@ -38,7 +38,6 @@ class CameraSource(threading.Thread):
         self.cfg, self.slot, self.t0, self.stop_event = cfg, slot, t0, stop
         self.status = SourceStatus(f"camera {cfg.source!r}")
         self.frames = 0
-        self.last_frame_at = 0.0  # monotonic; the watchdog reads it
 
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
@@ -82,7 +81,6 @@ class CameraSource(threading.Thread):
             backoff.reset()
             self.slot.put(Frame(image, now - self.t0, self.frames))
             self.frames += 1
-            self.last_frame_at = now
             if period:
                 next_at += period
                 self.stop_event.wait(max(0.0, next_at - time.monotonic()))

@@ -35,7 +35,7 @@ def read_wav(path: Path) -> np.ndarray:
         raise UserError(f"{path}: audio file not found") from None
     except (wave.Error, EOFError, OSError, RuntimeError) as exc:  # RuntimeError: a chunk that claims more than the file
         raise UserError(
-            f"{path}: not a readable PCM wav file ({exc}); convert it with: sox IN -r 16000 -c 1 -b 16 OUT.wav"
+            f"{path}: not a readable PCM wav file ({exc}); convert it with: sox IN -r {SAMPLE_RATE} -c 1 -b 16 OUT.wav"
         ) from None
     if width not in (1, 2, 4) or not 1 <= channels <= 64 or not 1000 <= rate <= 384_000:  # beyond: a broken header
         raise UserError(
@@ -81,7 +81,6 @@ class VideoFileSource(threading.Thread):
         self.fps = probe_video(self.path)
         self.status = SourceStatus(f"video {self.path.name}")
         self.frames = 0
-        self.last_frame_at = 0.0
 
     def run(self) -> None:
         cap = cv2.VideoCapture(str(self.path))
@@ -97,7 +96,6 @@ class VideoFileSource(threading.Thread):
                     self.stop_event.wait(max(0.0, start + t - time.monotonic()))
                 self.slot.put(Frame(image, t, self.frames))
                 self.frames += 1
-                self.last_frame_at = time.monotonic()
         finally:
             cap.release()
             self.status.set("ended")
@@ -113,7 +111,6 @@ class WavFileSource(threading.Thread):
         self.samples = read_wav(self.path)
         self.chunk = SAMPLE_RATE * chunk_ms // 1000
         self.status = SourceStatus(f"audio {self.path.name}")
-        self.last_chunk_at = 0.0
 
     @property
     def duration_s(self) -> float:
@@ -129,7 +126,6 @@ class WavFileSource(threading.Thread):
                 if self.realtime:
                     self.stop_event.wait(max(0.0, start + i / SAMPLE_RATE - time.monotonic()))
                 self.ring.write(self.samples[i : i + self.chunk])
-                self.last_chunk_at = time.monotonic()
         finally:
             self.status.set("ended")
             self.ring.close()

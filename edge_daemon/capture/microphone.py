@@ -95,7 +95,6 @@ class MicrophoneSource(threading.Thread):
         self.cfg, self.ring, self.t0, self.stop_event = cfg, ring, t0, stop
         self.status = SourceStatus(f"microphone {cfg.device if cfg.device is not None else 'default'}")
         self.chunk = SAMPLE_RATE * cfg.chunk_ms // 1000
-        self.last_chunk_at = 0.0
 
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
@@ -117,7 +116,6 @@ class MicrophoneSource(threading.Thread):
                     data = stream.read(self.chunk, exception_on_overflow=False)
                     self._pad_to_now(ahead=self.chunk)
                     self.ring.write(np.frombuffer(data, dtype=np.int16))
-                    self.last_chunk_at = time.monotonic()
                     self.status.online()
                     backoff.reset()
             finally:

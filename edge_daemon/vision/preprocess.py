@@ -63,19 +63,23 @@ class FacePreprocess:
         return 1 if self.color == "gray" else 3
 
     def crop(self, frame_bgr: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
-        """Cut the square face region (x, y, w, h in pixels) out of a BGR or gray frame, padding at the borders."""
+        """The square face region (x, y, w, h in pixels) of a frame, in the frame's own colours; edges repeat outside."""
         x, y, w, h = box
         side = max(w, h) * (1.0 + self.crop_margin)
         cx, cy = x + w / 2.0, y + h / 2.0 + self.crop_shift_y * max(w, h)
         x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
         s = max(int(round(side)), 1)
-        img = self._to_color(frame_bgr)
-        fh, fw = img.shape[:2]
-        pad = max(0, -x0, -y0, x0 + s - fw, y0 + s - fh)
-        if pad:
-            img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            x0, y0 = x0 + pad, y0 + pad
-        return img[y0 : y0 + s, x0 : x0 + s]
+        # Only the crop is touched: `prepare` converts its colours, and edges are repeated (BORDER_REPLICATE) around
+        # the part inside the frame rather than around the whole frame.
+        fh, fw = frame_bgr.shape[:2]
+        top, left, bottom, right = max(0, -y0), max(0, -x0), max(0, y0 + s - fh), max(0, x0 + s - fw)
+        if top + bottom >= s or left + right >= s:  # entirely outside: repeat the nearest edge pixels
+            rows, cols = np.clip(np.arange(y0, y0 + s), 0, fh - 1), np.clip(np.arange(x0, x0 + s), 0, fw - 1)
+            return frame_bgr[np.ix_(rows, cols)]
+        inside = frame_bgr[y0 + top : y0 + s - bottom, x0 + left : x0 + s - right]
+        if top or left or bottom or right:
+            inside = cv2.copyMakeBorder(inside, top, bottom, left, right, cv2.BORDER_REPLICATE)
+        return inside
 
     def prepare(self, face: np.ndarray) -> np.ndarray:
         """Turn a face crop (uint8, any size, gray or BGR) into the model's float32 input of shape (H, W, C)."""
@@ -90,6 +94,9 @@ class FacePreprocess:
     def _to_color(self, img: np.ndarray) -> np.ndarray:
         if img.ndim == 3 and img.shape[2] == 1:
             img = img[:, :, 0]
+        four = img.ndim == 3 and img.shape[2] == 4  # BGRA frames from some cameras
         if self.color == "gray":
-            return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if four else cv2.COLOR_BGR2GRAY)
+        if img.ndim == 2:
+            return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if four else cv2.COLOR_BGR2RGB)
