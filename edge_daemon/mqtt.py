@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE, STOPPED = "online", "offline", "stopped"
 INFLIGHT = 50  # events handed to paho and not yet acknowledged, at most
+# A failed connection attempt is explained by a probe connection of our own. Probing every retry would double
+# what a struggling broker sees (and its log); once per outage, then at this interval to notice a new reason.
+DIAGNOSE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class MqttSession:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_refusal = ""
+        self._diagnosed_at = -DIAGNOSE_EVERY_S  # monotonic time of the last probe
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=c.client_id or f"emotion-edge-{config.device_id}", clean_session=True
         )
@@ -159,6 +163,7 @@ class MqttSession:
                 self._last_refusal = str(reason_code)
             return
         self._last_refusal = ""
+        self._diagnosed_at = -DIAGNOSE_EVERY_S  # the next outage is explained at once
         logger.info("MQTT connected to %s:%d", self.host, self.port)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
@@ -171,7 +176,11 @@ class MqttSession:
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        reason = self._diagnose()  # paho does not say why; one cheap probe per failed attempt does
+        now = time.monotonic()
+        if now - self._diagnosed_at < DIAGNOSE_EVERY_S:
+            return
+        self._diagnosed_at = now
+        reason = self._diagnose()  # paho does not say why; a probe of our own does
         if reason != self._last_refusal:
             logger.error("MQTT broker %s:%d %s; retrying with back-off", self.host, self.port, reason)
             self._last_refusal = reason
