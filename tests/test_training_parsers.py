@@ -121,7 +121,9 @@ def test_fer_csv(tmp_path: Path) -> None:
 
 def test_real_fer_csv_sample_matches_label_order() -> None:
     # ../shared/data beside the checkout, as on every development and CI machine of this project.
-    sample = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013_csv_sample" / "fer2013_first_200_rows.csv"
+    sample = (
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013_csv_sample" / "fer2013_first_200_rows.csv"
+    )
     if not sample.is_file():
         pytest.skip("FER2013 CSV sample not available")
     fs = load_fer_csv(sample)
