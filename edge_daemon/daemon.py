@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,7 +76,11 @@ def load_models(config: Config) -> Models:
 
 
 MODEL_CHECK_S = 5.0  # how often `run` looks for changed model files
-STALL_S = 30.0  # a perception stage that has not looped for this long is stuck: exit so the supervisor restarts us
+STALL_S = 30.0  # a perception stage that has not looped for this long is stuck and gets replaced
+# A stage replaced this many times within RESTART_WINDOW_S is not helped by more of the same: the process exits
+# non-zero, and systemd (Restart=on-failure) or another supervisor starts it afresh.
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 3600.0
 
 
 def model_files(config: Config) -> list[Path]:
@@ -165,6 +170,8 @@ class Daemon:
         self.reload = threading.Event()  # set by SIGHUP
         self.model_files = FileWatch(model_files(config))
         self._last_status: dict[str, str] = {}
+        self.restarts: Counter[str] = Counter()  # stage name -> times replaced, for stats
+        self._restarted_at: dict[str, list[float]] = {}
         self._build_pipeline()
 
     # ------------------------------------------------------------------ construction
@@ -172,7 +179,6 @@ class Daemon:
     def _build_pipeline(self) -> None:
         c, r = self.config, self.replay
         lossless = r is not None
-        common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
         self.slot = LatestSlot(lossless=lossless)
         self.ring = AudioRing(int(c.microphone.buffer_s * SAMPLE_RATE), lossless=lossless)
         if r is not None:
@@ -190,14 +196,21 @@ class Daemon:
                 self.sources.append(MicrophoneSource(c.microphone, self.ring, self.started, self.stop_event))
             video, audio = c.camera.enabled, c.microphone.enabled
         if video:
-            self.face_worker = FaceWorker(self.slot, self.models.detector, self.models.face, c.face.rate_hz, **common)
+            self.face_worker = self._face_worker(self.models)
             self.workers.append(self.face_worker)
         if audio:
-            gate = VoiceGate(
-                SAMPLE_RATE, c.speech.vad_min_level_db, c.speech.vad_margin_db, c.speech.vad_min_speech_fraction
-            )
-            self.speech_worker = SpeechWorker(self.ring, self.models.speech, gate, c.speech.hop_s, **common)
+            self.speech_worker = self._speech_worker(self.models)
             self.workers.append(self.speech_worker)
+
+    def _face_worker(self, models: Models) -> FaceWorker:
+        common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
+        return FaceWorker(self.slot, models.detector, models.face, self.config.face.rate_hz, **common)
+
+    def _speech_worker(self, models: Models) -> SpeechWorker:
+        s = self.config.speech
+        gate = VoiceGate(SAMPLE_RATE, s.vad_min_level_db, s.vad_margin_db, s.vad_min_speech_fraction)
+        common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
+        return SpeechWorker(self.ring, models.speech, gate, s.hop_s, **common)
 
     # ------------------------------------------------------------------ running
 
@@ -233,7 +246,7 @@ class Daemon:
                     next_model_check = now + MODEL_CHECK_S
                     if self.model_files.changed():
                         self.reload.set()
-                    if not self.workers_alive(stall_s=STALL_S):
+                    if not self.supervise():
                         exit_code = 1  # systemd's Restart=on-failure (or any supervisor) starts a fresh process
                         break
                 if self.reload.is_set():
@@ -242,6 +255,10 @@ class Daemon:
                 self.publish_status()
         finally:
             self.shutdown()
+        failed = [w.name for w in self.workers if w.error is not None]
+        if failed:  # replay: the inputs were not fully processed, whatever reached the outbox
+            logger.error("the %s stage failed; its input was not fully processed", " and ".join(failed))
+            exit_code = 1
         return exit_code
 
     def request_stop(self) -> None:
@@ -274,15 +291,53 @@ class Daemon:
     def workers_alive(self, stall_s: float) -> bool:
         """Every worker thread runs and has looped recently (they wake at least every 0.5 s even without input)."""
         now = time.monotonic()
-        for w in self.workers:
-            if not w.finished.is_set() and (not w.is_alive() or now - w.heartbeat > stall_s):
+        return all(w.error is None and now - w.heartbeat <= stall_s for w in self.workers if not w.finished.is_set())
+
+    def supervise(self) -> bool:
+        """Live: replace a perception stage that died or hung with a fresh thread and freshly loaded models.
+
+        A hung thread cannot be killed from Python; it is retired (it exits quietly if its call ever returns)
+        and its models are left to it, since an interpreter must not be used by two threads. Returns False when
+        replacing is not enough: models that no longer load, or a stage that keeps failing.
+        """
+        now = time.monotonic()
+        for i, w in enumerate(self.workers):
+            if w.finished.is_set():
+                why = f"failed ({type(w.error).__name__ if w.error else 'its loop ended'})"
+            elif now - w.heartbeat > STALL_S:
+                why = f"stuck for {now - w.heartbeat:.0f} s"
+            else:
+                continue
+            recent = [t for t in self._restarted_at.get(w.name, []) if now - t < RESTART_WINDOW_S]
+            if len(recent) >= MAX_RESTARTS:
                 logger.error(
-                    "%s stage stuck for %.0f s: stopping so that systemd (or another supervisor) restarts the daemon",
-                    w.name,
-                    now - w.heartbeat,
-                )
+                    "%s stage %s after %d restarts within %.0f min: stopping so that systemd (or another "
+                    "supervisor) starts the daemon afresh",
+                    w.name, why, len(recent), RESTART_WINDOW_S / 60,
+                )  # fmt: skip
                 return False
+            try:
+                fresh = self._replacement(w)
+            except UserError as exc:
+                logger.error("%s stage %s and its models do not load again (%s): stopping", w.name, why, exc)
+                return False
+            w.retire()
+            fresh.carry_over(w)
+            self.workers[i] = fresh
+            fresh.start()
+            self._restarted_at[w.name] = [*recent, now]
+            self.restarts[w.name] += 1
+            logger.error("%s stage %s: replaced it with a fresh one (restart %d)", w.name, why, len(recent) + 1)
         return True
+
+    def _replacement(self, old: Any) -> Any:
+        if old is getattr(self, "face_worker", None):
+            models = Models(load_detector(self.config), load_face_model(self.config), self.models.speech)
+            self.models, self.face_worker = models, self._face_worker(models)
+            return self.face_worker
+        models = Models(self.models.detector, self.models.face, load_speech_model(self.config))
+        self.models, self.speech_worker = models, self._speech_worker(models)
+        return self.speech_worker
 
     def shutdown(self) -> None:
         notify("STOPPING=1")
@@ -372,6 +427,7 @@ class Daemon:
             "events": self.events,
             "last_seq": self.outbox.last_seq,
             "events_published": self.session.published if self.session else 0,
+            "restarts": {w.name: self.restarts[w.name] for w in self.workers},
             "sources": {s.name: s.status.snapshot() for s in self.sources},
         }
 

@@ -54,13 +54,29 @@ class Timings:
 
 
 class _Worker(threading.Thread):
+    COUNTERS: tuple[str, ...] = ()  # totals for `stats`, carried over to a worker that replaces this one
+
     def __init__(self, name: str, out: queue.Queue[Prediction], stop: threading.Event, timings: Timings) -> None:
         super().__init__(name=name, daemon=True)
         self.out, self.stop_event, self.timings = out, stop, timings
         self.progress = 0.0
         self.finished = threading.Event()
-        self.heartbeat = time.monotonic()  # the watchdog reads it
+        self.error: BaseException | None = None  # what ended the loop, if it did not end normally
+        self.heartbeat = time.monotonic()  # the supervisor reads it
+        self._retired = False
         self._pending: tuple[Any, ...] | None = None  # new models, taken up between two inferences
+
+    @property
+    def running(self) -> bool:
+        return not (self._retired or self.stop_event.is_set())
+
+    def retire(self) -> None:
+        """A replacement has taken over: if this thread ever comes back from where it hung, it goes quietly."""
+        self._retired = True
+
+    def carry_over(self, old: _Worker) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, getattr(old, name))
 
     def replace_models(self, *models: Any) -> None:
         """Hand over reloaded models; the worker switches at the top of its next loop, never mid-inference."""
@@ -75,11 +91,15 @@ class _Worker(threading.Thread):
         raise NotImplementedError
 
     def emit(self, pred: Prediction) -> None:
-        self.out.put(pred)  # blocks only if fusion is far behind; the queue is bounded
+        if not self._retired:
+            self.out.put(pred)  # blocks only if fusion is far behind; the queue is bounded
 
     def run(self) -> None:
         try:
             self.loop()
+        except Exception as exc:  # a bug or a broken runtime, not a user mistake: keep the traceback in the log
+            logger.exception("%s stage failed", self.name)
+            self.error = exc
         finally:
             self.progress = math.inf
             self.finished.set()
@@ -90,6 +110,8 @@ class _Worker(threading.Thread):
 
 class FaceWorker(_Worker):
     """Samples frames at `rate_hz` of stream time, detects faces, classifies the largest."""
+
+    COUNTERS = ("frames_analysed", "faces_seen")
 
     def __init__(self, slot: LatestSlot, detector: Any, model: Any, rate_hz: float, **kw: Any) -> None:
         super().__init__("face", **kw)
@@ -103,7 +125,7 @@ class FaceWorker(_Worker):
 
     def loop(self) -> None:
         next_t = 0.0
-        while not self.stop_event.is_set():
+        while self.running:
             self.heartbeat = time.monotonic()
             self._take_pending()
             frame = self.slot.get(timeout=0.5)
@@ -134,6 +156,8 @@ class FaceWorker(_Worker):
 class SpeechWorker(_Worker):
     """Slides a window of the model's length over the ring every `hop_s`, and classifies the voiced ones."""
 
+    COUNTERS = ("windows", "voiced")
+
     def __init__(self, ring: AudioRing, model: SpeechEmotionModel, gate: VoiceGate, hop_s: float, **kw: Any) -> None:
         super().__init__("speech", **kw)
         self.ring, self.gate = ring, gate
@@ -148,7 +172,7 @@ class SpeechWorker(_Worker):
 
     def loop(self) -> None:
         start = 0
-        while not self.stop_event.is_set():
+        while self.running:
             self.heartbeat = time.monotonic()
             self._take_pending()
             self.progress = (start + self.n / 2) / self.rate

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from .conftest import CLIP_AUDIO, CLIP_VIDEO, MODELS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
@@ -130,32 +134,99 @@ def test_nothing_but_the_outbox_is_written_and_no_payload_carries_media(
             assert small(json.loads(text)), m.topic
 
 
-def test_a_stuck_stage_ends_the_process_so_its_supervisor_restarts_it(tmp_path: Path, monkeypatch: Any) -> None:
-    import threading
+class HangingDetector:
+    """Fault injection: a detector call that never returns, as a wedged driver or runtime call would."""
 
+    meta = None
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.returned = threading.Event()
+
+    def detect(self, frame: Any) -> list:
+        self.release.wait()
+        self.returned.set()
+        return []
+
+
+class FailingDetector:
+    """Fault injection: a detector that raises, as a runtime in a bad state would."""
+
+    meta = None
+
+    def detect(self, frame: Any) -> list:
+        raise RuntimeError("tensor arena corrupted")
+
+
+def live_face_daemon(tmp_path: Path, monkeypatch: Any, **limits: float) -> Any:
+    """The real daemon in this process (file camera, no mic, no broker), with short supervision intervals."""
     from edge_daemon import daemon as daemon_module
     from edge_daemon.config import load_config
 
-    monkeypatch.setattr(daemon_module, "STALL_S", 2.0)
-    monkeypatch.setattr(daemon_module, "MODEL_CHECK_S", 0.5)
+    for name, value in {"STALL_S": 2.0, "MODEL_CHECK_S": 0.5, **limits}.items():
+        monkeypatch.setattr(daemon_module, name, value)
     cfg = write_config(tmp_path / "config.yaml", camera={"source": str(CLIP_VIDEO)}, microphone={"enabled": False})
-    d = daemon_module.Daemon(load_config(cfg), publish=False)
-    release = threading.Event()
+    return daemon_module.Daemon(load_config(cfg), publish=False, events_out=io.StringIO())
 
-    class HungDetector:  # fault injection: a stage that never returns, as a wedged driver call would
-        meta = None
 
-        def detect(self, frame: Any) -> list:
-            release.wait()
-            return []
+@pytest.mark.parametrize("fault", ["hangs", "raises"])
+def test_a_face_stage_that_hangs_or_dies_is_replaced_and_faces_are_classified_again(
+    tmp_path: Path, monkeypatch: Any, fault: str
+) -> None:
+    d = live_face_daemon(tmp_path, monkeypatch)
+    broken = d.face_worker
+    bad = HangingDetector() if fault == "hangs" else FailingDetector()
+    broken.use_models(bad, d.models.face)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(d.run()))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (d.restarts["face"] == 1 and d.face_worker.faces_seen >= 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.restarts["face"] == 1 and d.face_worker is not broken, "the broken stage was not replaced"
+        assert d.face_worker.faces_seen >= 3, "the fresh stage classifies no faces"
+        assert d.stats()["restarts"] == {"face": 1}
+    finally:
+        d.request_stop()
+        runner.join(timeout=10)
+    assert codes == [0], "a replaced stage is not a reason to stop"
+    faces = [json.loads(line)["modalities"]["face"] for line in d.events_out.getvalue().splitlines()]
+    assert any(f is not None for f in faces), "no event carries a face after the replacement"
+    if isinstance(bad, HangingDetector):
+        bad.release.set()  # the wedged call finally returns: the retired thread must go quietly
+        assert bad.returned.wait(2) and broken.finished.wait(2), "the retired thread did not end"
 
-    d.face_worker.use_models(HungDetector(), d.models.face)
+
+def test_a_stage_that_keeps_hanging_ends_the_process_for_its_supervisor(tmp_path: Path, monkeypatch: Any) -> None:
+    from edge_daemon import daemon as daemon_module
+
+    hung: list[HangingDetector] = []
+
+    def hanging_detector(config: Any) -> HangingDetector:
+        hung.append(HangingDetector())
+        return hung[-1]
+
+    d = live_face_daemon(tmp_path, monkeypatch, MAX_RESTARTS=2)
+    monkeypatch.setattr(daemon_module, "load_detector", hanging_detector)  # every fresh stage hangs too
+    d.face_worker.use_models(hanging_detector(d.config), d.models.face)
     t0 = time.monotonic()
     try:
         code = d.run()
     finally:
-        release.set()
-    assert code == 1 and time.monotonic() - t0 < 20
+        for h in hung:
+            h.release.set()
+    assert code == 1 and d.restarts["face"] == 2 and time.monotonic() - t0 < 30
+
+
+def test_a_replay_whose_stage_dies_exits_non_zero(tmp_path: Path, monkeypatch: Any) -> None:
+    from edge_daemon.config import load_config
+    from edge_daemon.daemon import Daemon, ReplayInputs
+
+    cfg = write_config(tmp_path / "config.yaml")
+    d = Daemon(load_config(cfg), replay=ReplayInputs(video=CLIP_VIDEO), publish=False, state_dir=tmp_path / "state")
+    d.face_worker.use_models(FailingDetector(), d.models.face)
+    assert d.run() == 1, "a replay that did not process its input must not report success"
 
 
 def test_a_model_copied_over_in_place_does_not_crash_the_running_daemon(
