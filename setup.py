@@ -35,7 +35,7 @@ setup(
     extras_require={
         # Training on a workstation: TensorFlow for Keras, matplotlib/scikit-learn for reports.
         "train": ["tensorflow-cpu>=2.16", "matplotlib>=3.7", "scikit-learn>=1.3", "tqdm>=4.60"],
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "amqtt>=0.11", "scikit-image>=0.22"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.5", "amqtt>=0.11", "scikit-image>=0.22"],
     },
     entry_points={"console_scripts": ["emotion-edge=edge_daemon.cli:main"]},
 )
