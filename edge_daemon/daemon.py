@@ -29,7 +29,7 @@ from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
 from .mqtt import MqttSession, resolve_broker
 from .outbox import Outbox
-from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings
+from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 from .systemd import notify, watchdog_interval_s
 from .vision.detector import make_detector
 from .vision.emotion import FaceEmotionModel
@@ -167,6 +167,8 @@ class Daemon:
         )
         self.sources: list[Any] = []
         self.workers: list[Any] = []
+        self.face_worker: FaceWorker | None = None
+        self.speech_worker: SpeechWorker | None = None
         self.reload = threading.Event()  # set by SIGHUP
         self.model_files = FileWatch(model_files(config))
         self._last_status: dict[str, str] = {}
@@ -274,9 +276,9 @@ class Daemon:
             logger.error("model reload rejected, the running models stay: %s", exc)
             return False
         self.models = new
-        if hasattr(self, "face_worker"):
+        if self.face_worker:
             self.face_worker.replace_models(new.detector, new.face)
-        if hasattr(self, "speech_worker"):
+        if self.speech_worker:
             self.speech_worker.replace_models(new.speech)
         logger.info("models reloaded: %s", ", ".join(f"{k} {v}" for k, v in new.versions().items()))
         return True
@@ -294,50 +296,63 @@ class Daemon:
         return all(w.error is None and now - w.heartbeat <= stall_s for w in self.workers if not w.finished.is_set())
 
     def supervise(self) -> bool:
-        """Live: replace a perception stage that died or hung with a fresh thread and freshly loaded models.
+        """Live: replace a thread that died, or a perception stage that hung, with a fresh one.
 
-        A hung thread cannot be killed from Python; it is retired (it exits quietly if its call ever returns)
-        and its models are left to it, since an interpreter must not be used by two threads. Returns False when
-        replacing is not enough: models that no longer load, or a stage that keeps failing.
+        A hung thread cannot be killed from Python; a stage's is retired (it exits quietly if its call ever
+        returns) and its models are left to it, since an interpreter must not be used by two threads: the fresh
+        stage loads its own. Returns False when replacing is not enough: models that no longer load, or a thread
+        that keeps failing.
         """
         now = time.monotonic()
-        for i, w in enumerate(self.workers):
-            if w.finished.is_set():
-                why = f"failed ({type(w.error).__name__ if w.error else 'its loop ended'})"
-            elif now - w.heartbeat > STALL_S:
-                why = f"stuck for {now - w.heartbeat:.0f} s"
-            else:
-                continue
-            recent = [t for t in self._restarted_at.get(w.name, []) if now - t < RESTART_WINDOW_S]
-            if len(recent) >= MAX_RESTARTS:
-                logger.error(
-                    "%s stage %s after %d restarts within %.0f min: stopping so that systemd (or another "
-                    "supervisor) starts the daemon afresh",
-                    w.name, why, len(recent), RESTART_WINDOW_S / 60,
-                )  # fmt: skip
-                return False
-            try:
-                fresh = self._replacement(w)
-            except UserError as exc:
-                logger.error("%s stage %s and its models do not load again (%s): stopping", w.name, why, exc)
-                return False
-            w.retire()
-            fresh.carry_over(w)
-            self.workers[i] = fresh
-            fresh.start()
-            self._restarted_at[w.name] = [*recent, now]
-            self.restarts[w.name] += 1
-            logger.error("%s stage %s: replaced it with a fresh one (restart %d)", w.name, why, len(recent) + 1)
+        for threads in (self.workers, self.sources):
+            for i, t in enumerate(threads):
+                if not t.is_alive() or getattr(t, "error", None) is not None:
+                    error = getattr(t, "error", None)
+                    why = f"failed ({type(error).__name__})" if error else "ended unexpectedly"
+                elif isinstance(t, Worker) and now - t.heartbeat > STALL_S:
+                    why = f"stuck for {now - t.heartbeat:.0f} s"
+                else:
+                    continue
+                if self.stop_event.is_set():  # threads end when asked to: checked after seeing one gone, no race
+                    return True
+                if not self._restart(threads, i, why, now):
+                    return False
+        return True
+
+    def _restart(self, threads: list[Any], i: int, why: str, now: float) -> bool:
+        old = threads[i]
+        recent = [t for t in self._restarted_at.get(old.name, []) if now - t < RESTART_WINDOW_S]
+        if len(recent) >= MAX_RESTARTS:
+            logger.error(
+                "%s thread %s after %d restarts within %.0f min: stopping so that systemd (or another "
+                "supervisor) starts the daemon afresh",
+                old.name, why, len(recent), RESTART_WINDOW_S / 60,
+            )  # fmt: skip
+            return False
+        try:
+            fresh = self._replacement(old)
+        except UserError as exc:
+            logger.error("%s thread %s and its models do not load again (%s): stopping", old.name, why, exc)
+            return False
+        threads[i] = fresh
+        fresh.start()
+        self._restarted_at[old.name] = [*recent, now]
+        self.restarts[old.name] += 1
+        logger.error("%s thread %s: replaced it with a fresh one (restart %d)", old.name, why, len(recent) + 1)
         return True
 
     def _replacement(self, old: Any) -> Any:
-        if old is getattr(self, "face_worker", None):
-            models = Models(load_detector(self.config), load_face_model(self.config), self.models.speech)
-            self.models, self.face_worker = models, self._face_worker(models)
-            return self.face_worker
-        models = Models(self.models.detector, self.models.face, load_speech_model(self.config))
-        self.models, self.speech_worker = models, self._speech_worker(models)
-        return self.speech_worker
+        if isinstance(old, Worker):
+            old.retire()
+            if old is self.face_worker:
+                self.models = Models(load_detector(self.config), load_face_model(self.config), self.models.speech)
+                self.face_worker = fresh = self._face_worker(self.models)
+            else:
+                self.models = Models(self.models.detector, self.models.face, load_speech_model(self.config))
+                self.speech_worker = fresh = self._speech_worker(self.models)
+            fresh.carry_over(old)
+            return fresh
+        return old.fresh()  # a capture source: same device, same buffer
 
     def shutdown(self) -> None:
         notify("STOPPING=1")
@@ -408,7 +423,7 @@ class Daemon:
             )
 
     def stats(self) -> dict[str, Any]:
-        fw, sw = getattr(self, "face_worker", None), getattr(self, "speech_worker", None)
+        fw, sw = self.face_worker, self.speech_worker
         return {
             "uptime_s": round(time.monotonic() - self.started, 1),
             "frames_analysed": fw.frames_analysed if fw else 0,
@@ -427,7 +442,7 @@ class Daemon:
             "events": self.events,
             "last_seq": self.outbox.last_seq,
             "events_published": self.session.published if self.session else 0,
-            "restarts": {w.name: self.restarts[w.name] for w in self.workers},
+            "restarts": {t.name: self.restarts[t.name] for t in [*self.sources, *self.workers]},
             "sources": {s.name: s.status.snapshot() for s in self.sources},
         }
 

@@ -53,7 +53,7 @@ class Timings:
             return {k: round(statistics.median(v), 3) for k, v in self._d.items() if v}
 
 
-class _Worker(threading.Thread):
+class Worker(threading.Thread):
     COUNTERS: tuple[str, ...] = ()  # totals for `stats`, carried over to a worker that replaces this one
 
     def __init__(self, name: str, out: queue.Queue[Prediction], stop: threading.Event, timings: Timings) -> None:
@@ -74,7 +74,7 @@ class _Worker(threading.Thread):
         """A replacement has taken over: if this thread ever comes back from where it hung, it goes quietly."""
         self._retired = True
 
-    def carry_over(self, old: _Worker) -> None:
+    def carry_over(self, old: Worker) -> None:
         for name in self.COUNTERS:
             setattr(self, name, getattr(old, name))
 
@@ -108,7 +108,7 @@ class _Worker(threading.Thread):
         raise NotImplementedError
 
 
-class FaceWorker(_Worker):
+class FaceWorker(Worker):
     """Samples frames at `rate_hz` of stream time, detects faces, classifies the largest."""
 
     COUNTERS = ("frames_analysed", "faces_seen")
@@ -153,7 +153,7 @@ class FaceWorker(_Worker):
             self.emit(Prediction("face", frame.t, probs @ self.model.to_canonical))
 
 
-class SpeechWorker(_Worker):
+class SpeechWorker(Worker):
     """Slides a window of the model's length over the ring every `hop_s`, and classifies the voiced ones."""
 
     COUNTERS = ("windows", "voiced")

@@ -186,7 +186,7 @@ def test_a_face_stage_that_hangs_or_dies_is_replaced_and_faces_are_classified_ag
             time.sleep(0.1)
         assert d.restarts["face"] == 1 and d.face_worker is not broken, "the broken stage was not replaced"
         assert d.face_worker.faces_seen >= 3, "the fresh stage classifies no faces"
-        assert d.stats()["restarts"] == {"face": 1}
+        assert d.stats()["restarts"] == {"camera": 0, "face": 1}
     finally:
         d.request_stop()
         runner.join(timeout=10)
@@ -196,6 +196,35 @@ def test_a_face_stage_that_hangs_or_dies_is_replaced_and_faces_are_classified_ag
     if isinstance(bad, HangingDetector):
         bad.release.set()  # the wedged call finally returns: the retired thread must go quietly
         assert bad.returned.wait(2) and broken.finished.wait(2), "the retired thread did not end"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected fault
+def test_a_camera_thread_that_dies_is_replaced_and_frames_flow_again(tmp_path: Path, monkeypatch: Any) -> None:
+    from edge_daemon.capture import camera
+
+    real_open, calls = camera.open_capture, []
+
+    def open_capture_that_raises_once(source: Any, cfg: Any) -> Any:
+        calls.append(source)
+        if len(calls) == 1:
+            raise MemoryError("fault injection: an error the camera thread does not expect")
+        return real_open(source, cfg)
+
+    monkeypatch.setattr(camera, "open_capture", open_capture_that_raises_once)
+    d = live_face_daemon(tmp_path, monkeypatch)
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (d.restarts["camera"] == 1 and d.face_worker.faces_seen >= 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.restarts["camera"] == 1 and len(calls) >= 2, "the dead camera thread was not replaced"
+        assert d.face_worker.faces_seen >= 3, "no frames after the camera thread was replaced"
+        assert d.sources[0].is_alive()
+    finally:
+        d.request_stop()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
 
 
 def test_a_stage_that_keeps_hanging_ends_the_process_for_its_supervisor(tmp_path: Path, monkeypatch: Any) -> None:

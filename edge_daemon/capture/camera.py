@@ -39,6 +39,10 @@ class CameraSource(threading.Thread):
         self.status = SourceStatus(f"camera {cfg.source!r}")
         self.frames = 0
 
+    def fresh(self) -> CameraSource:
+        """A new thread for the same camera and slot, for the supervisor to start if this one died."""
+        return CameraSource(self.cfg, self.slot, self.t0, self.stop_event)
+
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         # A file used as a camera is paced at its own frame rate; devices and streams pace themselves.

@@ -96,6 +96,10 @@ class MicrophoneSource(threading.Thread):
         self.status = SourceStatus(f"microphone {cfg.device if cfg.device is not None else 'default'}")
         self.chunk = SAMPLE_RATE * cfg.chunk_ms // 1000
 
+    def fresh(self) -> MicrophoneSource:
+        """A new thread for the same microphone and ring, for the supervisor to start if this one died."""
+        return MicrophoneSource(self.cfg, self.ring, self.t0, self.stop_event)
+
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         while not self.stop_event.is_set():
