@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import wave
@@ -12,11 +14,9 @@ import pytest
 
 from edge_daemon.capture.buffers import AudioRing, Frame, LatestSlot
 from edge_daemon.capture.files import probe_video, read_wav
-from edge_daemon.capture.microphone import MicrophoneSource
-from edge_daemon.config import MicrophoneConfig
 from edge_daemon.errors import UserError
 
-from .conftest import CLIP_AUDIO, CLIP_VIDEO
+from .conftest import CLIP_AUDIO, CLIP_VIDEO, ROOT
 
 
 def frame(i: int) -> Frame:
@@ -106,20 +106,38 @@ def test_unreadable_video_is_a_clear_user_error(tmp_path: Path) -> None:
     assert len(read_wav(CLIP_AUDIO)) == 18 * 16000
 
 
-def test_absent_microphone_is_reported_offline_and_retried_not_fatal() -> None:
+ABSENT_MICROPHONE = """
+import threading, time, sys
+from edge_daemon.capture.buffers import AudioRing
+from edge_daemon.capture.microphone import MicrophoneSource
+from edge_daemon.config import MicrophoneConfig
+
+stop = threading.Event()
+device = None if sys.argv[1] == "default" else int(sys.argv[1])
+cfg = MicrophoneConfig(device=device, reconnect_min_s=0.1, reconnect_max_s=0.2)
+mic = MicrophoneSource(cfg, AudioRing(16000 * 4), time.monotonic(), stop)
+mic.start()
+deadline = time.monotonic() + 10
+while mic.status.failures < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+snap = mic.status.snapshot()
+alive = mic.is_alive()
+stop.set()
+mic.join(timeout=5)
+print(snap["state"], snap["failures"], alive, mic.is_alive(), "|", snap["reason"])
+"""
+
+
+@pytest.mark.parametrize("device", ["default", "3"])
+def test_absent_microphone_is_reported_offline_and_retried_not_fatal(device: str) -> None:
     # This machine has no sound card: the real PyAudio path fails to open an input, as an unplugged USB mic does.
-    stop = threading.Event()
-    ring = AudioRing(16000 * 4)
-    mic = MicrophoneSource(MicrophoneConfig(reconnect_min_s=0.1, reconnect_max_s=0.2), ring, time.monotonic(), stop)
-    mic.start()
-    try:
-        deadline = time.monotonic() + 10
-        while mic.status.failures < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        snap = mic.status.snapshot()
-        assert snap["state"] == "offline" and snap["failures"] >= 2, snap  # retried with back-off
-        assert mic.is_alive()
-    finally:
-        stop.set()
-        mic.join(timeout=5)
-    assert not mic.is_alive()
+    # In a child process, because PortAudio answers some mistakes (an index that is not there) with SIGSEGV.
+    proc = subprocess.run(
+        [sys.executable, "-c", ABSENT_MICROPHONE, device], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 0, f"the process died ({proc.returncode}):\n{proc.stderr}"
+    state, failures, alive, alive_after_stop, reason = proc.stdout.replace(" | ", " ").split(" ", 4)
+    assert state == "offline" and int(failures) >= 2, proc.stdout  # retried with back-off
+    assert alive == "True" and alive_after_stop == "False", proc.stdout
+    if device == "3":
+        assert "no input device with index 3" in reason, reason

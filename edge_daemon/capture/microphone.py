@@ -45,22 +45,26 @@ def pyaudio_instance() -> Any:
         return pyaudio.PyAudio()
 
 
+def input_devices(pa: Any) -> list[dict[str, Any]]:
+    devices = []
+    for i in range(pa.get_device_count()):
+        info = pa.get_device_info_by_index(i)
+        if int(info.get("maxInputChannels", 0)) > 0:
+            devices.append(
+                {
+                    "index": i,
+                    "name": info["name"],
+                    "channels": int(info["maxInputChannels"]),
+                    "default_rate": info["defaultSampleRate"],
+                }
+            )
+    return devices
+
+
 def list_input_devices() -> list[dict[str, Any]]:
     pa = pyaudio_instance()
     try:
-        devices = []
-        for i in range(pa.get_device_count()):
-            info = pa.get_device_info_by_index(i)
-            if int(info.get("maxInputChannels", 0)) > 0:
-                devices.append(
-                    {
-                        "index": i,
-                        "name": info["name"],
-                        "channels": int(info["maxInputChannels"]),
-                        "default_rate": info["defaultSampleRate"],
-                    }
-                )
-        return devices
+        return input_devices(pa)
     finally:
         pa.terminate()
 
@@ -74,16 +78,25 @@ def open_input(pa: Any, device: int | str | None, chunk: int) -> Any:
         channels=1,
         rate=SAMPLE_RATE,
         input=True,
-        input_device_index=find_device(device),
+        input_device_index=find_device(pa, device),
         frames_per_buffer=chunk,
     )
 
 
-def find_device(device: int | str | None) -> int | None:
+def find_device(pa: Any, device: int | str | None) -> int | None:
     """Index for a configured device (index, or part of a name); None means the default input."""
-    if device is None or isinstance(device, int):
-        return device
-    for d in list_input_devices():
+    if device is None:
+        return None
+    devices = input_devices(pa)
+    if isinstance(device, int):
+        # Checked here because PortAudio, through PyAudio 0.2.14, crashes the process (SIGSEGV) on an index that
+        # is not there: an unplugged or renumbered USB microphone must not take the camera path down with it.
+        if any(d["index"] == device for d in devices):
+            return device
+        raise LookupError(
+            f"no input device with index {device} (unplugged or renumbered?); `emotion-edge devices` lists them"
+        )
+    for d in devices:
         if device.lower() in d["name"].lower():
             return int(d["index"])
     raise LookupError(f"no input device named like {device!r}; `emotion-edge devices` lists them")
