@@ -28,7 +28,7 @@ from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
 from .mqtt import MqttSession, resolve_broker
-from .outbox import Outbox
+from .outbox import Outbox, OutboxWriteError
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 from .systemd import notify, watchdog_interval_s
 from .vision.detector import make_detector
@@ -150,7 +150,7 @@ class Daemon:
         host, port = broker or resolve_broker(config)
         self.session = MqttSession(config, self.outbox, host, port, config.outbox.drain_rate_per_s) if publish else None
         self.started = time.monotonic()
-        self.clock = Clock(datetime.now(timezone.utc), replay=replay is not None)
+        self.clock = Clock(self.started, datetime.now(timezone.utc) if replay is not None else None)
         self.fusion = FusionLoop(
             Windower(
                 config.fusion.window_s,
@@ -172,6 +172,8 @@ class Daemon:
         self.reload = threading.Event()  # set by SIGHUP
         self.model_files = FileWatch(model_files(config))
         self._last_status: dict[str, str] = {}
+        self.store_failures = 0  # events that could not be written to the outbox
+        self._store_failure_logged_at = -60.0
         self.restarts: Counter[str] = Counter()  # stage name -> times replaced, for stats
         self._restarted_at: dict[str, list[float]] = {}
         self._build_pipeline()
@@ -392,7 +394,11 @@ class Daemon:
             method=self.config.fusion.method,
             models=self.models.versions(),
         )
-        seq = self.outbox.append(event)  # assigns seq, durable before anyone tries to publish
+        try:
+            seq = self.outbox.append(event)  # assigns seq, durable before anyone tries to publish
+        except OutboxWriteError as exc:
+            self._store_failed(exc)
+            return
         if self.session is None:
             self.outbox.ack(seq)  # --no-mqtt: nothing will ever send it; keep the seq, not the event
         self.events += 1
@@ -409,6 +415,19 @@ class Daemon:
         )
         if self.session:
             self.session.notify_event()
+
+    def _store_failed(self, exc: OutboxWriteError) -> None:
+        """An event that cannot be stored cannot be sent either (it would have no durable seq): count it, say so
+        once a minute, and go on; storing resumes by itself once space or permissions are back."""
+        self.store_failures += 1
+        now = time.monotonic()
+        if now - self._store_failure_logged_at >= 60:
+            self._store_failure_logged_at = now
+            logger.error(
+                "cannot store events (%s): %d dropped so far; free space in state_dir or fix its permissions "
+                "(stats.drops.outbox_write_failed)",
+                exc, self.store_failures,
+            )  # fmt: skip
 
     def _on_state(self, emotion: str, result: WindowResult) -> None:
         if self.session:
@@ -437,6 +456,7 @@ class Daemon:
                 "audio_samples_overwritten": self.ring.dropped,
                 "late_predictions": self.fusion.windower.late,
                 "outbox_dropped": self.outbox.dropped,
+                "outbox_write_failed": self.store_failures,
             },
             "queue_depth": {"predictions": self.fusion.predictions.qsize(), "outbox": self.outbox.depth()},
             "events": self.events,

@@ -9,6 +9,7 @@ that at-least-once delivery can bring.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -25,13 +26,25 @@ def iso_utc(ts: datetime) -> str:
 
 @dataclass(frozen=True)
 class Clock:
-    """Maps stream seconds to wall-clock time; replay also reports media seconds."""
+    """Maps stream seconds to wall-clock time; replay also reports media seconds.
 
-    wall_origin: datetime  # wall time of stream second 0
-    replay: bool = False
+    Live stream time is monotonic seconds since `started`. The wall time of stream second `t` is read from the
+    wall clock when asked, less how long ago `t` was: a clock step (NTP after boot, on a board without a real-time
+    clock) shows in the next event instead of skewing every event until a restart.
+    """
+
+    started: float  # time.monotonic() at stream second 0
+    replay_origin: datetime | None = None  # replay: wall time of media second 0, fixed so runs are reproducible
+
+    @property
+    def replay(self) -> bool:
+        return self.replay_origin is not None
 
     def wall(self, t: float) -> datetime:
-        return self.wall_origin + timedelta(seconds=t)
+        if self.replay_origin is not None:
+            return self.replay_origin + timedelta(seconds=t)
+        ago = time.monotonic() - self.started - t
+        return datetime.now(timezone.utc) - timedelta(seconds=ago)
 
 
 def _summary(s: ModalitySummary | None) -> dict[str, Any] | None:

@@ -207,30 +207,37 @@ class MqttSession:
         inflight: dict[int, int] = {}  # paho mid -> event seq
         handed = 0  # highest seq handed to paho
         budget, last = 0.0, time.monotonic()
+        failed_at = -60.0
         while not self._stop.is_set():
             self._wake.wait(0.2)
             self._wake.clear()
-            while True:
-                try:
-                    mid = self._acks.get_nowait()
-                except queue.Empty:
-                    break
-                seq = inflight.pop(mid, None)
-                if seq is not None:
-                    self.outbox.ack(seq)
-                    self.published += 1
-            now = time.monotonic()
-            # Token bucket: a long backlog drains at drain_rate_per_s, with a burst of one second's worth.
-            budget = min(self.drain_rate_per_s, budget + (now - last) * self.drain_rate_per_s)
-            last = now
-            room = min(INFLIGHT - len(inflight), int(budget))
-            if not self.connected.is_set() or room <= 0:
-                continue
-            for item in self.outbox.pending(handed, room):
-                info = self._client.publish(self.topics.events, item.payload, qos=1, retain=False)
-                inflight[info.mid] = item.seq
-                handed = item.seq
-                budget -= 1
+            try:
+                while True:
+                    try:
+                        mid = self._acks.get_nowait()
+                    except queue.Empty:
+                        break
+                    seq = inflight.pop(mid, None)
+                    if seq is not None:
+                        self.outbox.ack(seq)
+                        self.published += 1
+                now = time.monotonic()
+                # Token bucket: a long backlog drains at drain_rate_per_s, with a burst of one second's worth.
+                budget = min(self.drain_rate_per_s, budget + (now - last) * self.drain_rate_per_s)
+                last = now
+                room = min(INFLIGHT - len(inflight), int(budget))
+                if not self.connected.is_set() or room <= 0:
+                    continue
+                for item in self.outbox.pending(handed, room):
+                    info = self._client.publish(self.topics.events, item.payload, qos=1, retain=False)
+                    inflight[info.mid] = item.seq
+                    handed = item.seq
+                    budget -= 1
+            except Exception as exc:  # e.g. the outbox locked by another process: retry, never stop publishing
+                if time.monotonic() - failed_at >= 60:
+                    failed_at = time.monotonic()
+                    logger.error("publishing from the outbox failed (%s); retrying", exc)
+                self._stop.wait(1.0)
 
     # ------------------------------------------------------------------ helpers
 

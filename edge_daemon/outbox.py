@@ -6,6 +6,12 @@ has acknowledged it (QoS 1 PUBACK). `seq` comes from a counter in the same
 database, so it continues after a restart and is never reused, even when the
 queue was empty. When the size or age bound forces a drop, the oldest events
 go first and the count is kept for `stats`.
+
+Age is counted on the monotonic clock, not the wall clock: a board without a
+real-time clock may queue events at a stale time and have NTP step the clock
+by days once the network (and the broker) is back, exactly when the backlog
+is about to drain. Events from an earlier boot are aged by the wall clock,
+from when this process opened the queue.
 """
 
 from __future__ import annotations
@@ -24,6 +30,21 @@ from .errors import UserError
 logger = logging.getLogger(__name__)
 
 FILENAME = "outbox.sqlite3"
+# A stored wall time before this was taken by a clock that had not been set (1970, or an image's build date).
+PLAUSIBLE_SINCE = 1735689600.0  # 2025-01-01 UTC
+DROP_LOG_EVERY_S = 60.0  # an outbox at its bound drops on every append: say so once a minute, with the count
+
+
+def boot_id() -> str:
+    """This boot of the machine: monotonic times compare only within one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return f"process-{id(FILENAME)}-{time.time()}"  # no boot id: age across restarts by the wall clock
+
+
+class OutboxWriteError(Exception):
+    """An event could not be stored (disk full, read-only or broken state directory)."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +65,15 @@ class Outbox:
             # NORMAL in WAL mode survives a process kill; only a power cut can lose the last commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+            if "boot" not in columns:  # a queue written before ages were monotonic
+                self._db.execute("ALTER TABLE events ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
+                self._db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
+            self._db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
+            self._boot = boot_id()
+            self._rebase_earlier_boots()
         except sqlite3.Error as exc:
             raise UserError(
                 f"{self.path}: cannot open the outbox ({exc}); check state_dir and its permissions"
@@ -53,18 +81,25 @@ class Outbox:
         self._lock = threading.Lock()
         self.max_events = max_events
         self.max_age_s = max_age_s
+        self._unlogged_drops = 0
+        self._drop_logged_at = -DROP_LOG_EVERY_S
 
     def append(self, event: dict[str, Any]) -> int:
-        """Give the event its `seq`, store it durably, and return the seq."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            seq = self._meta("last_seq") + 1
-            event["seq"] = seq
-            self._db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
-            self._db.execute(
-                "INSERT INTO events VALUES (?, ?, ?)", (seq, time.time(), json.dumps(event, separators=(",", ":")))
-            )
-            self._enforce_bounds()
+        """Give the event its `seq`, store it durably, and return the seq (OutboxWriteError if it cannot)."""
+        try:
+            with self._lock, self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                seq = self._meta("last_seq") + 1
+                self._db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
+                self._db.execute(
+                    "INSERT INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
+                    (seq, time.time(), json.dumps({**event, "seq": seq}, separators=(",", ":")), self._boot,
+                     time.monotonic()),
+                )  # fmt: skip
+                self._enforce_bounds()
+        except sqlite3.Error as exc:  # the transaction was rolled back: the seq was not used
+            raise OutboxWriteError(f"{self.path}: {exc}") from None
+        event["seq"] = seq
         return seq
 
     def pending(self, after_seq: int, limit: int) -> list[Pending]:
@@ -100,18 +135,30 @@ class Outbox:
     def _meta(self, key: str) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
 
+    def _rebase_earlier_boots(self) -> None:
+        """Give events from an earlier boot a monotonic time of this boot that keeps their age by the wall clock;
+        an age that the wall clock cannot tell (a clock that was not set, or one that went back) counts from now."""
+        wall, mono = time.time(), time.monotonic()
+        self._db.execute(
+            "UPDATE events SET boot = ?, mono = ? - CASE WHEN created < ? OR created > ? THEN 0 ELSE ? - created END"
+            " WHERE boot != ?",
+            (self._boot, mono, PLAUSIBLE_SINCE, wall, wall, self._boot),
+        )
+
     def _enforce_bounds(self) -> None:
-        cutoff = time.time() - self.max_age_s
-        old = self._db.execute("DELETE FROM events WHERE created < ?", (cutoff,)).rowcount
+        old = self._db.execute("DELETE FROM events WHERE mono < ?", (time.monotonic() - self.max_age_s,)).rowcount
         over = self._db.execute(
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq DESC LIMIT -1 OFFSET ?)",
             (self.max_events,),
         ).rowcount
         if old or over:
             self._db.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (old + over,))
+            self._unlogged_drops += old + over
+        now = time.monotonic()
+        if self._unlogged_drops and now - self._drop_logged_at >= DROP_LOG_EVERY_S:
             logger.warning(
-                "outbox full: dropped %d oldest undelivered event(s) (%d by age, %d by size); see stats.outbox_dropped",
-                old + over,
-                old,
-                over,
-            )
+                "outbox full: dropped %d oldest undelivered event(s) since the last such line (bounds: "
+                "outbox.max_events %d, outbox.max_age_s %.0f); see stats.drops.outbox_dropped",
+                self._unlogged_drops, self.max_events, self.max_age_s,
+            )  # fmt: skip
+            self._unlogged_drops, self._drop_logged_at = 0, now

@@ -227,6 +227,36 @@ def test_a_camera_thread_that_dies_is_replaced_and_frames_flow_again(tmp_path: P
     assert not runner.is_alive()
 
 
+def test_an_outbox_that_cannot_be_written_drops_events_with_a_count_and_the_daemon_recovers(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # As when the SD card's file system is remounted read-only after errors, or the disk is full: SQLite refuses
+    # every write. The daemon must count and log the loss, keep running, and store again once it can.
+    d = live_face_daemon(tmp_path, monkeypatch)
+    db = d.outbox._db
+    with d.outbox._lock:
+        db.execute("PRAGMA query_only = ON")
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while d.store_failures < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.store_failures >= 2 and d.events == 0 and runner.is_alive()
+        assert d.outbox.last_seq == 0, "a failed write must not use up a seq"
+        with d.outbox._lock:
+            db.execute("PRAGMA query_only = OFF")  # writable again
+        while d.events < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.events >= 2, "events were not stored again once the outbox was writable"
+        stats = d.stats()
+        assert stats["drops"]["outbox_write_failed"] == d.store_failures and stats["last_seq"] == d.events
+    finally:
+        d.request_stop()
+        runner.join(timeout=10)
+    assert not runner.is_alive()
+
+
 def test_a_stage_that_keeps_hanging_ends_the_process_for_its_supervisor(tmp_path: Path, monkeypatch: Any) -> None:
     from edge_daemon import daemon as daemon_module
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from edge_daemon import outbox
 from edge_daemon.outbox import Outbox
 
 
@@ -44,10 +50,50 @@ def test_size_bound_drops_oldest_first_and_counts(tmp_path: Path) -> None:
 def test_age_bound_drops_stale_events(tmp_path: Path) -> None:
     box = Outbox(tmp_path, max_age_s=60)
     box.append({"n": 0})
-    box._db.execute("UPDATE events SET created = created - 120")  # as if it had waited two minutes
+    box._db.execute("UPDATE events SET mono = mono - 120")  # as if it had waited two minutes
     box.append({"n": 1})
     assert [p.seq for p in box.pending(0, 10)] == [2]
     assert box.dropped == 1
+
+
+def test_a_wall_clock_step_does_not_age_waiting_events(tmp_path: Path, monkeypatch: Any) -> None:
+    # A Pi without a real-time clock: events wait at a stale time, then NTP steps the clock a month ahead.
+    box = Outbox(tmp_path, max_age_s=3600)
+    box.append({"n": 0})
+    stepped = time.time() + 30 * 86400
+    monkeypatch.setattr(outbox.time, "time", lambda: stepped)
+    box.append({"n": 1})
+    assert [p.seq for p in box.pending(0, 10)] == [1, 2] and box.dropped == 0
+
+
+@pytest.mark.parametrize(
+    ("created_ago_s", "kept"),
+    [(120.0, False), (30.0, True), (None, True)],  # None: stored while the clock read 1970
+)
+def test_events_from_an_earlier_boot_are_aged_by_the_wall_clock_when_it_can_tell(
+    tmp_path: Path, created_ago_s: float | None, kept: bool
+) -> None:
+    box = Outbox(tmp_path, max_age_s=60)
+    box.append({"n": 0})
+    created = 1000.0 if created_ago_s is None else time.time() - created_ago_s
+    box._db.execute("UPDATE events SET boot = 'an earlier boot', mono = 123456789, created = ?", (created,))
+    box.close()
+    box = Outbox(tmp_path, max_age_s=60)
+    box.append({"n": 1})
+    assert [p.seq for p in box.pending(0, 10)] == ([1, 2] if kept else [2])
+
+
+def test_a_queue_from_before_monotonic_ages_opens_with_its_events(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / outbox.FILENAME)
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER)")
+    db.execute("INSERT INTO meta VALUES ('last_seq', 7), ('dropped', 0)")
+    db.execute("INSERT INTO events VALUES (7, ?, '{\"seq\":7}')", (time.time() - 5,))
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path, max_age_s=60)
+    assert box.append({"n": 1}) == 8
+    assert [p.seq for p in box.pending(0, 10)] == [7, 8]
 
 
 def test_outbox_uses_wal_journal(tmp_path: Path) -> None:
