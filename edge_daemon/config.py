@@ -20,6 +20,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -30,10 +31,26 @@ from .errors import UserError
 
 
 def _f(
-    default: Any, doc: str, *, lo: float | None = None, hi: float | None = None, choices: tuple = (), pattern: str = ""
+    default: Any,
+    doc: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple = (),
+    pattern: str = "",
+    check: Callable[[Any], str | None] | None = None,
 ) -> Any:
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern}
+    """A config field; `check` returns what is wrong with a value, or None."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "check": check}
     return field(default=default, metadata=meta)
+
+
+def _host_problem(host: str) -> str | None:
+    try:
+        host.encode("idna")  # what the socket layer does with it; an empty or over-long label fails here
+    except UnicodeError:
+        return f"is not a host name or address (empty or over-long part), got {host!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -140,7 +157,9 @@ class HomeAssistantConfig:
 class MqttConfig:
     """The broker session and topics."""
 
-    host: str | None = _f(None, "broker host; null: `run` uses localhost, `demo` starts a private local broker")
+    host: str | None = _f(
+        None, "broker host; null: `run` uses localhost, `demo` starts a private local broker", check=_host_problem
+    )
     port: int = _f(1883, "broker port", lo=1, hi=65535)
     topic_prefix: str = _f("emotion-edge", "topics live under <topic_prefix>/<device_id>/", pattern=r"[A-Za-z0-9_/-]+")
     client_id: str | None = _f(None, "MQTT client id; null = emotion-edge-<device_id>")
@@ -152,8 +171,9 @@ class MqttConfig:
     )
     keepalive_s: int = _f(30, "MQTT keep-alive, seconds", lo=5, hi=3600)
     stats_interval_s: float = _f(30.0, "publish stats this often, seconds", lo=1, hi=86400)
-    reconnect_min_s: float = _f(1.0, "first back-off after a lost connection, seconds", lo=0.1, hi=600)
-    reconnect_max_s: float = _f(60.0, "longest back-off, seconds", lo=0.1, hi=3600)
+    # paho-mqtt counts back-off in whole seconds: below 1 it would not back off at all.
+    reconnect_min_s: float = _f(1.0, "first back-off after a lost connection, seconds", lo=1, hi=600)
+    reconnect_max_s: float = _f(60.0, "longest back-off, seconds", lo=1, hi=3600)
     tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant"})
 
@@ -277,6 +297,8 @@ class _Reader:
                 raise self.fail(node, path, f"must match {m['pattern']}, got {raw!r}")
             if not got:
                 raise self.fail(node, path, "must not be empty")
+        if got is not None and m["check"] and (problem := m["check"](got)):
+            raise self.fail(node, path, problem)
         return got
 
 
@@ -345,8 +367,10 @@ def load_config(path: Path | str | None) -> Config:
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a config file") from None
     config = dataclasses.replace(config, base_dir=path.resolve().parent)
-    if config.camera.reconnect_min_s > config.camera.reconnect_max_s:
-        raise UserError(f"{path}: camera.reconnect_min_s must not exceed camera.reconnect_max_s")
+    for section in ("camera", "microphone", "mqtt"):
+        part = getattr(config, section)
+        if part.reconnect_min_s > part.reconnect_max_s:
+            raise UserError(f"{path}: {section}.reconnect_min_s must not exceed {section}.reconnect_max_s")
     return config
 
 

@@ -248,6 +248,8 @@ class Daemon:
                     next_ping = now + ping_every
                 if self.replay is None and now >= next_model_check:
                     next_model_check = now + MODEL_CHECK_S
+                    if self.session:
+                        self.session.ensure_network_loop()
                     if self.model_files.changed():
                         self.reload.set()
                     if not self.supervise():

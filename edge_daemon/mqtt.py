@@ -93,7 +93,7 @@ class MqttSession:
         if logger.isEnabledFor(logging.DEBUG):
             # paho logs an ERROR on every failed reconnect; we log each outage once ourselves.
             self._client.enable_logger(logging.getLogger("paho"))
-        self._client.reconnect_delay_set(min_delay=max(1, int(c.reconnect_min_s)), max_delay=int(c.reconnect_max_s))
+        self._client.reconnect_delay_set(min_delay=round(c.reconnect_min_s), max_delay=round(c.reconnect_max_s))
         self._client.max_queued_messages_set(0)
         self._client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
         if c.username:
@@ -130,7 +130,19 @@ class MqttSession:
             except (RuntimeError, ValueError):
                 pass
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's loop_stop waits for its thread without a limit, and that thread may sit in a connect attempt
+        # or its diagnosis for seconds during an outage: SIGTERM must still end the process within 5 s.
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout=1.0)
+
+    def ensure_network_loop(self) -> None:
+        """Start paho's network thread again if an unexpected error ended it (its traceback is logged).
+
+        paho's loop_start is the probe: it refuses while the thread runs and starts one once it has ended.
+        """
+        if not self._stop.is_set() and self._client.loop_start() == mqtt.MQTT_ERR_SUCCESS:
+            logger.error("the MQTT network thread had stopped; started it again")
 
     # ------------------------------------------------------------------ what the daemon publishes
 

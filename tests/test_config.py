@@ -51,6 +51,8 @@ def test_overrides_are_read(tmp_path: Path) -> None:
         ("mqtt:\n  password: hunter2\n", 2, ["mqtt.password", "unknown key"]),
         ("camera:\n  fps: [1, 2]\n", 2, ["camera.fps", "single value"]),
         ("fusion:\n  window_s: 1\n  window_s: 2\n", 3, ["fusion.window_s", "twice"]),
+        ("mqtt:\n  host: broker..lan\n", 2, ["mqtt.host", "not a host name", "broker..lan"]),
+        ("mqtt:\n  reconnect_max_s: 0.5\n", 2, ["mqtt.reconnect_max_s", "between 1 and 3600"]),
     ],
 )
 def test_config_mistakes_name_file_line_and_key(tmp_path: Path, text: str, line: int, needles: list[str]) -> None:
@@ -62,6 +64,14 @@ def test_config_mistakes_name_file_line_and_key(tmp_path: Path, text: str, line:
     assert msg.startswith(f"{p}:{line}: "), msg
     for n in needles:
         assert n in msg
+
+
+@pytest.mark.parametrize("section", ["camera", "microphone", "mqtt"])
+def test_a_back_off_that_starts_above_its_maximum_is_refused(tmp_path: Path, section: str) -> None:
+    p = tmp_path / "config.yaml"
+    p.write_text(f"{section}:\n  reconnect_min_s: 50\n  reconnect_max_s: 20\n")
+    with pytest.raises(UserError, match=rf"{section}.reconnect_min_s must not exceed {section}.reconnect_max_s"):
+        load_config(p)
 
 
 def test_broken_yaml_names_the_line(tmp_path: Path) -> None:

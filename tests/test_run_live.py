@@ -89,3 +89,44 @@ def test_check_passes_when_everything_is_usable(tmp_path: Path, broker: Any) -> 
     proc = run_cli("--config", str(cfg), "check")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("ok")
+
+
+def test_sigterm_while_the_broker_does_not_answer_still_stops_within_5_s(tmp_path: Path) -> None:
+    # A broker host that swallows connection attempts (a full accept queue, or a firewall that drops them):
+    # the MQTT thread sits in a connect that times out only after seconds. systemd must not have to SIGKILL us.
+    import socket
+
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:  # fill the accept queue: from here on SYNs go unanswered
+                filler.setblocking(False)
+                filler.connect_ex(black_hole.getsockname())
+            cfg = live_config(tmp_path, black_hole.getsockname()[1])
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "run"],
+                cwd=ROOT,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert proc.stderr is not None
+                seen = ""
+                while "connecting to MQTT broker" not in seen and proc.poll() is None:
+                    seen += proc.stderr.readline()
+                time.sleep(0.5)  # the first connect attempt is under way and will hang for seconds
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=15)
+                elapsed = time.monotonic() - t0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        finally:
+            for f in fillers:
+                f.close()
+    stderr = seen + (proc.stderr.read() if proc.stderr else "")
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert elapsed < 5, f"stopping took {elapsed:.1f} s:\n{stderr}"
