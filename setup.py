@@ -18,7 +18,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["edge_daemon", "edge_daemon.*"]),
     # The shipped models travel with a non-editable install too (share/emotion-edge/models_tflite).
-    data_files=[("share/emotion-edge/models_tflite", [str(p) for p in sorted(Path("models_tflite").glob("*")) if p.is_file()])],
+    data_files=[
+        ("share/emotion-edge/models_tflite", [str(p) for p in sorted(Path("models_tflite").glob("*")) if p.is_file()])
+    ],
     install_requires=[
         # LiteRT is the maintained TFLite runtime and works with numpy 2; tflite-runtime 2.14 (numpy<2) also works,
         # see edge_daemon/runtime.py. Wheels exist for aarch64 and x86-64 Linux.
@@ -35,7 +37,14 @@ setup(
     extras_require={
         # Training on a workstation: TensorFlow for Keras, matplotlib/scikit-learn for reports.
         "train": ["tensorflow-cpu>=2.16", "matplotlib>=3.7", "scikit-learn>=1.3", "tqdm>=4.60"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.5", "amqtt>=0.11", "scikit-image>=0.22"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.5",
+            "amqtt>=0.11",
+            "scikit-image>=0.22",
+        ],
     },
     entry_points={"console_scripts": ["emotion-edge=edge_daemon.cli:main"]},
 )

@@ -47,13 +47,24 @@ def main() -> int:
 
     with LocalBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         cfg = yaml.safe_load(Path(args.config).read_text()) or {}
-        cfg.setdefault("models", {})["dir"] = str((Path(args.config).parent / cfg.get("models", {}).get("dir", "models_tflite")).resolve())
+        cfg.setdefault("models", {})["dir"] = str(
+            (Path(args.config).parent / cfg.get("models", {}).get("dir", "models_tflite")).resolve()
+        )
         cfg["state_dir"] = tmp
         cfg["camera"] = {**cfg.get("camera", {}), "source": args.video}
         cfg["microphone"] = {**cfg.get("microphone", {}), "enabled": False}
         cfg["mqtt"] = {**cfg.get("mqtt", {}), "host": "127.0.0.1", "port": broker.port, "stats_interval_s": 10}
         (Path(tmp) / "soak.yaml").write_text(yaml.safe_dump(cfg))
-        cmd = [sys.executable, "-m", "edge_daemon", "--config", str(Path(tmp) / "soak.yaml"), "--log-level", "warning", "run"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edge_daemon",
+            "--config",
+            str(Path(tmp) / "soak.yaml"),
+            "--log-level",
+            "warning",
+            "run",
+        ]
         proc = subprocess.Popen(cmd, cwd=ROOT)
         start = time.monotonic()
         rows = []
