@@ -456,6 +456,7 @@ class Daemon:
             "drops": {
                 "frames_replaced": self.slot.dropped,
                 "audio_samples_overwritten": self.ring.dropped,
+                "audio_samples_trimmed": sum(s.trimmed for s in self.sources if isinstance(s, MicrophoneSource)),
                 "late_predictions": self.fusion.windower.late,
                 "outbox_dropped": self.outbox.dropped,
                 "outbox_write_failed": self.store_failures,

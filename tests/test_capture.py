@@ -8,6 +8,7 @@ import threading
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -141,3 +142,42 @@ def test_absent_microphone_is_reported_offline_and_retried_not_fatal(device: str
     assert alive == "True" and alive_after_stop == "False", proc.stdout
     if device == "3":
         assert "no input device with index 3" in reason, reason
+
+
+class FastSoundCard:
+    """Stands in for a sound card (this machine has none) whose clock runs 5 % fast: each read of N samples
+    returns after 0.95 N / 16 kHz seconds."""
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        self.next_at = time.monotonic()
+
+    def read(self, n: int, exception_on_overflow: bool = False) -> bytes:
+        self.next_at += 0.95 * n / 16000
+        time.sleep(max(0.0, self.next_at - time.monotonic()))
+        return np.ones(n, dtype=np.int16).tobytes()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sound_card_clock_that_runs_fast_does_not_drift_speech_ahead_of_stream_time(monkeypatch: Any) -> None:
+    from edge_daemon.capture import microphone
+
+    class NoPortAudio:
+        def terminate(self) -> None:
+            pass
+
+    monkeypatch.setattr(microphone, "pyaudio_instance", NoPortAudio)
+    monkeypatch.setattr(microphone, "open_input", lambda pa, device, chunk: FastSoundCard(chunk))
+    stop, ring, t0 = threading.Event(), AudioRing(16000 * 10), time.monotonic()
+    mic = microphone.MicrophoneSource(microphone.MicrophoneConfig(), ring, t0, stop)
+    mic.start()
+    try:
+        time.sleep(6)  # 5 % fast: 0.3 s ahead by now without correction
+        lead_s = ring.total / 16000 - (time.monotonic() - t0)
+    finally:
+        stop.set()
+        mic.join(timeout=5)
+    assert abs(lead_s) <= 0.15, f"audio leads stream time by {lead_s:.2f} s"
+    assert mic.trimmed > 0

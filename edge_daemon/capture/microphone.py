@@ -102,12 +102,16 @@ def find_device(pa: Any, device: int | str | None) -> int | None:
     raise LookupError(f"no input device named like {device!r}; `emotion-edge devices` lists them")
 
 
+TOLERANCE = SAMPLE_RATE // 10  # stream time and sample count may differ this much (scheduling jitter) before we act
+
+
 class MicrophoneSource(threading.Thread):
     def __init__(self, cfg: MicrophoneConfig, ring: AudioRing, t0: float, stop: threading.Event) -> None:
         super().__init__(name="microphone", daemon=True)
         self.cfg, self.ring, self.t0, self.stop_event = cfg, ring, t0, stop
         self.status = SourceStatus(f"microphone {cfg.device if cfg.device is not None else 'default'}")
         self.chunk = SAMPLE_RATE * cfg.chunk_ms // 1000
+        self.trimmed = 0  # samples dropped because the sound card's clock ran ahead
 
     def fresh(self) -> MicrophoneSource:
         """A new thread for the same microphone and ring, for the supervisor to start if this one died."""
@@ -130,9 +134,9 @@ class MicrophoneSource(threading.Thread):
             stream = open_input(pa, self.cfg.device, self.chunk)
             try:
                 while not self.stop_event.is_set():
-                    data = stream.read(self.chunk, exception_on_overflow=False)
-                    self._pad_to_now(ahead=self.chunk)
-                    self.ring.write(np.frombuffer(data, dtype=np.int16))
+                    samples = np.frombuffer(stream.read(self.chunk, exception_on_overflow=False), dtype=np.int16)
+                    self._pad_to_now(ahead=len(samples))
+                    self.ring.write(self._trim_to_now(samples))
                     self.status.online()
                     backoff.reset()
             finally:
@@ -140,9 +144,21 @@ class MicrophoneSource(threading.Thread):
         finally:
             pa.terminate()
 
+    def _expected(self) -> int:
+        """How many samples stream time says we should have had by now."""
+        return int((time.monotonic() - self.t0) * SAMPLE_RATE)
+
     def _pad_to_now(self, ahead: int = 0) -> None:
         """Fill a capture gap with silence so that sample index / rate keeps meaning stream time."""
-        expected = int((time.monotonic() - self.t0) * SAMPLE_RATE) - ahead
-        gap = min(expected - self.ring.total, self.ring.capacity)
-        if gap > SAMPLE_RATE // 10:  # ignore scheduling jitter
+        gap = min(self._expected() - ahead - self.ring.total, self.ring.capacity)
+        if gap > TOLERANCE:
             self.ring.write(np.zeros(gap, dtype=np.int16))
+
+    def _trim_to_now(self, samples: np.ndarray) -> np.ndarray:
+        """The other direction: a sound card whose clock runs fast (tens of ppm is common) would put speech ever
+        later than the faces of the same moment, seconds a day; drop what runs ahead of stream time."""
+        excess = self.ring.total + len(samples) - self._expected() - TOLERANCE
+        if excess <= 0:
+            return samples
+        self.trimmed += min(excess, len(samples))
+        return samples[excess:]
