@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
+import os
 
 from .config import Config, mqtt_password
 from .errors import UserError
-from .mqtt import resolve_broker
+from .mqtt import probe_broker, resolve_broker
 
 
 def run_checks(config: Config) -> list[str]:
@@ -32,16 +32,37 @@ def run_checks(config: Config) -> list[str]:
                 problems.append(f"camera: {config.camera.source!r} opens but delivers no frames")
     if config.microphone.enabled:
         problems.extend(_check_microphone(config))
-    host, port = resolve_broker(config)
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            pass
-    except OSError as exc:
-        problems.append(f"mqtt: cannot reach broker {host}:{port} (mqtt.host, mqtt.port): {exc.strerror or exc}")
+    problems.extend(_check_broker(config))
+    problems.extend(_check_state_dir(config))
+    return problems
+
+
+def _check_state_dir(config: Config) -> list[str]:
+    """Whether the outbox could be written there, without writing anything: `check` may run as another user
+    (root) than the service, and a file it created would then belong to the wrong owner."""
+    path = config.path(config.state_dir)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return [f"state_dir: {existing} is not a directory (state_dir)"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"state_dir: {existing} is not writable for this user (state_dir; the service's user needs it)"]
+    return []
+
+
+def _check_broker(config: Config) -> list[str]:
+    problems = []
     if config.mqtt.username and mqtt_password(config) is None:
         problems.append(
-            f"mqtt: mqtt.username is set but no password: set ${config.mqtt.password_env} or the systemd credential mqtt_password"
+            f"mqtt: mqtt.username is set but no password: set ${config.mqtt.password_env} or the systemd credential "
+            "mqtt_password"
         )
+    host, port = resolve_broker(config)
+    try:
+        problem = probe_broker(config, host, port)
+    except UserError as exc:
+        problem = str(exc)
+    if problem:
+        problems.insert(0, f"mqtt: broker {host}:{port} (mqtt.host, mqtt.port) {problem}")
     return problems
 
 

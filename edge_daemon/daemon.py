@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from .config import Config
 from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
-from .mqtt import MqttSession, resolve_broker
+from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 from .systemd import notify, watchdog_interval_s
@@ -148,7 +149,12 @@ class Daemon:
             state_dir or config.path(config.state_dir), config.outbox.max_events, config.outbox.max_age_s
         )
         host, port = broker or resolve_broker(config)
-        self.session = MqttSession(config, self.outbox, host, port, config.outbox.drain_rate_per_s) if publish else None
+        # A replay may run beside the live daemon of the same device: with the same client id the broker would
+        # disconnect one for the other, over and over.
+        client_id = f"{client_id_of(config)}-replay-{os.getpid()}" if replay is not None else None
+        self.session = (
+            MqttSession(config, self.outbox, host, port, config.outbox.drain_rate_per_s, client_id) if publish else None
+        )
         self.started = time.monotonic()
         self.clock = Clock(self.started, datetime.now(timezone.utc) if replay is not None else None)
         self.fusion = FusionLoop(
@@ -364,8 +370,11 @@ class Daemon:
         for t in [*self.sources, *self.workers]:
             t.join(timeout=2)
         self.fusion.flush()
+        self.publish_status()  # the sources' last word (a replay's inputs `ended`)
         if self.session and self.replay is not None:
             self._wait_drained(self.drain_timeout_s + self.outbox.depth() / self.config.outbox.drain_rate_per_s)
+        elif self.session:
+            self.session.flush(2.0)  # briefly, a service stop must stay within its 5 s
         self.publish_stats()  # the final figures, after the drain they count
         if self.session:
             self.session.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -72,7 +73,15 @@ class Topics:
 class MqttSession:
     """One broker connection that reconnects by itself (paho's loop thread) plus a thread that drains the outbox."""
 
-    def __init__(self, config: Config, outbox: Outbox, host: str, port: int, drain_rate_per_s: float = 50.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        outbox: Outbox,
+        host: str,
+        port: int,
+        drain_rate_per_s: float = 50.0,
+        client_id: str | None = None,
+    ) -> None:
         c = config.mqtt
         self.config = config
         self.topics = Topics.for_device(c.topic_prefix, config.device_id)
@@ -87,19 +96,13 @@ class MqttSession:
         self._stop = threading.Event()
         self._last_refusal = ""
         self._diagnosed_at = -DIAGNOSE_EVERY_S  # monotonic time of the last probe
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=c.client_id or f"emotion-edge-{config.device_id}", clean_session=True
-        )
+        self._client = make_client(config, client_id or client_id_of(config))
         if logger.isEnabledFor(logging.DEBUG):
             # paho logs an ERROR on every failed reconnect; we log each outage once ourselves.
             self._client.enable_logger(logging.getLogger("paho"))
         self._client.reconnect_delay_set(min_delay=round(c.reconnect_min_s), max_delay=round(c.reconnect_max_s))
         self._client.max_queued_messages_set(0)
         self._client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
-        if c.username:
-            self._client.username_pw_set(c.username, mqtt_password(config))
-        if c.tls.enabled:
-            self._configure_tls()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_connect_fail = self._on_connect_fail
@@ -115,11 +118,16 @@ class MqttSession:
         self._client.loop_start()
         self._drainer.start()
 
+    def flush(self, timeout_s: float) -> None:
+        """While connected, give the outbox up to `timeout_s` to be handed over and acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while self.connected.is_set() and self.outbox.depth() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self, flush_timeout_s: float = 2.0) -> None:
         """Hand over what is pending (briefly), announce `stopped`, disconnect."""
         deadline = time.monotonic() + flush_timeout_s
-        while self.connected.is_set() and self.outbox.depth() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self.flush(flush_timeout_s)
         self._stop.set()
         self._wake.set()
         self._drainer.join(timeout=2)
@@ -192,7 +200,7 @@ class MqttSession:
         if now - self._diagnosed_at < DIAGNOSE_EVERY_S:
             return
         self._diagnosed_at = now
-        reason = self._diagnose()  # paho does not say why; a probe of our own does
+        reason = diagnose(self.config, self.host, self.port)  # paho does not say why; a probe of our own does
         if reason != self._last_refusal:
             logger.error("MQTT broker %s:%d %s; retrying with back-off", self.host, self.port, reason)
             self._last_refusal = reason
@@ -253,43 +261,6 @@ class MqttSession:
 
     # ------------------------------------------------------------------ helpers
 
-    def _diagnose(self) -> str:
-        """Why a connection attempt failed, in words an operator can act on."""
-        try:
-            with socket.create_connection((self.host, self.port), timeout=3) as sock:
-                if not self.config.mqtt.tls.enabled:
-                    return "accepted the connection but did not complete the MQTT handshake"
-                tls = self.config.mqtt.tls
-                ctx = ssl.create_default_context(cafile=str(self.config.path(tls.ca_file)) if tls.ca_file else None)
-                if tls.cert_file:
-                    ctx.load_cert_chain(
-                        self.config.path(tls.cert_file), self.config.path(tls.key_file) if tls.key_file else None
-                    )
-                with ctx.wrap_socket(sock, server_hostname=self.host):
-                    return "completed TLS on a probe but refused MQTT"
-        except ssl.SSLCertVerificationError as exc:
-            return f"presented a TLS certificate we do not trust ({exc.verify_message}); check mqtt.tls.ca_file and mqtt.host"
-        except ssl.SSLError as exc:
-            return f"failed the TLS handshake ({exc.reason or exc}); check mqtt.tls and that the port speaks TLS"
-        except OSError as exc:
-            return f"is unreachable ({exc.strerror or exc}); is the broker running and mqtt.host/mqtt.port right?"
-
-    def _configure_tls(self) -> None:
-        tls = self.config.mqtt.tls
-        for name in ("ca_file", "cert_file", "key_file"):
-            value = getattr(tls, name)
-            if value and not self.config.path(value).is_file():
-                raise UserError(f"mqtt.tls.{name}: {self.config.path(value)} not found")
-        try:
-            self._client.tls_set(
-                ca_certs=str(self.config.path(tls.ca_file)) if tls.ca_file else None,
-                certfile=str(self.config.path(tls.cert_file)) if tls.cert_file else None,
-                keyfile=str(self.config.path(tls.key_file)) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            raise UserError(f"mqtt.tls: cannot use the certificate files ({exc})") from None
-
     def _announce_to_home_assistant(self) -> None:
         ha = self.config.mqtt.homeassistant
         dev = self.config.device_id
@@ -308,6 +279,8 @@ class MqttSession:
                 "unique_id": f"emotion_edge_{dev}_{key}",
                 "state_topic": self.topics.state,
                 "availability_topic": self.topics.availability,
+                # Anything but `online` (the will `offline`, a clean `stopped`) makes the sensors unavailable.
+                "availability_template": f"{{{{ '{ONLINE}' if value == '{ONLINE}' else '{OFFLINE}' }}}}",
                 "payload_available": ONLINE,
                 "payload_not_available": OFFLINE,
                 "device": device,
@@ -316,6 +289,77 @@ class MqttSession:
             self._client.publish(
                 f"{ha.prefix}/sensor/emotion_edge_{dev}/{key}/config", json.dumps(payload), qos=1, retain=True
             )
+
+
+def client_id_of(config: Config) -> str:
+    return config.mqtt.client_id or f"emotion-edge-{config.device_id}"
+
+
+def make_client(config: Config, client_id: str) -> mqtt.Client:
+    """A paho client with the configured credentials and TLS (UserError if the certificate files are unusable)."""
+    c = config.mqtt
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if c.username:
+        client.username_pw_set(c.username, mqtt_password(config))
+    if c.tls.enabled:
+        tls = c.tls
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(tls, name)
+            if value and not config.path(value).is_file():
+                raise UserError(f"mqtt.tls.{name}: {config.path(value)} not found")
+        try:
+            client.tls_set(
+                ca_certs=str(config.path(tls.ca_file)) if tls.ca_file else None,
+                certfile=str(config.path(tls.cert_file)) if tls.cert_file else None,
+                keyfile=str(config.path(tls.key_file)) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise UserError(f"mqtt.tls: cannot use the certificate files ({exc})") from None
+    return client
+
+
+def diagnose(config: Config, host: str, port: int) -> str:
+    """Why a connection attempt failed, in words an operator can act on."""
+    try:
+        with socket.create_connection((host, port), timeout=3) as sock:
+            if not config.mqtt.tls.enabled:
+                return "accepted the connection but did not complete the MQTT handshake"
+            tls = config.mqtt.tls
+            ctx = ssl.create_default_context(cafile=str(config.path(tls.ca_file)) if tls.ca_file else None)
+            if tls.cert_file:
+                ctx.load_cert_chain(config.path(tls.cert_file), config.path(tls.key_file) if tls.key_file else None)
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return "completed TLS on a probe but refused MQTT"
+    except ssl.SSLCertVerificationError as exc:
+        return (
+            f"presented a TLS certificate we do not trust ({exc.verify_message}); check mqtt.tls.ca_file and mqtt.host"
+        )
+    except ssl.SSLError as exc:
+        return f"failed the TLS handshake ({exc.reason or exc}); check mqtt.tls and that the port speaks TLS"
+    except OSError as exc:
+        return f"is unreachable ({exc.strerror or exc}); is the broker running and mqtt.host/mqtt.port right?"
+
+
+def probe_broker(config: Config, host: str, port: int, timeout_s: float = 5.0) -> str | None:
+    """What keeps the daemon from using the broker, or None: a real MQTT connect with its TLS and credentials."""
+    # Never the daemon's own client id: the broker would disconnect a running daemon in favour of the probe.
+    client = make_client(config, f"{client_id_of(config)}-check-{os.getpid()}")
+    answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    client.on_connect = lambda c, userdata, flags, reason_code, properties: answers.put(reason_code)
+    try:
+        client.connect(host, port, keepalive=10)
+    except (OSError, ValueError):  # TLS failures are OSErrors too
+        return diagnose(config, host, port)
+    client.loop_start()
+    try:
+        reason = answers.get(timeout=timeout_s)
+    except queue.Empty:
+        return f"accepted the connection but gave no MQTT answer within {timeout_s:.0f} s"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return f"refused the connection: {reason}" if reason.is_failure else None
 
 
 def resolve_broker(config: Config) -> tuple[str, int]:

@@ -74,9 +74,10 @@ class Outbox:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
             self._boot = boot_id()
             self._rebase_earlier_boots()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the directory cannot be made (a file, /proc, no rights)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise UserError(
-                f"{self.path}: cannot open the outbox ({exc}); check state_dir and its permissions"
+                f"{self.path}: cannot open the outbox ({reason}); check state_dir and its permissions"
             ) from None
         self._lock = threading.Lock()
         self.max_events = max_events

@@ -3,7 +3,7 @@
 # Usage: scripts/bootstrap.sh [EXTRAS]   e.g. "dev" (default), "dev,train", or "" for the runtime alone. Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-dev}"
+extras="${1-dev}"  # "${1-…}", not "${1:-…}": an explicit "" means the runtime alone
 
 # System packages: PortAudio (pyaudio builds against it), a compiler and headers for that build, Mosquitto (the local
 # broker for demo and tests), venv support.

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from edge_daemon import outbox
+from edge_daemon.errors import UserError
 from edge_daemon.outbox import Outbox
 
 
@@ -99,3 +100,10 @@ def test_a_queue_from_before_monotonic_ages_opens_with_its_events(tmp_path: Path
 def test_outbox_uses_wal_journal(tmp_path: Path) -> None:
     box = Outbox(tmp_path)
     assert box._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_state_dir_that_cannot_be_made_is_a_clear_user_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    for state_dir in (tmp_path / "a-file", tmp_path / "a-file" / "below", Path("/proc/no-such-dir")):
+        with pytest.raises(UserError, match="cannot open the outbox .*check state_dir"):
+            Outbox(state_dir)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .conftest import CLIP_AUDIO, CLIP_VIDEO, SEGMENTS, Subscriber, run_cli, write_config
+from .conftest import CLIP_AUDIO, CLIP_VIDEO, SEGMENTS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "unknown"}
@@ -77,6 +77,29 @@ def test_retained_topics_greet_a_late_subscriber(tmp_path: Path, broker: Any, su
     assert late.payloads("/availability") == ["stopped"]
     assert json.loads(late.payloads("/state")[0])["emotion"] in EMOTIONS
     assert late.events() == []  # events are never retained
+    assert json.loads(late.payloads("/status")[-1]) == {"video-file": "ended"}  # the source's last word
+
+
+def test_a_replay_beside_the_live_daemon_of_the_same_device_does_not_knock_it_off(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe("emotion-edge/e2e/#")
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        mqtt={"host": "127.0.0.1", "port": broker.port},
+        device_id="e2e",
+        camera={"source": str(CLIP_VIDEO)},
+        microphone={"enabled": False},
+    )
+    live = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], timeout=30)
+        proc = run_cli("--config", str(cfg), "replay", "--audio", str(CLIP_AUDIO), "--state-dir", str(tmp_path / "r"))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        log = stop_daemon(live)
+    assert "connection lost" not in log, "the replay took over the live daemon's MQTT session"
+    assert "offline" not in sub.payloads("/availability"), sub.payloads("/availability")
 
 
 def test_one_modality_still_yields_events_that_say_which(tmp_path: Path, broker: Any, subscribe: Any) -> None:

@@ -63,6 +63,7 @@ def test_check_reports_each_problem_in_one_line(tmp_path: Path) -> None:
         tmp_path / "config.yaml",
         camera={"source": str(tmp_path / "no-camera.mp4")},
         mqtt={"host": "127.0.0.1", "port": 1, "username": "edge"},
+        state_dir=str(CLIP_VIDEO),  # a file, not a directory
     )
     env = {k: v for k, v in os.environ.items() if k not in ("EMOTION_EDGE_MQTT_PASSWORD", "CREDENTIALS_DIRECTORY")}
     proc = subprocess.run(
@@ -75,8 +76,9 @@ def test_check_reports_each_problem_in_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["camera", "microphone", "mqtt", "mqtt"], lines
+    assert [line.split(":")[0] for line in lines] == ["camera", "microphone", "mqtt", "mqtt", "state_dir"], lines
     assert "no-camera.mp4" in lines[0] and "127.0.0.1:1" in lines[2] and "EMOTION_EDGE_MQTT_PASSWORD" in lines[3]
+    assert "clip.mp4 is not a directory" in lines[4]
 
 
 def test_check_passes_when_everything_is_usable(tmp_path: Path, broker: Any) -> None:
@@ -130,3 +132,36 @@ def test_sigterm_while_the_broker_does_not_answer_still_stops_within_5_s(tmp_pat
     stderr = seen + (proc.stderr.read() if proc.stderr else "")
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert elapsed < 5, f"stopping took {elapsed:.1f} s:\n{stderr}"
+
+
+def test_home_assistant_discovers_the_sensors_again_after_it_restarts_and_they_go_unavailable_on_stop(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    ha: Subscriber = subscribe("homeassistant/#")
+    cfg = live_config(tmp_path, broker.port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "run"], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        configs = lambda: [m for m in ha.messages if m.topic.endswith("/config")]  # noqa: E731
+        assert ha.wait_for(lambda: len(configs()) == 2, timeout=30), [m.topic for m in ha.messages]
+        late: Subscriber = subscribe("homeassistant/#")  # retained, so a Home Assistant that starts later sees them
+        assert late.wait_for(lambda: sum(m.retain for m in late.messages) == 2, timeout=10)
+        for m in configs():
+            assert m.topic.startswith("homeassistant/sensor/emotion_edge_live/")
+            c = json.loads(m.payload)
+            assert c["state_topic"] == "emotion-edge/live/state"
+            assert c["availability_topic"] == "emotion-edge/live/availability"
+            # The clean-stop payload `stopped` must read as unavailable, as the will `offline` does.
+            template = c["availability_template"]
+            assert (
+                "'online' if value == 'online' else 'offline'" in template and c["payload_not_available"] == "offline"
+            )
+        emotion = json.loads(next(m.payload for m in configs() if m.topic.endswith("/emotion/config")))
+        assert set(emotion["options"]) >= {"happy", "angry", "neutral", "unknown"}
+        before = len(configs())
+        ha.client.publish("homeassistant/status", "online", qos=1)  # Home Assistant restarted and forgot them
+        assert ha.wait_for(lambda: len(configs()) >= before + 2, timeout=10), "not announced again"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)

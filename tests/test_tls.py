@@ -376,3 +376,26 @@ def test_check_never_prints_the_password(tmp_path: Path, tls_broker: TlsBroker, 
         proc = cli(cfg, "--log-level", "debug", "check", env=env)
         assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, proc.stderr
         assert secret.device_password not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_check_logs_in_to_the_broker_as_the_daemon_would(
+    tmp_path: Path, tls_broker: TlsBroker, pki: Pki, secret: Secrets
+) -> None:
+    """A broker that is reachable but would refuse the daemon is a problem `check` must name."""
+    good = tls_config(tmp_path, tls_broker.port, pki.ca)
+    (tmp_path / "other").mkdir()
+    untrusted = tls_config(tmp_path / "other", tls_broker.port, pki.other_ca)
+    cases = [
+        (good, secret.device_password, None),
+        (good, f"wrong-{secret.device_password}", "not authori"),
+        (untrusted, secret.device_password, "certificate"),
+    ]
+    for cfg, password, needle in cases:
+        proc = cli(cfg, "check", env=daemon_env(password=password))
+        assert "Traceback" not in proc.stderr, proc.stderr
+        mqtt_lines = [line for line in proc.stdout.splitlines() if line.startswith("mqtt:")]
+        if needle is None:
+            assert mqtt_lines == [], proc.stdout
+        else:
+            assert proc.returncode == 2 and len(mqtt_lines) == 1, proc.stdout
+            assert f"127.0.0.1:{tls_broker.port}" in mqtt_lines[0] and needle in mqtt_lines[0].lower(), mqtt_lines
