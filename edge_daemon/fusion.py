@@ -135,6 +135,8 @@ class Windower:
 
     def close_until(self, watermark: float) -> list[WindowResult]:
         """Close every window that ends at or before `watermark`; returns results for the non-empty ones, in order."""
+        if watermark == math.inf:  # every input has ended
+            return self.flush()
         results = []
         last = int(math.floor(watermark / self.window_s))  # windows < last have ended
         for k in sorted(k for k in self._open if k < last):

@@ -73,6 +73,14 @@ def test_windows_close_behind_the_watermark_in_order() -> None:
     assert [(r.start, r.emotion) for r in w.flush()] == [(4.0, "angry")]
 
 
+def test_an_infinite_watermark_closes_everything_and_an_empty_input_closes_nothing() -> None:
+    # Replay: once every input has ended (a worker's progress is infinite), all open windows close.
+    w = Windower(2.0, FusionRule())
+    assert w.close_until(float("inf")) == []  # e.g. a wav that holds no samples
+    w.add(p("face", 5.0, happy=0.9))
+    assert [(r.start, r.emotion) for r in w.close_until(float("inf"))] == [(4.0, "happy")]
+
+
 def test_state_changes_after_consistent_windows() -> None:
     s = StateTracker(after=2)
     assert [s.update(e) for e in ["happy", "sad", "happy", "happy", "happy", "sad"]] == [
