@@ -458,14 +458,15 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "frames_analysed": fw.frames_analysed if fw else 0,
             "frames_with_face": fw.faces_seen if fw else 0,
-            "audio_s": round(self.ring.total / SAMPLE_RATE, 1),
+            # Captured audio only: the silence that keeps stream time while the microphone is away does not count.
+            "audio_s": round((self.ring.total - sum(m.padded for m in self._microphones())) / SAMPLE_RATE, 1),
             "speech_windows": sw.windows if sw else 0,
             "speech_windows_voiced": sw.voiced if sw else 0,
             "inference_ms": self.timings.medians(),
             "drops": {
                 "frames_replaced": self.slot.dropped,
                 "audio_samples_overwritten": self.ring.dropped,
-                "audio_samples_trimmed": sum(s.trimmed for s in self.sources if isinstance(s, MicrophoneSource)),
+                "audio_samples_trimmed": sum(m.trimmed for m in self._microphones()),
                 "late_predictions": self.fusion.windower.late,
                 "outbox_dropped": self.outbox.dropped,
                 "outbox_write_failed": self.store_failures,
@@ -477,6 +478,9 @@ class Daemon:
             "restarts": {t.name: self.restarts[t.name] for t in [*self.sources, *self.workers]},
             "sources": {s.name: s.status.snapshot() for s in self.sources},
         }
+
+    def _microphones(self) -> list[MicrophoneSource]:
+        return [s for s in self.sources if isinstance(s, MicrophoneSource)]
 
     def publish_stats(self) -> None:
         stats = self.stats()

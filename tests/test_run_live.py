@@ -39,6 +39,7 @@ def test_run_publishes_face_events_without_a_microphone_and_stops_cleanly_on_sig
         assert stats and stats[-1]["frames_analysed"] > 0
         mic = next(v for k, v in stats[-1]["sources"].items() if k.startswith("microphone"))
         assert mic["state"] == "offline" and mic["failures"] >= 1  # reported and retried, not fatal
+        assert stats[-1]["audio_s"] == 0, "silence standing in for an absent microphone counted as audio"
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)

@@ -112,10 +112,13 @@ class MicrophoneSource(threading.Thread):
         self.status = SourceStatus(f"microphone {cfg.device if cfg.device is not None else 'default'}")
         self.chunk = SAMPLE_RATE * cfg.chunk_ms // 1000
         self.trimmed = 0  # samples dropped because the sound card's clock ran ahead
+        self.padded = 0  # samples of silence standing in for time without a microphone
 
     def fresh(self) -> MicrophoneSource:
         """A new thread for the same microphone and ring, for the supervisor to start if this one died."""
-        return MicrophoneSource(self.cfg, self.ring, self.t0, self.stop_event)
+        fresh = MicrophoneSource(self.cfg, self.ring, self.t0, self.stop_event)
+        fresh.trimmed, fresh.padded = self.trimmed, self.padded  # totals for stats
+        return fresh
 
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
@@ -153,6 +156,7 @@ class MicrophoneSource(threading.Thread):
         gap = min(self._expected() - ahead - self.ring.total, self.ring.capacity)
         if gap > TOLERANCE:
             self.ring.write(np.zeros(gap, dtype=np.int16))
+            self.padded += gap
 
     def _trim_to_now(self, samples: np.ndarray) -> np.ndarray:
         """The other direction: a sound card whose clock runs fast (tens of ppm is common) would put speech ever
