@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import CLIP_VIDEO, ROOT, Subscriber, run_cli, write_config
+from .conftest import CLIP_VIDEO, ROOT, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
 
 def live_config(tmp_path: Path, port: int, **extra: Any) -> Path:
@@ -140,9 +140,7 @@ def test_home_assistant_discovers_the_sensors_again_after_it_restarts_and_they_g
 ) -> None:
     ha: Subscriber = subscribe("homeassistant/#")
     cfg = live_config(tmp_path, broker.port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "run"], cwd=ROOT, stderr=subprocess.PIPE, text=True
-    )
+    proc = start_daemon(cfg)
     try:
         configs = lambda: [m for m in ha.messages if m.topic.endswith("/config")]  # noqa: E731
         assert ha.wait_for(lambda: len(configs()) == 2, timeout=30), [m.topic for m in ha.messages]
@@ -164,5 +162,4 @@ def test_home_assistant_discovers_the_sensors_again_after_it_restarts_and_they_g
         ha.client.publish("homeassistant/status", "online", qos=1)  # Home Assistant restarted and forgot them
         assert ha.wait_for(lambda: len(configs()) >= before + 2, timeout=10), "not announced again"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+        stop_daemon(proc)
