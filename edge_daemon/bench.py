@@ -58,7 +58,7 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
         cap.release()
 
     speech = models.speech
-    x = pcm16_to_float(read_wav(audio))
+    x = pcm16_to_float(read_wav(audio, require_samples=True))
     n = speech.features.window_samples
     if len(x) < n:
         x = np.pad(x, (0, n - len(x)))

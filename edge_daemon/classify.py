@@ -55,12 +55,12 @@ def classify_speech(config: Config, paths: list[Path]) -> Iterator[dict[str, Any
     s = config.speech
     for path in paths:
         try:
-            audio = pcm16_to_float(read_wav(path))
+            audio = pcm16_to_float(read_wav(path, require_samples=True))
         except UserError as exc:
             yield {"path": str(path), "error": str(exc).removeprefix(f"{path}: ")}
             continue
-        if audio.size == 0:
-            yield {"path": str(path), "error": "the wav file holds no samples"}
+        probs, voiced = model.classify_voiced(audio, s.vad_min_level_db, s.vad_min_speech_fraction, s.hop_s)
+        if probs is None:  # like a picture with no face: no voice, so no label rather than a guess about silence
+            yield {"path": str(path), "label": None, "confidence": 0.0, "probs": None, "voiced_windows": 0}
             continue
-        probs = model.classify_clip(audio, s.vad_min_level_db, s.vad_min_speech_fraction, s.hop_s)
-        yield _result(path, model.labels, probs)
+        yield _result(path, model.labels, probs, voiced_windows=voiced)

@@ -13,6 +13,11 @@ import os
 # 3x the CPU with OpenBLAS's default threads), and on a Pi the cores belong to the capture and perception threads.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# Before cv2 loads: probing a missing camera (check, devices) makes OpenCV print "[ WARN:0@0.09] global cap_v4l.cpp..."
+# lines on stderr, which bury our own one-line-per-problem report; its errors still show. (TFLite's "INFO: Created
+# TensorFlow Lite XNNPACK delegate" line comes from its C++ minimal logger, which reads no environment variable:
+# TF_CPP_MIN_LOG_LEVEL does not silence it.)
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -85,8 +90,18 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
             publish=not args.no_mqtt,
             drain_timeout_s=args.drain_timeout,
         )
-        _stop_on_signals(daemon)
+        stopped_by = _stop_on_signals(daemon)
         code = daemon.run()
+        if daemon.stop_signalled.is_set():
+            # Not a complete replay: a script must be able to tell, so exit as a shell reports a killed process.
+            signum = stopped_by.get("signal", signal.SIGINT)
+            logger.warning(
+                "replay interrupted by %s: %d event(s) before the stop, last seq %d; the rest of the input was not replayed",
+                signal.Signals(signum).name,
+                daemon.events,
+                daemon.last_seq,
+            )
+            return 128 + signum
         logger.info("replay done: %d event(s), last seq %d", daemon.events, daemon.last_seq)
         return code
     finally:
@@ -197,41 +212,83 @@ def _expand(paths: list[str], suffixes: set[str]) -> list[Path]:
     return out
 
 
-def _stop_on_signals(daemon: Any) -> None:
+def _stop_on_signals(daemon: Any) -> dict[str, int]:
+    """SIGTERM/SIGINT stop the daemon cleanly; returns {"signal": number} once one has arrived (the first one)."""
+    received: dict[str, int] = {}
     if threading.current_thread() is not threading.main_thread():
-        return
+        return received
 
     def stop(signum: int, frame: Any) -> None:
         logger.info("%s received: stopping", signal.Signals(signum).name)
+        received.setdefault("signal", signum)
         daemon.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     # SIGHUP: reload the models after checking the new files (systemctl reload emotion-edge).
     signal.signal(signal.SIGHUP, lambda signum, frame: daemon.reload.set())
+    return received
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, not {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also refuses nan, which compares false to everything
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {text!r}")
+    return value
+
+
+def _common_options(default: Any) -> argparse.ArgumentParser:
+    """--config and --log-level, accepted before the command and after it.
+
+    After it they default to SUPPRESS: a sub-command's defaults overwrite what was parsed before it, so a default
+    there would undo `emotion-edge --config X check`.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=default,
+        help="config file (default: $EMOTION_EDGE_CONFIG, ./config.yaml, /etc/emotion-edge/config.yaml)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=default,
+        choices=("debug", "info", "warning", "error"),
+        metavar="LEVEL",  # not {debug,...,error}: a usage line above an argparse error would hold a second "error"
+        help="debug, info, warning or error; overrides log_level in the config",
+    )
+    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="emotion-edge",
         description="On-device emotion recognition from camera and microphone, published over MQTT.",
+        parents=[_common_options(None)],
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument(
-        "--config", help="config file (default: $EMOTION_EDGE_CONFIG, ./config.yaml, /etc/emotion-edge/config.yaml)"
-    )
-    p.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), help="overrides log_level in the config"
-    )
+    common = [_common_options(argparse.SUPPRESS)]
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("run", help="run the daemon on the camera and microphone").set_defaults(func=cmd_run)
+    sub.add_parser("run", help="run the daemon on the camera and microphone", parents=common).set_defaults(func=cmd_run)
     sub.add_parser(
-        "check", help="validate config, load models, probe devices and broker; one line per problem"
+        "check", help="validate config, load models, probe devices and broker; one line per problem", parents=common
     ).set_defaults(func=cmd_check)
-    sub.add_parser("devices", help="list microphones and cameras").set_defaults(func=cmd_devices)
+    sub.add_parser("devices", help="list microphones and cameras", parents=common).set_defaults(func=cmd_devices)
 
-    r = sub.add_parser("replay", help="run the exact daemon pipeline over a video and/or wav file")
+    r = sub.add_parser("replay", help="run the exact daemon pipeline over a video and/or wav file", parents=common)
     r.add_argument("--video", help="video file (frames)")
     r.add_argument("--audio", help="wav file (speech); resampled to 16 kHz mono if needed")
     r.add_argument(
@@ -244,29 +301,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (events go to --events-out only)")
     r.add_argument(
         "--drain-timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
         help="at the end, wait up to S seconds for the broker to take the backlog (default 30); the rest stays in the outbox",
     )
     r.set_defaults(func=cmd_replay)
 
-    c = sub.add_parser("classify", help="classify face images or speech wavs; one JSON object per line")
+    c = sub.add_parser("classify", help="classify face images or speech wavs; one JSON object per line", parents=common)
     csub = c.add_subparsers(dest="modality", required=True, metavar="MODALITY")
-    cf = csub.add_parser("face", help="images (files or folders)")
+    cf = csub.add_parser("face", help="images (files or folders)", parents=common)
     cf.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
     cf.add_argument("paths", nargs="+")
-    cs = csub.add_parser("speech", help="wav files or folders")
+    cs = csub.add_parser("speech", help="wav files or folders", parents=common)
     cs.add_argument("paths", nargs="+")
     c.set_defaults(func=cmd_classify)
 
-    b = sub.add_parser("bench", help="median time per stage on a video/audio (defaults to the bundled clip)")
+    b = sub.add_parser(
+        "bench", help="median time per stage on a video/audio (defaults to the bundled clip)", parents=common
+    )
     b.add_argument("--video")
     b.add_argument("--audio")
-    b.add_argument("--frames", type=int, default=200, help="frames to time (default 200)")
+    b.add_argument("--frames", type=_positive_int, default=200, help="frames to time (default 200)")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("demo", help="replay the bundled clip through the real models to a broker, and show the events")
+    d = sub.add_parser(
+        "demo", help="replay the bundled clip through the real models to a broker, and show the events", parents=common
+    )
     d.add_argument("--video")
     d.add_argument("--audio")
     d.add_argument("--fast", action="store_true", help="as fast as the CPU allows instead of in real time")
@@ -285,4 +346,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion-edge: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        # Ctrl-C before the command's own handlers are in place (while the models load, say): one line, no traceback.
+        print("emotion-edge: interrupted", file=sys.stderr)
         return 130

@@ -1,18 +1,26 @@
-"""The CLI's inspection commands as a user runs them: classify, devices, bench."""
+"""The CLI as a user runs it: classify, devices, bench, check, replay's input mistakes, options and signals."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import wave
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from edge_daemon.capture.files import read_wav
 from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 
-from .conftest import CLIP_AUDIO, CLIP_VIDEO, assert_clean_error, run_cli, write_config
+from .conftest import CLIP_AUDIO, CLIP_VIDEO, MODELS, ROOT, assert_clean_error, run_cli, write_config
 
 
 def frame_at(second: float) -> np.ndarray:
@@ -25,6 +33,22 @@ def frame_at(second: float) -> np.ndarray:
 
 def lines(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def write_wav(path: Path, samples: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.astype(np.int16).tobytes())
+    return path
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound and released), so a broker probe is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_classify_face_detects_and_labels_each_image_in_a_folder(tmp_path: Path) -> None:
@@ -71,6 +95,25 @@ def test_classify_speech_labels_each_wav(tmp_path: Path) -> None:
     assert [Path(r["path"]).name for r in out] == ["first.wav", "second.wav"]
     for r in out:
         assert r["label"] in SPEECH_LABELS and set(r["probs"]) == set(SPEECH_LABELS)
+        assert r["voiced_windows"] >= 1
+
+
+def test_classify_speech_gives_no_label_for_silence(tmp_path: Path) -> None:
+    # The model always has an argmax, even for silence; a confident "fear" for an all-zero file is not an answer.
+    write_wav(tmp_path / "silent.wav", np.zeros(3 * 16000))
+    proc = run_cli("--config", str(write_config(tmp_path / "config.yaml")), "classify", "speech", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    [r] = lines(proc.stdout)
+    assert r["label"] is None and r["probs"] is None and r["confidence"] == 0.0 and r["voiced_windows"] == 0
+
+
+def test_classify_speech_reports_empty_and_header_only_wavs(tmp_path: Path) -> None:
+    (tmp_path / "empty.wav").write_bytes(b"")
+    write_wav(tmp_path / "header.wav", np.zeros(0))
+    proc = run_cli("--config", str(write_config(tmp_path / "config.yaml")), "classify", "speech", str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{tmp_path / 'empty.wav'}: the file is empty (0 bytes)" in proc.stderr
+    assert f"{tmp_path / 'header.wav'}: the wav file holds no samples" in proc.stderr
 
 
 def test_classify_reports_unreadable_files_and_exits_2(tmp_path: Path) -> None:
@@ -90,6 +133,128 @@ def test_replay_of_an_unreadable_video_is_one_clear_line(tmp_path: Path) -> None
         "bad.mp4",
         "not a readable video",
     )
+
+
+def test_replay_input_mistakes_are_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.wav").write_bytes(b"")
+    write_wav(tmp_path / "header.wav", np.zeros(0))
+    (tmp_path / "folder.mp4").mkdir()
+    cfg = str(write_config(tmp_path / "config.yaml"))
+    for option, path, message in (
+        ("--audio", tmp_path / "empty.wav", "the file is empty (0 bytes)"),
+        ("--audio", tmp_path / "header.wav", "the wav file holds no samples"),  # a valid header is still nothing
+        ("--audio", tmp_path / "folder.mp4", "is a directory, expected a wav file"),
+        ("--video", tmp_path / "folder.mp4", "is a directory, expected a video file"),
+    ):
+        proc = run_cli("--config", cfg, "replay", option, str(path), "--no-mqtt")
+        assert_clean_error(proc, f"{path}: {message}")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("bench", "--frames", "0"),
+        ("bench", "--frames", "-1"),
+        ("replay", "--audio", str(CLIP_AUDIO), "--no-mqtt", "--drain-timeout", "-1"),
+        ("replay", "--audio", str(CLIP_AUDIO), "--no-mqtt", "--drain-timeout", "nan"),
+    ],
+)
+def test_counts_and_seconds_that_make_no_sense_are_refused(tmp_path: Path, args: tuple[str, ...]) -> None:
+    proc = run_cli("--config", str(write_config(tmp_path / "config.yaml")), *args)
+    assert_clean_error(proc, args[-2], repr(args[-1]))
+    assert proc.stdout == ""  # no report full of NaN
+
+
+def test_config_and_log_level_are_taken_after_the_command_too(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert_clean_error(run_cli("check", "--config", str(missing)), str(missing), "config file not found")
+    # Given in both places, the one after the command counts, as the later of two options does.
+    assert_clean_error(
+        run_cli("--config", "elsewhere.yaml", "classify", "speech", "--config", str(missing), str(CLIP_AUDIO)),
+        str(missing),
+        "config file not found",
+    )
+    cfg = str(write_config(tmp_path / "config.yaml"))
+    wav = str(write_wav(tmp_path / "short.wav", np.zeros(16000)))
+    before = run_cli("--config", cfg, "--log-level", "warning", "replay", "--audio", wav, "--no-mqtt")
+    after = run_cli("replay", "--audio", wav, "--no-mqtt", "--log-level", "warning", "--config", cfg)
+    default = run_cli("--config", cfg, "replay", "--audio", wav, "--no-mqtt")
+    for proc in (before, after, default):
+        assert proc.returncode == 0, proc.stderr
+    assert "replay done" in default.stderr  # logged at info: the level is what hides it below
+    assert "replay done" not in before.stderr and "replay done" not in after.stderr
+
+
+def test_check_on_a_board_without_a_camera_prints_no_opencv_warnings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENCV_LOG_LEVEL", raising=False)  # the CLI's own default is what is under test
+    cfg = write_config(
+        tmp_path / "config.yaml",
+        camera={"source": 9},  # /dev/video9: not there
+        microphone={"enabled": False},
+        mqtt={"host": "127.0.0.1", "port": free_port()},
+    )
+    proc = run_cli("check", "--config", str(cfg))
+    assert proc.returncode == 2 and "camera: cannot open 9" in proc.stdout, proc.stdout + proc.stderr
+    assert "[ WARN" not in proc.stderr and "[ WARN" not in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_replay_says_so_and_exits_128_plus_the_signal(tmp_path: Path, signum: int) -> None:
+    cfg = write_config(tmp_path / "config.yaml")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "replay", "--video", str(CLIP_VIDEO),
+         "--audio", str(CLIP_AUDIO), "--realtime", "--no-mqtt", "--events-out", "-"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = proc.stdout.readline()  # the 18 s clip in real time: the stop lands well before its end
+        assert first.strip(), proc.stderr.read() if proc.poll() is not None else "no event"
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signum, stderr
+    assert "replay interrupted" in stderr and "replay done" not in stderr and "Traceback" not in stderr, stderr
+
+
+def test_ctrl_c_while_the_models_load_is_one_line(tmp_path: Path) -> None:
+    # A models folder whose speech metadata is a FIFO: loading blocks on it, so the Ctrl-C lands exactly there.
+    models = tmp_path / "models"
+    models.mkdir()
+    for f in MODELS.iterdir():
+        if f.name != "speech_emotion.json":
+            (models / f.name).symlink_to(f)
+    fifo = models / "speech_emotion.json"
+    os.mkfifo(fifo)
+    cfg = write_config(tmp_path / "config.yaml", models={"dir": str(models)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "replay", "--audio", str(CLIP_AUDIO), "--no-mqtt"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None:  # opening the write end without blocking works once the daemon has the read end open
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                assert exc.errno == errno.ENXIO and time.monotonic() < deadline and proc.poll() is None, exc
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    ours = [line for line in stderr.splitlines() if line.startswith("emotion-edge")]
+    assert ours == ["emotion-edge: interrupted"] and "Traceback" not in stderr, stderr
 
 
 def test_devices_lists_what_this_machine_has() -> None:

@@ -2,7 +2,9 @@
 
 A clip (for `classify speech` and training's evaluation) is cut into windows
 of the model's length every `hop_s`; the windows that pass the voice gate are
-averaged, and a clip where none passes falls back to its loudest window.
+averaged. Where none passes, `classify_clip` (training's evaluation) falls back
+to the loudest window, while `classify_voiced` (`classify speech`) says so
+instead of guessing from silence.
 """
 
 from __future__ import annotations
@@ -50,11 +52,35 @@ class SpeechEmotionModel:
         windows = clip_windows(audio, self.features, threshold_db, min_fraction, hop_s)
         return np.mean([self.classify_window(w) for w in windows], axis=0)
 
+    def classify_voiced(
+        self, audio: np.ndarray, threshold_db: float, min_fraction: float, hop_s: float = 1.0
+    ) -> tuple[np.ndarray | None, int]:
+        """(mean probabilities over the voiced windows, how many there were); (None, 0) for a clip with no voice.
+
+        A label for a silent clip would only be the model's guess about silence, reported with confidence.
+        """
+        voiced = [w for w, ok in gated_windows(audio, self.features, threshold_db, min_fraction, hop_s) if ok]
+        if not voiced:
+            return None, 0
+        return np.mean([self.classify_window(w) for w in voiced], axis=0), len(voiced)
+
 
 def clip_windows(
     audio: np.ndarray, features: SpeechFeatures, threshold_db: float, min_fraction: float, hop_s: float = 1.0
 ) -> list[np.ndarray]:
     """The windows of a clip that a gate at `threshold_db` lets through; the loudest window if none does."""
+    gated = gated_windows(audio, features, threshold_db, min_fraction, hop_s)
+    voiced = [w for w, ok in gated if ok]
+    if voiced:
+        return voiced
+    loudness = [float(np.mean(frame_levels_db(w, features.sample_rate))) for w, _ in gated]
+    return [gated[int(np.argmax(loudness))][0]]
+
+
+def gated_windows(
+    audio: np.ndarray, features: SpeechFeatures, threshold_db: float, min_fraction: float, hop_s: float = 1.0
+) -> list[tuple[np.ndarray, bool]]:
+    """Every window of a clip, every `hop_s` and the tail, each with whether the gate at `threshold_db` passes it."""
     n = features.window_samples
     if len(audio) < n:  # short clip: centre it in silence, as a live window would hold it
         pad = n - len(audio)
@@ -64,8 +90,4 @@ def clip_windows(
     if starts[-1] != len(audio) - n:
         starts.append(len(audio) - n)  # cover the tail too
     windows = [audio[s : s + n] for s in starts]
-    voiced = [w for w in windows if speech_fraction(w, features.sample_rate, threshold_db) >= min_fraction]
-    if voiced:
-        return voiced
-    loudness = [float(np.mean(frame_levels_db(w, features.sample_rate))) for w in windows]
-    return [windows[int(np.argmax(loudness))]]
+    return [(w, speech_fraction(w, features.sample_rate, threshold_db) >= min_fraction) for w in windows]

@@ -24,15 +24,34 @@ from .retry import SourceStatus
 logger = logging.getLogger(__name__)
 
 
-def read_wav(path: Path) -> np.ndarray:
-    """A wav file as int16 mono at SAMPLE_RATE (down-mixed and resampled if needed); UserError if unreadable."""
+def _check_file(path: Path, kind: str) -> None:
+    """UserError for the mistakes whose OS message would say little: a folder, or a file with nothing in it."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a {kind} file")
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: {kind} file not found") from None
+    except OSError:
+        return  # unreadable for another reason: opening it says which
+    if size == 0 and path.is_file():  # a device or pipe reports 0 too, and may still have data
+        raise UserError(f"{path}: the file is empty (0 bytes)")
+
+
+def read_wav(path: Path, *, require_samples: bool = False) -> np.ndarray:
+    """A wav file as int16 mono at SAMPLE_RATE (down-mixed and resampled if needed); UserError if unreadable.
+
+    `require_samples`: a header with no samples after it is a UserError too, for callers that have nothing to do
+    with an empty clip (replay, classify); as a format it is valid, and reads as an empty array.
+    """
     path = Path(path)
+    _check_file(path, "wav")
     try:
         with wave.open(str(path), "rb") as w:
             rate, channels, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
             raw = w.readframes(n)
     except FileNotFoundError:
-        raise UserError(f"{path}: audio file not found") from None
+        raise UserError(f"{path}: wav file not found") from None
     except (wave.Error, EOFError, OSError, RuntimeError) as exc:  # RuntimeError: a chunk that claims more than the file
         raise UserError(
             f"{path}: not a readable PCM wav file ({exc}); convert it with: sox IN -r {SAMPLE_RATE} -c 1 -b 16 OUT.wav"
@@ -48,6 +67,8 @@ def read_wav(path: Path) -> np.ndarray:
     elif width == 4:
         x = x / 65536.0
     x = x.reshape(-1, channels).mean(axis=1)
+    if require_samples and x.size == 0:
+        raise UserError(f"{path}: the wav file holds no samples (a header only); record or export it again")
     if rate != SAMPLE_RATE:
         from scipy.signal import resample_poly  # imported only when needed: scipy.signal costs ~65 MB of RAM
 
@@ -59,8 +80,9 @@ def read_wav(path: Path) -> np.ndarray:
 def probe_video(path: Path) -> float:
     """Frames per second of a readable video file; UserError otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: video file not found")
+    _check_file(path, "video")
+    if not path.is_file():  # a pipe or device: OpenCV could block on it, or read a camera
+        raise UserError(f"{path}: not a regular file, expected a video file")
     cap = cv2.VideoCapture(str(path))
     try:
         ok, frame = cap.read() if cap.isOpened() else (False, None)
@@ -108,7 +130,7 @@ class WavFileSource(threading.Thread):
     ) -> None:
         super().__init__(name="wav-file", daemon=True)
         self.path, self.ring, self.stop_event, self.realtime = Path(path), ring, stop, realtime
-        self.samples = read_wav(self.path)
+        self.samples = read_wav(self.path, require_samples=True)
         self.chunk = SAMPLE_RATE * chunk_ms // 1000
         self.status = SourceStatus(f"audio {self.path.name}")
 
