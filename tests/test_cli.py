@@ -245,6 +245,11 @@ def test_ctrl_c_while_the_models_load_is_one_line(tmp_path: Path) -> None:
                 assert exc.errno == errno.ENXIO and time.monotonic() < deadline and proc.poll() is None, exc
                 time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
+        # The kernel may hand the signal to another of the daemon's threads; Python then acts on it only when the
+        # main thread's read returns. Ending the write side makes it return (as a real file read always does).
+        time.sleep(0.5)
+        os.close(writer)
+        writer = None
         _, stderr = proc.communicate(timeout=30)
     finally:
         if writer is not None:
