@@ -96,10 +96,13 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
             # Not a complete replay: a script must be able to tell, so exit as a shell reports a killed process.
             signum = stopped_by.get("signal", signal.SIGINT)
             logger.warning(
-                "replay interrupted by %s: %d event(s) before the stop, last seq %d; the rest of the input was not replayed",
+                "replay interrupted by %s: %d event(s) before the stop, last seq %d; %s",
                 signal.Signals(signum).name,
                 daemon.events,
                 daemon.last_seq,
+                "the whole input was processed; what the broker had not taken stays in the outbox"
+                if daemon.inputs_done
+                else "the rest of the input was not replayed",
             )
             return 128 + signum
         logger.info("replay done: %d event(s), last seq %d", daemon.events, daemon.last_seq)

@@ -153,7 +153,17 @@ class Daemon:
         # disconnect one for the other, over and over.
         client_id = f"{client_id_of(config)}-replay-{os.getpid()}" if replay is not None else None
         self.session = (
-            MqttSession(config, self.outbox, host, port, config.outbox.drain_rate_per_s, client_id) if publish else None
+            MqttSession(
+                config,
+                self.outbox,
+                host,
+                port,
+                config.outbox.drain_rate_per_s,
+                client_id,
+                owns_availability=replay is None,
+            )
+            if publish
+            else None
         )
         self.started = time.monotonic()
         self.clock = Clock(self.started, datetime.now(timezone.utc) if replay is not None else None)
@@ -178,6 +188,7 @@ class Daemon:
         self.reload = threading.Event()  # set by SIGHUP
         self.model_files = FileWatch(model_files(config))
         self._last_status: dict[str, str] = {}
+        self.inputs_done = False  # replay: every input was read to its end
         self.store_failures = 0  # events that could not be written to the outbox
         self._store_failure_logged_at = -60.0
         self.restarts: Counter[str] = Counter()  # stage name -> times replaced, for stats
@@ -240,6 +251,7 @@ class Daemon:
                 if self.replay is not None:
                     self.fusion.pump(min((w.progress for w in self.workers), default=float("inf")))
                     if all(w.finished.is_set() for w in self.workers):
+                        self.inputs_done = True
                         break
                 else:
                     # Live windows close this long after they end: a speech prediction is stamped at its window's centre.
@@ -332,6 +344,13 @@ class Daemon:
     def _restart(self, threads: list[Any], i: int, why: str, now: float) -> bool:
         old = threads[i]
         recent = [t for t in self._restarted_at.get(old.name, []) if now - t < RESTART_WINDOW_S]
+        if len(recent) >= MAX_RESTARTS and not isinstance(old, Worker):
+            # A capture thread that keeps failing costs only its own modality: it rests (offline) until the hour
+            # allows another try, and the other modality goes on. A new process would not fix a device.
+            reason = f"capture thread {why}, {len(recent)} times within the hour; next try later"
+            if old.status.snapshot()["reason"] != reason:  # said once, not every supervision round
+                old.status.offline(reason)
+            return True
         if len(recent) >= MAX_RESTARTS:
             logger.error(
                 "%s thread %s after %d restarts within %.0f min: stopping so that systemd (or another "
@@ -377,7 +396,7 @@ class Daemon:
             self.session.flush(2.0)  # briefly, a service stop must stay within its 5 s
         self.publish_stats()  # the final figures, after the drain they count
         if self.session:
-            self.session.stop()
+            self.session.stop(flush_timeout_s=0.5)  # drained above; this only waits for `stopped` to go out
         left = self.outbox.depth()
         self.last_seq = self.outbox.last_seq
         if left:

@@ -81,6 +81,7 @@ class MqttSession:
         port: int,
         drain_rate_per_s: float = 50.0,
         client_id: str | None = None,
+        owns_availability: bool = True,
     ) -> None:
         c = config.mqtt
         self.config = config
@@ -88,6 +89,9 @@ class MqttSession:
         self.outbox = outbox
         self.host, self.port = host, port
         self.drain_rate_per_s = drain_rate_per_s
+        # The service owns its device's availability: when anything else leaves another value there (a replay's
+        # `stopped`, the will of an older process of this device), it says `online` again with its retained topics.
+        self.owns_availability = owns_availability
         self.connected = threading.Event()
         self.published = 0
         self._retained: dict[str, str] = {}  # topic -> payload, published again after every reconnect
@@ -127,7 +131,7 @@ class MqttSession:
     def stop(self, flush_timeout_s: float = 2.0) -> None:
         """Hand over what is pending (briefly), announce `stopped`, disconnect."""
         deadline = time.monotonic() + flush_timeout_s
-        self.flush(flush_timeout_s)
+        self.flush(flush_timeout_s)  # at most that long: `stopped` below still gets at least 0.2 s
         self._stop.set()
         self._wake.set()
         self._drainer.join(timeout=2)
@@ -192,6 +196,8 @@ class MqttSession:
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)
             self._announce_to_home_assistant()
+        if self.owns_availability:
+            client.subscribe(self.topics.availability, qos=1)  # after our `online`: its retained copy is ours
         self.connected.set()
         self._wake.set()
 
@@ -218,8 +224,17 @@ class MqttSession:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic.endswith("/status") and msg.payload == b"online":
+        if msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
             self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
+        elif msg.topic == self.topics.availability and msg.payload != ONLINE.encode() and not self._stop.is_set():
+            logger.warning(
+                "%s was set to %r by another client while this daemon runs; announcing online again",
+                msg.topic,
+                msg.payload.decode("utf-8", "replace")[:40],
+            )
+            client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+            for topic, payload in list(self._retained.items()):
+                client.publish(topic, payload, qos=1, retain=True)
 
     # ------------------------------------------------------------------ outbox drain (own thread)
 

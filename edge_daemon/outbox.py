@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -37,10 +38,12 @@ DROP_LOG_EVERY_S = 60.0  # an outbox at its bound drops on every append: say so 
 
 def boot_id() -> str:
     """This boot of the machine: monotonic times compare only within one."""
+    if given := os.environ.get("EMOTION_EDGE_BOOT_ID"):  # the systemd unit passes %b: its sandbox hides /proc/sys
+        return given.replace("-", "")
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
     except OSError:
-        return f"process-{id(FILENAME)}-{time.time()}"  # no boot id: age across restarts by the wall clock
+        return f"process-{os.getpid()}-{time.time()}"  # no boot id: age across restarts by the wall clock
 
 
 class OutboxWriteError(Exception):
@@ -65,11 +68,15 @@ class Outbox:
             # NORMAL in WAL mode survives a process kill; only a power cut can lose the last commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
-            if "boot" not in columns:  # a queue written before ages were monotonic
-                self._db.execute("ALTER TABLE events ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
-                self._db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
-            self._db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
+            with self._db:  # one transaction: a migration cut short by a kill is rolled back, not left half done
+                self._db.execute("BEGIN IMMEDIATE")  # and a second process waits instead of adding a column twice
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+                # Queues written before ages were monotonic lack these.
+                if "boot" not in columns:
+                    self._db.execute("ALTER TABLE events ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
+                if "mono" not in columns:
+                    self._db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
+                self._db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
             self._boot = boot_id()

@@ -166,12 +166,17 @@ class SpeechWorker(Worker):
         self.use_models(model)
         self.windows = 0
         self.voiced = 0
+        self.first_sample = 0  # where the first window starts
+
+    def carry_over(self, old: Worker) -> None:
+        super().carry_over(old)
+        self.first_sample = max(0, self.ring.total - self.n)  # a replacement goes on from now, not from the start
 
     def use_models(self, model: SpeechEmotionModel) -> None:
         self.model, self.n = model, model.features.window_samples  # a new model may use another window length
 
     def loop(self) -> None:
-        start = 0
+        start = self.first_sample
         while self.running:
             self.heartbeat = time.monotonic()
             self._take_pending()

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,7 +18,7 @@ import pytest
 from edge_daemon.capture.files import read_wav
 from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 
-from .conftest import CLIP_AUDIO, CLIP_VIDEO, MODELS, ROOT, assert_clean_error, run_cli, write_config
+from .conftest import CLIP_AUDIO, CLIP_VIDEO, ROOT, assert_clean_error, run_cli, write_config
 
 
 def frame_at(second: float) -> np.ndarray:
@@ -221,45 +219,23 @@ def test_interrupted_replay_says_so_and_exits_128_plus_the_signal(tmp_path: Path
     assert "replay interrupted" in stderr and "replay done" not in stderr and "Traceback" not in stderr, stderr
 
 
-def test_ctrl_c_while_the_models_load_is_one_line(tmp_path: Path) -> None:
-    # A models folder whose speech metadata is a FIFO: loading blocks on it, so the Ctrl-C lands exactly there.
-    models = tmp_path / "models"
-    models.mkdir()
-    for f in MODELS.iterdir():
-        if f.name != "speech_emotion.json":
-            (models / f.name).symlink_to(f)
-    fifo = models / "speech_emotion.json"
-    os.mkfifo(fifo)
-    cfg = write_config(tmp_path / "config.yaml", models={"dir": str(models)})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "replay", "--audio", str(CLIP_AUDIO), "--no-mqtt"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    writer = None
-    try:
-        deadline = time.monotonic() + 60
-        while writer is None:  # opening the write end without blocking works once the daemon has the read end open
-            try:
-                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                assert exc.errno == errno.ENXIO and time.monotonic() < deadline and proc.poll() is None, exc
-                time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        # The kernel may hand the signal to another of the daemon's threads; Python then acts on it only when the
-        # main thread's read returns. Ending the write side makes it return (as a real file read always does).
-        time.sleep(0.5)
-        os.close(writer)
-        writer = None
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if writer is not None:
-            os.close(writer)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
-    ours = [line for line in stderr.splitlines() if line.startswith("emotion-edge")]
-    assert ours == ["emotion-edge: interrupted"] and "Traceback" not in stderr, stderr
+def test_ctrl_c_while_the_models_load_is_one_line(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    # Where a real Ctrl-C lands is up to the kernel (any of the process's threads may take it; a FIFO-based version
+    # of this test raced in CI), so the interrupt is injected exactly where it matters: inside model loading,
+    # before the command's own signal handlers exist. Everything around it is the real CLI.
+    from edge_daemon import cli, daemon
+
+    def interrupted(config: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(daemon, "load_models", interrupted)
+    monkeypatch.setattr(cli, "setup_logging", lambda level: None)  # leave this test process's logging alone
+    cfg = write_config(tmp_path / "config.yaml")
+    code = cli.main(["--config", str(cfg), "replay", "--audio", str(CLIP_AUDIO), "--no-mqtt"])
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert [line for line in err.splitlines() if line.startswith("emotion-edge")] == ["emotion-edge: interrupted"]
+    assert "Traceback" not in err
 
 
 def test_devices_lists_what_this_machine_has() -> None:

@@ -107,3 +107,26 @@ def test_a_state_dir_that_cannot_be_made_is_a_clear_user_error(tmp_path: Path) -
     for state_dir in (tmp_path / "a-file", tmp_path / "a-file" / "below", Path("/proc/no-such-dir")):
         with pytest.raises(UserError, match="cannot open the outbox .*check state_dir"):
             Outbox(state_dir)
+
+
+@pytest.mark.parametrize("has", [(), ("boot",)])  # ("boot",): a migration of an earlier version cut short
+def test_a_queue_from_before_monotonic_ages_is_migrated_whatever_it_already_has(
+    tmp_path: Path, has: tuple[str, ...]
+) -> None:
+    db = sqlite3.connect(tmp_path / outbox.FILENAME)
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
+    for column in has:
+        db.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path)
+    assert box.append({"n": 1}) == 1 and [p.seq for p in box.pending(0, 10)] == [1]
+
+
+def test_the_boot_id_from_systemd_names_the_same_boot_as_proc(monkeypatch: Any) -> None:
+    from_proc = outbox.boot_id()
+    # systemd's %b is the same 128-bit id without dashes; the unit passes it because its sandbox hides /proc/sys.
+    monkeypatch.setenv(
+        "EMOTION_EDGE_BOOT_ID", Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+    )
+    assert outbox.boot_id() == from_proc and len(from_proc) == 32

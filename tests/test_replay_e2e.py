@@ -96,10 +96,18 @@ def test_a_replay_beside_the_live_daemon_of_the_same_device_does_not_knock_it_of
         assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], timeout=30)
         proc = run_cli("--config", str(cfg), "replay", "--audio", str(CLIP_AUDIO), "--state-dir", str(tmp_path / "r"))
         assert proc.returncode == 0, proc.stderr
+        assert "stopped" in sub.payloads("/availability")  # the replay's own end
+        late: Subscriber = subscribe("emotion-edge/e2e/availability")
+        assert late.wait_for(lambda: late.payloads("/availability")[-1:] == ["online"], timeout=10), late.payloads(
+            "/availability"
+        )
     finally:
         log = stop_daemon(live)
     assert "connection lost" not in log, "the replay took over the live daemon's MQTT session"
     assert "offline" not in sub.payloads("/availability"), sub.payloads("/availability")
+    # The replay ended with `stopped`; the service, still running, said `online` again (retained), so a subscriber
+    # that comes later, Home Assistant included, sees the device online.
+    assert sub.payloads("/availability")[-2:] == ["online", "stopped"]  # the service's own clean stop
 
 
 def test_one_modality_still_yields_events_that_say_which(tmp_path: Path, broker: Any, subscribe: Any) -> None:
