@@ -32,6 +32,7 @@ from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 from .systemd import notify, watchdog_interval_s
+from .throttle import Throttle
 from .vision.detector import make_detector
 from .vision.emotion import FaceEmotionModel
 
@@ -190,7 +191,7 @@ class Daemon:
         self._last_status: dict[str, str] = {}
         self.inputs_done = False  # replay: every input was read to its end
         self.store_failures = 0  # events that could not be written to the outbox
-        self._store_failure_logged_at = -60.0
+        self._store_failure_log = Throttle()
         self.restarts: Counter[str] = Counter()  # stage name -> times replaced, for stats
         self._restarted_at: dict[str, list[float]] = {}
         self._build_pipeline()
@@ -450,9 +451,7 @@ class Daemon:
         """An event that cannot be stored cannot be sent either (it would have no durable seq): count it, say so
         once a minute, and go on; storing resumes by itself once space or permissions are back."""
         self.store_failures += 1
-        now = time.monotonic()
-        if now - self._store_failure_logged_at >= 60:
-            self._store_failure_logged_at = now
+        if self._store_failure_log.ready():
             logger.error(
                 "cannot store events (%s): %d dropped so far; free space in state_dir or fix its permissions "
                 "(stats.drops.outbox_write_failed)",

@@ -33,6 +33,17 @@ def wait_for_port(port: int, timeout: float = 10.0) -> bool:
     return False
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it is still there after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class LocalBroker:
     """Start with `start()`, stop with `stop()`; `port` is where it listens. `extra_conf` adds mosquitto.conf lines.
 
@@ -74,13 +85,8 @@ class LocalBroker:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> LocalBroker:

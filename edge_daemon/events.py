@@ -63,12 +63,13 @@ def build_event(
     result: WindowResult, *, device_id: str, clock: Clock, method: str, models: dict[str, str]
 ) -> dict[str, Any]:
     """The event for one closed window, without `seq` (the outbox adds it)."""
+    start = clock.wall(result.start)  # read once: a live clock moves between two readings
     event: dict[str, Any] = {
         "schema": SCHEMA,
         "event_id": str(uuid.uuid4()),
         "device_id": device_id,
-        "window_start": iso_utc(clock.wall(result.start)),
-        "window_end": iso_utc(clock.wall(result.end)),
+        "window_start": iso_utc(start),
+        "window_end": iso_utc(start + timedelta(seconds=result.end - result.start)),
     }
     if clock.replay:
         event["media_start_s"] = round(result.start, 3)

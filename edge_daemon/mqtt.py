@@ -31,14 +31,12 @@ from .config import Config, mqtt_password
 from .errors import UserError
 from .labels import CANONICAL, UNKNOWN
 from .outbox import Outbox
+from .throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE, STOPPED = "online", "offline", "stopped"
 INFLIGHT = 50  # events handed to paho and not yet acknowledged, at most
-# A failed connection attempt is explained by a probe connection of our own. Probing every retry would double
-# what a struggling broker sees (and its log); once per outage, then at this interval to notice a new reason.
-DIAGNOSE_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,9 @@ class MqttSession:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_refusal = ""
-        self._diagnosed_at = -DIAGNOSE_EVERY_S  # monotonic time of the last probe
+        # A failed connection attempt is explained by a probe connection of our own. Probing every retry would
+        # double what a struggling broker sees (and its log): once per outage, then once a minute for a new reason.
+        self._diagnosis = Throttle()
         self._client = make_client(config, client_id or client_id_of(config))
         if logger.isEnabledFor(logging.DEBUG):
             # paho logs an ERROR on every failed reconnect; we log each outage once ourselves.
@@ -187,7 +187,7 @@ class MqttSession:
                 self._last_refusal = str(reason_code)
             return
         self._last_refusal = ""
-        self._diagnosed_at = -DIAGNOSE_EVERY_S  # the next outage is explained at once
+        self._diagnosis.reset()  # the next outage is explained at once
         logger.info("MQTT connected to %s:%d", self.host, self.port)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
@@ -202,10 +202,8 @@ class MqttSession:
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        now = time.monotonic()
-        if now - self._diagnosed_at < DIAGNOSE_EVERY_S:
+        if not self._diagnosis.ready():
             return
-        self._diagnosed_at = now
         reason = diagnose(self.config, self.host, self.port)  # paho does not say why; a probe of our own does
         if reason != self._last_refusal:
             logger.error("MQTT broker %s:%d %s; retrying with back-off", self.host, self.port, reason)
@@ -242,7 +240,7 @@ class MqttSession:
         inflight: dict[int, int] = {}  # paho mid -> event seq
         handed = 0  # highest seq handed to paho
         budget, last = 0.0, time.monotonic()
-        failed_at = -60.0
+        failures = Throttle()
         while not self._stop.is_set():
             self._wake.wait(0.2)
             self._wake.clear()
@@ -269,8 +267,7 @@ class MqttSession:
                     handed = item.seq
                     budget -= 1
             except Exception as exc:  # e.g. the outbox locked by another process: retry, never stop publishing
-                if time.monotonic() - failed_at >= 60:
-                    failed_at = time.monotonic()
+                if failures.ready():
                     logger.error("publishing from the outbox failed (%s); retrying", exc)
                 self._stop.wait(1.0)
 

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
 FILENAME = "outbox.sqlite3"
 # A stored wall time before this was taken by a clock that had not been set (1970, or an image's build date).
 PLAUSIBLE_SINCE = 1735689600.0  # 2025-01-01 UTC
-DROP_LOG_EVERY_S = 60.0  # an outbox at its bound drops on every append: say so once a minute, with the count
 
 
 def boot_id() -> str:
@@ -90,7 +90,8 @@ class Outbox:
         self.max_events = max_events
         self.max_age_s = max_age_s
         self._unlogged_drops = 0
-        self._drop_logged_at = -DROP_LOG_EVERY_S
+        # An outbox at its bound drops on every append: say so once a minute, with the count.
+        self._drop_log = Throttle()
 
     def append(self, event: dict[str, Any]) -> int:
         """Give the event its `seq`, store it durably, and return the seq (OutboxWriteError if it cannot)."""
@@ -162,11 +163,10 @@ class Outbox:
         if old or over:
             self._db.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (old + over,))
             self._unlogged_drops += old + over
-        now = time.monotonic()
-        if self._unlogged_drops and now - self._drop_logged_at >= DROP_LOG_EVERY_S:
+        if self._unlogged_drops and self._drop_log.ready():
             logger.warning(
                 "outbox full: dropped %d oldest undelivered event(s) since the last such line (bounds: "
                 "outbox.max_events %d, outbox.max_age_s %.0f); see stats.drops.outbox_dropped",
                 self._unlogged_drops, self.max_events, self.max_age_s,
             )  # fmt: skip
-            self._unlogged_drops, self._drop_logged_at = 0, now
+            self._unlogged_drops = 0

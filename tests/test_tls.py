@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_daemon.devbroker import free_port, wait_for_port
+from edge_daemon.devbroker import free_port, stop_process, wait_for_port
 
 from .conftest import CLIP_AUDIO, CLIP_VIDEO, ROOT, write_config
 
@@ -135,13 +135,7 @@ class TlsBroker:
         return self.log.read_text(errors="replace").count("New connection from")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log_file.close()
 
 
