@@ -1,0 +1,92 @@
+"""What people have switched on or off: analysis as a whole, the camera, the microphone.
+
+One object, two doors: the MQTT command topics (`…/analysis/set`, `…/camera/set`, `…/microphone/set`) and the
+device page both call `Controls.set`; capture threads and publishers read `Controls.get` or subscribe. The choice
+survives restarts (`controls.json` in state_dir), so a camera switched off stays off from the first frame of the
+next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+NAMES = ("analysis", "camera", "microphone")
+FILENAME = "controls.json"
+
+Listener = Callable[[dict[str, bool]], None]
+
+
+class Controls:
+    """Thread-safe switches, persisted in state_dir (or in memory only when `state_dir` is None)."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.path = Path(state_dir) / FILENAME if state_dir is not None else None
+        self._lock = threading.Lock()
+        self._on = dict.fromkeys(NAMES, True)
+        self._listeners: list[Listener] = []
+        self._load()
+
+    def _load(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        try:
+            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            # Unreadable switches must not keep the daemon down; everything on is what a fresh install does.
+            logger.warning("%s: cannot read the saved switches (%s); starting with everything on", self.path, exc)
+            return
+        for name in NAMES:
+            if isinstance(saved.get(name), bool):
+                self._on[name] = saved[name]
+
+    def get(self) -> dict[str, bool]:
+        with self._lock:
+            return dict(self._on)
+
+    def active(self, name: str) -> bool:
+        """Whether a modality ('camera', 'microphone') should run now: its own switch and analysis both on."""
+        with self._lock:
+            return self._on["analysis"] and self._on[name]
+
+    def set(self, name: str, on: bool, *, source: str) -> bool:
+        """Switch one control; returns whether it changed. `source` ('mqtt', 'web', …) goes to the log."""
+        if name not in NAMES:
+            raise ValueError(f"unknown control {name!r}; one of {', '.join(NAMES)}")
+        with self._lock:
+            if self._on[name] == on:
+                return False
+            self._on[name] = on
+            snapshot = dict(self._on)
+            self._save(snapshot)
+            listeners = list(self._listeners)
+        logger.info("%s switched %s (from %s)", name, "on" if on else "off", source)
+        for fn in listeners:
+            fn(snapshot)
+        return True
+
+    def subscribe(self, fn: Listener) -> None:
+        with self._lock:
+            self._listeners.append(fn)
+
+    def _save(self, snapshot: dict[str, bool]) -> None:
+        if self.path is None:
+            return
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".controls-")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(snapshot, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only card: the switch still works until the next restart
+            logger.warning("%s: cannot save the switches (%s); they hold until the next restart", self.path, exc)
