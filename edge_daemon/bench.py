@@ -19,8 +19,8 @@ import numpy as np
 from .audio.features import SAMPLE_RATE, pcm16_to_float
 from .capture.files import probe_video, read_wav
 from .config import Config
-from .daemon import load_models
 from .errors import UserError
+from .models import load_models
 from .runtime import interpreter_class
 
 

@@ -13,7 +13,7 @@ from .outbox import FILENAME as OUTBOX_FILENAME
 def run_checks(config: Config) -> list[str]:
     problems: list[str] = []
     try:
-        from .daemon import load_models
+        from .models import load_models
 
         load_models(config)
     except UserError as exc:

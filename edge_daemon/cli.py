@@ -37,7 +37,6 @@ logger = logging.getLogger("emotion-edge")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_VIDEO = REPO_ROOT / "tests" / "fixtures" / "av" / "clip.mp4"
 SAMPLE_AUDIO = REPO_ROOT / "tests" / "fixtures" / "av" / "clip.wav"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
 
 
 def find_config(arg: str | None) -> Path | None:
@@ -152,6 +151,7 @@ def cmd_devices(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_classify(args: argparse.Namespace, config: Config) -> int:
     from .classify import classify_faces, classify_speech
+    from .vision.preprocess import IMAGE_SUFFIXES
 
     paths = _expand(args.paths, IMAGE_SUFFIXES if args.modality == "face" else {".wav"})
     if args.modality == "face":

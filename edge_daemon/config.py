@@ -27,6 +27,8 @@ from typing import Any, Union
 
 import yaml
 
+from .audio.features import SAMPLE_RATE
+from .audio.vad import Gate
 from .errors import UserError
 
 
@@ -96,9 +98,18 @@ class SpeechConfig:
     """The speech path: voice-activity gate, then the emotion model on sliding windows."""
 
     hop_s: float = _f(1.0, "classify a window every this many seconds of audio", lo=0.1, hi=10)
-    vad_min_level_db: float = _f(-45.0, "speech must be louder than this, dBFS", lo=-90, hi=0)
-    vad_margin_db: float = _f(12.0, "and this much louder than the tracked noise floor, dB", lo=0, hi=60)
-    vad_min_speech_fraction: float = _f(0.25, "fraction of a window that must be speech", lo=0.0, hi=1.0)
+    vad_threshold: float = _f(0.15, "Silero VAD score above which a 32 ms chunk is speech", lo=0.05, hi=0.95)
+    vad_min_speech_fraction: float = _f(0.08, "fraction of a window's chunks that must be speech", lo=0.0, hi=1.0)
+    vad_floor_db: float = _f(
+        -70.0,
+        "chunks whose peak is below this, dBFS, are silence (not scored); the gain control does the rest",
+        lo=-96,
+        hi=-20,
+    )
+
+    def gate(self) -> Gate:
+        """A fresh voice gate with these settings (one per audio stream: it keeps state)."""
+        return Gate(SAMPLE_RATE, self.vad_threshold, self.vad_min_speech_fraction, self.vad_floor_db)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from .audio.emotion import SpeechEmotionModel
 from .audio.features import SAMPLE_RATE
-from .audio.vad import VoiceGate
 from .capture.buffers import AudioRing, LatestSlot
 from .capture.camera import CameraSource
 from .capture.files import VideoFileSource, WavFileSource
@@ -28,53 +26,14 @@ from .config import Config
 from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
+from .models import FileWatch, Models, load_detector, load_face_model, load_models, load_speech_model, model_files
 from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 from .systemd import notify, watchdog_interval_s
 from .throttle import Throttle
-from .vision.detector import make_detector
-from .vision.emotion import FaceEmotionModel
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Models:
-    detector: Any
-    face: FaceEmotionModel
-    speech: SpeechEmotionModel
-
-    def versions(self) -> dict[str, str]:
-        v = {"face_emotion": self.face.meta.version, "speech_emotion": self.speech.meta.version}
-        meta = getattr(self.detector, "meta", None)
-        v["face_detector"] = meta.version if meta else "opencv-haar"
-        return v
-
-
-def load_detector(config: Config) -> Any:
-    """The face detector the config asks for (`face.*`, `models.face_detector`)."""
-    return make_detector(
-        config.face.detector,
-        config.model_path("face_detector") if config.face.detector == "blazeface" else None,
-        min_face_px=config.face.min_face_px,
-        max_faces=config.face.max_faces,
-        score_threshold=config.face.detection_threshold,
-        num_threads=config.models.num_threads,
-    )
-
-
-def load_face_model(config: Config) -> FaceEmotionModel:
-    return FaceEmotionModel(config.model_path("face_emotion"), config.models.num_threads, config.fusion.calm_as)
-
-
-def load_speech_model(config: Config) -> SpeechEmotionModel:
-    return SpeechEmotionModel(config.model_path("speech_emotion"), config.models.num_threads, config.fusion.calm_as)
-
-
-def load_models(config: Config) -> Models:
-    """Every model the config names, checked against its metadata (UserError on any mismatch)."""
-    return Models(load_detector(config), load_face_model(config), load_speech_model(config))
 
 
 MODEL_CHECK_S = 5.0  # how often `run` looks for changed model files
@@ -83,39 +42,6 @@ STALL_S = 30.0  # a perception stage that has not looped for this long is stuck 
 # non-zero, and systemd (Restart=on-failure) or another supervisor starts it afresh.
 MAX_RESTARTS = 3
 RESTART_WINDOW_S = 3600.0
-
-
-def model_files(config: Config) -> list[Path]:
-    """The metadata files the config names, and the model files they name."""
-    names = ["face_emotion", "speech_emotion"] + (["face_detector"] if config.face.detector == "blazeface" else [])
-    paths = [config.model_path(n) for n in names]
-    return paths + [p.with_suffix(".tflite") for p in paths]
-
-
-class FileWatch:
-    """Notices when files change, once they have stopped changing (a copy in progress is not a change yet)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
-        self._loaded = self._previous = self._snapshot()
-
-    def _snapshot(self) -> tuple[tuple[int, int], ...]:
-        out = []
-        for p in self.paths:
-            try:
-                st = p.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0))
-        return tuple(out)
-
-    def changed(self) -> bool:
-        now = self._snapshot()
-        stable, self._previous = now == self._previous, now
-        if stable and now != self._loaded:
-            self._loaded = now
-            return True
-        return False
 
 
 @dataclass(frozen=True)
@@ -230,9 +156,8 @@ class Daemon:
 
     def _speech_worker(self, models: Models) -> SpeechWorker:
         s = self.config.speech
-        gate = VoiceGate(SAMPLE_RATE, s.vad_min_level_db, s.vad_margin_db, s.vad_min_speech_fraction)
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
-        return SpeechWorker(self.ring, models.speech, gate, s.hop_s, **common)
+        return SpeechWorker(self.ring, models.speech, s.gate(), s.hop_s, **common)
 
     # ------------------------------------------------------------------ running
 

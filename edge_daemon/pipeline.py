@@ -27,7 +27,7 @@ import numpy as np
 
 from .audio.emotion import SpeechEmotionModel
 from .audio.features import SAMPLE_RATE, pcm16_to_float
-from .audio.vad import VoiceGate
+from .audio.vad import Gate
 from .capture.buffers import AudioRing, LatestSlot
 from .fusion import Prediction, StateTracker, Windower, WindowResult
 
@@ -158,7 +158,7 @@ class SpeechWorker(Worker):
 
     COUNTERS = ("windows", "voiced")
 
-    def __init__(self, ring: AudioRing, model: SpeechEmotionModel, gate: VoiceGate, hop_s: float, **kw: Any) -> None:
+    def __init__(self, ring: AudioRing, model: SpeechEmotionModel, gate: Gate, hop_s: float, **kw: Any) -> None:
         super().__init__("speech", **kw)
         self.ring, self.gate = ring, gate
         self.rate = SAMPLE_RATE  # the ring's rate; models are checked to match it when they load
@@ -206,7 +206,10 @@ class SpeechWorker(Worker):
     def _classify(self, buf: np.ndarray, start: int) -> None:
         self.windows += 1
         audio = pcm16_to_float(buf)
-        if not self.gate.is_speech(audio):
+        t0 = time.perf_counter()
+        voiced = self.gate.voiced(audio, start)
+        self.timings.add("voice_gate", (time.perf_counter() - t0) * 1000)
+        if not voiced:
             return
         self.voiced += 1
         t0 = time.perf_counter()
