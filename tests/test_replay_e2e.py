@@ -11,7 +11,7 @@ from typing import Any
 from .conftest import CLIP_AUDIO, CLIP_VIDEO, SEGMENTS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "unknown"}
+EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "uncertain"}
 
 
 def check_schema(e: dict[str, Any]) -> None:
