@@ -21,6 +21,7 @@ which modality it used; a window with none yields nothing.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,12 +76,15 @@ class WindowResult:
 
 
 def faces_of(preds: list[Prediction]) -> tuple[FaceResult, ...]:
-    """The faces of the frame with the most faces in a window (the latest of equals: the room as it is now)."""
-    best: tuple[FaceResult, ...] = ()
-    for p in sorted((p for p in preds if p.modality == "face"), key=lambda p: p.t):
-        if len(p.faces) >= len(best):
-            best = p.faces
-    return best
+    """The faces of a window: the most common face count among its frames (ties: the larger), from the latest frame
+    with that count. One frame with a spurious detection (the clip's mission patch, score 0.55) must not make two
+    people; a person who turns away for a frame must not make none."""
+    frames = sorted((p for p in preds if p.modality == "face"), key=lambda p: p.t)
+    if not frames:
+        return ()
+    counts = Counter(len(p.faces) for p in frames)
+    typical = max(counts, key=lambda n: (counts[n], n))
+    return next(p.faces for p in reversed(frames) if len(p.faces) == typical)
 
 
 @dataclass(frozen=True)

@@ -168,9 +168,7 @@ class MqttSession:
     def publish_retained(self, name: str, value: dict[str, Any]) -> None:
         """`state` or `status`: kept, and published again after every reconnect (a broker may have lost it)."""
         topic = getattr(self.topics, name)
-        self._retained[topic] = json.dumps(value, separators=(",", ":"))
-        if self.connected.is_set():
-            self._client.publish(topic, self._retained[topic], qos=1, retain=True)
+        self.publish_retained_topic(topic, json.dumps(value, separators=(",", ":")))
 
     def attach_commands(self, controls: Any) -> CommandDispatcher:
         """Obey `…/<name>/set` (unless mqtt.commands is false) and keep `…/<name>/state` retained; before start()."""
@@ -183,7 +181,9 @@ class MqttSession:
     def publish_retained_topic(self, topic: str, payload: str) -> None:
         """Any retained topic of this device, kept and published again after every reconnect."""
         self._retained[topic] = payload
-        if self.connected.is_set():
+        # paho's own flag, not `connected`: that is set at the end of _on_connect, after it has re-published what
+        # _retained held, and a value stored in between would wait for the next reconnect. Twice is harmless.
+        if self._client.is_connected():
             self._client.publish(topic, payload, qos=1, retain=True)
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
@@ -206,6 +206,9 @@ class MqttSession:
         self._last_refusal = ""
         self._diagnosis.reset()  # the next outage is explained at once
         logger.info("MQTT connected to %s:%d", self.host, self.port)
+        if self.commands is not None and self.commands.accept_commands:
+            # Before `online` and the switch states: whoever sees them can send a command and be heard.
+            client.subscribe(self.commands.command_filter, qos=1)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
             client.publish(topic, payload, qos=1, retain=True)
@@ -213,8 +216,6 @@ class MqttSession:
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)
         self._announce_to_home_assistant()  # with discovery off: clears an earlier announcement
-        if self.commands is not None and self.commands.accept_commands:
-            client.subscribe(self.commands.command_filter, qos=1)
         if self.owns_availability:
             client.subscribe(self.topics.availability, qos=1)  # after our `online`: its retained copy is ours
         self.connected.set()
