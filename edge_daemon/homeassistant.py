@@ -172,6 +172,7 @@ def discovery_payload(config: Config, configuration_url: str | None = None) -> d
     for key, cmp in cmps.items():
         cmp["unique_id"] = f"{uid}_{key}"  # emotion and confidence keep the unique ids of 0.1's sensors
         cmp["object_id"] = f"{uid}_{key}"
+        cmp["qos"] = 1  # not one of the options device discovery shares: per entity, so no window event is missed
     return {
         "device": device,
         "origin": ORIGIN,
@@ -180,6 +181,5 @@ def discovery_payload(config: Config, configuration_url: str | None = None) -> d
         "availability_template": f"{{{{ '{ONLINE}' if value == '{ONLINE}' else '{OFFLINE}' }}}}",
         "payload_available": ONLINE,
         "payload_not_available": OFFLINE,
-        "qos": 1,
         "components": cmps,
     }

@@ -17,6 +17,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_daemon.config import load_config
+from edge_daemon.daemon import load_detector
 from edge_daemon.fusion import FaceResult, FusionRule, Prediction, StateTracker, Windower, faces_of
 from edge_daemon.labels import CANONICAL, NO_ONE
 from edge_daemon.pipeline import FusionLoop
@@ -321,30 +323,37 @@ def test_a_window_reports_the_typical_face_count_not_one_spurious_detection() ->
     assert faces_of([]) == ()
 
 
+def _around(image: np.ndarray, box: tuple[float, ...], size: int = 320) -> np.ndarray:
+    """A size x size crop centred on a face box (black beyond the frame)."""
+    cx, cy = int(box[0] + box[2] / 2), int(box[1] + box[3] / 2)
+    padded = cv2.copyMakeBorder(image, size, size, size, size, cv2.BORDER_CONSTANT)
+    return padded[cy + size // 2 : cy + size * 3 // 2, cx + size // 2 : cx + size * 3 // 2]
+
+
 def test_replay_of_two_people_reports_each_face_with_its_box_and_label(tmp_path: Path) -> None:
-    # Two real faces side by side: the astronaut (happy, 0-6 s of the clip) and the FER2013 angry face (6-12 s).
+    # Two real faces side by side in one 640x480 frame: the astronaut (the clip's happy segment) on the left, the
+    # FER2013 angry face (its angry segment) on the right, larger.
+    cfg = write_config(tmp_path / "config.yaml")
+    detector = load_detector(load_config(cfg))
     cap = cv2.VideoCapture(str(CLIP_VIDEO))
-    frames = {}
-    for i in range(130):
-        ok, img = cap.read()
-        assert ok
-        if i in (10, 90):
-            frames[i] = img
-    two = np.hstack([frames[10], frames[90]])  # 1280x480
+    frames = [cap.read()[1] for _ in range(91)]
+    happy, angry = frames[10], frames[90]
+    two = np.zeros((480, 640, 3), np.uint8)
+    two[80:400, :320] = _around(happy, detector.detect(happy)[0].box)
+    two[80:400, 320:] = _around(angry, detector.detect(angry)[0].box)
     video = tmp_path / "two.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (two.shape[1], two.shape[0]))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (640, 480))
     for _ in range(40):
         writer.write(two)
     writer.release()
-    cfg = write_config(tmp_path / "config.yaml")
     proc = run_cli("--config", str(cfg), "replay", "--video", str(video), "--no-mqtt", "--events-out", "-")
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert events and all(e["face_count"] == 2 for e in events), [e["face_count"] for e in events]
     for e in events:
         left, right = sorted(e["faces"], key=lambda f: f["box"][0])
-        assert left["box"][0] + left["box"][2] <= 660 and right["box"][0] >= 620, e["faces"]  # one in each half
-        assert all(0 <= f["box"][1] < 480 and f["label"] in CANONICAL for f in e["faces"])
-        # Fusion stays on the largest face: its label is the face modality's.
-        largest = max(e["faces"], key=lambda f: f["box"][2] * f["box"][3])
-        assert e["modalities"]["face"]["label"] == largest["label"]
+        assert left["box"][0] + left["box"][2] <= 330 and right["box"][0] >= 310, e["faces"]  # one in each half
+        assert all(80 <= f["box"][1] < 400 for f in e["faces"]), e["faces"]
+        assert (left["label"], right["label"]) == ("happy", "angry")  # each face its own label
+        # Fusion stays on the largest face (the right one).
+        assert right["box"][2] > left["box"][2] and e["modalities"]["face"]["label"] == right["label"]
