@@ -4,7 +4,7 @@ One retained device-based discovery message, `<prefix>/device/emotion_edge_<devi
 2024.11 and later), rather than one topic per entity: the device and all its entities arrive, change and go in one
 message, so a renamed or removed device cannot leave half its entities behind, and `forget` (or
 `mqtt.homeassistant.discovery: false`) clears one topic. The per-entity topics that earlier versions used are
-cleared at start so that an upgraded device does not show twice.
+cleared when the broker still keeps them, so that an upgraded device does not show twice.
 
 What Home Assistant sees:
 
@@ -49,6 +49,10 @@ def device_topic(config: Config) -> str:
 def legacy_topics(config: Config) -> list[str]:
     prefix = config.mqtt.homeassistant.prefix
     return [f"{prefix}/sensor/{node_id(config)}/{key}/config" for key in LEGACY_KEYS]
+
+
+def legacy_filter(config: Config) -> str:
+    return f"{config.mqtt.homeassistant.prefix}/sensor/{node_id(config)}/+/config"
 
 
 def base_topic(config: Config) -> str:
@@ -130,7 +134,7 @@ def discovery_payload(config: Config, configuration_url: str | None = None) -> d
         "value_template": "{{ value_json.drops.values() | sum }}",
         "json_attributes_topic": stats,
         "json_attributes_template": "{{ value_json.drops | tojson }}",
-        "state_class": "total",
+        "state_class": "total_increasing",  # counters start again at 0 after a restart
         "icon": "mdi:delete-alert-outline",
     }
     cmps["last_event_age"] = {

@@ -216,6 +216,8 @@ class MqttSession:
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)
         self._announce_to_home_assistant()  # with discovery off: clears an earlier announcement
+        # 0.1 announced one topic per entity; if the broker still keeps them, they are cleared (see _on_message).
+        client.subscribe(homeassistant.legacy_filter(self.config), qos=1)
         if self.owns_availability:
             client.subscribe(self.topics.availability, qos=1)  # after our `online`: its retained copy is ours
         self.connected.set()
@@ -247,6 +249,12 @@ class MqttSession:
                 logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
             else:
                 self.commands.handle(msg.topic, msg.payload)
+        elif msg.topic in homeassistant.legacy_topics(self.config) and msg.payload:
+            # Cleared only when seen: an empty message on them at every start makes Home Assistant warn about a
+            # conflicting discovery message. Then announced again, for the entities that clearing removed.
+            logger.info("clearing the per-entity Home Assistant discovery of an earlier version: %s", msg.topic)
+            client.publish(msg.topic, b"", qos=1, retain=True)
+            self._announce_to_home_assistant()
         elif msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
             self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
         elif msg.topic == self.topics.availability and msg.payload != ONLINE.encode() and not self._stop.is_set():
@@ -300,8 +308,6 @@ class MqttSession:
 
     def _announce_to_home_assistant(self) -> None:
         """The device's discovery message (edge_daemon/homeassistant.py), or its removal when discovery is off."""
-        for topic in homeassistant.legacy_topics(self.config):  # 0.1's per-entity topics: no duplicate entities
-            self._client.publish(topic, b"", qos=1, retain=True)
         topic = homeassistant.device_topic(self.config)
         if self.config.mqtt.homeassistant.discovery:
             payload = homeassistant.discovery_payload(self.config, self.configuration_url)

@@ -88,6 +88,7 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
     proc = start_daemon(ha_config(tmp_path, broker.port))
     try:
         assert sub.wait_for(lambda: sub.payloads(DEVICE_TOPIC), timeout=30), [m.topic for m in sub.messages]
+        assert sub.wait_for(lambda: sub.payloads(legacy)[-1:] == [""], timeout=10), "legacy config not cleared"
         kept = retained(broker.port, "homeassistant/#")
         assert list(kept) == [DEVICE_TOPIC], "legacy per-entity configs must be cleared, the device config kept"
         c = json.loads(kept[DEVICE_TOPIC])
