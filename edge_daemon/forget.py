@@ -85,7 +85,13 @@ def forget(config: Config, timeout_s: float = 10.0) -> list[str]:
                 "announce itself again; stop it first (sudo systemctl stop emotion-edge), then run forget"
             )
         # Discovery first: Home Assistant removes the device while its other topics still exist, no flicker.
-        topics = sorted(set(retained) | set(owned_topics(config)), key=lambda x: (not x.startswith(ha + "/"), x))
+        # Topics known by name are cleared even if this broker lost them (one may have come back from a backup), but
+        # not 0.1's per-entity discovery topics unless they are there: clearing one removes the device's entity of
+        # the same id before the device message is cleared, and Home Assistant warns about it.
+        legacy = set(homeassistant.legacy_topics(config))
+        topics = sorted(
+            set(retained) | (set(owned_topics(config)) - legacy), key=lambda x: (not x.startswith(ha + "/"), x)
+        )
         infos = [client.publish(topic, b"", qos=1, retain=True) for topic in topics]
         deadline = time.monotonic() + timeout_s
         for info in infos:

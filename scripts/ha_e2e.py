@@ -424,15 +424,17 @@ def main() -> int:
 
         # --- 5. Home Assistant's log ----------------------------------------------------------------------
         log = (tmp / "ha" / "home-assistant.log").read_text(errors="replace")
-        bad = [line for line in log.splitlines() if ("ERROR" in line or "WARNING" in line)
-               and ("mqtt" in line.lower() or "template" in line.lower())]  # fmt: skip
-        check(
-            not [b for b in bad if "discovery" in b.lower()],
-            "no MQTT discovery errors in Home Assistant's log",
-            bad[:5],
-        )
-        check(not bad, "no MQTT or template warnings in Home Assistant's log", bad[:5])
-        info(f"Home Assistant log: {len(log.splitlines())} lines, {len(bad)} MQTT/template warnings or errors")
+        lines = log.splitlines()
+        mqtt_lines = [line for line in lines if ("ERROR" in line or "WARNING" in line)
+                      and ("mqtt" in line.lower() or "template" in line.lower())]  # fmt: skip
+        # Removing the device, Home Assistant clears its discovery topic itself and then receives its own empty
+        # message, which finds nothing left to remove: a warning of its own making after `forget`, not ours.
+        echo = [line for line in mqtt_lines if "No device components to cleanup" in line]
+        bad = [line for line in mqtt_lines if line not in echo]
+        check(not [b for b in bad if "discovery" in b.lower()], "no MQTT discovery errors in Home Assistant's log", bad[:5])
+        check(not bad, "no other MQTT or template warnings in Home Assistant's log", bad[:5])
+        info(f"Home Assistant log: {len(lines)} lines; {len(bad)} MQTT/template warnings or errors; "
+             f"{len(echo)} 'No device components to cleanup' from its own clean-up echo after forget")  # fmt: skip
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.kill()
