@@ -431,7 +431,11 @@ def main() -> int:
         # message, which finds nothing left to remove: a warning of its own making after `forget`, not ours.
         echo = [line for line in mqtt_lines if "No device components to cleanup" in line]
         bad = [line for line in mqtt_lines if line not in echo]
-        check(not [b for b in bad if "discovery" in b.lower()], "no MQTT discovery errors in Home Assistant's log", bad[:5])
+        check(
+            not [b for b in bad if "discovery" in b.lower()],
+            "no MQTT discovery errors in Home Assistant's log",
+            bad[:5],
+        )
         check(not bad, "no other MQTT or template warnings in Home Assistant's log", bad[:5])
         info(f"Home Assistant log: {len(lines)} lines; {len(bad)} MQTT/template warnings or errors; "
              f"{len(echo)} 'No device components to cleanup' from its own clean-up echo after forget")  # fmt: skip
