@@ -234,6 +234,7 @@ def test_garbage_and_retained_commands_are_ignored_with_one_log_line_each(
     sub: Subscriber = subscribe(f"{BASE}/#")
     # Left retained by a misconfigured client, it would undo every later change at each reconnect of the daemon.
     sub.client.publish(f"{BASE}/camera/set", "OFF", qos=1, retain=True).wait_for_publish(5)
+    assert retained(broker.port, f"{BASE}/camera/set") == {f"{BASE}/camera/set": b"OFF"}
     proc = start_daemon(ha_config(tmp_path, broker.port, camera={"enabled": False}))
     try:
         assert sub.wait_for(lambda: sub.payloads(f"{BASE}/analysis/state")[-1:] == ["ON"], timeout=30)
