@@ -122,6 +122,18 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     return 2 if problems else 0
 
 
+def cmd_forget(args: argparse.Namespace, config: Config) -> int:
+    from .forget import forget
+    from .mqtt import resolve_broker
+
+    cleared = forget(config)
+    host, port = resolve_broker(config)
+    print(f"forgot device {config.device_id!r} on {host}:{port}: cleared {len(cleared)} retained topic(s)")
+    for topic in cleared:
+        print(f"  {topic}")
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace, config: Config) -> int:
     from .capture.camera import open_capture
     from .capture.microphone import list_input_devices
@@ -290,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate config, load models, probe devices and broker; one line per problem", parents=common
     ).set_defaults(func=cmd_check)
     sub.add_parser("devices", help="list microphones and cameras", parents=common).set_defaults(func=cmd_devices)
+    sub.add_parser(
+        "forget",
+        help="clear this device's retained topics on the broker (Home Assistant removes it); stop the service first",
+        parents=common,
+    ).set_defaults(func=cmd_forget)
 
     r = sub.add_parser("replay", help="run the exact daemon pipeline over a video and/or wav file", parents=common)
     r.add_argument("--video", help="video file (frames)")

@@ -141,9 +141,12 @@ class FusionConfig:
     speech_weight: float = _f(
         1.0, "total weight of the speech modality in a window, however many windows it saw", lo=0, hi=10
     )
-    min_confidence: float = _f(0.35, "below this fused confidence the window's emotion is 'unknown'", lo=0, hi=1)
+    min_confidence: float = _f(0.35, "below this fused confidence the window's emotion is 'uncertain'", lo=0, hi=1)
     calm_as: str = _f("neutral", "canonical emotion that speech's 'calm' maps to", choices=("neutral", "happy", "sad"))
     state_after_windows: int = _f(2, "publish a new state after this many consecutive windows agree", lo=1, hi=100)
+    absent_after_s: float = _f(
+        10.0, "this long without a face or voiced speech, the state becomes no_one (the room is empty)", lo=1, hi=86400
+    )
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,9 @@ class TlsConfig:
 class HomeAssistantConfig:
     """Home Assistant MQTT discovery."""
 
-    discovery: bool = _f(True, "announce sensors to Home Assistant")
+    discovery: bool = _f(
+        True, "announce the device to Home Assistant; false also removes an earlier announcement at the next start"
+    )
     prefix: str = _f("homeassistant", "Home Assistant's discovery prefix", pattern=r"[A-Za-z0-9_/-]+")
 
 
@@ -187,6 +192,9 @@ class MqttConfig:
     reconnect_max_s: float = _f(60.0, "longest back-off, seconds", lo=1, hi=3600)
     tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant"})
+    commands: bool = _f(
+        True, "obey <topic_prefix>/<device_id>/{analysis,camera,microphone}/set (ON/OFF); false: remote control off"
+    )
 
 
 @dataclass(frozen=True)

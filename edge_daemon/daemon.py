@@ -23,9 +23,11 @@ from .capture.camera import CameraSource
 from .capture.files import VideoFileSource, WavFileSource
 from .capture.microphone import MicrophoneSource
 from .config import Config
+from .control import Controls
 from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
+from .labels import NO_ONE, PAUSED
 from .models import FileWatch, Models, load_detector, load_face_model, load_models, load_speech_model, model_files
 from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
@@ -75,6 +77,13 @@ class Daemon:
         self.outbox = Outbox(
             state_dir or config.path(config.state_dir), config.outbox.max_events, config.outbox.max_age_s
         )
+        # The switches people set (MQTT commands, the device page), saved in state_dir. A replay is not the service:
+        # it ignores them and obeys no commands.
+        self.controls = Controls(self.outbox.path.parent if replay is None else None)
+        self._controls_changed = threading.Event()
+        self.controls.subscribe(lambda switches: self._controls_changed.set())
+        self._last_event_at: float | None = None  # monotonic time of the last event, for stats
+        self._published_state: dict[str, Any] | None = None
         host, port = broker or resolve_broker(config)
         # A replay may run beside the live daemon of the same device: with the same client id the broker would
         # disconnect one for the other, over and over.
@@ -107,7 +116,10 @@ class Daemon:
             StateTracker(config.fusion.state_after_windows),
             self._on_window,
             self._on_state,
+            absent_after_s=config.fusion.absent_after_s,
         )
+        if self.session is not None and replay is None:
+            self.session.attach_commands(self.controls)
         self.sources: list[Any] = []
         self.workers: list[Any] = []
         self.face_worker: FaceWorker | None = None
@@ -138,10 +150,13 @@ class Daemon:
                 )
             video, audio = r.video is not None, r.audio is not None
         else:
+            # Each source reads its switch before it opens its device, so a saved OFF holds from the first frame.
             if c.camera.enabled:
-                self.sources.append(CameraSource(c.camera, self.slot, self.started, self.stop_event))
+                camera_on = lambda: self.controls.active("camera")  # noqa: E731
+                self.sources.append(CameraSource(c.camera, self.slot, self.started, self.stop_event, camera_on))
             if c.microphone.enabled:
-                self.sources.append(MicrophoneSource(c.microphone, self.ring, self.started, self.stop_event))
+                mic_on = lambda: self.controls.active("microphone")  # noqa: E731
+                self.sources.append(MicrophoneSource(c.microphone, self.ring, self.started, self.stop_event, mic_on))
             video, audio = c.camera.enabled, c.microphone.enabled
         if video:
             self.face_worker = self._face_worker(self.models)
@@ -172,8 +187,12 @@ class Daemon:
         next_ping = next_model_check = 0.0
         notify("READY=1")
         exit_code = 0
+        self._controls_changed.set()  # a state saved as paused is published as such
         try:
             while not self.stop_event.is_set():
+                if self._controls_changed.is_set():  # set from the MQTT thread; fusion belongs to this one
+                    self._controls_changed.clear()
+                    self._apply_controls()
                 if self.replay is not None:
                     self.fusion.pump(min((w.progress for w in self.workers), default=float("inf")))
                     if all(w.finished.is_set() for w in self.workers):
@@ -230,6 +249,14 @@ class Daemon:
             self.speech_worker.replace_models(new.speech)
         logger.info("models reloaded: %s", ", ".join(f"{k} {v}" for k, v in new.versions().items()))
         return True
+
+    def _apply_controls(self) -> None:
+        """Every enabled modality switched off: the state says `paused` (not `no_one`) until one is back on."""
+        if self.replay is not None:
+            return
+        enabled = {"camera": self.config.camera.enabled, "microphone": self.config.microphone.enabled}
+        paused = not any(self.controls.active(n) for n, on in enabled.items() if on)
+        self.fusion.set_paused(paused, time.monotonic() - self.started)
 
     def publish_status(self) -> None:
         """Each source's online/offline state, retained, whenever it changes."""
@@ -358,6 +385,7 @@ class Daemon:
         if self.session is None:
             self.outbox.ack(seq)  # --no-mqtt: nothing will ever send it; keep the seq, not the event
         self.events += 1
+        self._last_event_at = time.monotonic()
         if self.events_out is not None:
             self.events_out.write(json.dumps(event) + "\n")
             self.events_out.flush()
@@ -371,6 +399,9 @@ class Daemon:
         )
         if self.session:
             self.session.notify_event()
+        state = self._published_state
+        if state is not None and state["people"] != len(result.faces) and state["emotion"] not in (NO_ONE, PAUSED):
+            self._publish_state({**state, "people": len(result.faces)})  # people come and go within one emotion
 
     def _store_failed(self, exc: OutboxWriteError) -> None:
         """An event that cannot be stored cannot be sent either (it would have no durable seq): count it, say so
@@ -383,17 +414,22 @@ class Daemon:
                 exc, self.store_failures,
             )  # fmt: skip
 
-    def _on_state(self, emotion: str, result: WindowResult) -> None:
+    def _on_state(self, emotion: str, result: WindowResult | None) -> None:
+        """A new state: from windows (`result`), or `no_one` / `paused`, which no window decides (`result` None)."""
+        self._publish_state(
+            {
+                "emotion": emotion,
+                "confidence": round(result.confidence, 4) if result is not None else None,
+                "since": iso_utc(self.clock.wall(self.fusion.state.since)),
+                "seq": self.outbox.last_seq,
+                "people": len(result.faces) if result is not None else 0,
+            }
+        )
+
+    def _publish_state(self, state: dict[str, Any]) -> None:
+        self._published_state = state
         if self.session:
-            self.session.publish_retained(
-                "state",
-                {
-                    "emotion": emotion,
-                    "confidence": round(result.confidence, 4),
-                    "since": iso_utc(self.clock.wall(self.fusion.state.since)),
-                    "seq": self.outbox.last_seq,
-                },
-            )
+            self.session.publish_retained("state", state)
 
     def stats(self) -> dict[str, Any]:
         fw, sw = self.face_worker, self.speech_worker
@@ -420,6 +456,10 @@ class Daemon:
             "events_published": self.session.published if self.session else 0,
             "restarts": {t.name: self.restarts[t.name] for t in [*self.sources, *self.workers]},
             "sources": {s.name: s.status.snapshot() for s in self.sources},
+            "paused_s": {s.name: s.status.snapshot()["paused_s"] for s in self.sources},
+            "last_event_age_s": (
+                round(time.monotonic() - self._last_event_at, 1) if self._last_event_at is not None else None
+            ),
         }
 
     def _microphones(self) -> list[MicrophoneSource]:

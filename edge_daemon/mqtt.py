@@ -27,9 +27,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from . import homeassistant
+from .commands import CommandDispatcher
 from .config import Config, mqtt_password
 from .errors import UserError
-from .labels import CANONICAL, UNKNOWN
 from .outbox import Outbox
 from .throttle import Throttle
 
@@ -113,6 +114,8 @@ class MqttSession:
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._drainer = threading.Thread(target=self._drain_loop, name="mqtt-drain", daemon=True)
+        self.commands: CommandDispatcher | None = None  # the service's remote control (attach_commands)
+        self.configuration_url: str | None = None  # the device page, for Home Assistant's "visit device"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -165,9 +168,23 @@ class MqttSession:
     def publish_retained(self, name: str, value: dict[str, Any]) -> None:
         """`state` or `status`: kept, and published again after every reconnect (a broker may have lost it)."""
         topic = getattr(self.topics, name)
-        self._retained[topic] = json.dumps(value, separators=(",", ":"))
-        if self.connected.is_set():
-            self._client.publish(topic, self._retained[topic], qos=1, retain=True)
+        self.publish_retained_topic(topic, json.dumps(value, separators=(",", ":")))
+
+    def attach_commands(self, controls: Any) -> CommandDispatcher:
+        """Obey `…/<name>/set` (unless mqtt.commands is false) and keep `…/<name>/state` retained; before start()."""
+        self.commands = CommandDispatcher(
+            controls, self.topics.base, self.publish_retained_topic, accept_commands=self.config.mqtt.commands
+        )
+        self.commands.publish_states()
+        return self.commands
+
+    def publish_retained_topic(self, topic: str, payload: str) -> None:
+        """Any retained topic of this device, kept and published again after every reconnect."""
+        self._retained[topic] = payload
+        # paho's own flag, not `connected`: that is set at the end of _on_connect, after it has re-published what
+        # _retained held, and a value stored in between would wait for the next reconnect. Twice is harmless.
+        if self._client.is_connected():
+            self._client.publish(topic, payload, qos=1, retain=True)
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
         if self.connected.is_set():
@@ -189,13 +206,18 @@ class MqttSession:
         self._last_refusal = ""
         self._diagnosis.reset()  # the next outage is explained at once
         logger.info("MQTT connected to %s:%d", self.host, self.port)
+        if self.commands is not None and self.commands.accept_commands:
+            # Before `online` and the switch states: whoever sees them can send a command and be heard.
+            client.subscribe(self.commands.command_filter, qos=1)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
             client.publish(topic, payload, qos=1, retain=True)
         ha = self.config.mqtt.homeassistant
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)
-            self._announce_to_home_assistant()
+        self._announce_to_home_assistant()  # with discovery off: clears an earlier announcement
+        # 0.1 announced one topic per entity; if the broker still keeps them, they are cleared (see _on_message).
+        client.subscribe(homeassistant.legacy_filter(self.config), qos=1)
         if self.owns_availability:
             client.subscribe(self.topics.availability, qos=1)  # after our `online`: its retained copy is ours
         self.connected.set()
@@ -222,7 +244,18 @@ class MqttSession:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
+        if self.commands is not None and msg.topic.endswith("/set") and msg.topic.startswith(self.topics.base + "/"):
+            if msg.retain:  # a retained command would undo every later change at each reconnect
+                logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
+            else:
+                self.commands.handle(msg.topic, msg.payload)
+        elif msg.topic in homeassistant.legacy_topics(self.config) and msg.payload:
+            # Cleared only when seen: an empty message on them at every start makes Home Assistant warn about a
+            # conflicting discovery message. Then announced again, for the entities that clearing removed.
+            logger.info("clearing the per-entity Home Assistant discovery of an earlier version: %s", msg.topic)
+            client.publish(msg.topic, b"", qos=1, retain=True)
+            self._announce_to_home_assistant()
+        elif msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
             self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
         elif msg.topic == self.topics.availability and msg.payload != ONLINE.encode() and not self._stop.is_set():
             logger.warning(
@@ -274,33 +307,13 @@ class MqttSession:
     # ------------------------------------------------------------------ helpers
 
     def _announce_to_home_assistant(self) -> None:
-        ha = self.config.mqtt.homeassistant
-        dev = self.config.device_id
-        device = {"identifiers": [f"emotion-edge-{dev}"], "name": f"emotion-edge {dev}", "manufacturer": "emotion-edge"}
-        sensors = {
-            "emotion": {
-                "value_template": "{{ value_json.emotion }}",
-                "options": [*CANONICAL, UNKNOWN],
-                "device_class": "enum",
-            },
-            "confidence": {"value_template": "{{ value_json.confidence }}", "state_class": "measurement"},
-        }
-        for key, extra in sensors.items():
-            payload = {
-                "name": key.capitalize(),
-                "unique_id": f"emotion_edge_{dev}_{key}",
-                "state_topic": self.topics.state,
-                "availability_topic": self.topics.availability,
-                # Anything but `online` (the will `offline`, a clean `stopped`) makes the sensors unavailable.
-                "availability_template": f"{{{{ '{ONLINE}' if value == '{ONLINE}' else '{OFFLINE}' }}}}",
-                "payload_available": ONLINE,
-                "payload_not_available": OFFLINE,
-                "device": device,
-                **extra,
-            }
-            self._client.publish(
-                f"{ha.prefix}/sensor/emotion_edge_{dev}/{key}/config", json.dumps(payload), qos=1, retain=True
-            )
+        """The device's discovery message (edge_daemon/homeassistant.py), or its removal when discovery is off."""
+        topic = homeassistant.device_topic(self.config)
+        if self.config.mqtt.homeassistant.discovery:
+            payload = homeassistant.discovery_payload(self.config, self.configuration_url)
+            self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
+        else:
+            self._client.publish(topic, b"", qos=1, retain=True)
 
 
 def client_id_of(config: Config) -> str:
