@@ -105,6 +105,8 @@ class MqttSession:
         self.refused = 0  # refusals by the broker (a PUBACK reason code, or a connection closed on an event)
         self.refused_waiting = 0  # events refused and waiting in the outbox to be offered again
         self.refusal = ""  # the last refusal's reason, empty once the broker takes events again
+        self.retry_refused_s = RETRY_REFUSED_S
+        self._size_refusal = ""
         self.connected_since: float | None = None  # wall clock
         self.last_error = ""  # the last connection failure or loss, with its cause
         self.disconnects = 0
@@ -211,21 +213,8 @@ class MqttSession:
             self._jittered_backoff()
             return
         self._last_refusal = ""
-        # What operators need to see remotely (stats.mqtt) and in the log: refused publishes, connection history.
-        self.refused = 0  # refusals by the broker (a PUBACK reason code, or a connection closed on an event)
-        self.refused_waiting = 0  # events refused and waiting in the outbox to be offered again
-        self.refusal = ""  # the last refusal's reason, empty once the broker takes events again
-        self.connected_since: float | None = None  # wall clock
-        self.last_error = ""  # the last connection failure or loss, with its cause
-        self.disconnects = 0
-        self._lost = threading.Event()  # the connection ended: the drain forgets what was in flight
-        self._lost_reason = ""
-        self._refusal_log = Throttle()
-        self._takeover_log = Throttle()
-        self._foreign_log = Throttle()
-        self._foreign_ignored = 0
-        self._republished_at = 0.0
         self._diagnosis.reset()  # the next outage is explained at once
+        self.connected_since = time.time()
         logger.info("MQTT connected to %s:%d", self.host, self.port)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
@@ -266,6 +255,7 @@ class MqttSession:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        self._forget_queued(client)
         self._lost_reason = str(reason_code)
         self._lost.set()
         self._wake.set()
@@ -379,8 +369,8 @@ class MqttSession:
                                 f"{size}-byte event: over its message size limit?", retry, now + RETRY_DROPPED_S
                             )  # fmt: skip
                             dropped_for.add(seq)
+                            self._size_refusal = self.refusal
                         careful = True
-                        self._forget(inflight)
                     inflight.clear()
                     handed = 0  # everything unacknowledged is offered again from the outbox
                 acked: list[int] = []
@@ -398,7 +388,7 @@ class MqttSession:
                     else:
                         acked.append(seq)
                 for reason, seqs in refused.items():
-                    self._refuse(seqs, f"PUBACK reason: {reason}", retry, now + RETRY_REFUSED_S)
+                    self._refuse(seqs, f"PUBACK reason: {reason}", retry, now + self.retry_refused_s)
                 if acked:
                     careful = False
                     self.outbox.ack_many(acked)
@@ -408,9 +398,12 @@ class MqttSession:
                         for s in retry:
                             if s not in dropped_for:
                                 retry[s] = 0.0
-                        self._delivery_changed("")
+                        if not dropped_for or "size limit" not in self.refusal:
+                            self._delivery_changed(self._size_refusal if dropped_for else "")
                 for s in [s for s in dropped_for if s not in retry]:
                     dropped_for.discard(s)
+                if not retry and self.refusal:
+                    self._delivery_changed("")
                 self.refused_waiting = len(retry)
                 self.outbox.persist_due()
                 # Token bucket: a long backlog drains at drain_rate_per_s, with a burst of one second's worth.
@@ -433,11 +426,12 @@ class MqttSession:
                 if room <= 0:
                     continue
                 for item in self.outbox.pending(handed, room + len(retry)):
-                    handed = item.seq
                     if item.seq in retry or item.seq in inflight.values():
+                        handed = item.seq  # offered again from `retry`, not in order
                         continue
                     if room <= 0:
                         break
+                    handed = item.seq
                     self._hand(item.seq, item.payload, inflight)
                     budget -= 1
                     room -= 1
@@ -450,13 +444,14 @@ class MqttSession:
         info = self._client.publish(self.topics.events, payload, qos=1, retain=False)
         inflight[info.mid] = seq
 
-    def _forget(self, inflight: dict[int, int]) -> None:
-        """Take our events out of paho's resend queue: the outbox offers them again, and an event the broker
-        closes the connection for must not be re-sent by paho on every reconnect."""
-        client = self._client
-        with client._out_message_mutex:  # no public API for this in paho 2 (pinned <3)
-            for mid in inflight:
-                client._out_messages.pop(mid, None)
+    @staticmethod
+    def _forget_queued(client: mqtt.Client) -> None:
+        """Before paho reconnects, take everything out of its resend queue: events are offered again from the
+        outbox, and availability, retained topics and discovery are published afresh on every connect. A message
+        the broker closes the connection for (over its message size limit) must not be re-sent by paho forever."""
+        with client._out_message_mutex:  # no public API for this in paho 2 (pinned <3); an RLock, ours here
+            client._out_messages.clear()
+            client._inflight_messages = 0
 
     def _refuse(self, seqs: list[int], reason: str, retry: dict[int, float], when: float) -> None:
         """The broker did not take these: they stay in the outbox (written down), and are offered again later."""

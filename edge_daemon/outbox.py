@@ -7,8 +7,10 @@ with the broker up nothing is written per event at all: an SD card is not worn b
 
 `seq` is never reused, whatever happens to the process, the database or the power: before a seq is handed out it is
 covered by a high-water mark reserved `RESERVE` ahead and synced to its own small file (`outbox.seq`). A clean close
-writes the mark down to the last seq used, so a restart continues without a gap; after a crash or power cut the next
-start continues above the mark (a gap, never a repeat), even when the database itself had to be replaced.
+writes the mark down to the last seq used, so a restart continues without a gap. The database also records (meta
+`holding`) whether seqs may have been handed out beyond its own `last_seq` (held events, published before they
+were written): only then does a start after a crash or power cut continue above the mark (a gap, never a repeat),
+as it does when the database itself had to be replaced. A crash while the broker is away leaves no gap.
 
 No storage error ends the process. A call that cannot read or write the database logs (once a minute) and degrades:
 counts come from memory, held events stay in memory and still go to the broker, acknowledgements that cannot be
@@ -148,6 +150,7 @@ class Outbox:
         self._held: dict[int, _Held] = {}
         self._db: sqlite3.Connection | None = None
         self._disk_count = 0
+        self._holding = True  # the database may not know the last seq handed out (see the module doc)
         self._dropped = 0
         self._unlogged_drops = 0
         self._drop_log = Throttle()  # an outbox at its bound drops on every append: once a minute, with the count
@@ -229,22 +232,30 @@ class Outbox:
                 if "mono" not in columns:
                     db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
                 db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
+                fresh = not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
                 db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
+                # A new database knows no seq (the mark does); one written before `holding` existed knew them all.
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('holding', ?)", (1 if fresh else 0,))
             self._db = db
             self._rebase_earlier_boots()
             stored_last = self._meta("last_seq")
             top = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
             self._disk_count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
             self._dropped = max(self._dropped, self._meta("dropped"))
+            holding = bool(self._meta("holding"))
         except BaseException:
             self._db = None
             db.close()
             raise
         with self._lock:
-            # Above everything the database or the mark knows of: after a crash the mark is ahead (a gap).
-            self._last = max(self._last, stored_last, top)
+            if holding or self._held:
+                # Seqs may have been handed out beyond what the database knows: continue above the mark.
+                self._last = max(self._last, stored_last, top, self._mark_value)
+            else:
+                self._last = max(stored_last, top) if self._last == self._mark_value else max(self._last, top)
             self._reserved = max(self._reserved, self._last)
+            self._holding = holding
         return db
 
     def _move_aside(self) -> Path:
@@ -284,6 +295,8 @@ class Outbox:
                     raise OutboxWriteError(f"{self._mark.path}: {exc.strerror or exc}") from None
                 self._reserved = self._mark_value = seq + RESERVE - 1
             payload = json.dumps({**event, "seq": seq}, separators=(",", ":"))
+            if hold and not self._holding:
+                hold = self._start_holding()
             if hold:
                 self._held[seq] = _Held(payload, time.time(), time.monotonic())
                 self._bound_held()
@@ -291,7 +304,7 @@ class Outbox:
                 if not self._usable():
                     raise OutboxWriteError(f"{self.path}: {self.storage_error or 'not open'}")
                 try:
-                    self._write({seq: _Held(payload, time.time(), time.monotonic())})
+                    self._write({seq: _Held(payload, time.time(), time.monotonic())}, exact=not self._held)
                 except sqlite3.Error as exc:  # rolled back: the seq was not used and goes to the next event
                     self._storage_failed("store an event", exc)
                     raise OutboxWriteError(f"{self.path}: {exc}") from None
@@ -306,6 +319,20 @@ class Outbox:
             due = {seq: h for seq, h in self._held.items() if h.mono <= limit}
             if due:
                 self._persist(due)
+
+    def _start_holding(self) -> bool:
+        """Record (synced) that seqs may now be handed out beyond the database's last_seq; False if it cannot be,
+        and then the event is written down before it is published, as while the broker is away."""
+        if not self._usable():
+            return False
+        try:
+            with self._db:  # type: ignore[union-attr]
+                self._db.execute("UPDATE meta SET value = 1 WHERE key='holding'")  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            self._storage_failed("record that events are held", exc)
+            return False
+        self._holding = True
+        return True
 
     def persist(self, seqs: Iterable[int]) -> None:
         """Write these held events down now (the broker refused them: they will wait)."""
@@ -407,13 +434,15 @@ class Outbox:
                 try:
                     with self._db:
                         self._db.execute("UPDATE meta SET value = ? WHERE key='last_seq'", (self._last,))
+                        self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
                 except sqlite3.Error as exc:
                     self._storage_failed("record the last seq", exc)
                     clean = False
-                try:
-                    self._db.close()
-                except sqlite3.Error:
-                    pass
+                if self._db is not None:  # an I/O error above has closed it already
+                    try:
+                        self._db.close()
+                    except sqlite3.Error:
+                        pass
                 self._db = None
             else:
                 clean = False
@@ -430,26 +459,27 @@ class Outbox:
         if not self._usable():
             return  # they stay held (and deliverable from memory) until the database can be written
         try:
-            self._write(due)
+            self._write(due, exact=set(self._held) <= set(due) and max(due) == self._last)
         except sqlite3.Error as exc:
             self._storage_failed("write held events", exc)
             return
         for seq in due:
             self._held.pop(seq, None)
 
-    def _write(self, events: dict[int, _Held]) -> None:
+    def _write(self, events: dict[int, _Held], exact: bool) -> None:
+        """`exact`: after this write the database knows every seq handed out (nothing else is held)."""
         assert self._db is not None
         try:
-            self._insert(events)
+            self._insert(events, exact)
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                 raise
             # A full disk: a WAL that a checkpoint can reset may be what fills it. Once more after truncating it.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._insert(events)
+            self._insert(events, exact)
         self.storage_error = ""
 
-    def _insert(self, events: dict[int, _Held]) -> None:
+    def _insert(self, events: dict[int, _Held], exact: bool) -> None:
         assert self._db is not None
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -457,10 +487,12 @@ class Outbox:
                 "INSERT OR REPLACE INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
                 [(seq, h.created, h.payload, self._boot, h.mono) for seq, h in sorted(events.items())],
             )
-            self._db.execute(
-                "UPDATE meta SET value = MAX(value, ?) WHERE key='last_seq'", (max(events),)
-            )
+            self._db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key='last_seq'", (max(events),))
+            if exact:
+                self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
             dropped = self._enforce_bounds()
+        if exact:
+            self._holding = False
         self._disk_count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         self._count_drops(dropped)
 
