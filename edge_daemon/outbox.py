@@ -54,7 +54,14 @@ REOPEN_S = 60.0  # how often an outbox that could not be opened is tried again
 # The WAL is checkpointed every 100 pages (400 KiB) and truncated to at most 1 MiB afterwards: on a small state_dir
 # it never grows until the disk is full (SQLite's default lets it reach 4 MiB and keeps it at its largest size).
 WAL_PAGES = 100
-WAL_LIMIT_BYTES = 1 << 20
+WAL_LIMIT_BYTES = 512 << 10
+# Stores stop while state_dir has less than this free: acknowledgements (deletes) and checkpoints need room too, and
+# a queue that filled the disk to the last block could never shrink again.
+HEADROOM_BYTES = 256 << 10
+
+
+class _NearlyFull(sqlite3.OperationalError):
+    pass
 
 
 def boot_id() -> str:
@@ -481,6 +488,16 @@ class Outbox:
 
     def _insert(self, events: dict[int, _Held], exact: bool) -> None:
         assert self._db is not None
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            pass
+        else:
+            # Pages that deleted events left in the database file are reused before the file grows.
+            free = st.f_bavail * st.f_frsize + self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size()
+            if free < HEADROOM_BYTES + sum(len(h.payload) for h in events.values()):
+                raise _NearlyFull(f"state_dir nearly full (less than {HEADROOM_BYTES >> 10} KiB free, kept for "
+                                  "acknowledgements)")  # fmt: skip
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
@@ -495,6 +512,10 @@ class Outbox:
             self._holding = False
         self._disk_count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         self._count_drops(dropped)
+
+    def _page_size(self) -> int:
+        assert self._db is not None
+        return int(self._db.execute("PRAGMA page_size").fetchone()[0])
 
     def _meta(self, key: str) -> int:
         assert self._db is not None
