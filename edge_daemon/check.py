@@ -56,7 +56,11 @@ def _check_state_dir(config: Config) -> list[str]:
 
 def _check_broker(config: Config) -> list[str]:
     problems = []
-    if config.mqtt.username and mqtt_password(config) is None:
+    try:
+        password = mqtt_password(config)
+    except UserError as exc:  # e.g. longer than MQTT allows: the probe below would fail the same way
+        return [f"mqtt: {exc}"]
+    if config.mqtt.username and password is None:
         problems.append(
             f"mqtt: mqtt.username is set but no password: set ${config.mqtt.password_env} or the systemd credential "
             "mqtt_password"

@@ -41,6 +41,7 @@ INFLIGHT = 50  # events handed to paho and not yet acknowledged, at most
 RETRY_REFUSED_S = 60.0  # an event the broker refused (PUBACK reason code) is offered again after this long
 RETRY_DROPPED_S = 600.0  # one the broker closed the connection for (over its message size limit?), after this long
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with the same client id
+SHORT_LIVED_S = 5.0  # a connection the broker closes sooner than this, three times in a row, is a pattern
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class MqttSession:
         self._foreign_log = Throttle()
         self._foreign_ignored = 0
         self._republished_at = 0.0
+        self._connected_at = 0.0  # monotonic
+        self._short_lived = 0  # connections in a row that the broker closed within SHORT_LIVED_S
+        self._flap_delay = 0.0
         # A failed connection attempt is explained by a probe connection of our own. Probing every retry would
         # double what a struggling broker sees (and its log): once per outage, then once a minute for a new reason.
         self._diagnosis = Throttle()
@@ -213,8 +217,10 @@ class MqttSession:
             self._jittered_backoff()
             return
         self._last_refusal = ""
+        self._forget_queued(client)  # before paho re-sends the previous connection's queue, right after this call
         self._diagnosis.reset()  # the next outage is explained at once
         self.connected_since = time.time()
+        self._connected_at = time.monotonic()
         logger.info("MQTT connected to %s:%d", self.host, self.port)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
@@ -255,7 +261,6 @@ class MqttSession:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
-        self._forget_queued(client)
         self._lost_reason = str(reason_code)
         self._lost.set()
         self._wake.set()
@@ -264,14 +269,33 @@ class MqttSession:
         if was_connected:
             self.disconnects += 1
             self.connected_since = None
-            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
+            lasted = time.monotonic() - self._connected_at
+            if lasted < SHORT_LIVED_S and reason_code != 0:  # not our own disconnect()
+                self._short_lived += 1
+                # paho starts its back-off afresh after every CONNACK: two clients with one id would knock each
+                # other off every second. Grow (with jitter) while connections keep ending at once.
+                c = self.config.mqtt
+                self._flap_delay = min(max(c.reconnect_min_s, self._flap_delay * 2), c.reconnect_max_s)
+                with client._reconnect_delay_mutex:  # see _jittered_backoff
+                    client._reconnect_delay = self._jitter.uniform(self._flap_delay / 2, self._flap_delay) / 2
+            elif lasted >= 6 * SHORT_LIVED_S:
+                self._short_lived, self._flap_delay = 0, 0.0
+            # Mosquitto 2.0 closes the older connection of a client id without a DISCONNECT reason; MQTT 5 brokers
+            # that send one say 0x8E. Both mean the same thing here.
+            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or self._short_lived >= 3:
                 cid = client_id_of(self.config)
-                self.last_error = f"session taken over by another client with client id {cid!r}"
+                self.last_error = (
+                    f"session taken over by another client with client id {cid!r}"
+                    if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+                    else f"the broker closed {self._short_lived} connections in a row within seconds ({reason_code}): "
+                    f"another client with client id {cid!r}?"
+                )
                 if self._takeover_log.ready():
                     logger.error(
-                        "MQTT broker %s:%d disconnected us: another client connected with the same client id %r. "
-                        "Is device_id %r used by two devices (or mqtt.client_id copied)? Give each device its own.",
-                        self.host, self.port, cid, self.config.device_id,
+                        "MQTT broker %s:%d keeps dropping this connection (%s): most likely another client connects "
+                        "with the same client id %r. Is device_id %r used by two devices (or mqtt.client_id copied)? "
+                        "Give each device its own; the broker's log names both addresses.",
+                        self.host, self.port, reason_code, cid, self.config.device_id,
                     )  # fmt: skip
                 return
             self.last_error = f"connection lost: {reason_code}"
@@ -288,13 +312,8 @@ class MqttSession:
                 f"accepted the connection but sent no MQTT answer within {self.config.mqtt.keepalive_s:.0f} s "
                 "(mqtt.keepalive_s); is this port an MQTT broker?"
             )
-        elif self.config.mqtt.tls.enabled:
-            reason = "closed the connection during the MQTT handshake; check mqtt.tls and the broker's log"
         else:
-            reason = (
-                "closed the connection without answering MQTT; is it a TLS port (set mqtt.tls.enabled) or not "
-                "an MQTT broker? The broker's log says why"
-            )
+            reason = closed_without_answer(self.config)
         self._failed_attempt(reason)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
@@ -446,10 +465,11 @@ class MqttSession:
 
     @staticmethod
     def _forget_queued(client: mqtt.Client) -> None:
-        """Before paho reconnects, take everything out of its resend queue: events are offered again from the
-        outbox, and availability, retained topics and discovery are published afresh on every connect. A message
-        the broker closes the connection for (over its message size limit) must not be re-sent by paho forever."""
-        with client._out_message_mutex:  # no public API for this in paho 2 (pinned <3); an RLock, ours here
+        """On a new connection, take what the previous one left out of paho's resend queue: events are offered
+        again from the outbox, and availability, retained topics and discovery are published afresh on every
+        connect. A message the broker closes the connection for (over its message size limit) must not be re-sent
+        by paho forever. Called from on_connect: paho walks that queue right after it returns, never during."""
+        with client._out_message_mutex:  # no public API for this in paho 2 (pinned <3); an RLock
             client._out_messages.clear()
             client._inflight_messages = 0
 
@@ -580,20 +600,33 @@ def probe_broker(config: Config, host: str, port: int, timeout_s: float = 5.0) -
     # Never the daemon's own client id: the broker would disconnect a running daemon in favour of the probe.
     client = make_client(config, f"{client_id_of(config)}-check-{os.getpid()}")
     answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    client.on_connect = lambda c, userdata, flags, reason_code, properties: answers.put(reason_code)
+    client.on_connect = lambda c, userdata, flags, reason_code, properties: answers.put(("connack", reason_code))
+    client.on_disconnect = lambda c, userdata, flags, reason_code, properties: answers.put(("closed", reason_code))
     try:
         client.connect(host, port, keepalive=10)
     except (OSError, ValueError):  # TLS failures are OSErrors too
         return diagnose(config, host, port)
     client.loop_start()
     try:
-        reason = answers.get(timeout=timeout_s)
+        kind, reason = answers.get(timeout=timeout_s)
     except queue.Empty:
-        return f"accepted the connection but gave no MQTT answer within {timeout_s:.0f} s"
+        return f"accepted the connection but sent no MQTT answer within {timeout_s:.0f} s; is this port an MQTT broker?"
     finally:
         client.disconnect()
         client.loop_stop()
+    if kind == "closed":
+        return closed_without_answer(config)
     return f"refused the connection: {reason}" if reason.is_failure else None
+
+
+def closed_without_answer(config: Config) -> str:
+    """The port took the TCP connection and closed it before any CONNACK."""
+    if config.mqtt.tls.enabled:
+        return "closed the connection during the MQTT handshake; check mqtt.tls and the broker's log"
+    return (
+        "closed the connection without answering MQTT; is it a TLS port (set mqtt.tls.enabled) or not an MQTT "
+        "broker? The broker's log says why"
+    )
 
 
 def resolve_broker(config: Config) -> tuple[str, int]:

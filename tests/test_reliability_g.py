@@ -541,13 +541,14 @@ def test_two_devices_with_the_same_device_id_are_named_in_the_log(tmp_path: Path
         assert sessions[0].connected.wait(10)
         sessions[1].start()
         try:
-            assert wait(lambda: "taken over" in sessions[0].last_error or "taken over" in sessions[1].last_error)
+            assert wait(lambda: any("client id 'emotion-edge-twin'" in s.last_error for s in sessions), timeout=40)
         finally:
             for s in sessions:
                 s.stop()
             for b in boxes:
                 b.close()
     lines = [r.getMessage() for r in caplog.records if "same client id" in r.getMessage()]
+    assert len(lines) <= 2  # once a minute per session, not once per knock
     assert lines and "device_id 'twin'" in lines[0] and "emotion-edge-twin" in lines[0]
 
 
@@ -612,3 +613,39 @@ def test_reconnect_back_off_defaults_to_at_most_10_s_with_jitter(tmp_path: Path)
         delays.add(round(nxt, 2))
     assert all(5 <= d <= 10 for d in delays) and len(delays) > 5  # capped, and the fleet does not retry in step
     session.outbox.close()
+
+
+# ---------------------------------------------------------------------------------- 6: free-text config values
+
+
+@pytest.mark.parametrize(
+    ("section", "env", "needle"),
+    [
+        ({"models": {"dir": "models\0tflite"}}, {}, "models.dir"),
+        ({"state_dir": "/var/lib/emotion\0edge"}, {}, "state_dir"),
+        ({"mqtt": {"username": "user\ud800"}}, {}, "mqtt.username"),
+        ({"mqtt": {"client_id": "c" * 70000}}, {}, "mqtt.client_id"),
+        ({"mqtt": {"client_id": "bad\x01id"}}, {}, "mqtt.client_id"),
+        ({"device_id": "d" * 70000}, {}, "device_id"),
+        ({"mqtt": {"username": "u"}}, {"EMOTION_EDGE_MQTT_PASSWORD": "p" * 70000}, "EMOTION_EDGE_MQTT_PASSWORD"),
+    ],
+    ids=["nul-models-dir", "nul-state-dir", "surrogate-username", "long-client-id", "control-client-id",
+         "long-device-id", "long-password"],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_free_text_config_values_are_one_clear_line_in_check_and_run(
+    tmp_path: Path, section: dict[str, Any], env: dict[str, str], needle: str, command: str
+) -> None:
+    from .conftest import assert_clean_error, run_cli
+
+    port = free_port()  # nothing listens: the config must be refused before any connection matters
+    sections = {"mqtt": {"host": "127.0.0.1", "port": port}, **section}
+    if "mqtt" in section:
+        sections["mqtt"] = {"host": "127.0.0.1", "port": port, **section["mqtt"]}
+    cfg = write_config(tmp_path / "config.yaml", camera={"enabled": False}, microphone={"enabled": False}, **sections)
+    proc = run_cli("--config", str(cfg), command, env=env, timeout=60)
+    if command == "check" and needle.startswith("EMOTION"):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert needle in proc.stdout + proc.stderr and "65535" in proc.stdout + proc.stderr
+    else:
+        assert_clean_error(proc, needle)
