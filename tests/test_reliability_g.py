@@ -666,3 +666,31 @@ def test_free_text_config_values_are_one_clear_line_in_check_and_run(
         assert needle in proc.stdout + proc.stderr and "65535" in proc.stdout + proc.stderr
     else:
         assert_clean_error(proc, needle)
+
+
+def test_a_wav_whose_header_promises_more_than_the_file_holds_is_reported(tmp_path: Path) -> None:
+    import wave
+
+    from .conftest import run_cli
+
+    lie = tmp_path / "lie.wav"
+    with wave.open(str(lie), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(1000))
+    data = bytearray(lie.read_bytes())
+    data[4:8] = struct.pack("<I", 2**31 - 1)  # RIFF size: 2 GB
+    data[40:44] = struct.pack("<I", 2**31 - 8)  # data chunk: 2 GB, over 1,000 bytes
+    lie.write_bytes(bytes(data))
+    cfg = write_config(tmp_path / "config.yaml", device_id="g")
+    proc = run_cli("--config", str(cfg), "replay", "--audio", str(lie), "--no-mqtt", timeout=60)
+    assert "promises" in proc.stderr and "lie.wav" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bench_frames_has_an_upper_bound(tmp_path: Path) -> None:
+    from .conftest import run_cli
+
+    proc = run_cli("bench", "--frames", "1000000000", timeout=60)
+    assert proc.returncode == 2 and "at most 100000" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
