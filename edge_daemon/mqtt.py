@@ -120,6 +120,7 @@ class MqttSession:
         self._foreign_ignored = 0
         self._republished_at = 0.0
         self._connected_at = 0.0  # monotonic
+        self._ever_connected = False
         self._short_lived = 0  # connections in a row that the broker closed within SHORT_LIVED_S
         self._flap_delay = 0.0
         # A failed connection attempt is explained by a probe connection of our own. Probing every retry would
@@ -221,6 +222,13 @@ class MqttSession:
         self._diagnosis.reset()  # the next outage is explained at once
         self.connected_since = time.time()
         self._connected_at = time.monotonic()
+        if not self._ever_connected and client._protocol != mqtt.MQTTv5:
+            logger.warning(
+                "MQTT broker %s:%d speaks only MQTT 3.1.1: it cannot say when it refuses an event (an ACL, a size "
+                "limit), so such an event would count as delivered; use a broker with MQTT 5 (Mosquitto 1.6 or later)",
+                self.host, self.port,
+            )  # fmt: skip
+        self._ever_connected = True
         logger.info("MQTT connected to %s:%d", self.host, self.port)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
@@ -306,6 +314,10 @@ class MqttSession:
         if self._refused_attempt:
             self._refused_attempt = False
             return
+        if not self._ever_connected:
+            # A broker that speaks only MQTT 3.1.1 may close or ignore an MQTT 5 CONNECT: alternate until one works.
+            client._protocol = mqtt.MQTTv311 if client._protocol == mqtt.MQTTv5 else mqtt.MQTTv5  # pinned paho<3
+            client._clean_session = True  # what paho reads for 3.1.1 (it was created for MQTT 5, where it is None)
         # Not in yet: the port took the TCP connection but the MQTT handshake ended (no CONNACK).
         if getattr(reason_code, "value", None) == 0x8D or "keep alive" in str(reason_code).lower():
             reason = (
