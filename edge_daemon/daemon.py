@@ -429,7 +429,7 @@ class Daemon:
         )
         try:
             # assigns seq; durable at once while the broker is away, else held until the broker acknowledges it
-            seq = self.outbox.append(event, hold=self.session is None or self.session.connected.is_set())
+            seq = self.outbox.append(event, hold=self.session is not None and self.session.connected.is_set())
         except OutboxWriteError as exc:
             self._store_failed(exc)
             return
