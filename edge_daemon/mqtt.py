@@ -278,7 +278,10 @@ class MqttSession:
             self.disconnects += 1
             self.connected_since = None
             lasted = time.monotonic() - self._connected_at
-            if lasted < SHORT_LIVED_S and reason_code != 0:  # not our own disconnect()
+            # A broker that shuts down says so (a DISCONNECT packet, "Server shutting down"): that is no take-over.
+            told = getattr(flags, "is_disconnect_packet_from_server", False)
+            taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+            if lasted < SHORT_LIVED_S and reason_code != 0 and (taken or not told):
                 self._short_lived += 1
                 # paho starts its back-off afresh after every CONNACK: two clients with one id would knock each
                 # other off every second. Grow (with jitter) while connections keep ending at once.
@@ -290,11 +293,11 @@ class MqttSession:
                 self._short_lived, self._flap_delay = 0, 0.0
             # Mosquitto 2.0 closes the older connection of a client id without a DISCONNECT reason; MQTT 5 brokers
             # that send one say 0x8E. Both mean the same thing here.
-            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or self._short_lived >= 3:
+            if taken or (self._short_lived >= 3 and not told):
                 cid = client_id_of(self.config)
                 self.last_error = (
                     f"session taken over by another client with client id {cid!r}"
-                    if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+                    if taken
                     else f"the broker closed {self._short_lived} connections in a row within seconds ({reason_code}): "
                     f"another client with client id {cid!r}?"
                 )

@@ -694,3 +694,34 @@ def test_bench_frames_has_an_upper_bound(tmp_path: Path) -> None:
 
     proc = run_cli("bench", "--frames", "1000000000", timeout=60)
     assert proc.returncode == 2 and "at most 100000" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_flapping_broker_is_connected_while_it_is_up_for_2_s(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = load_config(write_config(tmp_path / "config.yaml", device_id="g", mqtt={"host": "127.0.0.1", "port": port}))
+    box = Outbox(tmp_path / "state")
+    session = MqttSession(cfg, box, "127.0.0.1", port)  # the default back-off
+    connects: list[float] = []
+    real = session._on_connect
+
+    def counting(*args: Any) -> None:
+        real(*args)
+        if session.connected.is_set():
+            connects.append(time.monotonic())
+
+    session._client.on_connect = counting
+    session.start()
+    broker = LocalBroker(port=port)
+    try:
+        time.sleep(15)  # an outage first: the back-off has grown to its cap
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not connects:
+            broker.start()
+            time.sleep(2)
+            broker.stop()
+            time.sleep(2)
+        assert connects, "not one connection during 40 s of a broker up 2 s, down 2 s"
+    finally:
+        broker.stop()
+        session.stop()
+        box.close()
