@@ -255,6 +255,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bench_frames(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100_000:  # the frames are kept for the timing: more would only fill the memory
+        raise argparse.ArgumentTypeError(f"must be at most 100000, not {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -342,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--video")
     b.add_argument("--audio")
-    b.add_argument("--frames", type=_positive_int, default=200, help="frames to time (default 200)")
+    b.add_argument("--frames", type=_bench_frames, default=200, help="frames to time, 1 to 100000 (default 200)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(

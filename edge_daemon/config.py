@@ -47,6 +47,25 @@ def _f(
     return field(default=default, metadata=meta)
 
 
+# Every text value goes into a path, an MQTT string (at most 65,535 bytes) or a topic: this is far below both.
+MAX_TEXT_BYTES = 4096
+
+
+def _text_problem(value: str) -> str | None:
+    """What makes a free-text value unusable anywhere: control characters (a NUL ends a path in C, MQTT forbids
+    them in client ids and topics), a lone surrogate (not encodable as UTF-8), or a length no broker accepts."""
+    for i, ch in enumerate(value):
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"must not contain control characters (U+{code:04X} at position {i + 1})"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"must be valid text (a lone surrogate U+{code:04X} at position {i + 1})"
+    size = len(value.encode("utf-8"))
+    if size > MAX_TEXT_BYTES:
+        return f"is {size} bytes long; at most {MAX_TEXT_BYTES}"
+    return None
+
+
 def _host_problem(host: str) -> str | None:
     try:
         host.encode("idna")  # what the socket layer does with it; an empty or over-long label fails here
@@ -189,7 +208,10 @@ class MqttConfig:
     stats_interval_s: float = _f(30.0, "publish stats this often, seconds", lo=1, hi=86400)
     # paho-mqtt counts back-off in whole seconds: below 1 it would not back off at all.
     reconnect_min_s: float = _f(1.0, "first back-off after a lost connection, seconds", lo=1, hi=600)
-    reconnect_max_s: float = _f(60.0, "longest back-off, seconds", lo=1, hi=3600)
+    reconnect_max_s: float = _f(
+        10.0, "longest back-off, seconds (each wait is drawn between half and all of it: a fleet spreads out)", lo=1,
+        hi=3600,
+    )
     tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant"})
     commands: bool = _f(
@@ -310,6 +332,8 @@ class _Reader:
             if (m["lo"] is not None and got < m["lo"]) or (m["hi"] is not None and got > m["hi"]):
                 raise self.fail(node, path, f"must be {_describe(hint, f)}, got {raw!r}")
         if isinstance(got, str):
+            if problem := _text_problem(got):
+                raise self.fail(node, path, problem)
             if m["choices"] and got not in m["choices"]:
                 raise self.fail(node, path, f"must be one of {', '.join(m['choices'])}, got {raw!r}")
             if m["pattern"] and not re.fullmatch(m["pattern"], got):
@@ -408,13 +432,28 @@ def mqtt_password(config: Config) -> str | None:
     """The broker password from the environment or a systemd credential; None when neither is set."""
     value = os.environ.get(config.mqtt.password_env)
     if value:
-        return value
+        return _checked_password(value, f"${config.mqtt.password_env}")
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         cred = Path(cred_dir) / "mqtt_password"
         if cred.is_file():
-            return cred.read_text(encoding="utf-8").strip() or None  # the installer leaves an empty one
+            try:
+                text = cred.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"{cred}: the MQTT password credential is unreadable ({exc})") from None
+            return _checked_password(text, str(cred)) or None  # the installer leaves an empty one
     return None
+
+
+def _checked_password(value: str, source: str) -> str:
+    """MQTT carries a password of at most 65,535 bytes; paho's network thread dies on a longer one."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UserError(f"{source}: the MQTT password is not valid text (a lone surrogate)") from None
+    if size > 65535:
+        raise UserError(f"{source}: the MQTT password is {size} bytes long; MQTT allows at most 65535")
+    return value
 
 
 def render_default_yaml() -> str:

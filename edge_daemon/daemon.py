@@ -261,6 +261,8 @@ class Daemon:
     def publish_status(self) -> None:
         """Each source's online/offline state, retained, whenever it changes."""
         status = {s.name: s.status.snapshot()["state"] for s in self.sources}
+        if self.session and self.session.refusal:  # events the broker does not take: visible without the log
+            status["events"] = f"refused: {self.session.refusal}"
         if status != self._last_status and self.session:
             self.session.publish_retained("status", status)
             self._last_status = status
@@ -378,7 +380,8 @@ class Daemon:
             models=self.models.versions(),
         )
         try:
-            seq = self.outbox.append(event)  # assigns seq, durable before anyone tries to publish
+            # assigns seq; durable at once while the broker is away, else held until the broker acknowledges it
+            seq = self.outbox.append(event, hold=self.session is not None and self.session.connected.is_set())
         except OutboxWriteError as exc:
             self._store_failed(exc)
             return
@@ -460,6 +463,8 @@ class Daemon:
             "last_event_age_s": (
                 round(time.monotonic() - self._last_event_at, 1) if self._last_event_at is not None else None
             ),
+            "mqtt": self.session.stats() if self.session else None,
+            "outbox": {"held": self.outbox.held, "storage_error": self.outbox.storage_error or None},
         }
 
     def _microphones(self) -> list[MicrophoneSource]:

@@ -115,7 +115,7 @@ def test_nothing_but_the_outbox_is_written_and_no_payload_carries_media(
     assert proc.returncode == 0, proc.stderr
     assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["stopped"], timeout=10)
     written = sorted(p.name for p in state.rglob("*"))
-    assert set(written) <= {"outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm"}, written
+    assert set(written) <= {"outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm", "outbox.seq"}, written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "state"]
     assert sub.messages
 
