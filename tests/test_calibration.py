@@ -74,3 +74,20 @@ def test_classify_face_reads_every_format_training_reads(tmp_path: Path) -> None
     for f in tmp_path.glob("face.*"):
         shutil.copy(f, tmp_path / "tree" / "happy" / f.name)
     assert len(load_folder_tree(tmp_path / "tree").images) == len(IMAGE_SUFFIXES)
+
+
+def test_mirror_averaging_in_the_metadata_is_what_the_daemon_computes(tmp_path: Path) -> None:
+    crop = cv2.cvtColor(frame_at(3.0)[60:300, 240:420], cv2.COLOR_BGR2GRAY)
+    meta_path = _face_model_with(tmp_path, {"temperature": 1.0})
+    meta = json.loads(meta_path.read_text())
+    meta["preprocess"]["hflip_average"] = False
+    meta_path.write_text(json.dumps(meta))
+    single = FaceEmotionModel(meta_path)
+    expected = (single.classify(crop) + single.classify(crop[:, ::-1])) / 2
+    meta["preprocess"]["hflip_average"] = True
+    meta_path.write_text(json.dumps(meta))
+    np.testing.assert_allclose(FaceEmotionModel(meta_path).classify(crop), expected, atol=1e-6)
+    meta["preprocess"]["hflip_average"] = "yes"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="preprocess"):
+        FaceEmotionModel(meta_path)

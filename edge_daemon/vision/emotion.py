@@ -33,4 +33,7 @@ class FaceEmotionModel:
     def classify(self, face: np.ndarray) -> np.ndarray:
         """Calibrated probabilities over `labels` for one face crop (uint8, any size, gray or BGR)."""
         x = self.pre.prepare(face)[None]
-        return self.meta.calibrate(self.model.run(x)[0][0])
+        probs = self.model.run(x)[0][0]
+        if self.pre.hflip_average:  # as training measured it: the mean of the face and its mirror image
+            probs = (probs + self.model.run(np.ascontiguousarray(x[:, :, ::-1]))[0][0]) / 2
+        return self.meta.calibrate(probs)

@@ -28,6 +28,8 @@ class FacePreprocess:
     crop_shift_y: float = -0.1
     scale: float = 1.0 / 255.0
     offset: float = 0.0
+    # Average the model's output on the crop and on its mirror image (test-time augmentation): two invokes per face.
+    hflip_average: bool = False
 
     def __post_init__(self) -> None:
         if len(self.size) != 2 or not all(8 <= v <= 1024 for v in self.size):
@@ -49,6 +51,7 @@ class FacePreprocess:
             crop_shift_y=float(pre.get("crop_shift_y", 0.0)),
             scale=float(pre["scale"]),
             offset=float(pre.get("offset", 0.0)),
+            hflip_average=_flag(pre.get("hflip_average", False)),
         )
 
     def to_meta(self) -> dict[str, Any]:
@@ -59,6 +62,7 @@ class FacePreprocess:
             "crop_shift_y": self.crop_shift_y,
             "scale": self.scale,
             "offset": self.offset,
+            "hflip_average": self.hflip_average,
         }
 
     @property
@@ -103,3 +107,9 @@ class FacePreprocess:
         if img.ndim == 2:
             return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if four else cv2.COLOR_BGR2RGB)
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"hflip_average must be true or false, got {value!r}")
+    return value
