@@ -500,7 +500,15 @@ def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: ar
             "speed bound allows. Next steps: longer runs (the recipe resumes), distillation from a large teacher."
         )
     else:
-        verdict = "Issue D's target is **not met**: the model does not beat the peer on val."
+        verdict = (
+            f"Issue D's target (int8 ≥ 70 %, ≥ 3 points above the peer) is **not met**: {acc - (peer_acc or 0):+.1%} "
+            "against the peer. It is shipped because it is the best face model this project has (the one it "
+            "replaces scored 54.1 % here) and it was trained on sharp faces, as cameras deliver them. What stands "
+            f"in the way is training time: {m['epochs_trained']} epochs, with val accuracy still rising at the "
+            "last one (best epoch = last), on 2 CPU cores shared with other work; the recipe follows the published "
+            "60-100+ epoch recipes in everything but length. Next: the same command with more epochs (it resumes), "
+            "then distillation from a larger teacher."
+        )
     agree = m["int8_float_top1_agreement"]
     return f"""# face_emotion — facial expression classifier (int8 TFLite)
 
@@ -517,7 +525,8 @@ scaling by the daemon (`calibration.temperature` in the metadata).
 - {DATA_LICENCE} The model weights are derived from these images; treat them as research-use only.
 
 ## How it was made
-`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}); training took {m.get("train_minutes")} min
+Trained with the first command of `training/README.md`, exported with `{t["command"]}` (git {t["git"]},
+{t["date"]}, seed {t["seed"]}); training took {m.get("train_minutes")} min
 on this project's 2-core x86-64 machine, shared with other work (`runs/face/history.json` has the per-epoch times).
 Architecture `{t["arch"]}` ({m["params"]:,} parameters: a strided 3×3 stem on the full 48×48, then three VGG blocks
 at 24, 12 and 6 pixels and a 256-unit dense head), {m["epochs_trained"]} epochs, best epoch {m["best_epoch"]} by val
