@@ -25,9 +25,11 @@ from .capture.camera import CameraSource
 from .capture.files import VideoFileSource, WavFileSource
 from .capture.microphone import MicrophoneSource
 from .config import Config
+from .control import Controls
 from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
+from .history import History, HistoryReader
 from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
@@ -149,6 +151,12 @@ class Daemon:
         self.outbox = Outbox(
             state_dir or config.path(config.state_dir), config.outbox.max_events, config.outbox.max_age_s
         )
+        state = state_dir or config.path(config.state_dir)
+        self.controls = Controls(state)  # the device page's pause switch (and the MQTT command topics')
+        h = config.history
+        self.history = History(state, h.max_days, h.max_mb) if h.enabled else None
+        # The page: for the service, and for a real-time replay (demos); a fast replay is over before anyone looks.
+        self.web = self._web_server(state) if config.web.enabled and (replay is None or replay.realtime) else None
         host, port = broker or resolve_broker(config)
         # A replay may run beside the live daemon of the same device: with the same client id the broker would
         # disconnect one for the other, over and over.
@@ -224,6 +232,14 @@ class Daemon:
             self.speech_worker = self._speech_worker(self.models)
             self.workers.append(self.speech_worker)
 
+    def _web_server(self, state_dir: Path) -> Any:
+        from .web.server import WebServer  # only when the page is on: its imports cost memory
+
+        names = ["face_emotion", "speech_emotion"] + (["face_detector"] if self.config.face.detector == "blazeface" else [])
+        cards = {n: self.config.model_path(n).with_suffix(".md") for n in names}
+        history = HistoryReader(state_dir) if self.history else None
+        return WebServer(self.config, state_dir, self.snapshot, self.controls, history, cards)
+
     def _face_worker(self, models: Models) -> FaceWorker:
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
         return FaceWorker(self.slot, models.detector, models.face, self.config.face.rate_hz, **common)
@@ -240,6 +256,10 @@ class Daemon:
         """Block until stopped (service) or until the inputs end (replay). Returns the exit code."""
         if self.session:
             self.session.start()
+        if self.history:
+            self.history.start()
+        if self.web:
+            self.web.start()
         for t in [*self.sources, *self.workers]:
             t.start()
         next_stats = time.monotonic() + self.config.mqtt.stats_interval_s
@@ -396,6 +416,10 @@ class Daemon:
         elif self.session:
             self.session.flush(2.0)  # briefly, a service stop must stay within its 5 s
         self.publish_stats()  # the final figures, after the drain they count
+        if self.web:
+            self.web.stop()
+        if self.history:
+            self.history.close()
         if self.session:
             self.session.stop(flush_timeout_s=0.5)  # drained above; this only waits for `stopped` to go out
         left = self.outbox.depth()
@@ -433,6 +457,10 @@ class Daemon:
         if self.session is None:
             self.outbox.ack(seq)  # --no-mqtt: nothing will ever send it; keep the seq, not the event
         self.events += 1
+        if self.history:
+            self.history.record(event)  # a queue put: the writer thread stores it
+        if self.web:
+            self.web.on_event(event)  # a queue put per stream client
         if self.events_out is not None:
             self.events_out.write(json.dumps(event) + "\n")
             self.events_out.flush()
@@ -459,16 +487,16 @@ class Daemon:
             )  # fmt: skip
 
     def _on_state(self, emotion: str, result: WindowResult) -> None:
+        state = {
+            "emotion": emotion,
+            "confidence": round(result.confidence, 4),
+            "since": iso_utc(self.clock.wall(self.fusion.state.since)),
+            "seq": self.outbox.last_seq,
+        }
         if self.session:
-            self.session.publish_retained(
-                "state",
-                {
-                    "emotion": emotion,
-                    "confidence": round(result.confidence, 4),
-                    "since": iso_utc(self.clock.wall(self.fusion.state.since)),
-                    "seq": self.outbox.last_seq,
-                },
-            )
+            self.session.publish_retained("state", state)
+        if self.web:
+            self.web.on_state(state)
 
     def stats(self) -> dict[str, Any]:
         fw, sw = self.face_worker, self.speech_worker
@@ -495,6 +523,29 @@ class Daemon:
             "events_published": self.session.published if self.session else 0,
             "restarts": {t.name: self.restarts[t.name] for t in [*self.sources, *self.workers]},
             "sources": {s.name: s.status.snapshot() for s in self.sources},
+            "history": self.history.stats() if self.history else None,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Read-only view for the device page (called from its threads): counters and states, nothing it could
+        change, no call into a perception thread."""
+        stats = self.stats()
+        video = (CameraSource, VideoFileSource)
+        return {
+            "device_id": self.config.device_id,
+            "started": iso_utc(self.clock.wall(0.0)),
+            "replay": self.replay is not None,
+            "perception_ok": not self.stop_event.is_set() and self.workers_alive(stall_s=STALL_S),
+            "sources": {
+                s.name: {**s.status.snapshot(), "kind": "camera" if isinstance(s, video) else "microphone"}
+                for s in self.sources
+            },
+            "broker": {
+                "state": "off" if self.session is None else "online" if self.session.connected.is_set() else "offline"
+            },
+            "controls": self.controls.get(),
+            "models": self.models.versions(),
+            "stats": stats,
         }
 
     def _microphones(self) -> list[MicrophoneSource]:
