@@ -198,8 +198,7 @@ class OutboxConfig:
 
 @dataclass(frozen=True)
 class HistoryConfig:
-    """The local emotion history in state_dir (history.sqlite3): every event's labels, scores and times, for the
-    device page, `emotion-edge history export` and the HTTP API. Never frames or audio."""
+    """The local history in state_dir/history.sqlite3: each event's labels, scores, times (never frames or audio)."""
 
     enabled: bool = _f(True, "keep a local history of events (false: keep nothing)")
     max_days: int = _f(30, "delete events older than this many days", lo=1, hi=3650)
