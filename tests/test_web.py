@@ -432,3 +432,101 @@ def test_unreadable_tls_files_are_one_line_and_exit_code_2(tmp_path: Path) -> No
     cfg = web_config(tmp_path, free_port(), web={"tls": {"cert_file": "missing.pem", "key_file": "missing.key"}})
     r = run_cli("--config", str(cfg), "run", timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "web.tls" in r.stderr and "missing.pem" in r.stderr
+
+
+# ---------------------------------------------------------------------------- fuzzing from the OpenAPI description
+
+SPEC = json.loads((Path(__file__).resolve().parents[1] / "edge_daemon/web/static/openapi.json").read_text())
+OPERATIONS = [(p, m, op) for p, ops in SPEC["paths"].items() for m, op in ops.items() if p != "/api/stream"]
+
+
+def _param_values(schema: dict[str, Any]) -> Any:
+    from hypothesis import strategies as st
+
+    junk = st.text(max_size=40)
+    if schema.get("type") == "integer":
+        lo, hi = schema.get("minimum", -(10**6)), schema.get("maximum", 10**6)
+        return st.one_of(st.integers(lo, hi).map(str), st.integers(-(10**12), 10**12).map(str), junk)
+    if schema.get("format") == "date-time":
+        from datetime import datetime, timezone
+
+        dates = st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30), timezones=st.just(timezone.utc))
+        return st.one_of(dates.map(lambda d: d.isoformat().replace("+00:00", "Z")), junk)
+    return junk
+
+
+def test_the_api_fuzzed_from_its_openapi_description_never_errors(live: Live) -> None:
+    from urllib.parse import quote, urlencode
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @st.composite
+    def requests(draw: Any) -> tuple[str, str, dict[str, str], bytes | None, set[int]]:
+        path, method, op = draw(st.sampled_from(OPERATIONS))
+        query = {}
+        for p in op.get("parameters", []):
+            if draw(st.booleans()):
+                query[p["name"]] = draw(_param_values(p["schema"]))
+        if draw(st.integers(0, 4)) == 0:
+            query[draw(st.text(min_size=1, max_size=10))] = draw(st.text(max_size=20))
+        url = path + ("?" + urlencode(query, quote_via=quote) if query else "")
+        auth = draw(st.sampled_from(["basic", "basic", "basic", "none", "cookie-junk"]))
+        headers: dict[str, str] = {}
+        if auth == "basic":
+            headers["Authorization"] = admin_header().split(": ", 1)[1].strip()
+        elif auth == "cookie-junk":
+            headers["Cookie"] = draw(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
+        body = None
+        if method == "post":
+            body = draw(st.one_of(st.binary(max_size=200), st.dictionaries(
+                st.sampled_from(["analysis", "camera", "microphone", "x"]),
+                st.one_of(st.booleans(), st.integers(), st.text(max_size=5), st.none()), max_size=3,
+            ).map(lambda d: json.dumps(d).encode())))  # fmt: skip
+            headers["Content-Type"] = "application/json"
+        allowed = {int(code) for code in op["responses"]} | {401, 429}
+        return method.upper(), url, headers, body, allowed
+
+    seen: set[int] = set()
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(requests())
+    def check(req: tuple[str, str, dict[str, str], bytes | None, set[int]]) -> None:
+        method, url, headers, body, allowed = req
+        r = request(live.port, method, url, headers=headers, body=body)
+        seen.add(r.status)
+        assert r.status < 500 and r.status in allowed, (method, url, r.status, r.body[:200])
+        if method == "POST" and r.status == 200:  # switched something: switch it back for the other tests
+            request(live.port, "POST", "/api/controls", headers={**headers, "Content-Type": "application/json"},
+                    body=json.dumps(dict.fromkeys(("analysis", "camera", "microphone"), True)).encode())  # fmt: skip
+
+    check()
+    assert {200, 400, 401} <= seen, seen
+    assert request(live.port, "GET", "/api/health").json() == {"status": "ok"}  # nothing crashed
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+        b"GET /api/state HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+        b"POST /api/controls HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+        b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET /api/events?since=%ff%fe HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + b"A" * 5000 + b"\r\n\r\n",
+        b"GET /static/../../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+)
+def test_malformed_requests_get_a_4xx_and_the_server_goes_on(live: Live, raw: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as s:
+        s.sendall(raw)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/") else 0
+    assert 400 <= status < 500, reply[:300]
+    assert b"passwd" not in reply and b"root:" not in reply
+    assert request(live.port, "GET", "/api/health").status == 200

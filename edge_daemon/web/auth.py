@@ -33,8 +33,10 @@ CREDENTIAL = "web_password"
 # scrypt cost: 16 MiB and about 50 ms per guess here (a few hundred ms on a Pi) — slow for a guesser, fine for a login.
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 FAILURES_PER_MINUTE = 5  # per client address; then 429 until the minute has passed
-GLOBAL_FAILURES_PER_MINUTE = 30  # all addresses together: slows a guesser with many addresses
+# No limit across all addresses: it would let anyone lock the owner out. Guessing is slowed instead by hashing one
+# candidate at a time (which also caps the CPU the page can take from perception at one core).
 MAX_SESSIONS = 200
+BASIC_CACHE = 32  # scripts that send HTTP Basic on every request: a right header is not hashed again
 
 
 def scrypt_hash(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -55,7 +57,8 @@ class Auth:
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._failures: dict[str, deque[float]] = {}
-        self._all_failures: deque[float] = deque()
+        self._hash_lock = threading.Lock()
+        self._basic_ok: dict[str, float] = {}  # sha256 of a right Authorization header -> monotonic expiry
         self._limited_log = Throttle()
         self.source, self._salt, self._params, self._hash, self._plain = self._password(password_env)
 
@@ -111,11 +114,12 @@ class Auth:
     def check_password(self, candidate: str) -> bool:
         if len(candidate) > 1024:  # scrypt of a megabyte costs more than it should
             return False
-        if self._hash is None:  # from the environment or a credential: hashed once, at the first login
-            assert self._plain is not None
-            self._hash = scrypt_hash(self._plain, self._salt, **self._params)
-            self._plain = None
-        return hmac.compare_digest(scrypt_hash(candidate, self._salt, **self._params), self._hash)
+        with self._hash_lock:
+            if self._hash is None:  # from the environment or a credential: hashed once, at the first login
+                assert self._plain is not None
+                self._hash = scrypt_hash(self._plain, self._salt, **self._params)
+                self._plain = None
+            return hmac.compare_digest(scrypt_hash(candidate, self._salt, **self._params), self._hash)
 
     # ------------------------------------------------------------------ guessing
 
@@ -124,12 +128,9 @@ class Auth:
         now = time.monotonic()
         with self._lock:
             mine = self._prune(self._failures.get(client), now)
-            self._prune(self._all_failures, now)
             wait = 0.0
             if mine is not None and len(mine) >= FAILURES_PER_MINUTE:
                 wait = mine[0] + 60 - now
-            if len(self._all_failures) >= GLOBAL_FAILURES_PER_MINUTE:
-                wait = max(wait, self._all_failures[0] + 60 - now)
         if wait > 0 and self._limited_log.ready():
             logger.warning("web: too many failed logins; refusing logins from %s for %.0f s", client, wait)
         return max(0.0, wait)
@@ -138,7 +139,6 @@ class Auth:
         now = time.monotonic()
         with self._lock:
             self._failures.setdefault(client, deque()).append(now)
-            self._all_failures.append(now)
             if len(self._failures) > 10_000:  # forget the quiet ones first; bounded however many addresses try
                 for key in [k for k, v in self._failures.items() if not self._prune(v, now)]:
                     del self._failures[key]
@@ -180,9 +180,19 @@ class Auth:
         """None: no Basic credentials; else whether they are right."""
         if not header or not header[:6].lower() == "basic ":
             return None
+        key = hashlib.sha256(header.encode("utf-8", "replace")).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            if self._basic_ok.get(key, 0.0) > now:
+                return True
         try:
             user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             return False
-        ok = self.check_password(password)
-        return ok and hmac.compare_digest(user.encode("utf-8"), USER.encode())
+        ok = self.check_password(password) and hmac.compare_digest(user.encode("utf-8"), USER.encode())
+        if ok:
+            with self._lock:
+                if len(self._basic_ok) >= BASIC_CACHE:
+                    self._basic_ok.clear()
+                self._basic_ok[key] = now + min(self.session_s, 3600.0)
+        return ok

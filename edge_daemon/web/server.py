@@ -304,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Malformed requests (the base class's own errors): plain JSON with our security headers.
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unreadable request line: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
         self._send(code, {"error": message or HTTPStatus(code).phrase})
 
     def _headers(self, code: int, ctype: str, length: int | None, extra: dict[str, str] | None = None) -> None:
