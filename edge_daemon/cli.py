@@ -184,13 +184,18 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    import sqlite3
+
     from .history import csv_lines, jsonl_lines, open_for_cli, parse_time
 
     reader = open_for_cli(_path(args.state_dir) or config.path(config.state_dir))
     try:
         if args.action == "purge":
             before = parse_time(args.before, "--before") if args.before else None
-            n = reader.purge(before)
+            try:
+                n = reader.purge(before)
+            except sqlite3.Error as exc:
+                raise UserError(f"{reader.path}: cannot purge the history ({exc})") from None
             print(f"purged {n} event(s){f' before {args.before}' if args.before else ''} from {reader.path}")
             return 0
         since = parse_time(args.since, "--since") if args.since else None
@@ -205,12 +210,16 @@ def cmd_history(args: argparse.Namespace, config: Config) -> int:
             sys.stdout.flush()
         except BrokenPipeError:  # `| head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except sqlite3.Error as exc:
+            raise UserError(f"{reader.path}: the history could not be read to the end ({exc})") from None
         return 0
     try:
         with open(args.out, "w", encoding="utf-8", newline="") as f:
             f.writelines(lines)
     except OSError as exc:
         raise UserError(f"{args.out}: cannot write the export ({exc.strerror})") from None
+    except sqlite3.Error as exc:
+        raise UserError(f"{reader.path}: the history could not be read to the end ({exc})") from None
     return 0
 
 

@@ -328,6 +328,30 @@ class History:
 # ---------------------------------------------------------------------- reading (page, API, CLI)
 
 
+class HistoryUnavailable(Exception):
+    """The history cannot be read now (damaged, locked for too long, or unreadable)."""
+
+
+def _reading(empty: Any) -> Any:
+    """A query on a history the writer has only just created (no table yet) gives `empty`; other failures raise
+    HistoryUnavailable, for the page to answer 503 and the CLI to say in one line."""
+
+    def decorate(fn: Any) -> Any:
+        def wrapper(self: HistoryReader, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return type(empty)(empty)
+                raise HistoryUnavailable(f"{self.path}: {exc}") from None
+            except sqlite3.DatabaseError as exc:
+                raise HistoryUnavailable(f"{self.path}: {exc}") from None
+
+        return wrapper
+
+    return decorate
+
+
 class HistoryReader:
     """Queries on the history file; each call opens its own short-lived connection (safe from any thread)."""
 
@@ -340,6 +364,7 @@ class HistoryReader:
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
 
+    @_reading([])
     def events(self, since: float | None = None, until: float | None = None, limit: int | None = None) -> list[dict]:
         """Events whose window starts in [since, until), oldest first; with `limit`, the newest `limit` of them."""
         return list(self.iter_events(since, until, limit))
@@ -363,6 +388,7 @@ class HistoryReader:
         finally:
             db.close()
 
+    @_reading([])
     def hourly(self, since: float, until: float) -> list[dict[str, Any]]:
         """Counts per emotion for each UTC hour in [since, until): [{"hour": ISO, "counts": {emotion: n}}]."""
         if not self.exists():
@@ -384,6 +410,7 @@ class HistoryReader:
             for h, c in hours.items()
         ]
 
+    @_reading(0)
     def count(self) -> int:
         if not self.exists():
             return 0
@@ -446,6 +473,6 @@ def open_for_cli(state_dir: Path) -> HistoryReader:
         )
     try:
         reader.count()
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{reader.path}: cannot read the history ({exc})") from None
+    except HistoryUnavailable as exc:
+        raise UserError(f"cannot read the history ({exc})") from None
     return reader

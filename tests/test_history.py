@@ -227,3 +227,16 @@ def test_the_fusion_thread_never_waits_for_the_history(tmp_path: Path) -> None:
 def test_every_label_has_one_emoji_and_events_carry_it(replayed: Any) -> None:
     assert set(EMOJI) == {*CANONICAL, UNKNOWN} and len(set(EMOJI.values())) == len(EMOJI)
     assert all(e["emoji"] == EMOJI[e["emotion"]] for e in replayed[1])
+
+
+def test_reading_a_history_the_writer_has_only_just_created_gives_no_rows(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "history.sqlite3").close()  # the file exists, its table not yet
+    reader = HistoryReader(tmp_path)
+    assert reader.events() == [] and reader.count() == 0 and reader.hourly(0, 2e9) == []
+
+
+def test_a_damaged_history_is_unavailable_to_readers_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "history.sqlite3").write_bytes(b"garbage " * 1000)
+    with pytest.raises(history_mod.HistoryUnavailable):
+        HistoryReader(tmp_path).events()
+    assert_clean_error(export(tmp_path), "cannot read the history")

@@ -328,6 +328,27 @@ def test_idle_connections_slowloris_and_stuck_streams_do_not_delay_events(live: 
         sub.close()
 
 
+def test_a_slowloris_trickling_its_headers_is_cut_off_at_the_header_deadline(live: Live) -> None:
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\n")
+        t0 = time.monotonic()
+        closed = False
+        while time.monotonic() - t0 < 25:
+            try:
+                s.sendall(b"X-a: b\r\n")  # a header line every second: each read succeeds, the request never ends
+                s.settimeout(1.0)
+                closed = s.recv(1024) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+            if closed:
+                break
+        elapsed = time.monotonic() - t0
+    assert closed and 9 <= elapsed <= 16, elapsed  # the 10 s deadline, checked every 2 s
+    assert admin(live.port, "/api/stats").json()["web"]["connections_timed_out"] >= 1
+
+
 def test_connections_beyond_the_limit_are_refused_and_the_page_recovers(tmp_path: Path) -> None:
     port = free_port()
     cfg = web_config(tmp_path, port, web={"max_connections": 4}, history={"enabled": False})

@@ -32,7 +32,7 @@ from ..config import Config
 from ..control import NAMES as CONTROL_NAMES
 from ..control import Controls
 from ..errors import UserError
-from ..history import HistoryReader, csv_lines, parse_time
+from ..history import HistoryReader, HistoryUnavailable, csv_lines, parse_time
 from ..labels import emoji_of
 from ..throttle import Throttle
 from .auth import USER, Auth, Session
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 COOKIE = "emotion_edge_session"
 SOCKET_TIMEOUT_S = 10.0  # a request (or a stream write) that makes no progress for this long is dropped
+# A request's line and headers must all arrive within this long, however slowly they trickle (slowloris), and a
+# kept-alive connection may wait this long for its next request; then its slot goes to someone else.
+HEADER_DEADLINE_S = 10.0
 KEEPALIVE_S = 15.0  # a comment line on idle streams, so proxies and phones keep them open
 HEALTH_EVERY_S = 2.0
 HEALTH_PUSH_S = 10.0  # counters change all the time: pushed this often; a changed state at once
@@ -193,6 +196,9 @@ class WebServer:
             except Exception:  # a snapshot that fails must not end the loop, nor the daemon
                 logger.exception("web: health snapshot failed")
                 continue
+            httpd = self._httpd
+            if httpd is not None:
+                httpd.reap(HEADER_DEADLINE_S)
             now = time.monotonic()
             if states != pushed or now - last_push >= HEALTH_PUSH_S:
                 last_push, pushed = now, states
@@ -241,6 +247,9 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type, web: WebServer) -> None:
         self.web = web
         self._slots = threading.BoundedSemaphore(web.config.web.max_connections)
+        self._reading: dict[Any, float] = {}  # connection -> when it started waiting for a request's headers
+        self._reading_lock = threading.Lock()
+        self.reaped = 0
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
@@ -263,14 +272,38 @@ class _Server(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def reading(self, conn: Any, since: float | None) -> None:
+        with self._reading_lock:
+            if since is None:
+                self._reading.pop(conn, None)
+            else:
+                self._reading[conn] = since
+
+    def reap(self, deadline_s: float) -> None:
+        """Close connections that have taken longer than `deadline_s` to send a request's headers."""
+        now = time.monotonic()
+        with self._reading_lock:
+            late = [c for c, t in self._reading.items() if now - t > deadline_s]
+            for c in late:
+                del self._reading[c]
+        for c in late:
+            self.reaped += 1
+            try:
+                c.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns, and its thread ends
+            except OSError:
+                pass
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(SOCKET_TIMEOUT_S)
         ctx = self.web.tls
         if ctx is not None:  # the handshake happens here, in the connection's thread, not in the accepting one
+            self.reading(request, time.monotonic())  # and within the same deadline as a request's headers
             try:
                 request = ctx.wrap_socket(request, server_side=True)
             except (OSError, ssl.SSLError):
                 return
+            finally:
+                self.reading(request, None)
         self.RequestHandlerClass(request, client_address, self)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -294,6 +327,18 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def web(self) -> WebServer:
         return self.server.web
+
+    def handle_one_request(self) -> None:
+        self.server.reading(self.connection, time.monotonic())
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.reading(self.connection, None)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # the headers are in: the deadline no longer applies
+        self.server.reading(self.connection, None)
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         logger.debug("web: %s %s", self.address_string(), format % args)
@@ -526,7 +571,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _stats(self) -> None:
         snap, _ = self.web.health.read()
         snap = {**snap, "web": {"stream_clients": self.web.feed.clients, "streams_cut_off": self.web.feed.cut_off,
-                                "connections_refused": self.web.refused}}  # fmt: skip
+                                "connections_refused": self.web.refused,
+                                "connections_timed_out": self.server.reaped}}  # fmt: skip
         self._send(200, snap)
 
     def _range(self) -> tuple[float | None, float | None, int] | None:
@@ -546,7 +592,10 @@ class _Handler(BaseHTTPRequestHandler):
         r = self._range()
         if r is None:
             return None
-        rows = self.web.history.events(*r) if self.web.history else []
+        try:
+            rows = self.web.history.events(*r) if self.web.history else []
+        except HistoryUnavailable as exc:
+            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
         if csv:
             return self._send(200, "".join(csv_lines(rows)), "text/csv; charset=utf-8",
                               {"Content-Disposition": 'attachment; filename="emotion-history.csv"'})  # fmt: skip
@@ -560,10 +609,14 @@ class _Handler(BaseHTTPRequestHandler):
         now = time.time()
         start = (int(now // 3600) - hours + 1) * 3600  # whole hours, the current one last
         h = self.web.history
+        try:
+            hours_data = h.hourly(start, now + 3600) if h else []
+        except HistoryUnavailable as exc:
+            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
         self._send(200, {
             "enabled": h is not None,
             "since": datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%dT%H:00Z"),
-            "hours": h.hourly(start, now + 3600) if h else [],
+            "hours": hours_data,
         })  # fmt: skip
 
     def _models(self) -> None:
