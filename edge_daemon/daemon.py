@@ -233,7 +233,9 @@ class Daemon:
             self.workers.append(self.speech_worker)
 
     def _web_server(self, state_dir: Path) -> Any:
-        from .web.server import WebServer  # only when the page is on: its imports cost memory
+        from .web.server import WebServer, limit_malloc_arenas  # only when the page is on: its imports cost memory
+
+        limit_malloc_arenas()  # before any thread starts: the page's threads would each keep a malloc arena
 
         names = ["face_emotion", "speech_emotion"] + (["face_detector"] if self.config.face.detector == "blazeface" else [])
         cards = {n: self.config.model_path(n).with_suffix(".md") for n in names}
