@@ -61,11 +61,14 @@ def short_clip(path: Path, seconds: float = 4.0) -> Path:
 
 
 def text(driver: webdriver.Chrome, id_: str) -> str:
-    return driver.find_element(By.ID, id_).get_attribute("textContent").strip()  # not .text: CSS capitalises
+    """An element's text as the page holds it (not `.text`: CSS capitalises), read in one step: the page redraws
+    its panels as messages arrive, and an element found first and read later may be gone by then."""
+    return driver.execute_script("const e = document.getElementById(arguments[0]); return e ? e.textContent : ''",
+                                 id_).strip()  # fmt: skip
 
 
 def windows(driver: webdriver.Chrome) -> int:
-    return len(driver.find_elements(By.CSS_SELECTOR, "#timeline rect.window"))
+    return int(driver.execute_script("return document.querySelectorAll('#timeline rect.window').length"))
 
 
 def test_the_page_needs_the_password_then_shows_events_timeline_history_and_health_live(
@@ -102,10 +105,10 @@ def test_the_page_needs_the_password_then_shows_events_timeline_history_and_heal
 
         # The day's history (this run's events are in the current hour) and the week's.
         browser.refresh()  # the chart is drawn from the history, which now holds several windows
-        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#history rect.hour"), 20, "the 24 h chart")
+        wait_until(lambda: _count(browser, "#history rect.hour"), 20, "the 24 h chart")
         browser.find_element(By.ID, "h7d").click()
         wait_until(lambda: "hour(s) with events" in text(browser, "history-note"), 20, "the 7 day chart")
-        assert browser.find_elements(By.CSS_SELECTOR, "#history rect.hour")
+        assert _count(browser, "#history rect.hour")
         browser.find_element(By.ID, "h24").click()
         wait_until(lambda: "state-online" in _cell(browser, "src-camera"), 20, "the camera shown online")
         assert "state-offline" in _cell(browser, "src-microphone")  # no sound card on this machine
@@ -145,5 +148,8 @@ def test_the_page_needs_the_password_then_shows_events_timeline_history_and_heal
 
 
 def _cell(driver: webdriver.Chrome, row_id: str) -> str:
-    rows = driver.find_elements(By.ID, row_id)
-    return rows[0].get_attribute("innerHTML") if rows else ""
+    return driver.execute_script("const e = document.getElementById(arguments[0]); return e ? e.innerHTML : ''", row_id)
+
+
+def _count(driver: webdriver.Chrome, selector: str) -> int:
+    return int(driver.execute_script("return document.querySelectorAll(arguments[0]).length", selector))
