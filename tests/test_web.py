@@ -170,6 +170,19 @@ def test_the_pause_switch_needs_the_pages_csrf_token_and_refuses_other_sites(liv
         assert on.status == 200 and on.json()["controls"]["analysis"] is True
 
 
+def test_behind_a_tls_proxy_the_page_still_works_and_its_cookie_is_secure(live: Live) -> None:
+    proxied = {"X-Forwarded-Proto": "https", "Origin": f"https://127.0.0.1:{live.port}"}
+    r = request(live.port, "POST", "/login", body=f"password={PASSWORD.replace(' ', '+')}",
+                headers={**proxied, "Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert r.status == 303 and "; Secure" in r.headers["Set-Cookie"]
+    cookie = session_cookie(r)
+    csrf = request(live.port, "GET", "/api/session", cookie=cookie).json()["csrf"]
+    h = {**proxied, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
+    on = request(live.port, "POST", "/api/controls", cookie=cookie, headers=h, body='{"analysis": true}')
+    assert on.status == 200  # the scheme differs from the server's own (http), the host is the same
+    assert login(live.port).headers["Set-Cookie"].count("Secure") == 0  # plain HTTP, no proxy: not Secure
+
+
 @pytest.mark.parametrize(
     "body", ["", "not json", "[]", "{}", '{"analysis": "off"}', '{"volume": true}', '{"analysis": 1}']
 )

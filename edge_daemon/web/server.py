@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -87,14 +88,30 @@ def _now_iso() -> str:
 class Health:
     """Turns the daemon's snapshots into the health panel: each source's and the broker's state, and since when."""
 
+    MAX_AGE_S = 1.0  # however many clients ask, the daemon is asked at most once a second
+
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self._snapshot = snapshot
         self._since: dict[str, tuple[str, str]] = {}  # name -> (state, since)
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self.last: dict[str, Any] = {}
+        self._last_states: dict[str, str] = {}
+        self._taken = -math.inf
 
     def read(self) -> tuple[dict[str, Any], dict[str, str]]:
-        """The current health, and the states that matter for a push (sources, broker, switches)."""
+        """The current health (at most MAX_AGE_S old), and the states that matter for a push (sources, broker,
+        switches). The snapshot counts the outbox, under the lock the fusion thread stores events with: a client
+        asking in a loop must not turn into a loop on that lock."""
+        with self._read_lock:
+            if time.monotonic() - self._taken < self.MAX_AGE_S:
+                return self.last, self._last_states
+            snap, states = self._take()
+            self._taken = time.monotonic()
+            self._last_states = states
+            return snap, states
+
+    def _take(self) -> tuple[dict[str, Any], dict[str, str]]:
         snap = self._snapshot()
         states = {f"source:{n}": str(s["state"]) for n, s in snap["sources"].items()}
         states["broker"] = snap["broker"]["state"]
@@ -459,14 +476,18 @@ class _Handler(BaseHTTPRequestHandler):
         return False, None
 
     def _same_origin(self) -> bool:
-        """Cross-site request forgery: a browser names the page that sent a request; it must be this one."""
+        """Cross-site request forgery: a browser names the page that sent a request; it must be this one. The host
+        is compared, not the scheme: behind a reverse proxy that terminates TLS the page is https, the server not."""
         site = self.headers.get("Sec-Fetch-Site")
         if site is not None and site not in ("same-origin", "none"):
             return False
         origin = self.headers.get("Origin")
         if origin is not None:
-            host = self.headers.get("Host", "")
-            return origin == f"{self.web.scheme}://{host}"
+            try:
+                netloc = urlsplit(origin).netloc
+            except ValueError:
+                return False
+            return bool(netloc) and netloc == self.headers.get("Host", "")
         return True
 
     # ------------------------------------------------------------------ methods
@@ -552,7 +573,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, page, "text/html; charset=utf-8", extra)
 
     def _cookie_header(self, value: str, max_age: int) -> str:
-        secure = "; Secure" if self.web.tls else ""
+        https = self.web.tls is not None or self.headers.get("X-Forwarded-Proto", "").lower() == "https"
+        secure = "; Secure" if https else ""
         return f"{COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
 
     def _login(self, body: bytes) -> None:
@@ -670,6 +692,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         try:
             self._headers(200, "text/event-stream; charset=utf-8", None, {"X-Accel-Buffering": "no"})
+            if self.command == "HEAD":
+                return
             self.wfile.write(b"retry: 2000\n\n")
             self.wfile.flush()
             while not client.overrun:

@@ -113,8 +113,29 @@ function drawLegend() {
   }
 }
 
+let historyData = null;
+
 async function loadHistory() {
-  const data = await api("/api/history?hours=" + historyHours);
+  historyData = await api("/api/history?hours=" + historyHours);
+  drawHistory();
+}
+
+// A new event counts in its hour at once; an event in an hour the chart does not have yet reloads it (once an hour).
+function countInHistory(ev) {
+  if (!historyData || !historyData.enabled) return;
+  const t = Date.parse(ev.window_start);
+  const hour = Math.floor(t / 3600000) * 3600000;
+  const last = Date.parse(historyData.since) + (historyHours - 1) * 3600000;
+  if (hour > last) { loadHistory(); return; }
+  const iso = new Date(hour).toISOString().slice(0, 13) + ":00Z";
+  let slot = historyData.hours.find((h) => h.hour === iso);
+  if (!slot) { slot = { hour: iso, counts: {} }; historyData.hours.push(slot); }
+  slot.counts[ev.emotion] = (slot.counts[ev.emotion] || 0) + 1;
+  drawHistory();
+}
+
+function drawHistory() {
+  const data = historyData;
   const svg = $("history");
   svg.replaceChildren();
   const start = Date.parse(data.since);
@@ -227,7 +248,12 @@ function connect() {
   const es = new EventSource("/api/stream");
   es.onopen = () => { const l = $("live"); l.textContent = "live"; l.className = "pill on"; };
   es.onerror = () => { const l = $("live"); l.textContent = "reconnecting…"; l.className = "pill off"; };
-  es.addEventListener("event", (m) => { const ev = normalise(JSON.parse(m.data)); showNow(ev); addWindow(ev); });
+  es.addEventListener("event", (m) => {
+    const ev = normalise(JSON.parse(m.data));
+    showNow(ev);
+    addWindow(ev);
+    countInHistory(ev);
+  });
   es.addEventListener("state", (m) => showState(JSON.parse(m.data)));
   es.addEventListener("health", (m) => showHealth(JSON.parse(m.data)));
 }
@@ -262,10 +288,8 @@ async function main() {
     });
     showControls(r.controls);
   };
-  // The timeline scrolls with the clock between events; the hourly chart takes in the hour that just passed.
-  // (Redrawing what is already here: the data itself arrives on the stream.)
+  // The timeline scrolls with the clock between events (a redraw of what is here: the data arrives on the stream).
   setInterval(drawTimeline, 5000);
-  setInterval(loadHistory, 300000);
 }
 
 main().catch((e) => { if (e.message !== "logged out") { $("live").textContent = "error: " + e.message; } });
