@@ -55,7 +55,11 @@ def test_every_event_of_a_replay_is_kept_and_exported_as_csv_rows(replayed: Any)
     assert tuple(csv.DictReader(io.StringIO(r.stdout)).fieldnames or ()) == COLUMNS
     assert [row["event_id"] for row in rows] == [e["event_id"] for e in events] and len(rows) == 9
     for row, e in zip(rows, events, strict=True):
-        assert (row["seq"], row["window_start"], row["window_end"]) == (str(e["seq"]), e["window_start"], e["window_end"])
+        assert (row["seq"], row["window_start"], row["window_end"]) == (
+            str(e["seq"]),
+            e["window_start"],
+            e["window_end"],
+        )
         assert (row["emotion"], row["emoji"], float(row["confidence"])) == (e["emotion"], e["emoji"], e["confidence"])
         face, speech = e["modalities"]["face"], e["modalities"]["speech"]
         assert row["face_label"] == (face["label"] if face else "")
@@ -86,7 +90,11 @@ def test_export_filters_by_time_and_writes_json_lines_to_a_file(replayed: Any, t
 
 @pytest.mark.parametrize(
     "args,needle",
-    [(["--since", "last week"], "--since"), (["--until", "2026-02-30"], "--until"), (["--out", "/proc/nope/x"], "/proc")],
+    [
+        (["--since", "last week"], "--since"),
+        (["--until", "2026-02-30"], "--until"),
+        (["--out", "/proc/nope/x"], "/proc"),
+    ],
 )
 def test_export_mistakes_are_one_line_and_exit_code_2(replayed: Any, args: list[str], needle: str) -> None:
     assert_clean_error(export(replayed[0], *args), needle)

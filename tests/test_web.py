@@ -166,7 +166,9 @@ def test_the_pause_switch_needs_the_pages_csrf_token_and_refuses_other_sites(liv
         assert admin(live.port, "/api/state").json()["controls"]["analysis"] is False
         assert "analysis switched off (from web)" in live.daemon.log
     finally:
-        on = request(live.port, "POST", "/api/controls", cookie=cookie, body=json.dumps({"analysis": True}), headers=ok_h)
+        on = request(
+            live.port, "POST", "/api/controls", cookie=cookie, body=json.dumps({"analysis": True}), headers=ok_h
+        )
         assert on.status == 200 and on.json()["controls"]["analysis"] is True
 
 
@@ -564,3 +566,49 @@ def test_malformed_requests_get_a_4xx_and_the_server_goes_on(live: Live, raw: by
     assert 400 <= status < 500, reply[:300]
     assert b"passwd" not in reply and b"root:" not in reply
     assert request(live.port, "GET", "/api/health").status == 200
+
+
+def test_https_with_the_configured_certificate_serves_the_page_with_a_secure_cookie(tmp_path: Path) -> None:
+    import ssl
+
+    from .test_tls import make_ca, make_server_cert
+
+    ca_crt, ca_key = make_ca(tmp_path / "pki", "web-ca")
+    crt, key = make_server_cert(tmp_path / "pki", ca_crt, ca_key)
+    port = free_port()
+    cfg = web_config(tmp_path, port, camera={"enabled": False}, microphone={"enabled": False},
+                     web={"tls": {"cert_file": str(crt), "key_file": str(key)}})  # fmt: skip
+    d = Daemon(tmp_path, ["--config", str(cfg), "run"])
+    ctx = ssl.create_default_context(cafile=str(ca_crt))
+    try:
+
+        def https(method: str, path: str, **kw: Any) -> http.client.HTTPResponse:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+            conn.request(method, path, **kw)
+            r = conn.getresponse()
+            r.read()
+            conn.close()
+            return r
+
+        def up() -> bool:
+            assert d.proc.poll() is None, d.log
+            try:
+                return https("GET", "/api/health").status == 200
+            except OSError:
+                return False
+
+        wait_until(up, 60, "the page over HTTPS")
+        r = https("POST", "/login", body=f"password={PASSWORD.replace(' ', '+')}",
+                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+        assert r.status == 303 and "; Secure" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:  # plain HTTP on the TLS port
+            plain.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                reply = plain.recv(4096)
+            except ConnectionResetError:  # the handshake failed and the server hung up: as it should
+                reply = b""
+            assert b"200 OK" not in reply
+        assert https("GET", "/api/health").status == 200  # and it goes on serving
+    finally:
+        d.stop()
+    assert d.proc.returncode == 0 and "Traceback" not in d.log

@@ -66,7 +66,9 @@ def request(
         h["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
     if cookie:
         h["Cookie"] = cookie
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0) if source else None)
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout, source_address=(source, 0) if source else None
+    )
     try:
         conn.request(method, path, body=body, headers=h)
         r = conn.getresponse()

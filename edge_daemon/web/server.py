@@ -353,7 +353,10 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "emotion-edge"
-    sys_version = ""
+
+    def version_string(self) -> str:  # not the Python version: nothing a stranger needs to know
+        return self.server_version
+
     server: _Server
 
     # ------------------------------------------------------------------ plumbing
