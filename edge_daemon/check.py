@@ -8,12 +8,13 @@ from .config import Config, mqtt_password
 from .errors import UserError
 from .mqtt import probe_broker, resolve_broker
 from .outbox import FILENAME as OUTBOX_FILENAME
+from .outbox import MARK_FILENAME
 
 
 def run_checks(config: Config) -> list[str]:
     problems: list[str] = []
     try:
-        from .daemon import load_models
+        from .models import load_models
 
         load_models(config)
     except UserError as exc:
@@ -47,8 +48,9 @@ def _check_state_dir(config: Config) -> list[str]:
         return [f"state_dir: {existing} is not a directory (state_dir)"]
     if not os.access(existing, os.W_OK | os.X_OK):
         return [f"state_dir: {existing} is not writable for this user (state_dir; the service's user needs it)"]
-    for suffix in ("", "-wal", "-shm"):  # e.g. left behind by a `sudo emotion-edge replay`, then owned by root
-        f = path / f"{OUTBOX_FILENAME}{suffix}"
+    names = [f"{OUTBOX_FILENAME}{suffix}" for suffix in ("", "-wal", "-shm")] + [MARK_FILENAME]
+    for name in names:  # e.g. left behind by a `sudo emotion-edge replay`, then owned by root
+        f = path / name
         if f.exists() and not os.access(f, os.R_OK | os.W_OK):
             return [f"state_dir: {f} is not writable for this user (the outbox; chown it to the service's user)"]
     return []
@@ -56,7 +58,11 @@ def _check_state_dir(config: Config) -> list[str]:
 
 def _check_broker(config: Config) -> list[str]:
     problems = []
-    if config.mqtt.username and mqtt_password(config) is None:
+    try:
+        password = mqtt_password(config)
+    except UserError as exc:  # e.g. longer than MQTT allows: the probe below would fail the same way
+        return [f"mqtt: {exc}"]
+    if config.mqtt.username and password is None:
         problems.append(
             f"mqtt: mqtt.username is set but no password: set ${config.mqtt.password_env} or the systemd credential "
             "mqtt_password"

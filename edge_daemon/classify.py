@@ -12,8 +12,8 @@ import numpy as np
 from .audio.features import pcm16_to_float
 from .capture.files import read_wav
 from .config import Config
-from .daemon import load_detector, load_face_model, load_speech_model
 from .errors import UserError
+from .models import load_detector, load_face_model, load_speech_model
 
 
 def _result(path: Path, labels: tuple[str, ...], probs: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def classify_speech(config: Config, paths: list[Path]) -> Iterator[dict[str, Any
         except UserError as exc:
             yield {"path": str(path), "error": str(exc).removeprefix(f"{path}: ")}
             continue
-        probs, voiced = model.classify_voiced(audio, s.vad_min_level_db, s.vad_min_speech_fraction, s.hop_s)
+        probs, voiced = model.classify_voiced(audio, s.gate(), s.hop_s)
         if probs is None:  # like a picture with no face: no voice, so no label rather than a guess about silence
             yield {"path": str(path), "label": None, "confidence": 0.0, "probs": None, "voiced_windows": 0}
             continue

@@ -37,7 +37,6 @@ logger = logging.getLogger("emotion-edge")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_VIDEO = REPO_ROOT / "tests" / "fixtures" / "av" / "clip.mp4"
 SAMPLE_AUDIO = REPO_ROOT / "tests" / "fixtures" / "av" / "clip.wav"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
 
 
 def find_config(arg: str | None) -> Path | None:
@@ -123,6 +122,18 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
     return 2 if problems else 0
 
 
+def cmd_forget(args: argparse.Namespace, config: Config) -> int:
+    from .forget import forget
+    from .mqtt import resolve_broker
+
+    cleared = forget(config)
+    host, port = resolve_broker(config)
+    print(f"forgot device {config.device_id!r} on {host}:{port}: cleared {len(cleared)} retained topic(s)")
+    for topic in cleared:
+        print(f"  {topic}")
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace, config: Config) -> int:
     from .capture.camera import open_capture
     from .capture.microphone import list_input_devices
@@ -152,6 +163,7 @@ def cmd_devices(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_classify(args: argparse.Namespace, config: Config) -> int:
     from .classify import classify_faces, classify_speech
+    from .vision.preprocess import IMAGE_SUFFIXES
 
     paths = _expand(args.paths, IMAGE_SUFFIXES if args.modality == "face" else {".wav"})
     if args.modality == "face":
@@ -283,6 +295,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _bench_frames(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100_000:  # the frames are kept for the timing: more would only fill the memory
+        raise argparse.ArgumentTypeError(f"must be at most 100000, not {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -330,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate config, load models, probe devices and broker; one line per problem", parents=common
     ).set_defaults(func=cmd_check)
     sub.add_parser("devices", help="list microphones and cameras", parents=common).set_defaults(func=cmd_devices)
+    sub.add_parser(
+        "forget",
+        help="clear this device's retained topics on the broker (Home Assistant removes it); stop the service first",
+        parents=common,
+    ).set_defaults(func=cmd_forget)
 
     r = sub.add_parser("replay", help="run the exact daemon pipeline over a video and/or wav file", parents=common)
     r.add_argument("--video", help="video file (frames)")
@@ -378,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--video")
     b.add_argument("--audio")
-    b.add_argument("--frames", type=_positive_int, default=200, help="frames to time (default 200)")
+    b.add_argument("--frames", type=_bench_frames, default=200, help="frames to time, 1 to 100000 (default 200)")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(

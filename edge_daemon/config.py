@@ -27,6 +27,8 @@ from typing import Any, Union
 
 import yaml
 
+from .audio.features import SAMPLE_RATE
+from .audio.vad import Gate
 from .errors import UserError
 
 
@@ -43,6 +45,25 @@ def _f(
     """A config field; `check` returns what is wrong with a value, or None."""
     meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "check": check}
     return field(default=default, metadata=meta)
+
+
+# Every text value goes into a path, an MQTT string (at most 65,535 bytes) or a topic: this is far below both.
+MAX_TEXT_BYTES = 4096
+
+
+def _text_problem(value: str) -> str | None:
+    """What makes a free-text value unusable anywhere: control characters (a NUL ends a path in C, MQTT forbids
+    them in client ids and topics), a lone surrogate (not encodable as UTF-8), or a length no broker accepts."""
+    for i, ch in enumerate(value):
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code <= 0x9F:
+            return f"must not contain control characters (U+{code:04X} at position {i + 1})"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"must be valid text (a lone surrogate U+{code:04X} at position {i + 1})"
+    size = len(value.encode("utf-8"))
+    if size > MAX_TEXT_BYTES:
+        return f"is {size} bytes long; at most {MAX_TEXT_BYTES}"
+    return None
 
 
 def _host_problem(host: str) -> str | None:
@@ -96,9 +117,18 @@ class SpeechConfig:
     """The speech path: voice-activity gate, then the emotion model on sliding windows."""
 
     hop_s: float = _f(1.0, "classify a window every this many seconds of audio", lo=0.1, hi=10)
-    vad_min_level_db: float = _f(-45.0, "speech must be louder than this, dBFS", lo=-90, hi=0)
-    vad_margin_db: float = _f(12.0, "and this much louder than the tracked noise floor, dB", lo=0, hi=60)
-    vad_min_speech_fraction: float = _f(0.25, "fraction of a window that must be speech", lo=0.0, hi=1.0)
+    vad_threshold: float = _f(0.15, "Silero VAD score above which a 32 ms chunk is speech", lo=0.05, hi=0.95)
+    vad_min_speech_fraction: float = _f(0.08, "fraction of a window's chunks that must be speech", lo=0.0, hi=1.0)
+    vad_floor_db: float = _f(
+        -70.0,
+        "chunks whose peak is below this, dBFS, are silence (not scored); the gain control does the rest",
+        lo=-96,
+        hi=-20,
+    )
+
+    def gate(self) -> Gate:
+        """A fresh voice gate with these settings (one per audio stream: it keeps state)."""
+        return Gate(SAMPLE_RATE, self.vad_threshold, self.vad_min_speech_fraction, self.vad_floor_db)
 
 
 @dataclass(frozen=True)
@@ -130,9 +160,12 @@ class FusionConfig:
     speech_weight: float = _f(
         1.0, "total weight of the speech modality in a window, however many windows it saw", lo=0, hi=10
     )
-    min_confidence: float = _f(0.35, "below this fused confidence the window's emotion is 'unknown'", lo=0, hi=1)
+    min_confidence: float = _f(0.35, "below this fused confidence the window's emotion is 'uncertain'", lo=0, hi=1)
     calm_as: str = _f("neutral", "canonical emotion that speech's 'calm' maps to", choices=("neutral", "happy", "sad"))
     state_after_windows: int = _f(2, "publish a new state after this many consecutive windows agree", lo=1, hi=100)
+    absent_after_s: float = _f(
+        10.0, "this long without a face or voiced speech, the state becomes no_one (the room is empty)", lo=1, hi=86400
+    )
 
 
 @dataclass(frozen=True)
@@ -149,7 +182,9 @@ class TlsConfig:
 class HomeAssistantConfig:
     """Home Assistant MQTT discovery."""
 
-    discovery: bool = _f(True, "announce sensors to Home Assistant")
+    discovery: bool = _f(
+        True, "announce the device to Home Assistant; false also removes an earlier announcement at the next start"
+    )
     prefix: str = _f("homeassistant", "Home Assistant's discovery prefix", pattern=r"[A-Za-z0-9_/-]+")
 
 
@@ -173,9 +208,15 @@ class MqttConfig:
     stats_interval_s: float = _f(30.0, "publish stats this often, seconds", lo=1, hi=86400)
     # paho-mqtt counts back-off in whole seconds: below 1 it would not back off at all.
     reconnect_min_s: float = _f(1.0, "first back-off after a lost connection, seconds", lo=1, hi=600)
-    reconnect_max_s: float = _f(60.0, "longest back-off, seconds", lo=1, hi=3600)
+    reconnect_max_s: float = _f(
+        10.0, "longest back-off, seconds (each wait is drawn between half and all of it: a fleet spreads out)", lo=1,
+        hi=3600,
+    )
     tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant"})
+    commands: bool = _f(
+        True, "obey <topic_prefix>/<device_id>/{analysis,camera,microphone}/set (ON/OFF); false: remote control off"
+    )
 
 
 @dataclass(frozen=True)
@@ -330,6 +371,8 @@ class _Reader:
             if (m["lo"] is not None and got < m["lo"]) or (m["hi"] is not None and got > m["hi"]):
                 raise self.fail(node, path, f"must be {_describe(hint, f)}, got {raw!r}")
         if isinstance(got, str):
+            if problem := _text_problem(got):
+                raise self.fail(node, path, problem)
             if m["choices"] and got not in m["choices"]:
                 raise self.fail(node, path, f"must be one of {', '.join(m['choices'])}, got {raw!r}")
             if m["pattern"] and not re.fullmatch(m["pattern"], got):
@@ -431,13 +474,28 @@ def mqtt_password(config: Config) -> str | None:
     """The broker password from the environment or a systemd credential; None when neither is set."""
     value = os.environ.get(config.mqtt.password_env)
     if value:
-        return value
+        return _checked_password(value, f"${config.mqtt.password_env}")
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         cred = Path(cred_dir) / "mqtt_password"
         if cred.is_file():
-            return cred.read_text(encoding="utf-8").strip() or None  # the installer leaves an empty one
+            try:
+                text = cred.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"{cred}: the MQTT password credential is unreadable ({exc})") from None
+            return _checked_password(text, str(cred)) or None  # the installer leaves an empty one
     return None
+
+
+def _checked_password(value: str, source: str) -> str:
+    """MQTT carries a password of at most 65,535 bytes; paho's network thread dies on a longer one."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UserError(f"{source}: the MQTT password is not valid text (a lone surrogate)") from None
+    if size > 65535:
+        raise UserError(f"{source}: the MQTT password is {size} bytes long; MQTT allows at most 65535")
+    return value
 
 
 def render_default_yaml() -> str:

@@ -17,9 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from .audio.emotion import SpeechEmotionModel
 from .audio.features import SAMPLE_RATE
-from .audio.vad import VoiceGate
 from .capture.buffers import AudioRing, LatestSlot
 from .capture.camera import CameraSource
 from .capture.files import VideoFileSource, WavFileSource
@@ -30,53 +28,15 @@ from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
 from .history import History, HistoryReader
+from .labels import NO_ONE, PAUSED
+from .models import FileWatch, Models, load_detector, load_face_model, load_models, load_speech_model, model_files
 from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 from .systemd import notify, watchdog_interval_s
 from .throttle import Throttle
-from .vision.detector import make_detector
-from .vision.emotion import FaceEmotionModel
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Models:
-    detector: Any
-    face: FaceEmotionModel
-    speech: SpeechEmotionModel
-
-    def versions(self) -> dict[str, str]:
-        v = {"face_emotion": self.face.meta.version, "speech_emotion": self.speech.meta.version}
-        meta = getattr(self.detector, "meta", None)
-        v["face_detector"] = meta.version if meta else "opencv-haar"
-        return v
-
-
-def load_detector(config: Config) -> Any:
-    """The face detector the config asks for (`face.*`, `models.face_detector`)."""
-    return make_detector(
-        config.face.detector,
-        config.model_path("face_detector") if config.face.detector == "blazeface" else None,
-        min_face_px=config.face.min_face_px,
-        max_faces=config.face.max_faces,
-        score_threshold=config.face.detection_threshold,
-        num_threads=config.models.num_threads,
-    )
-
-
-def load_face_model(config: Config) -> FaceEmotionModel:
-    return FaceEmotionModel(config.model_path("face_emotion"), config.models.num_threads, config.fusion.calm_as)
-
-
-def load_speech_model(config: Config) -> SpeechEmotionModel:
-    return SpeechEmotionModel(config.model_path("speech_emotion"), config.models.num_threads, config.fusion.calm_as)
-
-
-def load_models(config: Config) -> Models:
-    """Every model the config names, checked against its metadata (UserError on any mismatch)."""
-    return Models(load_detector(config), load_face_model(config), load_speech_model(config))
 
 
 MODEL_CHECK_S = 5.0  # how often `run` looks for changed model files
@@ -85,39 +45,6 @@ STALL_S = 30.0  # a perception stage that has not looped for this long is stuck 
 # non-zero, and systemd (Restart=on-failure) or another supervisor starts it afresh.
 MAX_RESTARTS = 3
 RESTART_WINDOW_S = 3600.0
-
-
-def model_files(config: Config) -> list[Path]:
-    """The metadata files the config names, and the model files they name."""
-    names = ["face_emotion", "speech_emotion"] + (["face_detector"] if config.face.detector == "blazeface" else [])
-    paths = [config.model_path(n) for n in names]
-    return paths + [p.with_suffix(".tflite") for p in paths]
-
-
-class FileWatch:
-    """Notices when files change, once they have stopped changing (a copy in progress is not a change yet)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
-        self._loaded = self._previous = self._snapshot()
-
-    def _snapshot(self) -> tuple[tuple[int, int], ...]:
-        out = []
-        for p in self.paths:
-            try:
-                st = p.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0))
-        return tuple(out)
-
-    def changed(self) -> bool:
-        now = self._snapshot()
-        stable, self._previous = now == self._previous, now
-        if stable and now != self._loaded:
-            self._loaded = now
-            return True
-        return False
 
 
 @dataclass(frozen=True)
@@ -151,8 +78,14 @@ class Daemon:
         self.outbox = Outbox(
             state_dir or config.path(config.state_dir), config.outbox.max_events, config.outbox.max_age_s
         )
+        # The switches people set (MQTT commands, the device page), saved in state_dir. A replay is not the service:
+        # it ignores them and obeys no commands.
+        self.controls = Controls(self.outbox.path.parent if replay is None else None)
+        self._controls_changed = threading.Event()
+        self.controls.subscribe(lambda switches: self._controls_changed.set())
+        self._last_event_at: float | None = None  # monotonic time of the last event, for stats
+        self._published_state: dict[str, Any] | None = None
         state = state_dir or config.path(config.state_dir)
-        self.controls = Controls(state)  # the device page's pause switch (and the MQTT command topics')
         h = config.history
         self.history = History(state, h.max_days, h.max_mb) if h.enabled else None
         # The page: for the service, and for a real-time replay (demos); a fast replay is over before anyone looks.
@@ -189,7 +122,10 @@ class Daemon:
             StateTracker(config.fusion.state_after_windows),
             self._on_window,
             self._on_state,
+            absent_after_s=config.fusion.absent_after_s,
         )
+        if self.session is not None and replay is None:
+            self.session.attach_commands(self.controls)
         self.sources: list[Any] = []
         self.workers: list[Any] = []
         self.face_worker: FaceWorker | None = None
@@ -220,10 +156,13 @@ class Daemon:
                 )
             video, audio = r.video is not None, r.audio is not None
         else:
+            # Each source reads its switch before it opens its device, so a saved OFF holds from the first frame.
             if c.camera.enabled:
-                self.sources.append(CameraSource(c.camera, self.slot, self.started, self.stop_event))
+                camera_on = lambda: self.controls.active("camera")  # noqa: E731
+                self.sources.append(CameraSource(c.camera, self.slot, self.started, self.stop_event, camera_on))
             if c.microphone.enabled:
-                self.sources.append(MicrophoneSource(c.microphone, self.ring, self.started, self.stop_event))
+                mic_on = lambda: self.controls.active("microphone")  # noqa: E731
+                self.sources.append(MicrophoneSource(c.microphone, self.ring, self.started, self.stop_event, mic_on))
             video, audio = c.camera.enabled, c.microphone.enabled
         if video:
             self.face_worker = self._face_worker(self.models)
@@ -248,9 +187,8 @@ class Daemon:
 
     def _speech_worker(self, models: Models) -> SpeechWorker:
         s = self.config.speech
-        gate = VoiceGate(SAMPLE_RATE, s.vad_min_level_db, s.vad_margin_db, s.vad_min_speech_fraction)
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
-        return SpeechWorker(self.ring, models.speech, gate, s.hop_s, **common)
+        return SpeechWorker(self.ring, models.speech, s.gate(), s.hop_s, **common)
 
     # ------------------------------------------------------------------ running
 
@@ -269,8 +207,12 @@ class Daemon:
         next_ping = next_model_check = 0.0
         notify("READY=1")
         exit_code = 0
+        self._controls_changed.set()  # a state saved as paused is published as such
         try:
             while not self.stop_event.is_set():
+                if self._controls_changed.is_set():  # set from the MQTT thread; fusion belongs to this one
+                    self._controls_changed.clear()
+                    self._apply_controls()
                 if self.replay is not None:
                     self.fusion.pump(min((w.progress for w in self.workers), default=float("inf")))
                     if all(w.finished.is_set() for w in self.workers):
@@ -328,9 +270,19 @@ class Daemon:
         logger.info("models reloaded: %s", ", ".join(f"{k} {v}" for k, v in new.versions().items()))
         return True
 
+    def _apply_controls(self) -> None:
+        """Every enabled modality switched off: the state says `paused` (not `no_one`) until one is back on."""
+        if self.replay is not None:
+            return
+        enabled = {"camera": self.config.camera.enabled, "microphone": self.config.microphone.enabled}
+        paused = not any(self.controls.active(n) for n, on in enabled.items() if on)
+        self.fusion.set_paused(paused, time.monotonic() - self.started)
+
     def publish_status(self) -> None:
         """Each source's online/offline state, retained, whenever it changes."""
         status = {s.name: s.status.snapshot()["state"] for s in self.sources}
+        if self.session and self.session.refusal:  # events the broker does not take: visible without the log
+            status["events"] = f"refused: {self.session.refusal}"
         if status != self._last_status and self.session:
             self.session.publish_retained("status", status)
             self._last_status = status
@@ -452,13 +404,15 @@ class Daemon:
             models=self.models.versions(),
         )
         try:
-            seq = self.outbox.append(event)  # assigns seq, durable before anyone tries to publish
+            # assigns seq; durable at once while the broker is away, else held until the broker acknowledges it
+            seq = self.outbox.append(event, hold=self.session is not None and self.session.connected.is_set())
         except OutboxWriteError as exc:
             self._store_failed(exc)
             return
         if self.session is None:
             self.outbox.ack(seq)  # --no-mqtt: nothing will ever send it; keep the seq, not the event
         self.events += 1
+        self._last_event_at = time.monotonic()
         if self.history:
             self.history.record(event)  # a queue put: the writer thread stores it
         if self.web:
@@ -476,6 +430,9 @@ class Daemon:
         )
         if self.session:
             self.session.notify_event()
+        state = self._published_state
+        if state is not None and state["people"] != len(result.faces) and state["emotion"] not in (NO_ONE, PAUSED):
+            self._publish_state({**state, "people": len(result.faces)})  # people come and go within one emotion
 
     def _store_failed(self, exc: OutboxWriteError) -> None:
         """An event that cannot be stored cannot be sent either (it would have no durable seq): count it, say so
@@ -488,13 +445,20 @@ class Daemon:
                 exc, self.store_failures,
             )  # fmt: skip
 
-    def _on_state(self, emotion: str, result: WindowResult) -> None:
-        state = {
-            "emotion": emotion,
-            "confidence": round(result.confidence, 4),
-            "since": iso_utc(self.clock.wall(self.fusion.state.since)),
-            "seq": self.outbox.last_seq,
-        }
+    def _on_state(self, emotion: str, result: WindowResult | None) -> None:
+        """A new state: from windows (`result`), or `no_one` / `paused`, which no window decides (`result` None)."""
+        self._publish_state(
+            {
+                "emotion": emotion,
+                "confidence": round(result.confidence, 4) if result is not None else None,
+                "since": iso_utc(self.clock.wall(self.fusion.state.since)),
+                "seq": self.outbox.last_seq,
+                "people": len(result.faces) if result is not None else 0,
+            }
+        )
+
+    def _publish_state(self, state: dict[str, Any]) -> None:
+        self._published_state = state
         if self.session:
             self.session.publish_retained("state", state)
         if self.web:
@@ -525,6 +489,12 @@ class Daemon:
             "events_published": self.session.published if self.session else 0,
             "restarts": {t.name: self.restarts[t.name] for t in [*self.sources, *self.workers]},
             "sources": {s.name: s.status.snapshot() for s in self.sources},
+            "paused_s": {s.name: s.status.snapshot()["paused_s"] for s in self.sources},
+            "last_event_age_s": (
+                round(time.monotonic() - self._last_event_at, 1) if self._last_event_at is not None else None
+            ),
+            "mqtt": self.session.stats() if self.session else None,
+            "outbox": {"held": self.outbox.held, "storage_error": self.outbox.storage_error or None},
             "history": self.history.stats() if self.history else None,
         }
 

@@ -18,7 +18,8 @@ from typing import Any
 from .fusion import ModalitySummary, WindowResult
 from .labels import emoji_of
 
-SCHEMA = 1
+# 2: the low-confidence label is `uncertain` (was `unknown`); `face_count` and `faces` (per-face boxes and labels).
+SCHEMA = 2
 
 
 def iso_utc(ts: datetime) -> str:
@@ -83,6 +84,10 @@ def build_event(
             "method": method,
             "used": [m for m, s in result.modalities.items() if s is not None],
             "modalities": {m: _summary(s) for m, s in result.modalities.items()},
+            "face_count": len(result.faces),
+            "faces": [
+                {"box": list(f.box), "label": f.label, "confidence": round(f.confidence, 4)} for f in result.faces
+            ],
             "models": models,
         }
     )

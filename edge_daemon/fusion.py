@@ -12,7 +12,7 @@ The rule, per window:
 * `average`: the weighted mean of the modalities' mean probabilities; the
   top label wins (same tie-break order).
 * In both, `confidence` is the weighted mean probability of the winning
-  label; below `min_confidence` the window's emotion is `unknown`.
+  label; below `min_confidence` the window's emotion is `uncertain`.
 
 A window with predictions from one modality still yields a result that says
 which modality it used; a window with none yields nothing.
@@ -21,13 +21,23 @@ which modality it used; a window with none yields nothing.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .labels import CANONICAL, UNKNOWN
+from .labels import CANONICAL, UNCERTAIN
 
 MODALITIES = ("face", "speech")
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face in one frame: where it is and what the face model made of it."""
+
+    box: tuple[int, int, int, int]  # x, y, w, h in the frame's pixels
+    label: str
+    confidence: float
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,8 @@ class Prediction:
 
     modality: str  # "face" or "speech"
     t: float  # stream time, seconds (media time in replay)
-    probs: np.ndarray  # shape (len(CANONICAL),), sums to 1
+    probs: np.ndarray  # shape (len(CANONICAL),), sums to 1; face: the largest face's, the one that drives fusion
+    faces: tuple[FaceResult, ...] = ()  # face: every classified face of the frame, largest first
 
     @property
     def label(self) -> str:
@@ -61,6 +72,19 @@ class WindowResult:
     confidence: float
     scores: dict[str, float]  # the fused score per label that decided the winner
     modalities: dict[str, ModalitySummary | None]
+    faces: tuple[FaceResult, ...] = ()  # the faces of the window's frame that showed the most (the latest such)
+
+
+def faces_of(preds: list[Prediction]) -> tuple[FaceResult, ...]:
+    """The faces of a window: the most common face count among its frames (ties: the larger), from the latest frame
+    with that count. One frame with a spurious detection (the clip's mission patch, score 0.55) must not make two
+    people; a person who turns away for a frame must not make none."""
+    frames = sorted((p for p in preds if p.modality == "face"), key=lambda p: p.t)
+    if not frames:
+        return ()
+    counts = Counter(len(p.faces) for p in frames)
+    typical = max(counts, key=lambda n: (counts[n], n))
+    return next(p.faces for p in reversed(frames) if len(p.faces) == typical)
 
 
 @dataclass(frozen=True)
@@ -97,12 +121,12 @@ class FusionRule:
             )
         total = sum(self.weight(m) for m in means)
         if total <= 0:  # every present modality weighted 0: nothing may decide
-            return UNKNOWN, 0.0, {}, summaries
+            return UNCERTAIN, 0.0, {}, summaries
         mean_prob = sum(self.weight(m) * means[m] for m in means) / total
         score = mean_prob if self.method == "average" else sum(self.weight(m) * shares[m] for m in means) / total
         best = _pick(score, mean_prob)
         confidence = float(mean_prob[best])
-        emotion = CANONICAL[best] if confidence >= self.min_confidence else UNKNOWN
+        emotion = CANONICAL[best] if confidence >= self.min_confidence else UNCERTAIN
         return emotion, confidence, {CANONICAL[i]: float(s) for i, s in enumerate(score)}, summaries
 
 
@@ -142,9 +166,8 @@ class Windower:
         for k in sorted(k for k in self._open if k < last):
             preds = self._open.pop(k)
             emotion, confidence, scores, summaries = self.rule.fuse(preds)
-            results.append(
-                WindowResult(k, k * self.window_s, (k + 1) * self.window_s, emotion, confidence, scores, summaries)
-            )
+            start, end = k * self.window_s, (k + 1) * self.window_s
+            results.append(WindowResult(k, start, end, emotion, confidence, scores, summaries, faces_of(preds)))
         self._next = max(self._next, last)
         return results
 
@@ -165,6 +188,16 @@ class StateTracker:
     _candidate: str | None = None
     _run: int = 0
     _run_start: float = 0.0
+    _forced: bool = False
+
+    def force(self, value: str, t: float) -> bool:
+        """Set the state without waiting for windows (the room emptied, analysis paused); True if it changed."""
+        self._candidate, self._run = None, 0
+        self._forced = True  # the next real window takes over at once: someone is there again
+        if value == self.current:
+            return False
+        self.current, self.since = value, t
+        return True
 
     def update(self, emotion: str, t: float = 0.0) -> bool:
         """Feed one window's emotion and start time; True when the state changed."""
@@ -172,6 +205,10 @@ class StateTracker:
             self._run += 1
         else:
             self._candidate, self._run, self._run_start = emotion, 1, t
+        if self._forced:
+            self._forced = False
+            self.current, self.since = emotion, t
+            return True
         if self._run >= self.after and emotion != self.current:
             self.current, self.since = emotion, self._run_start
             return True

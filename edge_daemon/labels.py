@@ -15,7 +15,14 @@ CANONICAL: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surpr
 # (RAVDESS has 8 classes) and the daemon maps it to neutral unless configured otherwise.
 SPEECH_LABELS: tuple[str, ...] = ("neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise")
 
-UNKNOWN = "unknown"
+# A window whose fused confidence is below `fusion.min_confidence`. Not "unknown": that is Home Assistant's own
+# word for "no data", and "not confident" must read differently from it (event schema 2 renamed it).
+UNCERTAIN = "uncertain"
+UNKNOWN = UNCERTAIN  # the old name of the constant, for code written before the rename
+# The `state` after `fusion.absent_after_s` without a face or voiced speech: the room is empty (or quiet and unseen).
+NO_ONE = "no_one"
+# The `state` while analysis (or every enabled modality) is switched off.
+PAUSED = "paused"
 
 # One emoji per label, for the device page and the events' `emoji` field (the page and subscribers show the same one).
 EMOJI: dict[str, str] = {

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import UserError
 from .runtime import TensorSpec, TFLiteModel
 
@@ -49,6 +51,15 @@ class ModelMeta:
     labels: tuple[str, ...]
     preprocess: dict[str, Any]
     raw: dict[str, Any]
+    temperature: float = 1.0  # `calibration.temperature`: probabilities are sharpened (<1) or softened (>1) by it
+
+    def calibrate(self, probs: Any) -> Any:
+        """Temperature scaling of probabilities (softmax(log p / T)), as fitted on validation data by training."""
+        if self.temperature == 1.0:
+            return probs
+        q = np.power(np.asarray(probs, dtype=np.float64), 1.0 / self.temperature)
+        total = q.sum()
+        return (q / total).astype(np.float32) if total > 0 else np.asarray(probs, dtype=np.float32)
 
 
 def sha256_of(path: Path) -> str:
@@ -94,6 +105,12 @@ def load_meta(json_path: Path, expect_kind: str | None = None) -> ModelMeta:
     model_file = field("model_file", str)
     for section in ("input", "output"):
         field(section, dict)
+    temperature = 1.0
+    if "calibration" in raw:
+        cal = field("calibration", dict)
+        temperature = cal.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.05 <= temperature <= 20:
+            raise UserError(f"{json_path}: field 'calibration.temperature' must be a number from 0.05 to 20")
     return ModelMeta(
         json_path=json_path,
         model_path=json_path.parent / model_file,
@@ -104,6 +121,7 @@ def load_meta(json_path: Path, expect_kind: str | None = None) -> ModelMeta:
         labels=labels,
         preprocess=field("preprocess", dict),
         raw=raw,
+        temperature=float(temperature),
     )
 
 

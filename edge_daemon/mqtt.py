@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import queue
+import random
 import socket
 import ssl
 import threading
@@ -27,9 +28,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from . import homeassistant
+from .commands import CommandDispatcher
 from .config import Config, mqtt_password
 from .errors import UserError
-from .labels import CANONICAL, UNKNOWN
 from .outbox import Outbox
 from .throttle import Throttle
 
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 ONLINE, OFFLINE, STOPPED = "online", "offline", "stopped"
 INFLIGHT = 50  # events handed to paho and not yet acknowledged, at most
+RETRY_REFUSED_S = 60.0  # an event the broker refused (PUBACK reason code) is offered again after this long
+RETRY_DROPPED_S = 600.0  # one the broker closed the connection for (over its message size limit?), after this long
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with the same client id
+SHORT_LIVED_S = 5.0  # a connection the broker closes sooner than this, three times in a row, is a pattern
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,27 @@ class MqttSession:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_refusal = ""
+        # What operators need to see remotely (stats.mqtt) and in the log: refused publishes, connection history.
+        self.refused = 0  # refusals by the broker (a PUBACK reason code, or a connection closed on an event)
+        self.refused_waiting = 0  # events refused and waiting in the outbox to be offered again
+        self.refusal = ""  # the last refusal's reason, empty once the broker takes events again
+        self.retry_refused_s = RETRY_REFUSED_S
+        self._size_refusal = ""
+        self.connected_since: float | None = None  # wall clock
+        self.last_error = ""  # the last connection failure or loss, with its cause
+        self.disconnects = 0
+        self._lost = threading.Event()  # the connection ended: the drain forgets what was in flight
+        self._lost_reason = ""
+        self._refused_attempt = False
+        self._refusal_log = Throttle()
+        self._takeover_log = Throttle()
+        self._foreign_log = Throttle()
+        self._foreign_ignored = 0
+        self._republished_at = 0.0
+        self._connected_at = 0.0  # monotonic
+        self._ever_connected = False
+        self._short_lived = 0  # connections in a row that the broker closed within SHORT_LIVED_S
+        self._flap_delay = 0.0
         # A failed connection attempt is explained by a probe connection of our own. Probing every retry would
         # double what a struggling broker sees (and its log): once per outage, then once a minute for a new reason.
         self._diagnosis = Throttle()
@@ -105,6 +132,7 @@ class MqttSession:
             # paho logs an ERROR on every failed reconnect; we log each outage once ourselves.
             self._client.enable_logger(logging.getLogger("paho"))
         self._client.reconnect_delay_set(min_delay=round(c.reconnect_min_s), max_delay=round(c.reconnect_max_s))
+        self._jitter = random.Random()
         self._client.max_queued_messages_set(0)
         self._client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
         self._client.on_connect = self._on_connect
@@ -113,12 +141,15 @@ class MqttSession:
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._drainer = threading.Thread(target=self._drain_loop, name="mqtt-drain", daemon=True)
+        self.commands: CommandDispatcher | None = None  # the service's remote control (attach_commands)
+        self.configuration_url: str | None = None  # the device page, for Home Assistant's "visit device"
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         logger.info("connecting to MQTT broker %s:%d", self.host, self.port)
-        self._client.connect_async(self.host, self.port, keepalive=self.config.mqtt.keepalive_s)
+        # clean_start: the broker keeps no session for us; the outbox, not the broker, holds what is undelivered.
+        self._client.connect_async(self.host, self.port, keepalive=self.config.mqtt.keepalive_s, clean_start=True)
         self._client.loop_start()
         self._drainer.start()
 
@@ -165,9 +196,23 @@ class MqttSession:
     def publish_retained(self, name: str, value: dict[str, Any]) -> None:
         """`state` or `status`: kept, and published again after every reconnect (a broker may have lost it)."""
         topic = getattr(self.topics, name)
-        self._retained[topic] = json.dumps(value, separators=(",", ":"))
-        if self.connected.is_set():
-            self._client.publish(topic, self._retained[topic], qos=1, retain=True)
+        self.publish_retained_topic(topic, json.dumps(value, separators=(",", ":")))
+
+    def attach_commands(self, controls: Any) -> CommandDispatcher:
+        """Obey `…/<name>/set` (unless mqtt.commands is false) and keep `…/<name>/state` retained; before start()."""
+        self.commands = CommandDispatcher(
+            controls, self.topics.base, self.publish_retained_topic, accept_commands=self.config.mqtt.commands
+        )
+        self.commands.publish_states()
+        return self.commands
+
+    def publish_retained_topic(self, topic: str, payload: str) -> None:
+        """Any retained topic of this device, kept and published again after every reconnect."""
+        self._retained[topic] = payload
+        # paho's own flag, not `connected`: that is set at the end of _on_connect, after it has re-published what
+        # _retained held, and a value stored in between would wait for the next reconnect. Twice is harmless.
+        if self._client.is_connected():
+            self._client.publish(topic, payload, qos=1, retain=True)
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
         if self.connected.is_set():
@@ -185,17 +230,35 @@ class MqttSession:
                     reason_code,
                 )
                 self._last_refusal = str(reason_code)
+            self.last_error = f"refused the connection: {reason_code}"
+            self._refused_attempt = True  # paho reports the same attempt's end to on_disconnect too
+            self._jittered_backoff()
             return
         self._last_refusal = ""
+        self._forget_queued(client)  # before paho re-sends the previous connection's queue, right after this call
         self._diagnosis.reset()  # the next outage is explained at once
+        self.connected_since = time.time()
+        self._connected_at = time.monotonic()
+        if not self._ever_connected and client._protocol != mqtt.MQTTv5:
+            logger.warning(
+                "MQTT broker %s:%d speaks only MQTT 3.1.1: it cannot say when it refuses an event (an ACL, a size "
+                "limit), so such an event would count as delivered; use a broker with MQTT 5 (Mosquitto 1.6 or later)",
+                self.host, self.port,
+            )  # fmt: skip
+        self._ever_connected = True
         logger.info("MQTT connected to %s:%d", self.host, self.port)
+        if self.commands is not None and self.commands.accept_commands:
+            # Before `online` and the switch states: whoever sees them can send a command and be heard.
+            client.subscribe(self.commands.command_filter, qos=1)
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
             client.publish(topic, payload, qos=1, retain=True)
         ha = self.config.mqtt.homeassistant
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)
-            self._announce_to_home_assistant()
+        self._announce_to_home_assistant()  # with discovery off: clears an earlier announcement
+        # 0.1 announced one topic per entity; if the broker still keeps them, they are cleared (see _on_message).
+        client.subscribe(homeassistant.legacy_filter(self.config), qos=1)
         if self.owns_availability:
             client.subscribe(self.topics.availability, qos=1)  # after our `online`: its retained copy is ours
         self.connected.set()
@@ -205,102 +268,307 @@ class MqttSession:
         if not self._diagnosis.ready():
             return
         reason = diagnose(self.config, self.host, self.port)  # paho does not say why; a probe of our own does
+        self._failed_attempt(reason)
+
+    def _failed_attempt(self, reason: str) -> None:
+        """A connection attempt that did not get us in: one line per outage and cause, and in stats."""
+        self.last_error = reason
+        self._jittered_backoff()
         if reason != self._last_refusal:
             logger.error("MQTT broker %s:%d %s; retrying with back-off", self.host, self.port, reason)
             self._last_refusal = reason
 
+    def _jittered_backoff(self) -> None:
+        """paho doubles its delay up to the maximum; a fleet that lost the same broker must not come back in step,
+        so the next delay is drawn between half and all of what paho would wait."""
+        c = self.config.mqtt
+        client = self._client
+        with client._reconnect_delay_mutex:  # paho has no public way to jitter its back-off (pinned paho<3)
+            current = client._reconnect_delay or c.reconnect_min_s
+            nxt = min(current * 2, c.reconnect_max_s)
+            client._reconnect_delay = max(c.reconnect_min_s, self._jitter.uniform(nxt / 2, nxt)) / 2
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if self.connected.is_set() and not self._stop.is_set():
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self._lost_reason = str(reason_code)
+        self._lost.set()
+        self._wake.set()
+        if self._stop.is_set():
+            return
+        if was_connected:
+            self.disconnects += 1
+            self.connected_since = None
+            lasted = time.monotonic() - self._connected_at
+            # A broker that shuts down says so (a DISCONNECT packet, "Server shutting down"): that is no take-over.
+            told = getattr(flags, "is_disconnect_packet_from_server", False)
+            taken = getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+            if lasted < SHORT_LIVED_S and reason_code != 0 and (taken or not told):
+                self._short_lived += 1
+                # paho starts its back-off afresh after every CONNACK: two clients with one id would knock each
+                # other off every second. Grow (with jitter) while connections keep ending at once.
+                c = self.config.mqtt
+                self._flap_delay = min(max(c.reconnect_min_s, self._flap_delay * 2), c.reconnect_max_s)
+                with client._reconnect_delay_mutex:  # see _jittered_backoff
+                    client._reconnect_delay = self._jitter.uniform(self._flap_delay / 2, self._flap_delay) / 2
+            elif lasted >= 6 * SHORT_LIVED_S:
+                self._short_lived, self._flap_delay = 0, 0.0
+            # Mosquitto 2.0 closes the older connection of a client id without a DISCONNECT reason; MQTT 5 brokers
+            # that send one say 0x8E. Both mean the same thing here.
+            if taken or (self._short_lived >= 3 and not told):
+                cid = client_id_of(self.config)
+                self.last_error = (
+                    f"session taken over by another client with client id {cid!r}"
+                    if taken
+                    else f"the broker closed {self._short_lived} connections in a row within seconds ({reason_code}): "
+                    f"another client with client id {cid!r}?"
+                )
+                if self._takeover_log.ready():
+                    logger.error(
+                        "MQTT broker %s:%d keeps dropping this connection (%s): most likely another client connects "
+                        "with the same client id %r. Is device_id %r used by two devices (or mqtt.client_id copied)? "
+                        "Give each device its own; the broker's log names both addresses.",
+                        self.host, self.port, reason_code, cid, self.config.device_id,
+                    )  # fmt: skip
+                return
+            self.last_error = f"connection lost: {reason_code}"
             logger.warning(
                 "MQTT connection lost (%s); reconnecting with back-off, events wait in the outbox", reason_code
             )
-        self.connected.clear()
+            return
+        if self._refused_attempt:
+            self._refused_attempt = False
+            return
+        if not self._ever_connected:
+            # A broker that speaks only MQTT 3.1.1 may close or ignore an MQTT 5 CONNECT: alternate until one works.
+            client._protocol = mqtt.MQTTv311 if client._protocol == mqtt.MQTTv5 else mqtt.MQTTv5  # pinned paho<3
+            client._clean_session = True  # what paho reads for 3.1.1 (it was created for MQTT 5, where it is None)
+        # Not in yet: the port took the TCP connection but the MQTT handshake ended (no CONNACK).
+        if getattr(reason_code, "value", None) == 0x8D or "keep alive" in str(reason_code).lower():
+            reason = (
+                f"accepted the connection but sent no MQTT answer within {self.config.mqtt.keepalive_s:.0f} s "
+                "(mqtt.keepalive_s); is this port an MQTT broker?"
+            )
+        else:
+            reason = closed_without_answer(self.config)
+        self._failed_attempt(reason)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # paho holds its message lock here: hand the ack to the drain thread instead of touching our state.
-        self._acks.put(mid)
+        # MQTT 5: a PUBACK with a failure reason code (not authorised, quota, payload) means the broker did NOT take it.
+        self._acks.put((mid, str(reason_code) if getattr(reason_code, "is_failure", False) else ""))
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
-            self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
+        if self.commands is not None and msg.topic.endswith("/set") and msg.topic.startswith(self.topics.base + "/"):
+            if msg.retain:  # a retained command would undo every later change at each reconnect
+                logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
+            else:
+                self.commands.handle(msg.topic, msg.payload)
+        elif msg.topic in homeassistant.legacy_topics(self.config) and msg.payload:
+            # Cleared only when seen: an empty message on them at every start makes Home Assistant warn about a
+            # conflicting discovery message. Then announced again, for the entities that clearing removed.
+            logger.info("clearing the per-entity Home Assistant discovery of an earlier version: %s", msg.topic)
+            client.publish(msg.topic, b"", qos=1, retain=True)
+            self._announce_to_home_assistant()
+        elif msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
+            if self._foreign_ok():
+                self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
         elif msg.topic == self.topics.availability and msg.payload != ONLINE.encode() and not self._stop.is_set():
-            logger.warning(
-                "%s was set to %r by another client while this daemon runs; announcing online again",
-                msg.topic,
-                msg.payload.decode("utf-8", "replace")[:40],
-            )
+            if msg.payload == OFFLINE.encode():
+                # The will of a connection of ours (the broker publishes it when it notices a lost connection, and
+                # on its own shutdown): expected, not another client's doing.
+                logger.info("%s held the will %r of an earlier connection; announcing online", msg.topic, OFFLINE)
+            elif self._foreign_ok():
+                logger.warning(
+                    "%s was set to %r by another client while this daemon runs; announcing online again",
+                    msg.topic,
+                    msg.payload.decode("utf-8", "replace")[:40],
+                )
+            else:
+                return
             client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
             for topic, payload in list(self._retained.items()):
                 client.publish(topic, payload, qos=1, retain=True)
+
+    def _foreign_ok(self) -> bool:
+        """Messages from other clients (availability overwritten, Home Assistant's status) are answered at most once
+        every 5 s and warned about once a minute: a client that floods them costs neither the log nor the broker."""
+        now = time.monotonic()
+        if now - self._republished_at < 5.0:
+            self._foreign_ignored += 1
+            if self._foreign_log.ready():
+                logger.warning(
+                    "other clients keep publishing on %s or Home Assistant's status topic (%d ignored so far); "
+                    "answering at most every 5 s",
+                    self.topics.availability, self._foreign_ignored,
+                )  # fmt: skip
+            return False
+        self._republished_at = now
+        return True
 
     # ------------------------------------------------------------------ outbox drain (own thread)
 
     def _drain_loop(self) -> None:
         inflight: dict[int, int] = {}  # paho mid -> event seq
-        handed = 0  # highest seq handed to paho
+        handed = 0  # highest seq handed to paho since the connection began
+        retry: dict[int, float] = {}  # seq refused by the broker -> when to offer it again (monotonic)
+        # After a connection that ended with events in flight: hand over one at a time until one is acknowledged,
+        # so that an event the broker closes the connection for (over its message size limit) is found.
+        careful = False
+        dropped_for: set[int] = set()  # refused seqs that the broker closed the connection for
         budget, last = 0.0, time.monotonic()
         failures = Throttle()
         while not self._stop.is_set():
             self._wake.wait(0.2)
             self._wake.clear()
             try:
+                now = time.monotonic()
+                if self._lost.is_set():
+                    self._lost.clear()
+                    if inflight:
+                        if careful and len(inflight) == 1:
+                            seq = next(iter(inflight.values()))
+                            size = sum(len(p.payload) for p in self.outbox.get([seq]))
+                            self._refuse(
+                                [seq], f"the broker closed the connection ({self._lost_reason}) each time it got this "
+                                f"{size}-byte event: over its message size limit?", retry, now + RETRY_DROPPED_S
+                            )  # fmt: skip
+                            dropped_for.add(seq)
+                            self._size_refusal = self.refusal
+                        careful = True
+                    inflight.clear()
+                    handed = 0  # everything unacknowledged is offered again from the outbox
+                acked: list[int] = []
+                refused: dict[str, list[int]] = {}
                 while True:
                     try:
-                        mid = self._acks.get_nowait()
+                        mid, failure = self._acks.get_nowait()
                     except queue.Empty:
                         break
                     seq = inflight.pop(mid, None)
-                    if seq is not None:
-                        self.outbox.ack(seq)
-                        self.published += 1
-                now = time.monotonic()
+                    if seq is None:
+                        continue
+                    if failure:
+                        refused.setdefault(failure, []).append(seq)
+                    else:
+                        acked.append(seq)
+                for reason, seqs in refused.items():
+                    self._refuse(seqs, f"PUBACK reason: {reason}", retry, now + self.retry_refused_s)
+                if acked:
+                    careful = False
+                    self.outbox.ack_many(acked)
+                    self.published += len(acked)
+                    if self.refusal and not refused:
+                        # The broker takes events again (an ACL fixed): offer the ones it refused by PUBACK now.
+                        for s in retry:
+                            if s not in dropped_for:
+                                retry[s] = 0.0
+                        if not dropped_for or "size limit" not in self.refusal:
+                            self._delivery_changed(self._size_refusal if dropped_for else "")
+                for s in [s for s in dropped_for if s not in retry]:
+                    dropped_for.discard(s)
+                if not retry and self.refusal:
+                    self._delivery_changed("")
+                self.refused_waiting = len(retry)
+                self.outbox.persist_due()
                 # Token bucket: a long backlog drains at drain_rate_per_s, with a burst of one second's worth.
                 budget = min(self.drain_rate_per_s, budget + (now - last) * self.drain_rate_per_s)
                 last = now
-                room = min(INFLIGHT - len(inflight), int(budget))
+                room = min(1 - len(inflight) if careful else INFLIGHT - len(inflight), int(budget))
                 if not self.connected.is_set() or room <= 0:
                     continue
-                for item in self.outbox.pending(handed, room):
-                    info = self._client.publish(self.topics.events, item.payload, qos=1, retain=False)
-                    inflight[info.mid] = item.seq
-                    handed = item.seq
+                due = sorted(s for s, t in retry.items() if t <= now)
+                if self.refusal:
+                    due = due[:1]  # while refusals go on, one probe at a time
+                for item in self.outbox.get(due[:room]):
+                    del retry[item.seq]
+                    self._hand(item.seq, item.payload, inflight)
                     budget -= 1
+                    room -= 1
+                for s in due:
+                    if s in retry and not self.outbox.get([s]):
+                        del retry[s]  # dropped by the outbox bounds meanwhile
+                if room <= 0:
+                    continue
+                for item in self.outbox.pending(handed, room + len(retry)):
+                    if item.seq in retry or item.seq in inflight.values():
+                        handed = item.seq  # offered again from `retry`, not in order
+                        continue
+                    if room <= 0:
+                        break
+                    handed = item.seq
+                    self._hand(item.seq, item.payload, inflight)
+                    budget -= 1
+                    room -= 1
             except Exception as exc:  # e.g. the outbox locked by another process: retry, never stop publishing
                 if failures.ready():
                     logger.error("publishing from the outbox failed (%s); retrying", exc)
                 self._stop.wait(1.0)
 
+    def _hand(self, seq: int, payload: str, inflight: dict[int, int]) -> None:
+        info = self._client.publish(self.topics.events, payload, qos=1, retain=False)
+        inflight[info.mid] = seq
+
+    @staticmethod
+    def _forget_queued(client: mqtt.Client) -> None:
+        """On a new connection, take what the previous one left out of paho's resend queue: events are offered
+        again from the outbox, and availability, retained topics and discovery are published afresh on every
+        connect. A message the broker closes the connection for (over its message size limit) must not be re-sent
+        by paho forever. Called from on_connect: paho walks that queue right after it returns, never during."""
+        with client._out_message_mutex:  # no public API for this in paho 2 (pinned <3); an RLock
+            client._out_messages.clear()
+            client._inflight_messages = 0
+
+    def _refuse(self, seqs: list[int], reason: str, retry: dict[int, float], when: float) -> None:
+        """The broker did not take these: they stay in the outbox (written down), and are offered again later."""
+        self.outbox.persist(seqs)
+        for s in seqs:
+            retry[s] = when
+        self.refused += len(seqs)
+        self.refused_waiting = len(retry)
+        if self.refusal != reason:
+            self._delivery_changed(reason)
+        if self._refusal_log.ready():
+            logger.error(
+                "MQTT broker %s:%d refused %d event(s) on %s (%s): is client %r allowed to publish there (the "
+                "broker's ACL, message_size_limit)? They stay in the outbox and are offered again; %d waiting "
+                "(stats.mqtt.events_refused)",
+                self.host, self.port, len(seqs), self.topics.events, reason, client_id_of(self.config), len(retry),
+            )  # fmt: skip
+
+    def _delivery_changed(self, refusal: str) -> None:
+        self.refusal = refusal  # the daemon's main loop shows it in `status` (retained) while it lasts
+
+    def stats(self) -> dict[str, Any]:
+        """The session's part of `stats`: connection state and history, refused events."""
+        since = self.connected_since
+        return {
+            "connected": self.connected.is_set(),
+            "connected_since": _iso(since) if since else None,
+            "disconnects": self.disconnects,
+            "last_error": self.last_error or None,
+            "events_refused": self.refused,
+            "events_refused_waiting": self.refused_waiting,
+            "last_refusal": self.refusal or None,
+        }
+
     # ------------------------------------------------------------------ helpers
 
     def _announce_to_home_assistant(self) -> None:
-        ha = self.config.mqtt.homeassistant
-        dev = self.config.device_id
-        device = {"identifiers": [f"emotion-edge-{dev}"], "name": f"emotion-edge {dev}", "manufacturer": "emotion-edge"}
-        sensors = {
-            "emotion": {
-                "value_template": "{{ value_json.emotion }}",
-                "options": [*CANONICAL, UNKNOWN],
-                "device_class": "enum",
-            },
-            "confidence": {"value_template": "{{ value_json.confidence }}", "state_class": "measurement"},
-        }
-        for key, extra in sensors.items():
-            payload = {
-                "name": key.capitalize(),
-                "unique_id": f"emotion_edge_{dev}_{key}",
-                "state_topic": self.topics.state,
-                "availability_topic": self.topics.availability,
-                # Anything but `online` (the will `offline`, a clean `stopped`) makes the sensors unavailable.
-                "availability_template": f"{{{{ '{ONLINE}' if value == '{ONLINE}' else '{OFFLINE}' }}}}",
-                "payload_available": ONLINE,
-                "payload_not_available": OFFLINE,
-                "device": device,
-                **extra,
-            }
-            self._client.publish(
-                f"{ha.prefix}/sensor/emotion_edge_{dev}/{key}/config", json.dumps(payload), qos=1, retain=True
-            )
+        """The device's discovery message (edge_daemon/homeassistant.py), or its removal when discovery is off."""
+        topic = homeassistant.device_topic(self.config)
+        if self.config.mqtt.homeassistant.discovery:
+            payload = homeassistant.discovery_payload(self.config, self.configuration_url)
+            self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
+        else:
+            self._client.publish(topic, b"", qos=1, retain=True)
+
+
+def _iso(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def client_id_of(config: Config) -> str:
@@ -310,7 +578,8 @@ def client_id_of(config: Config) -> str:
 def make_client(config: Config, client_id: str) -> mqtt.Client:
     """A paho client with the configured credentials and TLS (UserError if the certificate files are unusable)."""
     c = config.mqtt
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    # MQTT 5: a broker says in the PUBACK when it did not take a message (an ACL, a quota); 3.1.1 acknowledges it.
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if c.username:
         client.username_pw_set(c.username, mqtt_password(config))
     if c.tls.enabled:
@@ -358,20 +627,33 @@ def probe_broker(config: Config, host: str, port: int, timeout_s: float = 5.0) -
     # Never the daemon's own client id: the broker would disconnect a running daemon in favour of the probe.
     client = make_client(config, f"{client_id_of(config)}-check-{os.getpid()}")
     answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    client.on_connect = lambda c, userdata, flags, reason_code, properties: answers.put(reason_code)
+    client.on_connect = lambda c, userdata, flags, reason_code, properties: answers.put(("connack", reason_code))
+    client.on_disconnect = lambda c, userdata, flags, reason_code, properties: answers.put(("closed", reason_code))
     try:
         client.connect(host, port, keepalive=10)
     except (OSError, ValueError):  # TLS failures are OSErrors too
         return diagnose(config, host, port)
     client.loop_start()
     try:
-        reason = answers.get(timeout=timeout_s)
+        kind, reason = answers.get(timeout=timeout_s)
     except queue.Empty:
-        return f"accepted the connection but gave no MQTT answer within {timeout_s:.0f} s"
+        return f"accepted the connection but sent no MQTT answer within {timeout_s:.0f} s; is this port an MQTT broker?"
     finally:
         client.disconnect()
         client.loop_stop()
+    if kind == "closed":
+        return closed_without_answer(config)
     return f"refused the connection: {reason}" if reason.is_failure else None
+
+
+def closed_without_answer(config: Config) -> str:
+    """The port took the TCP connection and closed it before any CONNACK."""
+    if config.mqtt.tls.enabled:
+        return "closed the connection during the MQTT handshake; check mqtt.tls and the broker's log"
+    return (
+        "closed the connection without answering MQTT; is it a TLS port (set mqtt.tls.enabled) or not an MQTT "
+        "broker? The broker's log says why"
+    )
 
 
 def resolve_broker(config: Config) -> tuple[str, int]:

@@ -1,28 +1,41 @@
-"""The on-disk queue that keeps events across broker outages and restarts.
+"""The queue that keeps events across broker outages, restarts and power cuts.
 
-SQLite in WAL mode in the state directory. An event is stored, with the next
-`seq`, before anything tries to publish it, and removed only when the broker
-has acknowledged it (QoS 1 PUBACK). `seq` comes from a counter in the same
-database, so it continues after a restart and is never reused, even when the
-queue was empty. When the size or age bound forces a drop, the oldest events
-go first and the count is kept for `stats`.
+An event gets the next `seq` and is then either written to SQLite (WAL, every commit synced: a power cut keeps it)
+or, while the broker is connected, *held* in memory and published at once. A held event that the broker has not
+acknowledged within `hold_s` is written to the database too (in one transaction with the others that are due), so
+with the broker up nothing is written per event at all: an SD card is not worn by a queue that is always empty.
 
-Age is counted on the monotonic clock, not the wall clock: a board without a
-real-time clock may queue events at a stale time and have NTP step the clock
-by days once the network (and the broker) is back, exactly when the backlog
-is about to drain. Events from an earlier boot are aged by the wall clock,
-from when this process opened the queue.
+`seq` is never reused, whatever happens to the process, the database or the power: before a seq is handed out it is
+covered by a high-water mark reserved `RESERVE` ahead and synced to its own small file (`outbox.seq`). A clean close
+writes the mark down to the last seq used, so a restart continues without a gap. The database also records (meta
+`holding`) whether seqs may have been handed out beyond its own `last_seq` (held events, published before they
+were written): only then does a start after a crash or power cut continue above the mark (a gap, never a repeat),
+as it does when the database itself had to be replaced. A crash while the broker is away leaves no gap.
+
+No storage error ends the process. A call that cannot read or write the database logs (once a minute) and degrades:
+counts come from memory, held events stay in memory and still go to the broker, acknowledgements that cannot be
+recorded are sent again later (at least once). A database that is corrupt when it is opened is moved aside (kept,
+named with the time) and a fresh one starts; one that cannot be opened for another reason than permissions (an I/O
+error) is tried again every minute while events are counted as unstorable.
+
+Age is counted on the monotonic clock, not the wall clock: a board without a real-time clock may queue events at a
+stale time and have NTP step the clock by days once the network (and the broker) is back, exactly when the backlog
+is about to drain. Events from an earlier boot are aged by the wall clock, from when this process opened the queue.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +45,23 @@ from .throttle import Throttle
 logger = logging.getLogger(__name__)
 
 FILENAME = "outbox.sqlite3"
+MARK_FILENAME = "outbox.seq"
 # A stored wall time before this was taken by a clock that had not been set (1970, or an image's build date).
 PLAUSIBLE_SINCE = 1735689600.0  # 2025-01-01 UTC
+RESERVE = 1000  # seqs covered by one synced write of the high-water mark (one small write per ~33 min at 2 s windows)
+HOLD_S = 1.0  # how long an event may wait in memory for the broker's acknowledgement before it is written down
+REOPEN_S = 60.0  # how often an outbox that could not be opened is tried again
+# The WAL is checkpointed every 100 pages (400 KiB) and truncated to at most 1 MiB afterwards: on a small state_dir
+# it never grows until the disk is full (SQLite's default lets it reach 4 MiB and keeps it at its largest size).
+WAL_PAGES = 100
+WAL_LIMIT_BYTES = 512 << 10
+# Stores stop while state_dir has less than this free: acknowledgements (deletes) and checkpoints need room too, and
+# a queue that filled the disk to the last block could never shrink again.
+HEADROOM_BYTES = 256 << 10
+
+
+class _NearlyFull(sqlite3.OperationalError):
+    pass
 
 
 def boot_id() -> str:
@@ -56,97 +84,447 @@ class Pending:
     payload: str
 
 
+@dataclass
+class _Held:
+    payload: str
+    created: float  # wall clock
+    mono: float
+
+
+class SeqMark:
+    """The high-water mark of `seq`, synced to a file of two fixed slots written in turn, each with a generation
+    and a CRC.
+
+    Written in place (no new blocks: it works on a full disk), and a write torn by a power cut spoils at most the
+    slot being written: the other one still holds the previous mark, and the valid slot of the later generation
+    counts.
+    """
+
+    SLOT = 48
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._slot = 0  # the slot the next write goes to
+        self._gen = 0
+
+    def read(self) -> int | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        found = []
+        for i in range(2):
+            try:
+                gen, value, crc = data[i * self.SLOT : (i + 1) * self.SLOT].decode("ascii").split()
+                if zlib.crc32(f"{gen} {value}".encode()) == int(crc, 16):
+                    found.append((int(gen), int(value), i))
+            except (UnicodeDecodeError, ValueError):
+                continue
+        if not found:
+            return None
+        self._gen, value, slot = max(found)
+        self._slot = 1 - slot
+        return value
+
+    def write(self, value: int) -> None:
+        """Durably (fsync) before it returns; OSError if it cannot."""
+        gen = self._gen + 1
+        body = f"{gen} {value}"
+        text = f"{body} {zlib.crc32(body.encode()):08x}".ljust(self.SLOT - 1).encode() + b"\n"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < 2 * self.SLOT:  # first write: both slots, so the file never grows again
+                os.pwrite(fd, text * 2, 0)
+            else:
+                os.pwrite(fd, text, self._slot * self.SLOT)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._gen, self._slot = gen, 1 - self._slot
+
+
 class Outbox:
     """Thread-safe: the fusion thread appends, the MQTT thread reads and acknowledges."""
 
-    def __init__(self, state_dir: Path, max_events: int = 100_000, max_age_s: float = 7 * 86400) -> None:
+    def __init__(
+        self, state_dir: Path, max_events: int = 100_000, max_age_s: float = 7 * 86400, hold_s: float = HOLD_S
+    ) -> None:
         self.path = Path(state_dir) / FILENAME
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a process kill; only a power cut can lose the last commits.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
-            with self._db:  # one transaction: a migration cut short by a kill is rolled back, not left half done
-                self._db.execute("BEGIN IMMEDIATE")  # and a second process waits instead of adding a column twice
-                columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
-                # Queues written before ages were monotonic lack these.
-                if "boot" not in columns:
-                    self._db.execute("ALTER TABLE events ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
-                if "mono" not in columns:
-                    self._db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
-                self._db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
-            self._boot = boot_id()
-            self._rebase_earlier_boots()
-        except (sqlite3.Error, OSError) as exc:  # OSError: the directory cannot be made (a file, /proc, no rights)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise UserError(
-                f"{self.path}: cannot open the outbox ({reason}); check state_dir and its permissions"
-            ) from None
-        self._lock = threading.Lock()
         self.max_events = max_events
         self.max_age_s = max_age_s
+        self.hold_s = hold_s
+        self._lock = threading.RLock()
+        self._held: dict[int, _Held] = {}
+        self._db: sqlite3.Connection | None = None
+        self._disk_count = 0
+        self._holding = True  # the database may not know the last seq handed out (see the module doc)
+        self._dropped = 0
         self._unlogged_drops = 0
-        # An outbox at its bound drops on every append: say so once a minute, with the count.
-        self._drop_log = Throttle()
-
-    def append(self, event: dict[str, Any]) -> int:
-        """Give the event its `seq`, store it durably, and return the seq (OutboxWriteError if it cannot)."""
+        self._drop_log = Throttle()  # an outbox at its bound drops on every append: once a minute, with the count
+        self._error_log = Throttle()
+        self._reopen = Throttle(REOPEN_S)
+        self.storage_error = ""  # the last storage failure, for stats; empty while all is well
+        self._boot = boot_id()
         try:
-            with self._lock, self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                seq = self._meta("last_seq") + 1
-                self._db.execute("UPDATE meta SET value=? WHERE key='last_seq'", (seq,))
-                self._db.execute(
-                    "INSERT INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
-                    (seq, time.time(), json.dumps({**event, "seq": seq}, separators=(",", ":")), self._boot,
-                     time.monotonic()),
-                )  # fmt: skip
-                self._enforce_bounds()
-        except sqlite3.Error as exc:  # the transaction was rolled back: the seq was not used
-            raise OutboxWriteError(f"{self.path}: {exc}") from None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the directory cannot be made (a file, /proc, no rights)
+            raise UserError(
+                f"{self.path}: cannot open the outbox ({exc.strerror or exc}); check state_dir and its permissions"
+            ) from None
+        self._mark = SeqMark(self.path.parent / MARK_FILENAME)
+        try:
+            mark = self._mark.read()
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR):
+                raise UserError(
+                    f"{self._mark.path}: cannot read the outbox's seq mark ({exc.strerror}); check state_dir "
+                    "and its permissions"
+                ) from None
+            mark = None
+            self._storage_failed("read the seq mark", exc)
+        self._mark_value = mark or 0
+        self._last = self._mark_value  # the last seq handed out
+        self._reserved = self._mark_value  # every seq up to here may have been handed out
+        self._open(first=True)
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self, first: bool = False) -> bool:
+        """Open (or reopen) the database; a corrupt one is moved aside. False if it cannot be opened now."""
+        try:
+            self._db = self._connect()
+        except sqlite3.DatabaseError as exc:
+            if _permission_problem(exc, self.path):
+                if first:
+                    raise UserError(
+                        f"{self.path}: cannot open the outbox ({exc}); check state_dir and its permissions"
+                    ) from None
+                self._storage_failed("open the outbox", exc)
+                return False
+            if not _corrupt(exc):
+                self._storage_failed("open the outbox", exc)
+                return False
+            try:
+                aside = self._move_aside()
+                self._db = self._connect()
+            except (sqlite3.Error, OSError) as again:
+                self._storage_failed("replace the corrupt outbox", again)
+                return False
+            logger.error(
+                "outbox %s was unreadable (%s): moved aside to %s with whatever it held; a fresh outbox starts, "
+                "seq continues above %d",
+                self.path, exc, aside.name, self._last,
+            )  # fmt: skip
+        self.storage_error = ""
+        return True
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed (quick_check)")
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: every commit is synced, so a written event survives a power cut. Commits are rare: held events
+            # are written only when the broker has not acknowledged them in time (an outage), in batches.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
+            with db:  # one transaction: a migration cut short by a kill is rolled back, not left half done
+                db.execute("BEGIN IMMEDIATE")  # and a second process waits instead of adding a column twice
+                columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+                # Queues written before ages were monotonic lack these.
+                if "boot" not in columns:
+                    db.execute("ALTER TABLE events ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
+                if "mono" not in columns:
+                    db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
+                db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
+                fresh = not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
+                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
+                # A new database knows no seq (the mark does); one written before `holding` existed knew them all.
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('holding', ?)", (1 if fresh else 0,))
+            self._db = db
+            self._rebase_earlier_boots()
+            stored_last = self._meta("last_seq")
+            top = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+            self._disk_count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            self._dropped = max(self._dropped, self._meta("dropped"))
+            holding = bool(self._meta("holding"))
+        except BaseException:
+            self._db = None
+            db.close()
+            raise
+        with self._lock:
+            if holding or self._held:
+                # Seqs may have been handed out beyond what the database knows: continue above the mark.
+                self._last = max(self._last, stored_last, top, self._mark_value)
+            else:
+                self._last = max(stored_last, top) if self._last == self._mark_value else max(self._last, top)
+            self._reserved = max(self._reserved, self._last)
+            self._holding = holding
+        return db
+
+    def _move_aside(self) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{FILENAME}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{FILENAME}.corrupt-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
+        return aside
+
+    def _usable(self) -> bool:
+        """The database is open, or could be opened again just now (tried once a minute)."""
+        if self._db is not None:
+            return True
+        return self._reopen.ready() and self._open()
+
+    # ------------------------------------------------------------------ the queue
+
+    def append(self, event: dict[str, Any], hold: bool = False) -> int:
+        """Give the event its `seq` and keep it; return the seq (OutboxWriteError if it cannot be kept).
+
+        `hold`: the broker is connected and the event is about to be published: keep it in memory, and write it
+        down only if it is not acknowledged within `hold_s`. Otherwise it is durable before this returns.
+        """
+        with self._lock:
+            seq = self._last + 1
+            if seq > self._reserved:
+                try:
+                    self._mark.write(seq + RESERVE - 1)
+                except OSError as exc:  # without a durable mark a later start could hand this seq out again
+                    self._storage_failed("write the seq mark", exc)
+                    raise OutboxWriteError(f"{self._mark.path}: {exc.strerror or exc}") from None
+                self._reserved = self._mark_value = seq + RESERVE - 1
+            payload = json.dumps({**event, "seq": seq}, separators=(",", ":"))
+            if hold and not self._holding:
+                hold = self._start_holding()
+            if hold:
+                self._held[seq] = _Held(payload, time.time(), time.monotonic())
+                self._bound_held()
+            else:
+                if not self._usable():
+                    raise OutboxWriteError(f"{self.path}: {self.storage_error or 'not open'}")
+                try:
+                    self._write({seq: _Held(payload, time.time(), time.monotonic())}, exact=not self._held)
+                except sqlite3.Error as exc:  # rolled back: the seq was not used and goes to the next event
+                    self._storage_failed("store an event", exc)
+                    raise OutboxWriteError(f"{self.path}: {exc}") from None
+            self._last = seq
         event["seq"] = seq
         return seq
 
-    def pending(self, after_seq: int, limit: int) -> list[Pending]:
-        """The oldest stored events with seq > after_seq, in order."""
+    def persist_due(self, now: float | None = None) -> None:
+        """Write down the held events whose acknowledgement has not come within `hold_s` (one transaction)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-            ).fetchall()
-        return [Pending(seq, payload) for seq, payload in rows]
+            limit = (time.monotonic() if now is None else now) - self.hold_s
+            due = {seq: h for seq, h in self._held.items() if h.mono <= limit}
+            if due:
+                self._persist(due)
 
-    def ack(self, seq: int) -> None:
+    def _start_holding(self) -> bool:
+        """Record (synced) that seqs may now be handed out beyond the database's last_seq; False if it cannot be,
+        and then the event is written down before it is published, as while the broker is away."""
+        if not self._usable():
+            return False
+        try:
+            with self._db:  # type: ignore[union-attr]
+                self._db.execute("UPDATE meta SET value = 1 WHERE key='holding'")  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            self._storage_failed("record that events are held", exc)
+            return False
+        self._holding = True
+        return True
+
+    def persist(self, seqs: Iterable[int]) -> None:
+        """Write these held events down now (the broker refused them: they will wait)."""
         with self._lock:
-            self._db.execute("DELETE FROM events WHERE seq = ?", (seq,))
+            due = {s: self._held[s] for s in seqs if s in self._held}
+            if due:
+                self._persist(due)
+
+    def pending(self, after_seq: int, limit: int) -> list[Pending]:
+        """The oldest kept events with seq > after_seq, in order (stored and held)."""
+        with self._lock:
+            rows: list[tuple[int, str]] = []
+            if self._disk_count and self._usable():
+                try:
+                    rows = self._db.execute(  # type: ignore[union-attr]
+                        "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    self._storage_failed("read the outbox", exc)
+            held = sorted((s, h.payload) for s, h in self._held.items() if s > after_seq)[:limit]
+        merged = sorted({**dict(rows), **dict(held)}.items())[:limit]
+        return [Pending(seq, payload) for seq, payload in merged]
+
+    def get(self, seqs: Iterable[int]) -> list[Pending]:
+        """These events, where still kept, in seq order."""
+        wanted = sorted(set(seqs))
+        with self._lock:
+            found = {s: self._held[s].payload for s in wanted if s in self._held}
+            rest = [s for s in wanted if s not in found]
+            if rest and self._disk_count and self._usable():
+                try:
+                    marks = ",".join("?" * len(rest))
+                    found.update(
+                        self._db.execute(  # type: ignore[union-attr]
+                            f"SELECT seq, payload FROM events WHERE seq IN ({marks})", rest
+                        ).fetchall()
+                    )
+                except sqlite3.Error as exc:
+                    self._storage_failed("read the outbox", exc)
+        return [Pending(s, found[s]) for s in sorted(found)]
+
+    def ack(self, seq: int) -> bool:
+        return self.ack_many([seq])
+
+    def ack_many(self, seqs: Iterable[int]) -> bool:
+        """The broker has these: forget them (one transaction). False if it could not be recorded (they stay, and
+        go to the broker again after a restart: at least once)."""
+        with self._lock:
+            stored = [s for s in seqs if self._held.pop(s, None) is None]
+            if not stored:
+                return True
+            if not self._usable():
+                return False
+            try:
+                with self._db:  # type: ignore[union-attr]
+                    self._db.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+                    deleted = self._db.executemany(  # type: ignore[union-attr]
+                        "DELETE FROM events WHERE seq = ?", [(s,) for s in stored]
+                    ).rowcount
+                self._disk_count = max(0, self._disk_count - max(deleted, 0))
+                return True
+            except sqlite3.Error as exc:
+                self._storage_failed("record acknowledgements", exc)
+                return False
 
     def depth(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return self._disk_count + len(self._held)
+
+    @property
+    def held(self) -> int:
+        with self._lock:
+            return len(self._held)
 
     @property
     def dropped(self) -> int:
         with self._lock:
-            return self._meta("dropped")
+            return self._dropped
 
     @property
     def last_seq(self) -> int:
         with self._lock:
-            return self._meta("last_seq")
+            return self._last
 
     def close(self) -> None:
+        """Write down what is held, and the mark down to the last seq (the next start continues without a gap)."""
         with self._lock:
-            self._db.close()
+            if self._held:
+                if self._db is not None or self._open():
+                    self._persist(dict(self._held))
+                if self._held:
+                    logger.error(
+                        "%d event(s) not acknowledged by the broker could not be written to %s (%s) and are lost",
+                        len(self._held), self.path, self.storage_error,
+                    )  # fmt: skip
+                    self._held.clear()
+            clean = True
+            if self._db is not None:
+                try:
+                    with self._db:
+                        self._db.execute("UPDATE meta SET value = ? WHERE key='last_seq'", (self._last,))
+                        self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+                except sqlite3.Error as exc:
+                    self._storage_failed("record the last seq", exc)
+                    clean = False
+                if self._db is not None:  # an I/O error above has closed it already
+                    try:
+                        self._db.close()
+                    except sqlite3.Error:
+                        pass
+                self._db = None
+            else:
+                clean = False
+            if clean and self._mark_value != self._last:
+                try:
+                    self._mark.write(self._last)
+                    self._mark_value = self._reserved = self._last
+                except OSError as exc:  # the mark stays ahead: the next start leaves a gap, never a repeat
+                    self._storage_failed("write the seq mark", exc)
+
+    # ------------------------------------------------------------------ internals (lock held)
+
+    def _persist(self, due: dict[int, _Held]) -> None:
+        if not self._usable():
+            return  # they stay held (and deliverable from memory) until the database can be written
+        try:
+            self._write(due, exact=set(self._held) <= set(due) and max(due) == self._last)
+        except sqlite3.Error as exc:
+            self._storage_failed("write held events", exc)
+            return
+        for seq in due:
+            self._held.pop(seq, None)
+
+    def _write(self, events: dict[int, _Held], exact: bool) -> None:
+        """`exact`: after this write the database knows every seq handed out (nothing else is held)."""
+        assert self._db is not None
+        try:
+            self._insert(events, exact)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            # A full disk: a WAL that a checkpoint can reset may be what fills it. Once more after truncating it.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._insert(events, exact)
+        self.storage_error = ""
+
+    def _insert(self, events: dict[int, _Held], exact: bool) -> None:
+        assert self._db is not None
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            pass
+        else:
+            # Pages that deleted events left in the database file are reused before the file grows.
+            free = st.f_bavail * st.f_frsize + self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size()
+            if free < HEADROOM_BYTES + sum(len(h.payload) for h in events.values()):
+                raise _NearlyFull(f"state_dir nearly full (less than {HEADROOM_BYTES >> 10} KiB free, kept for "
+                                  "acknowledgements)")  # fmt: skip
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
+                [(seq, h.created, h.payload, self._boot, h.mono) for seq, h in sorted(events.items())],
+            )
+            self._db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key='last_seq'", (max(events),))
+            if exact:
+                self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+            dropped = self._enforce_bounds()
+        if exact:
+            self._holding = False
+        self._disk_count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        self._count_drops(dropped)
+
+    def _page_size(self) -> int:
+        assert self._db is not None
+        return int(self._db.execute("PRAGMA page_size").fetchone()[0])
 
     def _meta(self, key: str) -> int:
+        assert self._db is not None
         return int(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
 
     def _rebase_earlier_boots(self) -> None:
         """Give events from an earlier boot a monotonic time of this boot that keeps their age by the wall clock;
         an age that the wall clock cannot tell (a clock that was not set, or one that went back) counts from now."""
+        assert self._db is not None
         wall, mono = time.time(), time.monotonic()
         self._db.execute(
             "UPDATE events SET boot = ?, mono = ? - CASE WHEN created < ? OR created > ? THEN 0 ELSE ? - created END"
@@ -154,15 +532,30 @@ class Outbox:
             (self._boot, mono, PLAUSIBLE_SINCE, wall, wall, self._boot),
         )
 
-    def _enforce_bounds(self) -> None:
+    def _enforce_bounds(self) -> int:
+        assert self._db is not None
         old = self._db.execute("DELETE FROM events WHERE mono < ?", (time.monotonic() - self.max_age_s,)).rowcount
         over = self._db.execute(
             "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq DESC LIMIT -1 OFFSET ?)",
-            (self.max_events,),
+            (max(0, self.max_events - len(self._held)),),
         ).rowcount
         if old or over:
             self._db.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (old + over,))
-            self._unlogged_drops += old + over
+        return old + over
+
+    def _bound_held(self) -> None:
+        """Held events that cannot be written down (a broken disk) are bounded like stored ones."""
+        now = time.monotonic()
+        stale = [s for s, h in self._held.items() if h.mono < now - self.max_age_s]
+        over = sorted(self._held)[: max(0, len(self._held) + self._disk_count - self.max_events)]
+        gone = set(stale) | set(over)
+        for s in gone:
+            del self._held[s]
+        self._count_drops(len(gone))
+
+    def _count_drops(self, n: int) -> None:
+        self._dropped += n
+        self._unlogged_drops += n
         if self._unlogged_drops and self._drop_log.ready():
             logger.warning(
                 "outbox full: dropped %d oldest undelivered event(s) since the last such line (bounds: "
@@ -170,3 +563,45 @@ class Outbox:
                 self._unlogged_drops, self.max_events, self.max_age_s,
             )  # fmt: skip
             self._unlogged_drops = 0
+
+    def _storage_failed(self, what: str, exc: BaseException) -> None:
+        """One line a minute; the database is reopened (once a minute) after an error that may have broken it."""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.storage_error = f"cannot {what}: {reason}"
+        if self._error_log.ready():
+            logger.error(
+                "outbox %s: cannot %s (%s); events are kept in memory while the broker takes them, "
+                "free space in state_dir or check its file system",
+                self.path, what, reason,
+            )  # fmt: skip
+        if isinstance(exc, sqlite3.DatabaseError) and self._db is not None and (_corrupt(exc) or _io_error(exc)):
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None  # reopened once a minute; a corrupt file is then moved aside
+            self._reopen.ready()  # not at once: the next minute
+
+
+def _code(exc: sqlite3.Error) -> int:
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _corrupt(exc: sqlite3.Error) -> bool:
+    return _code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc)
+
+
+def _io_error(exc: sqlite3.Error) -> bool:
+    return _code(exc) in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
+
+
+def _permission_problem(exc: sqlite3.Error, path: Path) -> bool:
+    """A mistake the user fixes (ownership, a read-only state_dir), as opposed to a broken file or disk."""
+    if _code(exc) in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        return True
+    if _code(exc) == sqlite3.SQLITE_CANTOPEN:
+        d = path.parent
+        return not (d.is_dir() and os.access(d, os.W_OK | os.X_OK)) or (
+            path.exists() and not os.access(path, os.R_OK | os.W_OK)
+        )
+    return False

@@ -27,9 +27,10 @@ import numpy as np
 
 from .audio.emotion import SpeechEmotionModel
 from .audio.features import SAMPLE_RATE, pcm16_to_float
-from .audio.vad import VoiceGate
+from .audio.vad import Gate
 from .capture.buffers import AudioRing, LatestSlot
-from .fusion import Prediction, StateTracker, Windower, WindowResult
+from .fusion import FaceResult, Prediction, StateTracker, Windower, WindowResult
+from .labels import CANONICAL, NO_ONE, PAUSED
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +147,16 @@ class FaceWorker(Worker):
             if not faces:
                 continue
             self.faces_seen += 1
-            probs = self.model.classify(
-                self.model.pre.crop(frame.image, faces[0].box)
-            )  # the largest face drives fusion
-            self.timings.add("face_emotion", (time.perf_counter() - t1) * 1000)
-            self.emit(Prediction("face", frame.t, probs @ self.model.to_canonical))
+            results, largest = [], None
+            for face in faces:  # the detector returns at most face.max_faces, largest first
+                t2 = time.perf_counter()
+                probs = self.model.classify(self.model.pre.crop(frame.image, face.box)) @ self.model.to_canonical
+                self.timings.add("face_emotion", (time.perf_counter() - t2) * 1000)
+                top = int(np.argmax(probs))
+                box = tuple(int(round(v)) for v in face.box)
+                results.append(FaceResult(box, CANONICAL[top], float(probs[top])))  # type: ignore[arg-type]
+                largest = probs if largest is None else largest  # the largest face drives fusion
+            self.emit(Prediction("face", frame.t, largest, tuple(results)))
 
 
 class SpeechWorker(Worker):
@@ -158,7 +164,7 @@ class SpeechWorker(Worker):
 
     COUNTERS = ("windows", "voiced")
 
-    def __init__(self, ring: AudioRing, model: SpeechEmotionModel, gate: VoiceGate, hop_s: float, **kw: Any) -> None:
+    def __init__(self, ring: AudioRing, model: SpeechEmotionModel, gate: Gate, hop_s: float, **kw: Any) -> None:
         super().__init__("speech", **kw)
         self.ring, self.gate = ring, gate
         self.rate = SAMPLE_RATE  # the ring's rate; models are checked to match it when they load
@@ -206,7 +212,10 @@ class SpeechWorker(Worker):
     def _classify(self, buf: np.ndarray, start: int) -> None:
         self.windows += 1
         audio = pcm16_to_float(buf)
-        if not self.gate.is_speech(audio):
+        t0 = time.perf_counter()
+        voiced = self.gate.voiced(audio, start)
+        self.timings.add("voice_gate", (time.perf_counter() - t0) * 1000)
+        if not voiced:
             return
         self.voiced += 1
         t0 = time.perf_counter()
@@ -222,8 +231,11 @@ class FusionLoop:
     windower: Windower
     state: StateTracker
     on_window: Callable[[WindowResult], None]
-    on_state: Callable[[str, WindowResult], None]
+    on_state: Callable[[str, WindowResult | None], None]  # None: a state no window decided (no one, paused)
     predictions: queue.Queue[Prediction] = field(default_factory=lambda: queue.Queue(PREDICTION_QUEUE))
+    absent_after_s: float = math.inf  # this long without a face or voiced speech: the state becomes `no_one`
+    last_seen: float = 0.0  # stream time: the end of the last window that had a prediction
+    paused: bool = False  # every modality switched off: the state says `paused`, the room is not "empty"
 
     def pump(self, watermark: float, wait_s: float = 0.1) -> int:
         """Take the queued predictions, close windows up to `watermark`; returns how many windows closed."""
@@ -233,7 +245,22 @@ class FusionLoop:
                 self.windower.add(self.predictions.get_nowait())
         except queue.Empty:
             pass
-        return self._emit(self.windower.close_until(watermark))
+        closed = self._emit(self.windower.close_until(watermark))
+        # Windows without predictions produce nothing; only time passing can tell that everyone has left.
+        # (An infinite watermark is the end of a replay, not an empty room.)
+        if not self.paused and math.isfinite(watermark) and watermark - self.last_seen >= self.absent_after_s:
+            if self.state.force(NO_ONE, self.last_seen):
+                self.on_state(NO_ONE, None)
+        return closed
+
+    def set_paused(self, paused: bool, now: float) -> None:
+        """Every modality off (or one back on): `paused` is the state until a window or the absence timer decides."""
+        self.paused = paused
+        if paused:
+            if self.state.force(PAUSED, now):
+                self.on_state(PAUSED, None)
+        else:
+            self.last_seen = max(self.last_seen, now)  # the absence timer starts again from the resume
 
     def flush(self) -> int:
         while True:
@@ -245,6 +272,7 @@ class FusionLoop:
 
     def _emit(self, results: list[WindowResult]) -> int:
         for r in results:
+            self.last_seen = max(self.last_seen, r.end)
             self.on_window(r)
             if self.state.update(r.emotion, r.start):
                 self.on_state(r.emotion, r)

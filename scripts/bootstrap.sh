@@ -8,6 +8,8 @@ extras="${1-dev}"  # "${1-…}", not "${1:-…}": an explicit "" means the runti
 # System packages: PortAudio (pyaudio builds against it), a compiler and headers for that build, Mosquitto (the local
 # broker for demo and tests), venv support.
 pkgs=(gcc portaudio19-dev libportaudio2 mosquitto systemd)
+# The tests make their noise and music with sox.
+case ",$extras," in *,dev,*) pkgs+=(sox) ;; esac
 # A Python built outside Debian (pyenv, conda) brings its own venv module and headers.
 case "$(python3 -c 'import sys; print(sys.prefix)')" in /usr*) pkgs+=(python3-venv python3-dev) ;; esac
 need=()

@@ -122,15 +122,15 @@ def test_broker_restart_without_persistence_gets_availability_and_state_back(
     proc = start_daemon(cfg)
     try:
         first: Subscriber = subscribe("emotion-edge/faults/#")
-        assert first.wait_for(lambda: first.payloads("/state") and first.payloads("/availability"), timeout=30)
+        assert first.wait_for(lambda: first.payloads("faults/state") and first.payloads("/availability"), timeout=30)
         broker.stop()  # a broker without persistence forgets every retained message
         broker.start()
         t0 = time.monotonic()
         late: Subscriber = subscribe("emotion-edge/faults/#")
-        assert late.wait_for(lambda: late.payloads("/availability") and late.payloads("/state"), timeout=15)
+        assert late.wait_for(lambda: late.payloads("/availability") and late.payloads("faults/state"), timeout=15)
         assert time.monotonic() - t0 < 10
         assert late.payloads("/availability")[0] == "online"
-        assert json.loads(late.payloads("/state")[0])["emotion"]
+        assert json.loads(late.payloads("faults/state")[0])["emotion"]
     finally:
         stop_daemon(proc)
 

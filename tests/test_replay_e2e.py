@@ -11,12 +11,12 @@ from typing import Any
 from .conftest import CLIP_AUDIO, CLIP_VIDEO, SEGMENTS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "unknown"}
+EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "uncertain"}
 
 
 def check_schema(e: dict[str, Any]) -> None:
     """The documented event schema (README, 'MQTT API')."""
-    assert e["schema"] == 1
+    assert e["schema"] == 2
     assert re.fullmatch(r"[0-9a-f-]{36}", e["event_id"])
     assert isinstance(e["seq"], int) and e["seq"] >= 1
     assert ISO.match(e["window_start"]) and ISO.match(e["window_end"])
@@ -33,6 +33,12 @@ def check_schema(e: dict[str, Any]) -> None:
         assert s["label"] in EMOTIONS and sum(s["votes"].values()) == s["count"] >= 1
         assert abs(sum(s["probs"].values()) - 1.0) < 0.01
     assert set(e["models"]) == {"face_detector", "face_emotion", "speech_emotion"}
+    # Per-face results: the frame's pixels (the clip is 640x480), a label each, one face in this clip.
+    assert e["face_count"] == len(e["faces"]) == (1 if e["modalities"]["face"] else 0)
+    for f in e["faces"]:
+        x, y, w, h = f["box"]
+        assert 0 <= x < 640 and 0 <= y < 480 and 20 < w <= 640 and 20 < h <= 480, f
+        assert f["label"] in EMOTIONS and 0.0 <= f["confidence"] <= 1.0
 
 
 def replay(tmp_path: Path, port: int, *extra: str, state: str = "state") -> tuple[Any, list[dict[str, Any]]]:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import CLIP_VIDEO, ROOT, Subscriber, run_cli, start_daemon, stop_daemon, write_config
+from .conftest import CLIP_VIDEO, ROOT, Subscriber, run_cli, write_config
 
 
 def live_config(tmp_path: Path, port: int, **extra: Any) -> Path:
@@ -133,33 +133,3 @@ def test_sigterm_while_the_broker_does_not_answer_still_stops_within_5_s(tmp_pat
     stderr = seen + (proc.stderr.read() if proc.stderr else "")
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert elapsed < 5, f"stopping took {elapsed:.1f} s:\n{stderr}"
-
-
-def test_home_assistant_discovers_the_sensors_again_after_it_restarts_and_they_go_unavailable_on_stop(
-    tmp_path: Path, broker: Any, subscribe: Any
-) -> None:
-    ha: Subscriber = subscribe("homeassistant/#")
-    cfg = live_config(tmp_path, broker.port)
-    proc = start_daemon(cfg)
-    try:
-        configs = lambda: [m for m in ha.messages if m.topic.endswith("/config")]  # noqa: E731
-        assert ha.wait_for(lambda: len(configs()) == 2, timeout=30), [m.topic for m in ha.messages]
-        late: Subscriber = subscribe("homeassistant/#")  # retained, so a Home Assistant that starts later sees them
-        assert late.wait_for(lambda: sum(m.retain for m in late.messages) == 2, timeout=10)
-        for m in configs():
-            assert m.topic.startswith("homeassistant/sensor/emotion_edge_live/")
-            c = json.loads(m.payload)
-            assert c["state_topic"] == "emotion-edge/live/state"
-            assert c["availability_topic"] == "emotion-edge/live/availability"
-            # The clean-stop payload `stopped` must read as unavailable, as the will `offline` does.
-            template = c["availability_template"]
-            assert (
-                "'online' if value == 'online' else 'offline'" in template and c["payload_not_available"] == "offline"
-            )
-        emotion = json.loads(next(m.payload for m in configs() if m.topic.endswith("/emotion/config")))
-        assert set(emotion["options"]) >= {"happy", "angry", "neutral", "unknown"}
-        before = len(configs())
-        ha.client.publish("homeassistant/status", "online", qos=1)  # Home Assistant restarted and forgot them
-        assert ha.wait_for(lambda: len(configs()) >= before + 2, timeout=10), "not announced again"
-    finally:
-        stop_daemon(proc)

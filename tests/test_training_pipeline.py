@@ -18,7 +18,7 @@ from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 from edge_daemon.modelmeta import load_model
 from edge_daemon.vision.emotion import FaceEmotionModel
 from edge_daemon.vision.preprocess import FacePreprocess
-from training.speech_data import clip_windows, gate_params, load_corpus, read_wav
+from training.speech_data import clip_windows, default_gate, load_corpus, read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
     # the daemon's own wrapper loads it and classifies a whole clip
     sem = SpeechEmotionModel(out.with_suffix(".json"))
     wav = sorted((tmp_path / "rav").rglob("*.wav"))[0]
-    probs = sem.classify_clip(read_wav(wav), *gate_params())
+    probs = sem.classify_clip(read_wav(wav), default_gate())
     assert probs.shape == (len(SPEECH_LABELS),) and abs(float(probs.sum()) - 1) < 0.05
     assert "NON-COMMERCIAL" in out.with_suffix(".md").read_text()
 
@@ -130,7 +130,7 @@ def test_training_and_daemon_compute_identical_speech_inputs(tmp_path: Path) -> 
     for u in load_corpus("ravdess", tmp_path / "rav").items[:3]:
         audio = read_wav(u.path)
         ours = [feats.compute(w) for w in clip_windows(audio, feats)]
-        theirs = [feats.compute(w) for w in daemon_clip_windows(audio, feats, *gate_params(), 1.0)]
+        theirs = [feats.compute(w) for w in daemon_clip_windows(audio, feats, default_gate(), 1.0)]
         assert len(ours) == len(theirs) >= 1
         for a, b in zip(ours, theirs, strict=True):
             np.testing.assert_array_equal(a, b)

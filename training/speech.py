@@ -1,6 +1,6 @@
 """Speech emotion model: speaker-independent CV, SVM baseline, final training on all speakers, int8 export.
 
-    python -m training.speech --data ravdess=/work/shared/data/ravdess --folds 5 --epochs 40 \
+    python -m training.speech --data ravdess=../shared/data/ravdess --folds 5 --epochs 40 \
         --run-dir runs/speech --out models_tflite/speech_emotion.tflite
 
 Windows are `SpeechFeatures.window_s` crops that pass the daemon's voice gate, featurised with the
@@ -30,15 +30,16 @@ from .speech_data import (
     Corpus,
     augment_audio,
     clip_windows,
-    gate_params,
+    default_gate,
     load_sources,
     make_split,
+    pad_to,
     random_gated_crops,
     read_wav,
 )
 
 MODEL_NAME = "speech_emotion"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 AUG_KINDS = ("orig", "slow", "fast", "noise")
 DATA_LICENCE = (
     "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391), CC BY-NC-SA 4.0: attribution, NON-COMMERCIAL "
@@ -99,7 +100,9 @@ def build_train_windows(
 ) -> Windows:
     """Gated random crops of every clip under each waveform augmentation, featurised by the daemon's code."""
     key = hashlib.sha1(
-        json.dumps([[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, gate_params()]).encode()
+        json.dumps(
+            [[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, repr(default_gate())]
+        ).encode()
     ).hexdigest()[:12]
     f = cache / f"train_windows_{key}.npz"
     if f.is_file():
@@ -109,9 +112,10 @@ def build_train_windows(
     xs, cl = [], []
     t0 = time.time()
     for i, u in enumerate(corpus.items):
-        audio = read_wav(u.path)
+        audio = pad_to(read_wav(u.path), feats.window_samples)
+        scores = default_gate().chunk_scores(audio)
         for a in augs:
-            for w in random_gated_crops(augment_audio(audio, a, rng), feats, crops, rng):
+            for w in random_gated_crops(augment_audio(audio, a, rng), feats, crops, rng, scores=scores):
                 xs.append(feats.compute(w))
                 cl.append(i)
         if i % 200 == 0:
@@ -126,7 +130,7 @@ def build_eval_windows(corpus: Corpus, feats: SpeechFeatures, cache: Path) -> Wi
     """The windows the daemon would classify for each whole clip (1 s hop, gated, loudest fallback)."""
     key = hashlib.sha1(
         json.dumps(
-            [[str(u.path) for u in corpus.items], feats.to_meta(), gate_params(), "daemon-clip-windows"]
+            [[str(u.path) for u in corpus.items], feats.to_meta(), repr(default_gate()), "daemon-clip-windows"]
         ).encode()
     ).hexdigest()[:12]
     f = cache / f"eval_windows_{key}.npz"
@@ -280,6 +284,8 @@ def cross_validate(
     stats = clip_stats_features(corpus, feats)
     res: dict[str, Any] = {"folds": [], "svm_folds": []}
     all_true, all_pred = [], []
+    oof_win: list[np.ndarray] = []  # held-out window probabilities (int8), for the temperature
+    oof_win_y: list[np.ndarray] = []
     for k, val_clips in enumerate(folds):
         val_set = set(val_clips.tolist())
         train_clips = np.array([i for i in range(len(corpus.items)) if i not in val_set])
@@ -297,7 +303,10 @@ def cross_validate(
             f"fold {k + 1}",
         )
         tfl = export(model, tw.x[tr], args.run_dir / f"fold{k + 1}.tflite", args.seed)
-        pq = clip_probs(common.tflite_predict(tfl, ew.x[ev]), ew.clip[ev], val_clips)
+        pw = common.tflite_predict(tfl, ew.x[ev])
+        oof_win.append(pw)
+        oof_win_y.append(y_clip[ew.clip[ev]])
+        pq = clip_probs(pw, ew.clip[ev], val_clips)
         pred = pq.argmax(1)
         yt = y_clip[val_clips]
         sex_acc = {
@@ -340,6 +349,9 @@ def cross_validate(
             "pooled_report_int8": rep,
             "accuracy_by_sex_int8": by_sex,
             "sex_gap_points": (abs(by_sex.get("M", 0) - by_sex.get("F", 0)) * 100) if len(by_sex) > 1 else None,
+            # Temperature fitted on held-out windows of every fold (speakers the fold's model never heard); the
+            # ECE "after" is cross-fitted. The shipped model (all speakers) takes this temperature.
+            "calibration": common.calibration_report(np.concatenate(oof_win), np.concatenate(oof_win_y), args.seed),
         }
     )
     common.plot_confusion(
@@ -440,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics["cv_command"] = cv.get("command")
         metrics["held_out_speakers_per_fold"] = [f["held_out_speakers"] for f in cv["folds"]]
         metrics["per_class_cv_int8"] = cv["pooled_report_int8"]["per_class"]
+        if "calibration" in cv:
+            metrics["temperature"] = cv["calibration"]["temperature"]
+            metrics["ece_window_int8_before"] = cv["calibration"]["ece_before"]
+            metrics["ece_window_int8_after_crossfit"] = cv["calibration"]["ece_after_crossfit"]
     common.write_json(args.run_dir / "report.json", metrics)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2), flush=True)
     if args.no_export:
@@ -458,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         "git": common.git_rev(),
         "seed": args.seed,
         "epochs": args.epochs,
-        "windows": f"{feats.window_s} s gated random crops ({args.crops} per clip per variant), gate "
-        f"{gate_params()[0]} dBFS / {gate_params()[1]} speech fraction",
+        "windows": f"{feats.window_s} s random crops ({args.crops} per clip per variant) that the daemon's voice gate "
+        f"passes ({default_gate()})",
         "augmentation": "speed/pitch ±10 % by resampling, noise 10-30 dB SNR, SpecAugment time+feature masks",
         "quantisation": "full int8 (in/out int8), 400 real training windows for calibration",
     }
@@ -472,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
         labels=list(SPEECH_LABELS),
         training=training,
         metrics=metrics,
+        **(
+            {"calibration": {"temperature": round(metrics["temperature"], 4), "fitted_on": "held-out CV windows"}}
+            if "temperature" in metrics
+            else {}
+        ),
         licence="model weights: CC BY-NC-SA 4.0 (inherited from RAVDESS)",
         data_licence=DATA_LICENCE,
     )
@@ -499,6 +520,10 @@ Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the
 
 Accuracy by speaker sex (pooled over folds, int8): {", ".join(f"{k} {v:.3f}" for k, v in m["accuracy_by_sex_int8"].items())}; gap
 {m["sex_gap_points"]:.1f} points.
+
+Calibration: temperature {m.get("temperature", 1.0):.3f}, fitted on the held-out windows of all folds; expected
+calibration error per window {m.get("ece_window_int8_before", float("nan")):.3f} before and
+{m.get("ece_window_int8_after_crossfit", float("nan")):.3f} after (cross-fitted halves).
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|

@@ -26,13 +26,13 @@ from scipy.io import wavfile
 from scipy.signal import resample_poly
 
 from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures, pcm16_to_float
-from edge_daemon.audio.vad import speech_fraction
+from edge_daemon.audio.vad import CHUNK, Gate
 from edge_daemon.labels import SPEECH_LABELS, normalise
 
 from .common import DatasetError
 
 AUDIO_EXTS = {".wav"}
-CORPORA = ("ravdess", "cremad", "tess", "savee", "emodb")
+CORPORA = ("ravdess", "cremad", "tess", "savee", "emodb", "urdu")
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,18 @@ def parse_emodb(path: Path) -> tuple[str, str, str]:
     return normalise(EMODB_EMOTIONS[m.group(3)]), f"emodb:{m.group(1)}", EMODB_SEX.get(m.group(1), "?")
 
 
+URDU_EMOTIONS = {"A": "angry", "H": "happy", "N": "neutral", "S": "sad"}
+URDU_RE = re.compile(r"^S([MF])(\d+)_F(\d+)_([AHNS])(\d+)$")
+
+
+def parse_urdu(path: Path) -> tuple[str, str, str]:
+    """URDU-Dataset (Latif et al. 2018): `S<G><X>_F<NN>_<E><YY>`, G = speaker sex, X = speaker id."""
+    m = URDU_RE.match(path.stem)
+    if not m:
+        raise ValueError("not S<M|F><id>_F<NN>_<A|H|N|S><YY>")
+    return URDU_EMOTIONS[m.group(4)], f"urdu:{m.group(1)}{int(m.group(2))}", m.group(1)
+
+
 def _cremad_sexes(root: Path) -> dict[str, str]:
     """CREMA-D keeps sex in VideoDemographics.csv (ActorID,Age,Sex,...); used when it sits in or above root."""
     for cand in (root / "VideoDemographics.csv", root.parent / "VideoDemographics.csv"):
@@ -198,6 +210,8 @@ def load_corpus(kind: str, root: Path) -> Corpus:
                 lab, spk, sex = parse_tess(p)
             elif kind == "savee":
                 lab, spk, sex = parse_savee(p)
+            elif kind == "urdu":
+                lab, spk, sex = parse_urdu(p)
             else:
                 lab, spk, sex = parse_emodb(p)
         except ValueError as exc:
@@ -277,17 +291,11 @@ def read_wav(path: Path) -> np.ndarray:
     return a
 
 
-def gate_params() -> tuple[float, float]:
-    """The daemon's default gate for clips: `speech.vad_min_level_db` and `speech.vad_min_speech_fraction`."""
+def default_gate() -> Gate:
+    """The daemon's voice gate with its default settings (`speech.vad_*`)."""
     from edge_daemon.config import SpeechConfig
 
-    c = SpeechConfig()
-    return float(c.vad_min_level_db), float(c.vad_min_speech_fraction)
-
-
-def passes_gate(win: np.ndarray) -> bool:
-    thr, frac = gate_params()
-    return speech_fraction(win, SAMPLE_RATE, thr) >= frac
+    return SpeechConfig().gate()
 
 
 def pad_to(audio: np.ndarray, n: int) -> np.ndarray:
@@ -303,26 +311,37 @@ def clip_windows(audio: np.ndarray, feats: SpeechFeatures, hop_s: float | None =
     from edge_daemon.audio.emotion import clip_windows as daemon_clip_windows
     from edge_daemon.config import SpeechConfig
 
-    thr, frac = gate_params()
-    return daemon_clip_windows(audio, feats, thr, frac, SpeechConfig().hop_s if hop_s is None else hop_s)
+    return daemon_clip_windows(audio, feats, default_gate(), SpeechConfig().hop_s if hop_s is None else hop_s)
 
 
 def random_gated_crops(
-    audio: np.ndarray, feats: SpeechFeatures, n_crops: int, rng: np.random.Generator, tries: int = 6
+    audio: np.ndarray,
+    feats: SpeechFeatures,
+    n_crops: int,
+    rng: np.random.Generator,
+    tries: int = 6,
+    scores: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
-    """Random `window_s` crops that pass the gate (training windows, as the daemon would select them)."""
+    """Random `window_s` crops that pass the gate (training windows, as the daemon would select them).
+
+    `scores`: the gate's chunk scores of the clip this audio was made from (a speed variant is stretched onto
+    them), so that each clip is scored once rather than once per augmented copy."""
     n = feats.window_samples
     audio = pad_to(audio, n)
+    gate = default_gate()
+    if scores is None:
+        scores = gate.chunk_scores(audio)  # the clip as one stream, as the daemon hears its microphone
+    stretch = len(scores) * CHUNK / max(1, len(audio))  # 1.0 unless this is a speed variant of the scored clip
     got = 0
     for _ in range(n_crops * tries):
         s = int(rng.integers(0, len(audio) - n + 1))
         w = audio[s : s + n]
-        if passes_gate(w):
+        if gate.enough(gate.window_scores(scores, int(s * stretch), int(n * stretch))):
             got += 1
             yield w
             if got >= n_crops:
                 return
-    if got == 0:  # same fallback as the daemon: the loudest window
+    if got == 0:  # same fallback as the daemon's evaluation: the most speech-like window
         yield clip_windows(audio, feats)[0]
 
 

@@ -10,6 +10,7 @@ instead of guessing from silence.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from ..errors import UserError
 from ..labels import canonical_matrix
 from ..modelmeta import SPEC_ERRORS, load_model
 from .features import SpeechFeatures
-from .vad import frame_levels_db, speech_fraction
+from .vad import Gate
 
 
 class SpeechEmotionModel:
@@ -42,52 +43,57 @@ class SpeechEmotionModel:
         return self.meta.labels
 
     def classify_window(self, audio: np.ndarray) -> np.ndarray:
-        """Probabilities over `labels` for exactly one window of float audio in [-1, 1]."""
+        """Calibrated probabilities over `labels` for exactly one window of float audio in [-1, 1]."""
         x = self.features.compute(audio).reshape(self._input_shape)
-        return self.model.run(x)[0][0]
+        return self.meta.calibrate(self.model.run(x)[0][0])
 
-    def classify_clip(
-        self, audio: np.ndarray, threshold_db: float, min_fraction: float, hop_s: float = 1.0
-    ) -> np.ndarray:
-        windows = clip_windows(audio, self.features, threshold_db, min_fraction, hop_s)
+    def classify_clip(self, audio: np.ndarray, gate: Gate, hop_s: float = 1.0) -> np.ndarray:
+        windows = clip_windows(audio, self.features, gate, hop_s)
         return np.mean([self.classify_window(w) for w in windows], axis=0)
 
-    def classify_voiced(
-        self, audio: np.ndarray, threshold_db: float, min_fraction: float, hop_s: float = 1.0
-    ) -> tuple[np.ndarray | None, int]:
+    def classify_voiced(self, audio: np.ndarray, gate: Gate, hop_s: float = 1.0) -> tuple[np.ndarray | None, int]:
         """(mean probabilities over the voiced windows, how many there were); (None, 0) for a clip with no voice.
 
         A label for a silent clip would only be the model's guess about silence, reported with confidence.
         """
-        voiced = [w for w, ok in gated_windows(audio, self.features, threshold_db, min_fraction, hop_s) if ok]
+        voiced = [g.audio for g in gated_windows(audio, self.features, gate, hop_s) if g.voiced]
         if not voiced:
             return None, 0
         return np.mean([self.classify_window(w) for w in voiced], axis=0), len(voiced)
 
 
-def clip_windows(
-    audio: np.ndarray, features: SpeechFeatures, threshold_db: float, min_fraction: float, hop_s: float = 1.0
-) -> list[np.ndarray]:
-    """The windows of a clip that a gate at `threshold_db` lets through; the loudest window if none does."""
-    gated = gated_windows(audio, features, threshold_db, min_fraction, hop_s)
-    voiced = [w for w, ok in gated if ok]
-    if voiced:
-        return voiced
-    loudness = [float(np.mean(frame_levels_db(w, features.sample_rate))) for w, _ in gated]
-    return [gated[int(np.argmax(loudness))][0]]
+class GatedWindow(NamedTuple):
+    start: int  # sample of the clip where the window starts
+    audio: np.ndarray
+    voiced: bool  # the gate lets it through
+    score: float  # its mean speech score (which window is most speech-like)
 
 
-def gated_windows(
-    audio: np.ndarray, features: SpeechFeatures, threshold_db: float, min_fraction: float, hop_s: float = 1.0
-) -> list[tuple[np.ndarray, bool]]:
-    """Every window of a clip, every `hop_s` and the tail, each with whether the gate at `threshold_db` passes it."""
+def clip_windows(audio: np.ndarray, features: SpeechFeatures, gate: Gate, hop_s: float = 1.0) -> list[np.ndarray]:
+    """The windows of a clip that the gate lets through; the most speech-like window if none does."""
+    gated = gated_windows(audio, features, gate, hop_s)
+    voiced = [g.audio for g in gated if g.voiced]
+    return voiced or [max(gated, key=lambda g: g.score).audio]
+
+
+def gated_windows(audio: np.ndarray, features: SpeechFeatures, gate: Gate, hop_s: float = 1.0) -> list[GatedWindow]:
+    """Every window of a clip, every `hop_s` and the tail, with the gate's verdict.
+
+    The clip is scored as one stream from its start, as the daemon scores its microphone; a clip shorter than a
+    window is centred in silence, as a live window would hold it."""
     n = features.window_samples
-    if len(audio) < n:  # short clip: centre it in silence, as a live window would hold it
+    if len(audio) < n:
         pad = n - len(audio)
         audio = np.pad(audio, (pad // 2, pad - pad // 2))
     hop = max(1, int(hop_s * features.sample_rate))
     starts = list(range(0, len(audio) - n + 1, hop))
     if starts[-1] != len(audio) - n:
         starts.append(len(audio) - n)  # cover the tail too
-    windows = [audio[s : s + n] for s in starts]
-    return [(w, speech_fraction(w, features.sample_rate, threshold_db) >= min_fraction) for w in windows]
+    scores = gate.chunk_scores(audio)
+    out = []
+    for s in starts:
+        inside = gate.window_scores(scores, s, n)
+        out.append(
+            GatedWindow(s, audio[s : s + n], gate.enough(inside), float(np.mean(inside)) if inside.size else 0.0)
+        )
+    return out

@@ -2,6 +2,8 @@
 
 On open failure, read error or end of stream it releases the device, reports
 `offline`, and reopens with back-off, while the microphone keeps working.
+While its switch is off (`active()` false, read before the device is first
+opened) it holds no device at all: the camera's LED goes off, status `paused`.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import cv2
 
 from ..config import CameraConfig
 from .buffers import Frame, LatestSlot
-from .retry import Backoff, SourceStatus
+from .retry import PAUSE_POLL_S, Backoff, SourceStatus, always_on
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +36,30 @@ def open_capture(source: int | str, cfg: CameraConfig) -> cv2.VideoCapture | Non
 
 
 class CameraSource(threading.Thread):
-    def __init__(self, cfg: CameraConfig, slot: LatestSlot, t0: float, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        slot: LatestSlot,
+        t0: float,
+        stop: threading.Event,
+        active: Callable[[], bool] = always_on,
+    ) -> None:
         super().__init__(name="camera", daemon=True)
         self.cfg, self.slot, self.t0, self.stop_event = cfg, slot, t0, stop
+        self.active = active  # the camera's switch (Controls.active("camera")): off releases the device
         self.status = SourceStatus(f"camera {cfg.source!r}")
         self.frames = 0
 
     def fresh(self) -> CameraSource:
         """A new thread for the same camera and slot, for the supervisor to start if this one died."""
-        return CameraSource(self.cfg, self.slot, self.t0, self.stop_event)
+        fresh = CameraSource(self.cfg, self.slot, self.t0, self.stop_event, self.active)
+        fresh.status = self.status  # paused time and failures carry on
+        return fresh
+
+    def _wait_while_paused(self) -> None:
+        self.status.paused()
+        while not self.active() and not self.stop_event.is_set():
+            self.stop_event.wait(PAUSE_POLL_S)
 
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
@@ -52,6 +70,9 @@ class CameraSource(threading.Thread):
             and not self.cfg.source.startswith("/dev/")
         )
         while not self.stop_event.is_set():
+            if not self.active():  # before every open, so also before the first frame after a start
+                self._wait_while_paused()
+                continue
             cap = open_capture(self.cfg.source, self.cfg)
             if cap is None:
                 self.status.offline("cannot open (unplugged, busy, or not a camera?)")
@@ -64,6 +85,8 @@ class CameraSource(threading.Thread):
                 cap.release()
             if self.stop_event.is_set():
                 break
+            if not self.active():
+                continue  # switched off: released above, and the top of the loop waits
             if is_file and delivered:
                 continue  # the end of a file used as a camera: play it again, nothing went wrong
             self.status.offline("stopped delivering frames (unplugged, stream ended, or read error)")
@@ -75,7 +98,7 @@ class CameraSource(threading.Thread):
         """Read frames into the slot until the source fails or ends; returns how many it delivered."""
         next_at = time.monotonic()
         delivered = 0
-        while not self.stop_event.is_set():
+        while not self.stop_event.is_set() and self.active():
             ok, image = cap.read()
             if not ok or image is None or image.size == 0:
                 return delivered

@@ -60,6 +60,12 @@ def read_wav(path: Path, *, require_samples: bool = False) -> np.ndarray:
         raise UserError(
             f"{path}: unsupported wav format ({width * 8}-bit, {channels} channels, {rate} Hz); use 16-bit PCM"
         )
+    if len(raw) < n * width * channels:  # a header that promises more than the file holds: cut short, or a lie
+        held = len(raw) // (width * channels)
+        logger.warning(
+            "%s: the wav header promises %d samples (%.1f s) but the file holds %d (%.1f s); cut short? using what "
+            "is there", path, n, n / rate, held, held / rate,
+        )  # fmt: skip
     dtype = {1: np.uint8, 2: np.int16, 4: np.int32}[width]
     x = np.frombuffer(raw[: len(raw) // (width * channels) * width * channels], dtype=dtype).astype(np.float64)
     if width == 1:

@@ -3,6 +3,8 @@
 A missing or failing input is reported `offline` and retried with back-off.
 While it is away the ring is padded with silence, so sample indices stay
 aligned with stream time and the voice gate simply sees no speech.
+While its switch is off (`active()` false, read before the stream is first
+opened) the stream is closed and PortAudio released: status `paused`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,7 @@ import numpy as np
 from ..audio.features import SAMPLE_RATE
 from ..config import MicrophoneConfig
 from .buffers import AudioRing
-from .retry import Backoff, SourceStatus
+from .retry import PAUSE_POLL_S, Backoff, SourceStatus, always_on
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +108,17 @@ TOLERANCE = SAMPLE_RATE // 10  # stream time and sample count may differ this mu
 
 
 class MicrophoneSource(threading.Thread):
-    def __init__(self, cfg: MicrophoneConfig, ring: AudioRing, t0: float, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        cfg: MicrophoneConfig,
+        ring: AudioRing,
+        t0: float,
+        stop: threading.Event,
+        active: Callable[[], bool] = always_on,
+    ) -> None:
         super().__init__(name="microphone", daemon=True)
         self.cfg, self.ring, self.t0, self.stop_event = cfg, ring, t0, stop
+        self.active = active  # the microphone's switch (Controls.active("microphone")): off closes the stream
         self.status = SourceStatus(f"microphone {cfg.device if cfg.device is not None else 'default'}")
         self.chunk = SAMPLE_RATE * cfg.chunk_ms // 1000
         self.trimmed = 0  # samples dropped because the sound card's clock ran ahead
@@ -116,17 +126,29 @@ class MicrophoneSource(threading.Thread):
 
     def fresh(self) -> MicrophoneSource:
         """A new thread for the same microphone and ring, for the supervisor to start if this one died."""
-        fresh = MicrophoneSource(self.cfg, self.ring, self.t0, self.stop_event)
+        fresh = MicrophoneSource(self.cfg, self.ring, self.t0, self.stop_event, self.active)
         fresh.trimmed, fresh.padded = self.trimmed, self.padded  # totals for stats
+        fresh.status = self.status  # paused time and failures carry on
         return fresh
+
+    def _wait_while_paused(self) -> None:
+        self.status.paused()
+        while not self.active() and not self.stop_event.is_set():
+            self._pad_to_now()  # silence keeps stream time: the voice gate sees no speech, no events
+            self.stop_event.wait(PAUSE_POLL_S)
 
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         while not self.stop_event.is_set():
+            if not self.active():  # before every open, so also before the first sample after a start
+                self._wait_while_paused()
+                continue
             try:
                 self._capture(backoff)
             except (OSError, LookupError, ImportError) as exc:
                 self.status.offline(str(exc) or type(exc).__name__)
+            if not self.active():
+                continue  # switched off: the stream is closed, the top of the loop waits
             self._pad_to_now()
             backoff.wait(self.stop_event)
         self.ring.close()
@@ -136,7 +158,7 @@ class MicrophoneSource(threading.Thread):
         try:
             stream = open_input(pa, self.cfg.device, self.chunk)
             try:
-                while not self.stop_event.is_set():
+                while not self.stop_event.is_set() and self.active():
                     samples = np.frombuffer(stream.read(self.chunk, exception_on_overflow=False), dtype=np.int16)
                     self._pad_to_now(ahead=len(samples))
                     self.ring.write(self._trim_to_now(samples))

@@ -31,6 +31,6 @@ class FaceEmotionModel:
         return self.meta.labels
 
     def classify(self, face: np.ndarray) -> np.ndarray:
-        """Probabilities over `labels` for one face crop (uint8, any size, gray or BGR)."""
+        """Calibrated probabilities over `labels` for one face crop (uint8, any size, gray or BGR)."""
         x = self.pre.prepare(face)[None]
-        return self.model.run(x)[0][0]
+        return self.meta.calibrate(self.model.run(x)[0][0])

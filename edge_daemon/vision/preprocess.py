@@ -13,6 +13,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+# Image files that `classify face` and training's loaders read (all decoded by cv2.imread); one list for both.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"})
+
 
 @dataclass(frozen=True)
 class FacePreprocess:

@@ -4,11 +4,12 @@
 
 const COLORS = {
   angry: "#e5484d", disgust: "#7c9a1e", fear: "#8e4ec6", happy: "#f5b700",
-  sad: "#3e63dd", surprise: "#12a594", neutral: "#8b8d98", unknown: "#c8c8cc",
+  sad: "#3e63dd", surprise: "#12a594", neutral: "#8b8d98", uncertain: "#c8c8cc",
 };
 const EMOJI = {
   angry: "\u{1F620}", disgust: "\u{1F922}", fear: "\u{1F628}", happy: "\u{1F604}",
-  sad: "\u{1F622}", surprise: "\u{1F62E}", neutral: "\u{1F610}", unknown: "\u2754",
+  sad: "\u{1F622}", surprise: "\u{1F62E}", neutral: "\u{1F610}", uncertain: "\u2754",
+  no_one: "\u{1F464}", paused: "\u23F8",
 };
 const TIMELINE_S = 600;
 const SVGNS = "http://www.w3.org/2000/svg";
@@ -65,12 +66,12 @@ function normalise(ev) {
 }
 
 function showNow(ev) {
-  $("now-emoji").textContent = EMOJI[ev.emotion] || EMOJI.unknown;
+  $("now-emoji").textContent = EMOJI[ev.emotion] || EMOJI.uncertain;
   $("now-label").textContent = ev.emotion;
   $("now-confidence").textContent = pct(ev.confidence);
   const bar = $("now-bar").firstElementChild;
   bar.style.width = Math.round((ev.confidence || 0) * 100) + "%";
-  bar.style.background = COLORS[ev.emotion] || COLORS.unknown;
+  bar.style.background = COLORS[ev.emotion] || COLORS.uncertain;
   $("now-face").textContent = modText(ev.face);
   $("now-speech").textContent = modText(ev.speech);
   $("now-when").textContent = "window " + new Date(ev.window_start).toLocaleTimeString() + " (seq " + ev.seq + ")";
@@ -96,7 +97,7 @@ function drawTimeline() {
     const width = Math.max(1, ((w.end - w.start) / (TIMELINE_S * 1000)) * 600 - 0.3);
     const h = Math.max(4, (w.confidence || 0) * 116);
     const r = el("rect", { x: x.toFixed(2), y: (120 - h).toFixed(2), width: width.toFixed(2), height: h.toFixed(2),
-      fill: COLORS[w.emotion] || COLORS.unknown, class: "window", "data-emotion": w.emotion }, svg);
+      fill: COLORS[w.emotion] || COLORS.uncertain, class: "window", "data-emotion": w.emotion }, svg);
     el("title", {}, r).textContent = `${new Date(w.start).toLocaleTimeString()} ${w.emotion} ${pct(w.confidence)}`;
   }
   $("timeline-count").textContent = windows.length + " windows";

@@ -1,0 +1,363 @@
+"""Home Assistant device and control, against a real Mosquitto: discovery, switches, pausing, empty room, forget.
+
+A file stands in for the camera (this machine has none), through the same capture code; the microphone is the real
+PortAudio path, which finds no sound card here. scripts/ha-e2e.sh checks the same payloads against a real
+Home Assistant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_daemon.config import load_config
+from edge_daemon.daemon import load_detector
+from edge_daemon.fusion import FaceResult, FusionRule, Prediction, StateTracker, Windower, faces_of
+from edge_daemon.labels import CANONICAL, NO_ONE
+from edge_daemon.pipeline import FusionLoop
+
+from .conftest import CLIP_VIDEO, Subscriber, run_cli, start_daemon, stop_daemon, write_config
+
+BASE = "emotion-edge/ha"
+DEVICE_TOPIC = "homeassistant/device/emotion_edge_ha/config"
+
+
+def ha_config(tmp_path: Path, port: int, **extra: Any) -> Path:
+    sections: dict[str, Any] = {
+        "camera": {"source": str(CLIP_VIDEO), "reconnect_min_s": 0.2},
+        "microphone": {"reconnect_min_s": 0.2, "reconnect_max_s": 0.5},
+        "fusion": {"absent_after_s": 2},
+        "mqtt": {"host": "127.0.0.1", "port": port, "stats_interval_s": 1},
+    }
+    for key, value in extra.items():
+        sections[key] = {**sections.get(key, {}), **value} if isinstance(value, dict) else value
+    return write_config(tmp_path / "config.yaml", device_id="ha", **sections)
+
+
+def last_json(sub: Subscriber, suffix: str) -> dict[str, Any] | None:
+    payloads = sub.payloads(suffix)
+    return json.loads(payloads[-1]) if payloads else None
+
+
+def retained(port: int, topic: str) -> dict[str, bytes]:
+    """What the broker keeps under a filter now, as a client that connects later sees it."""
+    late = Subscriber(port, topic)
+    try:
+        time.sleep(0.3)  # retained messages follow the SUBACK at once
+        return {m.topic: m.payload for m in late.messages if m.retain}
+    finally:
+        late.close()
+
+
+def open_files(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+def face_events_since(sub: Subscriber, when: datetime) -> list[dict[str, Any]]:
+    """Face events of windows that began at or after `when`."""
+    return [
+        e
+        for e in sub.events()
+        if datetime.fromisoformat(e["window_start"].replace("Z", "+00:00")) >= when and e["modalities"]["face"]
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+
+
+def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_and_switches(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    # A device announced by 0.1 (one topic per sensor) must not show twice after the upgrade.
+    legacy = "homeassistant/sensor/emotion_edge_ha/emotion/config"
+    sub: Subscriber = subscribe("#")
+    sub.client.publish(legacy, json.dumps({"name": "Emotion", "state_topic": f"{BASE}/state"}), qos=1, retain=True)
+    proc = start_daemon(ha_config(tmp_path, broker.port))
+    try:
+        assert sub.wait_for(lambda: sub.payloads(DEVICE_TOPIC), timeout=30), [m.topic for m in sub.messages]
+        assert sub.wait_for(lambda: sub.payloads(legacy)[-1:] == [""], timeout=10), "legacy config not cleared"
+        kept = retained(broker.port, "homeassistant/#")
+        assert list(kept) == [DEVICE_TOPIC], "legacy per-entity configs must be cleared, the device config kept"
+        c = json.loads(kept[DEVICE_TOPIC])
+        assert c["origin"]["name"] == "emotion-edge" and c["origin"]["sw"] == c["device"]["sw_version"] == "0.1.0"
+        assert c["device"]["serial_number"] == "ha" and c["device"]["model"]
+        assert c["device"]["identifiers"] == ["emotion-edge-ha"]  # unchanged: Home Assistant keeps the device
+        # Anything but `online` (the will `offline`, a clean `stopped`) reads as unavailable.
+        assert c["availability_topic"] == f"{BASE}/availability" and c["payload_not_available"] == "offline"
+        assert "'online' if value == 'online' else 'offline'" in c["availability_template"]
+        cmps = c["components"]
+        assert {k: v["p"] for k, v in cmps.items()} == {
+            "emotion": "sensor", "confidence": "sensor", "people": "sensor", "window": "event",
+            "camera_connected": "binary_sensor", "microphone_connected": "binary_sensor", "drops": "sensor",
+            "last_event_age": "sensor", "face_detect_ms": "sensor", "face_emotion_ms": "sensor",
+            "speech_emotion_ms": "sensor", "analysis": "switch", "camera": "switch", "microphone": "switch",
+        }  # fmt: skip
+        assert set(cmps["emotion"]["options"]) == {*CANONICAL, "uncertain", "no_one", "paused"}
+        assert "unknown" not in cmps["emotion"]["options"], "Home Assistant's own 'no data' word"
+        assert cmps["window"]["state_topic"] == f"{BASE}/events"
+        assert set(cmps["window"]["event_types"]) == {*CANONICAL, "uncertain"}
+        assert cmps["confidence"]["unit_of_measurement"] == "%"
+        diagnostic = {k for k, v in cmps.items() if v.get("entity_category") == "diagnostic"}
+        assert diagnostic == {k for k in cmps if k.endswith(("_connected", "_ms")) or k in ("drops", "last_event_age")}
+        assert {k for k, v in cmps.items() if v.get("enabled_by_default") is False} == {
+            "last_event_age", "face_detect_ms", "face_emotion_ms", "speech_emotion_ms"
+        }  # fmt: skip
+        assert cmps["analysis"]["command_topic"] == f"{BASE}/analysis/set"
+        assert cmps["analysis"]["state_topic"] == f"{BASE}/analysis/state"
+        assert len({v["unique_id"] for v in cmps.values()}) == len(cmps)
+        # The switch states are retained from the start, so Home Assistant shows them before anyone touches them.
+        assert sub.wait_for(lambda: sub.payloads(f"{BASE}/analysis/state") == ["ON"], timeout=10)
+        # The diagnostics' topic carries what their templates read.
+        assert sub.wait_for(lambda: (last_json(sub, "/stats") or {}).get("last_event_age_s") is not None, timeout=30)
+        stats = last_json(sub, "/stats")
+        assert stats is not None and set(stats["paused_s"]) == {"camera", "microphone"}
+        before = len(sub.payloads(DEVICE_TOPIC))
+        sub.client.publish("homeassistant/status", "online", qos=1)  # Home Assistant restarted and forgot it
+        assert sub.wait_for(lambda: len(sub.payloads(DEVICE_TOPIC)) > before, timeout=10), "not announced again"
+    finally:
+        stop_daemon(proc)
+    assert sub.wait_for(lambda: sub.payloads(f"{BASE}/availability")[-1:] == ["stopped"], timeout=5)
+
+
+def test_discovery_false_clears_the_earlier_announcement_at_the_next_start_and_commands_false_ignores_set(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe("#")
+    proc = start_daemon(ha_config(tmp_path, broker.port))
+    try:
+        assert sub.wait_for(lambda: sub.payloads(DEVICE_TOPIC), timeout=30)
+    finally:
+        stop_daemon(proc)
+    assert DEVICE_TOPIC in retained(broker.port, "homeassistant/#")
+    cfg = ha_config(tmp_path, broker.port, mqtt={"commands": False, "homeassistant": {"discovery": False}})
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: sub.payloads(DEVICE_TOPIC)[-1:] == [""], timeout=30), "discovery not cleared"
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], timeout=10)
+        sub.client.publish(f"{BASE}/analysis/set", "OFF", qos=1)
+        time.sleep(1.0)  # a daemon that obeyed would have echoed OFF by now (it does within 0.1 s)
+        assert sub.payloads(f"{BASE}/analysis/state")[-1:] == ["ON"], "remote control was off"
+    finally:
+        stderr = stop_daemon(proc)
+    assert retained(broker.port, "homeassistant/#") == {}
+    assert "analysis switched off" not in stderr
+
+
+# ----------------------------------------------------------------------------------------------- control
+
+
+def test_camera_off_releases_the_device_pauses_face_events_and_on_brings_them_back(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    proc = start_daemon(ha_config(tmp_path, broker.port))
+    try:
+        assert sub.wait_for(lambda: len(sub.events()) >= 2, timeout=40), "no events before the switch"
+        assert any(str(CLIP_VIDEO) == f for f in open_files(proc.pid)), "the camera (a file here) should be open"
+        sub.client.publish(f"{BASE}/camera/set", "OFF", qos=1)
+        assert sub.wait_for(lambda: sub.payloads(f"{BASE}/camera/state")[-1:] == ["OFF"], timeout=10)
+        assert sub.wait_for(lambda: (last_json(sub, "/status") or {}).get("camera") == "paused", timeout=10)
+        assert str(CLIP_VIDEO) not in open_files(proc.pid), "a paused camera must release its device"
+        paused_at = datetime.now(timezone.utc)
+        # Nothing seen and nothing heard (no microphone here): after fusion.absent_after_s the room reads empty.
+        assert sub.wait_for(lambda: (last_json(sub, f"{BASE}/state") or {}).get("emotion") == NO_ONE, timeout=20)
+        state = last_json(sub, f"{BASE}/state")
+        assert state is not None and state["confidence"] is None and state["people"] == 0
+        late = face_events_since(sub, paused_at)  # windows that began before the switch may still close after it
+        assert late == [], f"face events while the camera was off: {[e['window_start'] for e in late]}"
+        stats = last_json(sub, "/stats")
+        assert stats is not None and stats["paused_s"]["camera"] > 0
+        assert stats["sources"][next(k for k in stats["sources"] if k.startswith("camera"))]["failures"] == 0
+        sub.client.publish(f"{BASE}/camera/set", "ON", qos=1)
+        assert sub.wait_for(lambda: (last_json(sub, "/status") or {}).get("camera") == "online", timeout=10)
+        resumed_at = datetime.now(timezone.utc)
+        assert sub.wait_for(lambda: face_events_since(sub, resumed_at), timeout=20), "no face events after ON"
+        # The next real window ends the empty room at once, not after state_after_windows windows.
+        assert sub.wait_for(
+            lambda: (last_json(sub, f"{BASE}/state") or {}).get("emotion") not in (NO_ONE, None), timeout=10
+        )
+        assert last_json(sub, f"{BASE}/state")["people"] == 1  # type: ignore[index]
+    finally:
+        stop_daemon(proc)
+
+
+def test_analysis_off_is_saved_and_holds_from_the_first_frame_after_a_restart(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    cfg = ha_config(tmp_path, broker.port)
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: sub.payloads(f"{BASE}/analysis/state")[-1:] == ["ON"], timeout=30)
+        sub.client.publish(f"{BASE}/analysis/set", "OFF", qos=1)
+        assert sub.wait_for(lambda: sub.payloads(f"{BASE}/analysis/state")[-1:] == ["OFF"], timeout=10)
+        assert sub.wait_for(lambda: (last_json(sub, f"{BASE}/state") or {}).get("emotion") == "paused", timeout=10)
+    finally:
+        stop_daemon(proc)
+    assert json.loads((tmp_path / "state" / "controls.json").read_text())["analysis"] is False
+    sub.messages.clear()
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], timeout=30)
+        assert sub.wait_for(lambda: len(sub.payloads("/stats")) >= 3, timeout=30)
+        statuses = [json.loads(p) for p in sub.payloads("/status")]
+        assert statuses and all(s == {"camera": "paused", "microphone": "paused"} for s in statuses[1:]), statuses
+        assert not any(s.get("camera") == "online" for s in statuses), "the camera was opened after a paused start"
+        stats = last_json(sub, "/stats")
+        assert stats is not None and stats["frames_analysed"] == 0 and sub.events() == []
+        # The microphone did not even try its device (no sound card here: trying would count a failure).
+        assert all(s["failures"] == 0 and s["state"] == "paused" for s in stats["sources"].values()), stats
+        assert sub.payloads(f"{BASE}/analysis/state")[-1:] == ["OFF"]
+        assert (last_json(sub, f"{BASE}/state") or {}).get("emotion") == "paused"
+        sub.client.publish(f"{BASE}/analysis/set", "ON", qos=1)
+        assert sub.wait_for(lambda: len(sub.events()) >= 1, timeout=30), "no events after analysis ON"
+    finally:
+        stop_daemon(proc)
+
+
+def test_garbage_and_retained_commands_are_ignored_with_one_log_line_each(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    # Left retained by a misconfigured client, it would undo every later change at each reconnect of the daemon.
+    sub.client.publish(f"{BASE}/camera/set", "OFF", qos=1, retain=True).wait_for_publish(5)
+    assert retained(broker.port, f"{BASE}/camera/set") == {f"{BASE}/camera/set": b"OFF"}
+    # No microphone: PyAudio's set-up silences fd 2 for a moment (capture/microphone.py, _quiet_stderr), and a log
+    # line of another thread written then is lost; this test counts log lines.
+    proc = start_daemon(ha_config(tmp_path, broker.port, microphone={"enabled": False}))
+    try:
+        assert sub.wait_for(lambda: sub.payloads(f"{BASE}/analysis/state")[-1:] == ["ON"], timeout=30)
+        sub.client.publish(f"{BASE}/analysis/set", "maybe", qos=1)
+        sub.client.publish(f"{BASE}/analysis/set", "OFF", qos=1)  # a good one after it: both were read
+        assert sub.wait_for(lambda: sub.payloads(f"{BASE}/analysis/state")[-1:] == ["OFF"], timeout=10)
+        assert sub.payloads(f"{BASE}/camera/state")[-1:] == ["ON"], "a retained command was obeyed"
+    finally:
+        sub.client.publish(f"{BASE}/camera/set", b"", qos=1, retain=True)
+        stderr = stop_daemon(proc)
+    assert "Traceback" not in stderr
+    garbage = [line for line in stderr.splitlines() if "ignored" in line]
+    assert len(garbage) == 2, stderr
+    assert "retained command" in garbage[0] and "camera/set" in garbage[0]
+    assert "'maybe'" in garbage[1] and "expected ON or OFF" in garbage[1]
+    assert json.loads((tmp_path / "state" / "controls.json").read_text()) == {
+        "analysis": False, "camera": True, "microphone": True
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- forget
+
+
+def test_forget_clears_every_retained_topic_and_refuses_while_the_service_runs(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe("#")
+    cfg = ha_config(tmp_path, broker.port)
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: sub.payloads(f"{BASE}/status") and sub.payloads(DEVICE_TOPIC), timeout=30)
+        running = run_cli("--config", str(cfg), "forget", timeout=60)
+        assert running.returncode == 2 and "stop it first" in running.stderr, running.stderr
+        assert DEVICE_TOPIC in retained(broker.port, "homeassistant/#"), "refused, so nothing may be cleared"
+    finally:
+        stop_daemon(proc)
+    before = retained(broker.port, "#")
+    assert {DEVICE_TOPIC, f"{BASE}/availability", f"{BASE}/status", f"{BASE}/analysis/state"} <= set(before)
+    done = run_cli("--config", str(cfg), "forget", timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"cleared {len(before)} retained topic(s)" in done.stdout, done.stdout
+    assert retained(broker.port, "#") == {}, "ghost topics left on the broker"
+
+
+def test_forget_without_a_broker_is_one_clear_line(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "config.yaml", mqtt={"host": "127.0.0.1", "port": 1})
+    proc = run_cli("--config", str(cfg), "forget", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "error" in line] == [
+        line for line in proc.stderr.splitlines() if "127.0.0.1:1" in line
+    ]
+
+
+# ----------------------------------------------------------------------------------------------- empty room, faces
+
+
+def _face(t: float, label: str = "happy", n: int = 1) -> Prediction:
+    probs = np.zeros(len(CANONICAL), dtype=np.float32)
+    probs[CANONICAL.index(label)] = 1.0
+    faces = tuple(FaceResult((10 * i, 0, 50, 50), label, 1.0) for i in range(n))
+    return Prediction("face", t, probs, faces)
+
+
+def test_the_state_becomes_no_one_after_absent_after_s_and_returns_at_the_next_real_window() -> None:
+    states: list[str] = []
+    loop = FusionLoop(
+        Windower(2.0, FusionRule()), StateTracker(2), lambda r: None, lambda e, r: states.append(e), absent_after_s=10
+    )
+    for t in (0.5, 2.5):
+        loop.predictions.put(_face(t))
+    loop.pump(4.0, wait_s=0)
+    assert states == ["happy"]
+    loop.pump(13.9, wait_s=0)  # 9.9 s after the last window with anyone in it
+    assert states == ["happy"]
+    loop.pump(14.0, wait_s=0)
+    assert states == ["happy", NO_ONE] and loop.state.since == 4.0  # since the last window someone was seen in
+    loop.pump(30.0, wait_s=0)
+    assert states == ["happy", NO_ONE], "said once, not at every pump"
+    loop.predictions.put(_face(30.5, "sad"))
+    loop.pump(32.0, wait_s=0)
+    assert states == ["happy", NO_ONE, "sad"], "one real window ends the empty room (no state_after_windows wait)"
+
+
+def test_a_window_reports_the_typical_face_count_not_one_spurious_detection() -> None:
+    preds = [_face(0.1, n=1), _face(0.3, n=2), _face(0.5, n=1), _face(0.7, n=1)]
+    assert len(faces_of(preds)) == 1
+    assert len(faces_of([_face(0.1, n=2), _face(0.3, n=1), _face(0.5, n=2)])) == 2
+    assert faces_of([]) == ()
+
+
+def _around(image: np.ndarray, box: tuple[float, ...], size: int = 320) -> np.ndarray:
+    """A size x size crop centred on a face box (black beyond the frame)."""
+    cx, cy = int(box[0] + box[2] / 2), int(box[1] + box[3] / 2)
+    padded = cv2.copyMakeBorder(image, size, size, size, size, cv2.BORDER_CONSTANT)
+    return padded[cy + size // 2 : cy + size * 3 // 2, cx + size // 2 : cx + size * 3 // 2]
+
+
+def test_replay_of_two_people_reports_each_face_with_its_box_and_label(tmp_path: Path) -> None:
+    # Two real faces side by side in one 640x480 frame: the astronaut (the clip's happy segment) on the left, the
+    # FER2013 angry face (its angry segment) on the right, larger.
+    cfg = write_config(tmp_path / "config.yaml")
+    detector = load_detector(load_config(cfg))
+    cap = cv2.VideoCapture(str(CLIP_VIDEO))
+    frames = [cap.read()[1] for _ in range(91)]
+    happy, angry = frames[10], frames[90]
+    two = np.zeros((480, 640, 3), np.uint8)
+    two[80:400, :320] = _around(happy, detector.detect(happy)[0].box)
+    two[80:400, 320:] = _around(angry, detector.detect(angry)[0].box)
+    video = tmp_path / "two.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (640, 480))
+    for _ in range(40):
+        writer.write(two)
+    writer.release()
+    proc = run_cli("--config", str(cfg), "replay", "--video", str(video), "--no-mqtt", "--events-out", "-")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert events and all(e["face_count"] == 2 for e in events), [e["face_count"] for e in events]
+    for e in events:
+        left, right = sorted(e["faces"], key=lambda f: f["box"][0])
+        assert left["box"][0] + left["box"][2] <= 330 and right["box"][0] >= 310, e["faces"]  # one in each half
+        assert all(80 <= f["box"][1] < 400 for f in e["faces"]), e["faces"]
+        assert (left["label"], right["label"]) == ("happy", "angry")  # each face its own label
+        # Fusion stays on the largest face (the right one).
+        assert right["box"][2] > left["box"][2] and e["modalities"]["face"]["label"] == right["label"]
