@@ -17,6 +17,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["edge_daemon", "edge_daemon.*"]),
+    package_data={"edge_daemon.web": ["static/*"]},  # the device page
     # The shipped models travel with a non-editable install too (share/emotion-edge/models_tflite).
     data_files=[
         ("share/emotion-edge/models_tflite", [str(p) for p in sorted(Path("models_tflite").glob("*")) if p.is_file()])
@@ -48,6 +49,9 @@ setup(
             "ruff>=0.5",
             "amqtt>=0.11",
             "scikit-image>=0.22",
+            # Drives Debian's chromium + chromium-driver (scripts/test.sh installs them) for the device page tests;
+            # Selenium 4.x finds /usr/bin/chromedriver itself, no driver download.
+            "selenium>=4.20,<5",
         ],
     },
     entry_points={"console_scripts": ["emotion-edge=edge_daemon.cli:main"]},

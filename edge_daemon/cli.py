@@ -195,6 +195,46 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     )
 
 
+def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    import sqlite3
+
+    from .history import csv_lines, jsonl_lines, open_for_cli, parse_time
+
+    reader = open_for_cli(_path(args.state_dir) or config.path(config.state_dir))
+    try:
+        if args.action == "purge":
+            before = parse_time(args.before, "--before") if args.before else None
+            try:
+                n = reader.purge(before)
+            except sqlite3.Error as exc:
+                raise UserError(f"{reader.path}: cannot purge the history ({exc})") from None
+            print(f"purged {n} event(s){f' before {args.before}' if args.before else ''} from {reader.path}")
+            return 0
+        since = parse_time(args.since, "--since") if args.since else None
+        until = parse_time(args.until, "--until") if args.until else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    lines = (csv_lines if args.format == "csv" else jsonl_lines)(reader.iter_events(since, until))
+    if args.out in (None, "-"):
+        try:
+            for line in lines:
+                sys.stdout.write(line)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except sqlite3.Error as exc:
+            raise UserError(f"{reader.path}: the history could not be read to the end ({exc})") from None
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="") as f:
+            f.writelines(lines)
+    except OSError as exc:
+        raise UserError(f"{args.out}: cannot write the export ({exc.strerror})") from None
+    except sqlite3.Error as exc:
+        raise UserError(f"{reader.path}: the history could not be read to the end ({exc})") from None
+    return 0
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -334,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="at the end, wait up to S seconds for the broker to take the backlog (default 30); the rest stays in the outbox",
     )
     r.set_defaults(func=cmd_replay)
+
+    h = sub.add_parser("history", help="export or purge the local emotion history (state_dir)", parents=common)
+    hsub = h.add_subparsers(dest="action", required=True, metavar="ACTION")
+    he = hsub.add_parser("export", help="one row per event, oldest first (CSV or JSON lines)", parents=common)
+    he.add_argument("--since", metavar="ISO", help="from this date or time (inclusive; naive times are UTC)")
+    he.add_argument("--until", metavar="ISO", help="up to this date or time (exclusive)")
+    he.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="csv (default) or jsonl")
+    he.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    hp = hsub.add_parser("purge", help="delete events from the history", parents=common)
+    hp.add_argument("--before", metavar="ISO", help="only those before this date or time (default: all)")
+    for sp in (he, hp):
+        sp.add_argument("--state-dir", help="the history's folder (default: state_dir from the config)")
+    h.set_defaults(func=cmd_history)
 
     c = sub.add_parser("classify", help="classify face images or speech wavs; one JSON object per line", parents=common)
     csub = c.add_subparsers(dest="modality", required=True, metavar="MODALITY")

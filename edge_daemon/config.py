@@ -238,6 +238,43 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The local history in state_dir/history.sqlite3: each event's labels, scores, times (never frames or audio)."""
+
+    enabled: bool = _f(True, "keep a local history of events (false: keep nothing)")
+    max_days: int = _f(30, "delete events older than this many days", lo=1, hi=3650)
+    max_mb: int = _f(100, "keep the history under this many megabytes; the oldest events go first", lo=1, hi=100_000)
+
+
+@dataclass(frozen=True)
+class WebTlsConfig:
+    """HTTPS for the device page (or leave it off and put a reverse proxy in front)."""
+
+    cert_file: str | None = _f(None, "certificate (PEM) for HTTPS; null = plain HTTP")
+    key_file: str | None = _f(None, "its private key (PEM)")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The device page and HTTP API, served by `run` and `replay --realtime`."""
+
+    enabled: bool = _f(True, "serve the device page and the HTTP API")
+    host: str = _f("0.0.0.0", "address to listen on (127.0.0.1: this machine only)", check=_host_problem)
+    port: int = _f(8765, "port to listen on", lo=1, hi=65535)
+    password_env: str = _f(
+        "EMOTION_EDGE_WEB_PASSWORD",
+        "environment variable that holds the page's password (else $CREDENTIALS_DIRECTORY/web_password, else a "
+        "generated one, logged once)",
+        pattern=r"[A-Za-z_][A-Za-z0-9_]*",
+    )
+    session_hours: float = _f(12.0, "a login lasts this long, hours", lo=0.01, hi=720)
+    max_connections: int = _f(
+        64, "at most this many HTTP connections at once; more are refused (perception never waits)", lo=4, hi=1000
+    )
+    tls: WebTlsConfig = field(default_factory=WebTlsConfig, metadata={"doc": "HTTPS"})
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything the daemon can be told."""
 
@@ -255,6 +292,8 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig, metadata={"doc": "fusion"})
     mqtt: MqttConfig = field(default_factory=MqttConfig, metadata={"doc": "MQTT"})
     outbox: OutboxConfig = field(default_factory=OutboxConfig, metadata={"doc": "outbox"})
+    history: HistoryConfig = field(default_factory=HistoryConfig, metadata={"doc": "history"})
+    web: WebConfig = field(default_factory=WebConfig, metadata={"doc": "web page"})
     # Where the file was read from: relative paths in it resolve against this folder.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
@@ -410,6 +449,9 @@ def load_config(path: Path | str | None) -> Config:
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a config file") from None
     config = dataclasses.replace(config, base_dir=path.resolve().parent)
+    tls = config.web.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise UserError(f"{path}: web.tls: set both cert_file and key_file for HTTPS, or neither")
     for section in ("camera", "microphone", "mqtt"):
         part = getattr(config, section)
         if part.reconnect_min_s > part.reconnect_max_s:

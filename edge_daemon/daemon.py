@@ -27,6 +27,7 @@ from .control import Controls
 from .errors import UserError
 from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
+from .history import History, HistoryReader
 from .labels import NO_ONE, PAUSED
 from .models import FileWatch, Models, load_detector, load_face_model, load_models, load_speech_model, model_files
 from .mqtt import MqttSession, client_id_of, resolve_broker
@@ -84,6 +85,11 @@ class Daemon:
         self.controls.subscribe(lambda switches: self._controls_changed.set())
         self._last_event_at: float | None = None  # monotonic time of the last event, for stats
         self._published_state: dict[str, Any] | None = None
+        state = state_dir or config.path(config.state_dir)
+        h = config.history
+        self.history = History(state, h.max_days, h.max_mb) if h.enabled else None
+        # The page: for the service, and for a real-time replay (demos); a fast replay is over before anyone looks.
+        self.web = self._web_server(state) if config.web.enabled and (replay is None or replay.realtime) else None
         host, port = broker or resolve_broker(config)
         # A replay may run beside the live daemon of the same device: with the same client id the broker would
         # disconnect one for the other, over and over.
@@ -165,6 +171,16 @@ class Daemon:
             self.speech_worker = self._speech_worker(self.models)
             self.workers.append(self.speech_worker)
 
+    def _web_server(self, state_dir: Path) -> Any:
+        from .web.server import WebServer, limit_malloc_arenas  # only when the page is on: its imports cost memory
+
+        limit_malloc_arenas()  # before any thread starts: the page's threads would each keep a malloc arena
+
+        names = ["face_emotion", "speech_emotion"] + (["face_detector"] if self.config.face.detector == "blazeface" else [])
+        cards = {n: self.config.model_path(n).with_suffix(".md") for n in names}
+        history = HistoryReader(state_dir) if self.history else None
+        return WebServer(self.config, state_dir, self.snapshot, self.controls, history, cards)
+
     def _face_worker(self, models: Models) -> FaceWorker:
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
         return FaceWorker(self.slot, models.detector, models.face, self.config.face.rate_hz, **common)
@@ -180,6 +196,10 @@ class Daemon:
         """Block until stopped (service) or until the inputs end (replay). Returns the exit code."""
         if self.session:
             self.session.start()
+        if self.history:
+            self.history.start()
+        if self.web:
+            self.web.start()
         for t in [*self.sources, *self.workers]:
             t.start()
         next_stats = time.monotonic() + self.config.mqtt.stats_interval_s
@@ -350,6 +370,10 @@ class Daemon:
         elif self.session:
             self.session.flush(2.0)  # briefly, a service stop must stay within its 5 s
         self.publish_stats()  # the final figures, after the drain they count
+        if self.web:
+            self.web.stop()
+        if self.history:
+            self.history.close()
         if self.session:
             self.session.stop(flush_timeout_s=0.5)  # drained above; this only waits for `stopped` to go out
         left = self.outbox.depth()
@@ -389,6 +413,10 @@ class Daemon:
             self.outbox.ack(seq)  # --no-mqtt: nothing will ever send it; keep the seq, not the event
         self.events += 1
         self._last_event_at = time.monotonic()
+        if self.history:
+            self.history.record(event)  # a queue put: the writer thread stores it
+        if self.web:
+            self.web.on_event(event)  # a queue put per stream client
         if self.events_out is not None:
             self.events_out.write(json.dumps(event) + "\n")
             self.events_out.flush()
@@ -433,6 +461,8 @@ class Daemon:
         self._published_state = state
         if self.session:
             self.session.publish_retained("state", state)
+        if self.web:
+            self.web.on_state(state)
 
     def stats(self) -> dict[str, Any]:
         fw, sw = self.face_worker, self.speech_worker
@@ -465,6 +495,29 @@ class Daemon:
             ),
             "mqtt": self.session.stats() if self.session else None,
             "outbox": {"held": self.outbox.held, "storage_error": self.outbox.storage_error or None},
+            "history": self.history.stats() if self.history else None,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Read-only view for the device page (called from its threads): counters and states, nothing it could
+        change, no call into a perception thread."""
+        stats = self.stats()
+        video = (CameraSource, VideoFileSource)
+        return {
+            "device_id": self.config.device_id,
+            "started": iso_utc(self.clock.wall(0.0)),
+            "replay": self.replay is not None,
+            "perception_ok": not self.stop_event.is_set() and self.workers_alive(stall_s=STALL_S),
+            "sources": {
+                s.name: {**s.status.snapshot(), "kind": "camera" if isinstance(s, video) else "microphone"}
+                for s in self.sources
+            },
+            "broker": {
+                "state": "off" if self.session is None else "online" if self.session.connected.is_set() else "offline"
+            },
+            "controls": self.controls.get(),
+            "models": self.models.versions(),
+            "stats": stats,
         }
 
     def _microphones(self) -> list[MicrophoneSource]:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .fusion import ModalitySummary, WindowResult
+from .labels import emoji_of
 
 # 2: the low-confidence label is `uncertain` (was `unknown`); `face_count` and `faces` (per-face boxes and labels).
 SCHEMA = 2
@@ -78,6 +79,7 @@ def build_event(
     event.update(
         {
             "emotion": result.emotion,
+            "emoji": emoji_of(result.emotion),
             "confidence": round(result.confidence, 4),
             "method": method,
             "used": [m for m, s in result.modalities.items() if s is not None],

@@ -24,6 +24,25 @@ NO_ONE = "no_one"
 # The `state` while analysis (or every enabled modality) is switched off.
 PAUSED = "paused"
 
+# One emoji per label, for the device page and the events' `emoji` field (the page and subscribers show the same one).
+EMOJI: dict[str, str] = {
+    "angry": "\U0001f620",  # angry face
+    "disgust": "\U0001f922",  # nauseated face
+    "fear": "\U0001f628",  # fearful face
+    "happy": "\U0001f604",  # grinning face with smiling eyes
+    "sad": "\U0001f622",  # crying face
+    "surprise": "\U0001f62e",  # face with open mouth
+    "neutral": "\U0001f610",  # neutral face
+    UNKNOWN: "\u2754",  # white question mark
+}
+
+
+def emoji_of(label: str | None) -> str:
+    """The canonical emoji of a label ('' for None, the question mark for anything not canonical)."""
+    if label is None:
+        return ""
+    return EMOJI.get(label, EMOJI[UNKNOWN])
+
 # Spellings found in corpora and exports, folded onto our names.
 ALIASES: dict[str, str] = {
     "anger": "angry",

@@ -17,6 +17,8 @@ if [ ! -f /etc/emotion-edge/config.yaml ]; then
 fi
 # LoadCredential needs the file to exist; an empty one means "no password".
 [ -f /etc/emotion-edge/mqtt_password ] || install -m 0600 /dev/null /etc/emotion-edge/mqtt_password
+# Empty: the daemon generates the device page's password on its first start and logs it once (journalctl -u emotion-edge).
+[ -f /etc/emotion-edge/web_password ] || install -m 0600 /dev/null /etc/emotion-edge/web_password
 install -m 0644 systemd/emotion-edge.service /etc/systemd/system/emotion-edge.service
 systemctl daemon-reload
 echo "installed. Edit /etc/emotion-edge/config.yaml (mqtt.host, device_id), then: systemctl enable --now emotion-edge" >&2

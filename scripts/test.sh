@@ -5,6 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev,train
 
+# A real browser for the device page tests (tests/test_web_browser.py), and an emoji font for its screenshot.
+need=()
+for pkg in chromium chromium-driver fonts-noto-color-emoji; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test: installing system packages: ${need[*]}" >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
 # tflite-runtime stopped at 2.14 and crashes with numpy 2, so it lives in its own small environment.
 compat=.venv-compat
 if [ ! -f "$compat/.installed" ]; then

@@ -105,6 +105,8 @@ def subscribe(broker: LocalBroker) -> Iterator[Callable[[str], Subscriber]]:
 def write_config(path: Path, **sections: Any) -> Path:
     """A config file that uses the shipped models; keyword arguments override whole sections or top-level keys."""
     data: dict[str, Any] = {"models": {"dir": str(MODELS)}, "state_dir": str(path.parent / "state")}
+    # The device page listens on a fixed port by default; tests that want it ask for it on a free port.
+    data["web"] = {"enabled": False}
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}

@@ -115,7 +115,19 @@ def test_nothing_but_the_outbox_is_written_and_no_payload_carries_media(
     assert proc.returncode == 0, proc.stderr
     assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["stopped"], timeout=10)
     written = sorted(p.name for p in state.rglob("*"))
-    assert set(written) <= {"outbox.sqlite3", "outbox.sqlite3-wal", "outbox.sqlite3-shm", "outbox.seq"}, written
+    dbs = {f"{db}.sqlite3{suffix}" for db in ("outbox", "history") for suffix in ("", "-wal", "-shm")}
+    assert set(written) <= dbs | {"outbox.seq"}, written
+    # The history holds labels, scores and times: text and numbers in known columns, nothing that could be media.
+    import sqlite3
+
+    db = sqlite3.connect(state / "history.sqlite3")
+    assert {r[1] for r in db.execute("PRAGMA table_info(events)")} == {
+        "id", "ts", "seq", "event_id", "window_start", "window_end", "emotion", "confidence", "face_label",
+        "face_confidence", "speech_label", "speech_confidence", "media_start_s", "media_end_s",
+    }  # fmt: skip
+    assert db.execute("SELECT MAX(LENGTH(CAST(event_id AS BLOB)) + LENGTH(window_start)) FROM events").fetchone()[0] < 100
+    assert not db.execute("SELECT COUNT(*) FROM events WHERE typeof(face_label) = 'blob'").fetchone()[0]
+    db.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "state"]
     assert sub.messages
 

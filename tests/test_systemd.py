@@ -49,6 +49,7 @@ def test_unit_is_notify_type_with_watchdog_credentials_and_unprivileged_user() -
         "StateDirectory=emotion-edge",
         "ConfigurationDirectory=emotion-edge",
         "LoadCredential=mqtt_password:",
+        "LoadCredential=web_password:",
         "ExecReload=",
         "MemoryMax=",
     ):

@@ -1,0 +1,714 @@
+"""The device page and HTTP API, served beside perception (never in it).
+
+Why the standard library's `http.server` and no framework: the page needs a dozen routes, a cookie,
+a form, JSON and one Server-Sent Events stream, and `http.server` does all of that; its import costs
+about 1 MB of RSS against 10-20 MB for aiohttp or uvicorn+starlette, on a board whose whole budget is
+150 MB, and it adds nothing to install or to keep up to date. Its one weakness for a device, a thread
+per connection, is bounded here: at most `web.max_connections` at once (more are refused at accept),
+each with a 10 s socket timeout, so a slowloris or a pile of idle connections costs sleeping threads
+and closes the page to newcomers at worst, never a frame or an event. The daemon hands the server
+events through `on_event`/`on_state`, which only put a message on bounded queues.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+import math
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ..config import Config
+from ..control import NAMES as CONTROL_NAMES
+from ..control import Controls
+from ..errors import UserError
+from ..history import HistoryReader, HistoryUnavailable, csv_lines, parse_time
+from ..labels import emoji_of
+from ..throttle import Throttle
+from .auth import USER, Auth, Session
+from .feed import Feed
+
+logger = logging.getLogger(__name__)
+
+COOKIE = "emotion_edge_session"
+SOCKET_TIMEOUT_S = 10.0  # a request (or a stream write) that makes no progress for this long is dropped
+# A request's line and headers must all arrive within this long, however slowly they trickle (slowloris), and a
+# kept-alive connection may wait this long for its next request; then its slot goes to someone else.
+HEADER_DEADLINE_S = 10.0
+KEEPALIVE_S = 15.0  # a comment line on idle streams, so proxies and phones keep them open
+HEALTH_EVERY_S = 2.0
+HEALTH_PUSH_S = 10.0  # counters change all the time: pushed this often; a changed state at once
+MAX_BODY = 16 * 1024
+MAX_EVENTS = 10_000
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".json": "application/json"}  # fmt: skip
+PUBLIC_STATIC = {"style.css", "favicon.svg"}  # what the login page itself needs
+
+
+def limit_malloc_arenas(n: int = 2) -> None:
+    """glibc gives each thread that allocates under contention a malloc arena of its own (up to 8 per core) and keeps
+    what those arenas once held: with a thread per connection, 20 stream clients added about 9 MB of RSS to a
+    replay (166 MB peak, against 157 MB with 2 arenas). Called before the daemon starts any thread; a no-op off
+    glibc, and $MALLOC_ARENA_MAX, if set, wins."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, n)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def _static(name: str) -> bytes:
+    return resources.files("edge_daemon.web").joinpath("static", name).read_bytes()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Health:
+    """Turns the daemon's snapshots into the health panel: each source's and the broker's state, and since when."""
+
+    MAX_AGE_S = 1.0  # however many clients ask, the daemon is asked at most once a second
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+        self._since: dict[str, tuple[str, str]] = {}  # name -> (state, since)
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self.last: dict[str, Any] = {}
+        self._last_states: dict[str, str] = {}
+        self._taken = -math.inf
+
+    def read(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The current health (at most MAX_AGE_S old), and the states that matter for a push (sources, broker,
+        switches). The snapshot counts the outbox, under the lock the fusion thread stores events with: a client
+        asking in a loop must not turn into a loop on that lock."""
+        with self._read_lock:
+            if time.monotonic() - self._taken < self.MAX_AGE_S:
+                return self.last, self._last_states
+            snap, states = self._take()
+            self._taken = time.monotonic()
+            self._last_states = states
+            return snap, states
+
+    def _take(self) -> tuple[dict[str, Any], dict[str, str]]:
+        snap = self._snapshot()
+        states = {f"source:{n}": str(s["state"]) for n, s in snap["sources"].items()}
+        states["broker"] = snap["broker"]["state"]
+        states.update({f"control:{k}": str(v) for k, v in snap["controls"].items()})
+        now = _now_iso()
+        with self._lock:
+            for name, state in states.items():
+                old = self._since.get(name)
+                if old is None or old[0] != state:
+                    self._since[name] = (state, now if old is not None else snap["started"])
+            for n, s in snap["sources"].items():
+                s["since"] = self._since[f"source:{n}"][1]
+            snap["broker"]["since"] = self._since["broker"][1]
+            self.last = snap
+        return snap, states
+
+
+class WebServer:
+    """`start()` listens in its own thread; `on_event`/`on_state` are called by the daemon and never block."""
+
+    def __init__(
+        self,
+        config: Config,
+        state_dir: Path,
+        snapshot: Callable[[], dict[str, Any]],
+        controls: Controls | None,
+        history: HistoryReader | None,
+        model_cards: dict[str, Path],
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.config = config
+        web = config.web
+        self.host, self.port = host or web.host, port if port is not None else web.port
+        self.auth = Auth(state_dir, web.password_env, web.session_hours)
+        self.feed = Feed()
+        self.health = Health(snapshot)
+        self.controls = controls
+        self.history = history
+        self.model_cards = model_cards
+        self.device_id = config.device_id
+        self.tls = self._tls_context(config)
+        self.scheme = "https" if self.tls else "http"
+        self._stop = threading.Event()
+        self._httpd: _Server | None = None
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.state: dict[str, Any] | None = None
+        self.last_event: dict[str, Any] | None = None
+        self.bound = threading.Event()
+        self.refused = 0  # connections turned away at the limit
+
+    @staticmethod
+    def _tls_context(config: Config) -> ssl.SSLContext | None:
+        tls = config.web.tls
+        if not tls.cert_file:
+            return None
+        cert, key = config.path(tls.cert_file), config.path(tls.key_file or "")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(
+                f"web.tls: cannot load the certificate {cert} with key {key} ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
+        return ctx
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for target, name in ((self._serve, "web"), (self._health_loop, "web-health")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.feed.close()
+        httpd = self._httpd
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def _serve(self) -> None:
+        said = Throttle(600.0)
+        while not self._stop.is_set():
+            try:
+                httpd = _Server((self.host, self.port), _Handler, self)
+            except OSError as exc:
+                if said.ready():
+                    logger.error(
+                        "web: cannot listen on %s:%d (%s); the device page is off until it can (trying every 30 s); "
+                        "change web.port or free the port",
+                        self.host, self.port, exc.strerror or exc,
+                    )  # fmt: skip
+                self._stop.wait(30)
+                continue
+            self._httpd = httpd
+            self.port = httpd.server_address[1]
+            self.bound.set()
+            logger.info("web: device page on %s://%s:%d/ (user %s)", self.scheme, self.host, self.port, USER)
+            if self._stop.is_set():  # stop() came while binding
+                httpd.server_close()
+                return
+            httpd.serve_forever(poll_interval=0.5)
+            return
+
+    def _health_loop(self) -> None:
+        last_push, pushed = 0.0, None
+        while not self._stop.wait(HEALTH_EVERY_S):
+            try:
+                snap, states = self.health.read()
+            except Exception:  # a snapshot that fails must not end the loop, nor the daemon
+                logger.exception("web: health snapshot failed")
+                continue
+            httpd = self._httpd
+            if httpd is not None:
+                httpd.reap(HEADER_DEADLINE_S)
+            now = time.monotonic()
+            if states != pushed or now - last_push >= HEALTH_PUSH_S:
+                last_push, pushed = now, states
+                self.feed.publish("health", json.dumps(snap))
+
+    # ------------------------------------------------------------------ from the daemon (fusion thread)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.last_event = event
+        self.feed.publish("event", json.dumps(event, ensure_ascii=False))
+
+    def on_state(self, state: dict[str, Any]) -> None:
+        self.state = {**state, "emoji": emoji_of(state.get("emotion"))}
+        self.feed.publish("state", json.dumps(self.state, ensure_ascii=False))
+
+    def current_state(self) -> dict[str, Any]:
+        ev = self.last_event
+        last = None
+        if ev is not None:
+            mods = ev.get("modalities") or {}
+            last = {
+                "seq": ev.get("seq"),
+                "window_start": ev["window_start"],
+                "window_end": ev["window_end"],
+                "emotion": ev["emotion"],
+                "emoji": ev.get("emoji", emoji_of(ev["emotion"])),
+                "confidence": ev["confidence"],
+                "modalities": {
+                    m: (None if s is None else {"label": s["label"], "confidence": s["confidence"]})
+                    for m, s in mods.items()
+                },
+            }
+        empty = {"emotion": None, "emoji": "", "confidence": None, "since": None, "seq": None}
+        return {
+            "state": self.state or empty,
+            "last_event": last,
+            "controls": self.controls.get() if self.controls else dict.fromkeys(CONTROL_NAMES, True),
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 32
+
+    def __init__(self, address: tuple[str, int], handler: type, web: WebServer) -> None:
+        self.web = web
+        self._slots = threading.BoundedSemaphore(web.config.web.max_connections)
+        self._reading: dict[Any, float] = {}  # connection -> when it started waiting for a request's headers
+        self._reading_lock = threading.Lock()
+        self.reaped = 0
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.web.refused += 1
+            try:
+                request.setblocking(False)
+                request.send(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def reading(self, conn: Any, since: float | None) -> None:
+        with self._reading_lock:
+            if since is None:
+                self._reading.pop(conn, None)
+            else:
+                self._reading[conn] = since
+
+    def reap(self, deadline_s: float) -> None:
+        """Close connections that have taken longer than `deadline_s` to send a request's headers."""
+        now = time.monotonic()
+        with self._reading_lock:
+            late = [c for c, t in self._reading.items() if now - t > deadline_s]
+            for c in late:
+                del self._reading[c]
+        for c in late:
+            self.reaped += 1
+            try:
+                c.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns, and its thread ends
+            except OSError:
+                pass
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(SOCKET_TIMEOUT_S)
+        ctx = self.web.tls
+        if ctx is not None:  # the handshake happens here, in the connection's thread, not in the accepting one
+            self.reading(request, time.monotonic())  # and within the same deadline as a request's headers
+            try:
+                request = ctx.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return
+            finally:
+                self.reading(request, None)
+        self.RequestHandlerClass(request, client_address, self)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-response is normal on a phone; anything else is a bug worth a traceback.
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):
+            return
+        logger.exception("web: error while serving %s", client_address[0] if client_address else "a client")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "emotion-edge"
+
+    def version_string(self) -> str:  # not the Python version: nothing a stranger needs to know
+        return self.server_version
+
+    server: _Server
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def web(self) -> WebServer:
+        return self.server.web
+
+    def handle_one_request(self) -> None:
+        self.server.reading(self.connection, time.monotonic())
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.reading(self.connection, None)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # the headers are in: the deadline no longer applies
+        self.server.reading(self.connection, None)
+        return ok
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        logger.debug("web: %s %s", self.address_string(), format % args)
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        logger.debug("web: %s %s", self.address_string(), format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Malformed requests (the base class's own errors): plain JSON with our security headers.
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unreadable request line: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
+        self._send(code, {"error": message or HTTPStatus(code).phrase})
+
+    def _headers(self, code: int, ctype: str, length: int | None, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on its own forms
+        self.send_header("Referrer-Policy", "same-origin")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _send(self, code: int, body: Any, ctype: str = "application/json", extra: dict[str, str] | None = None) -> None:
+        if isinstance(body, (dict, list)):
+            data = json.dumps(body, ensure_ascii=False).encode()
+            ctype = "application/json"
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = body
+        self._headers(code, ctype, len(data), extra)
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _query(self) -> dict[str, str]:
+        q = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+        return {k: v[-1] for k, v in q.items()}
+
+    def _route(self) -> str:
+        return urlsplit(self.path).path
+
+    def _client(self) -> str:
+        return self.client_address[0] if self.client_address else "?"
+
+    def _cookie(self) -> str | None:
+        raw = self.headers.get("Cookie")
+        if not raw:
+            return None
+        try:
+            c = SimpleCookie(raw)
+        except CookieError:
+            return None
+        return c[COOKIE].value if COOKIE in c else None
+
+    def _body(self) -> bytes | None:
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= MAX_BODY:
+            self.close_connection = True
+            self._send(413 if n > MAX_BODY else 400, {"error": "request body missing or too large"})
+            return None
+        return self.rfile.read(n) if n else b""
+
+    # ------------------------------------------------------------------ who is asking
+
+    def _session(self) -> Session | None:
+        return self.web.auth.session(self._cookie())
+
+    def _authenticated(self) -> tuple[bool, Session | None]:
+        """(ok, session); answers 401/429 itself when not ok."""
+        s = self._session()
+        if s is not None:
+            return True, s
+        auth = self.web.auth
+        header = self.headers.get("Authorization")
+        if header:
+            wait = auth.limited(self._client())
+            if wait:
+                self._send(429, {"error": "too many failed logins; try again later"},
+                           extra={"Retry-After": str(int(wait) + 1)})  # fmt: skip
+                return False, None
+            ok = auth.basic(header)
+            if ok:
+                return True, None
+            auth.failed(self._client(), "HTTP Basic")
+        extra = {} if self.headers.get("X-Requested-With") else {"WWW-Authenticate": 'Basic realm="emotion-edge"'}
+        self._send(401, {"error": "authentication required: log in on the page, or use HTTP Basic (user admin)"},
+                   extra=extra)  # fmt: skip
+        return False, None
+
+    def _same_origin(self) -> bool:
+        """Cross-site request forgery: a browser names the page that sent a request; it must be this one. The host
+        is compared, not the scheme: behind a reverse proxy that terminates TLS the page is https, the server not."""
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            try:
+                netloc = urlsplit(origin).netloc
+            except ValueError:
+                return False
+            return bool(netloc) and netloc == self.headers.get("Host", "")
+        return True
+
+    # ------------------------------------------------------------------ methods
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the base class's naming
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802
+        route = self._route()
+        if route == "/api/health":
+            return self._health()
+        if route == "/login":
+            return self._login_page(200, "")
+        if route.startswith("/static/") and route[8:] in PUBLIC_STATIC:
+            return self._static_file(route[8:])
+        if route == "/favicon.ico":
+            return self._static_file("favicon.svg")
+        if route in ("/", "/index.html") and self._session() is None and not self.headers.get("Authorization"):
+            return self._send(303, b"", "text/plain", extra={"Location": "/login"})
+        ok, session = self._authenticated()
+        if not ok:
+            return None
+        handler = {
+            "/": lambda: self._static_file("index.html"),
+            "/index.html": lambda: self._static_file("index.html"),
+            "/api/session": lambda: self._session_info(session),
+            "/api/state": lambda: self._send(200, self.web.current_state()),
+            "/api/stats": self._stats,
+            "/api/events": lambda: self._events(csv=False),
+            "/api/events.csv": lambda: self._events(csv=True),
+            "/api/history": self._hourly,
+            "/api/models": self._models,
+            "/api/openapi.json": lambda: self._static_file("openapi.json"),
+            "/api/stream": self._stream,
+        }.get(route)
+        if handler is None and route.startswith("/static/"):
+            name = route[8:]
+            if name in ("app.js", "index.html"):
+                return self._static_file(name)
+        if handler is None:
+            return self._send(404, {"error": f"no such page: {route}"})
+        return handler()
+
+    def do_POST(self) -> None:  # noqa: N802
+        route = self._route()
+        body = self._body()
+        if body is None:
+            return None
+        if not self._same_origin():
+            return self._send(403, {"error": "cross-site request refused"})
+        if route == "/login":
+            return self._login(body)
+        if route == "/logout":
+            self.web.auth.end_session(self._cookie())
+            return self._send(
+                303, b"", "text/plain", extra={"Location": "/login", "Set-Cookie": self._cookie_header("", 0)}
+            )
+        if route != "/api/controls":
+            return self._send(404 if not route.startswith("/api/") else 405, {"error": f"cannot POST {route}"})
+        ok, session = self._authenticated()
+        if not ok:
+            return None
+        # A session cookie rides along on any request the browser makes; the token only this page can read proves
+        # the request came from it. (HTTP Basic from a script has no ambient cookie to abuse.)
+        if session is not None and self.headers.get("X-CSRF-Token") != session.csrf:
+            return self._send(403, {"error": "missing or wrong X-CSRF-Token"})
+        return self._set_controls(body)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._send(405, {"error": "method not allowed"})
+
+    do_DELETE = do_PATCH = do_OPTIONS = do_PUT  # noqa: N815
+
+    # ------------------------------------------------------------------ pages
+
+    def _static_file(self, name: str) -> None:
+        data = _static(name)
+        ctype = STATIC_TYPES.get(Path(name).suffix, "application/octet-stream")
+        self._send(200, data, ctype)
+
+    def _login_page(self, code: int, message: str, extra: dict[str, str] | None = None) -> None:
+        page = _static("login.html").decode().replace("{{message}}", message).replace("{{device}}", self.web.device_id)
+        self._send(code, page, "text/html; charset=utf-8", extra)
+
+    def _cookie_header(self, value: str, max_age: int) -> str:
+        https = self.web.tls is not None or self.headers.get("X-Forwarded-Proto", "").lower() == "https"
+        secure = "; Secure" if https else ""
+        return f"{COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+
+    def _login(self, body: bytes) -> None:
+        auth = self.web.auth
+        wait = auth.limited(self._client())
+        if wait:
+            return self._login_page(429, f"Too many failed attempts. Try again in {int(wait) + 1} s.",
+                                    {"Retry-After": str(int(wait) + 1)})  # fmt: skip
+        form = parse_qs(body.decode("utf-8", "replace"))
+        password = (form.get("password") or [""])[-1]
+        if not password or not auth.check_password(password):
+            auth.failed(self._client(), "login form")
+            return self._login_page(401, "Wrong password.")
+        s = auth.new_session()
+        logger.info("web: login from %s", self._client())
+        self._send(303, b"", "text/plain",
+                   extra={"Location": "/", "Set-Cookie": self._cookie_header(s.token, int(auth.session_s))})  # fmt: skip
+
+    def _session_info(self, session: Session | None) -> None:
+        self._send(200, {"user": USER, "csrf": session.csrf if session else None, "device_id": self.web.device_id})
+
+    # ------------------------------------------------------------------ API
+
+    def _health(self) -> None:
+        try:
+            snap = self.web.health.last or self.web.health.read()[0]
+        except Exception:  # noqa: BLE001 - health must answer, whatever went wrong
+            return self._send(503, {"status": "error"})
+        if snap.get("perception_ok"):
+            return self._send(200, {"status": "ok"})
+        return self._send(503, {"status": "stalled"})
+
+    def _stats(self) -> None:
+        snap, _ = self.web.health.read()
+        snap = {**snap, "web": {"stream_clients": self.web.feed.clients, "streams_cut_off": self.web.feed.cut_off,
+                                "connections_refused": self.web.refused,
+                                "connections_timed_out": self.server.reaped}}  # fmt: skip
+        self._send(200, snap)
+
+    def _range(self) -> tuple[float | None, float | None, int] | None:
+        q = self._query()
+        try:
+            since = parse_time(q["since"], "since") if q.get("since") else None
+            until = parse_time(q["until"], "until") if q.get("until") else None
+            limit_text = q.get("limit") or "1000"
+            if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_EVENTS:
+                raise ValueError(f"limit: a whole number from 1 to {MAX_EVENTS}, got {limit_text!r}")
+        except ValueError as exc:
+            self._send(400, {"error": str(exc)})
+            return None
+        return since, until, int(limit_text)
+
+    def _events(self, csv: bool) -> None:
+        r = self._range()
+        if r is None:
+            return None
+        try:
+            rows = self.web.history.events(*r) if self.web.history else []
+        except HistoryUnavailable as exc:
+            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
+        if csv:
+            return self._send(200, "".join(csv_lines(rows)), "text/csv; charset=utf-8",
+                              {"Content-Disposition": 'attachment; filename="emotion-history.csv"'})  # fmt: skip
+        return self._send(200, rows)
+
+    def _hourly(self) -> None:
+        text = self._query().get("hours") or "24"
+        if not text.isdigit() or not 1 <= int(text) <= 24 * 31:
+            return self._send(400, {"error": f"hours: a whole number from 1 to 744, got {text!r}"})
+        hours = int(text)
+        now = time.time()
+        start = (int(now // 3600) - hours + 1) * 3600  # whole hours, the current one last
+        h = self.web.history
+        try:
+            hours_data = h.hourly(start, now + 3600) if h else []
+        except HistoryUnavailable as exc:
+            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
+        self._send(200, {
+            "enabled": h is not None,
+            "since": datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%dT%H:00Z"),
+            "hours": hours_data,
+        })  # fmt: skip
+
+    def _models(self) -> None:
+        snap = self.web.health.last or self.web.health.read()[0]
+        out = {}
+        for name, version in snap.get("models", {}).items():
+            card_path = self.web.model_cards.get(name)
+            try:
+                card = card_path.read_text(encoding="utf-8") if card_path else ""
+            except OSError:
+                card = ""
+            out[name] = {"version": version, "card": card}
+        self._send(200, out)
+
+    def _set_controls(self, body: bytes) -> None:
+        try:
+            wanted = json.loads(body or b"null")
+            if not isinstance(wanted, dict) or not wanted:
+                raise ValueError('expected a JSON object such as {"analysis": false}')
+            for k, v in wanted.items():
+                if k not in CONTROL_NAMES or not isinstance(v, bool):
+                    raise ValueError(f"{k!r}: one of {', '.join(CONTROL_NAMES)}, with true or false")
+        except ValueError as exc:  # JSONDecodeError is one
+            return self._send(400, {"error": str(exc)})
+        if self.web.controls is None:
+            return self._send(409, {"error": "this run has no switches"})
+        for k, v in wanted.items():
+            self.web.controls.set(k, v, source="web")
+        return self._send(200, {"controls": self.web.controls.get()})
+
+    def _stream(self) -> None:
+        feed = self.web.feed
+        client = feed.subscribe()
+        self.close_connection = True
+        try:
+            self._headers(200, "text/event-stream; charset=utf-8", None, {"X-Accel-Buffering": "no"})
+            if self.command == "HEAD":
+                return
+            self.wfile.write(b"retry: 2000\n\n")
+            self.wfile.flush()
+            while not client.overrun:
+                try:
+                    msg = client.queue.get(timeout=KEEPALIVE_S)
+                except Exception:  # queue.Empty: nothing to say, keep the line open
+                    msg = b": keepalive\n\n"
+                if msg is None:
+                    return
+                self.wfile.write(msg)
+                self.wfile.flush()
+        except (OSError, ValueError):  # the client left, or stopped reading for SOCKET_TIMEOUT_S
+            return
+        finally:
+            feed.unsubscribe(client)
