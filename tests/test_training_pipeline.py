@@ -79,10 +79,14 @@ def test_face_quick_run_exports_loadable_int8_model(tmp_path: Path) -> None:
     x = FacePreprocess.from_meta(meta.preprocess).prepare(cv2.imread(str(tmp_path / "val" / "happy" / "0.png")))
     probs = model.run(x[None])[0][0]
     assert probs.shape == (7,) and abs(float(probs.sum()) - 1) < 0.05
-    # the daemon's own wrapper gives the same probabilities for the same crop
+    # the daemon's own wrapper gives what the export measured: mirror averaging if it shipped, then the temperature
+    pre = FacePreprocess.from_meta(meta.preprocess)
+    if pre.hflip_average:
+        probs = (probs + model.run(np.ascontiguousarray(x[None][:, :, ::-1]))[0][0]) / 2
+    assert 0.05 <= meta.temperature <= 20 and "calibration" in meta.raw
     np.testing.assert_allclose(
         FaceEmotionModel(out.with_suffix(".json")).classify(cv2.imread(str(tmp_path / "val" / "happy" / "0.png"))),
-        probs,
+        meta.calibrate(probs),
         atol=1e-6,
     )
     card = out.with_suffix(".md").read_text()
