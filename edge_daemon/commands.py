@@ -60,6 +60,8 @@ class CommandDispatcher:
     def _set_topics(self) -> list[str]:
         return [f"{self.base}/{n}/set" for n in NAMES]
 
-    def _echo(self, switches: dict[str, bool]) -> None:
-        for name, on in switches.items():
+    def _echo(self, _snapshot: dict[str, bool]) -> None:
+        # The current switches, not the snapshot handed over: two doors switching at once call listeners in either
+        # order, and the retained states must end as Controls ends.
+        for name, on in self.controls.get().items():
             self.publish(self.state_topic(name), ON if on else OFF)

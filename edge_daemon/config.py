@@ -121,7 +121,7 @@ class SpeechConfig:
     vad_min_speech_fraction: float = _f(0.08, "fraction of a window's chunks that must be speech", lo=0.0, hi=1.0)
     vad_floor_db: float = _f(
         -70.0,
-        "chunks whose peak is below this, dBFS, are silence (not scored); the gain control does the rest",
+        "chunks whose peak is below this, dBFS, count as silence whatever the VAD says",
         lo=-96,
         hi=-20,
     )

@@ -179,7 +179,9 @@ class Daemon:
         names = ["face_emotion", "speech_emotion"] + (["face_detector"] if self.config.face.detector == "blazeface" else [])
         cards = {n: self.config.model_path(n).with_suffix(".md") for n in names}
         history = HistoryReader(state_dir) if self.history else None
-        return WebServer(self.config, state_dir, self.snapshot, self.controls, history, cards)
+        # A replay obeys no switches (its file sources run to the end): its page offers none rather than one that lies.
+        controls = self.controls if self.replay is None else None
+        return WebServer(self.config, state_dir, self.snapshot, controls, history, cards)
 
     def _face_worker(self, models: Models) -> FaceWorker:
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}

@@ -18,7 +18,6 @@ SPEECH_LABELS: tuple[str, ...] = ("neutral", "calm", "happy", "sad", "angry", "f
 # A window whose fused confidence is below `fusion.min_confidence`. Not "unknown": that is Home Assistant's own
 # word for "no data", and "not confident" must read differently from it (event schema 2 renamed it).
 UNCERTAIN = "uncertain"
-UNKNOWN = UNCERTAIN  # the old name of the constant, for code written before the rename
 # The `state` after `fusion.absent_after_s` without a face or voiced speech: the room is empty (or quiet and unseen).
 NO_ONE = "no_one"
 # The `state` while analysis (or every enabled modality) is switched off.
@@ -33,7 +32,9 @@ EMOJI: dict[str, str] = {
     "sad": "\U0001f622",  # crying face
     "surprise": "\U0001f62e",  # face with open mouth
     "neutral": "\U0001f610",  # neutral face
-    UNKNOWN: "\u2754",  # white question mark
+    UNCERTAIN: "\u2754",  # white question mark
+    NO_ONE: "\U0001f464",  # bust in silhouette (the page shows the same)
+    PAUSED: "\u23f8",  # pause button
 }
 
 
@@ -41,7 +42,7 @@ def emoji_of(label: str | None) -> str:
     """The canonical emoji of a label ('' for None, the question mark for anything not canonical)."""
     if label is None:
         return ""
-    return EMOJI.get(label, EMOJI[UNKNOWN])
+    return EMOJI.get(label, EMOJI[UNCERTAIN])
 
 # Spellings found in corpora and exports, folded onto our names.
 ALIASES: dict[str, str] = {

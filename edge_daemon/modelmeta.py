@@ -55,11 +55,14 @@ class ModelMeta:
 
     def calibrate(self, probs: Any) -> Any:
         """Temperature scaling of probabilities (softmax(log p / T)), as fitted on validation data by training."""
-        if self.temperature == 1.0:
-            return probs
-        q = np.power(np.asarray(probs, dtype=np.float64), 1.0 / self.temperature)
-        total = q.sum()
-        return (q / total).astype(np.float32) if total > 0 else np.asarray(probs, dtype=np.float32)
+        return probs if self.temperature == 1.0 else temperature_scale(probs, self.temperature)
+
+
+def temperature_scale(probs: Any, temperature: float) -> np.ndarray:
+    """softmax(log p / T) over the last axis, computed on probabilities (zeros stay zero); training fits T with it."""
+    q = np.power(np.asarray(probs, dtype=np.float64), 1.0 / temperature)
+    total = q.sum(axis=-1, keepdims=True)
+    return np.where(total > 0, q / np.where(total > 0, total, 1.0), probs).astype(np.float32)
 
 
 def sha256_of(path: Path) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_daemon.fusion import FusionRule, Prediction, StateTracker, Windower
-from edge_daemon.labels import CANONICAL, UNKNOWN, canonical_matrix
+from edge_daemon.labels import CANONICAL, UNCERTAIN, canonical_matrix
 
 
 def p(modality: str, t: float, **probs: float) -> Prediction:
@@ -42,7 +42,7 @@ def test_exact_tie_goes_to_canonical_order() -> None:
 
 def test_low_confidence_window_is_unknown_not_forced() -> None:
     emotion, conf, _, _ = FusionRule(min_confidence=0.5).fuse([p("face", 0.1, fear=0.3)])
-    assert emotion == UNKNOWN and conf == pytest.approx(0.3)
+    assert emotion == UNCERTAIN and conf == pytest.approx(0.3)
 
 
 def test_single_modality_window_says_which_modality() -> None:

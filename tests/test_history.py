@@ -17,7 +17,7 @@ import pytest
 
 from edge_daemon import history as history_mod
 from edge_daemon.history import COLUMNS, History, HistoryReader
-from edge_daemon.labels import CANONICAL, EMOJI, UNKNOWN
+from edge_daemon.labels import CANONICAL, EMOJI, NO_ONE, PAUSED, UNCERTAIN
 
 from .conftest import CLIP_AUDIO, CLIP_VIDEO, SEGMENTS, assert_clean_error, run_cli, write_config
 from .webtools import wait_until
@@ -233,7 +233,7 @@ def test_the_fusion_thread_never_waits_for_the_history(tmp_path: Path) -> None:
 
 
 def test_every_label_has_one_emoji_and_events_carry_it(replayed: Any) -> None:
-    assert set(EMOJI) == {*CANONICAL, UNKNOWN} and len(set(EMOJI.values())) == len(EMOJI)
+    assert set(EMOJI) == {*CANONICAL, UNCERTAIN, NO_ONE, PAUSED} and len(set(EMOJI.values())) == len(EMOJI)
     assert all(e["emoji"] == EMOJI[e["emotion"]] for e in replayed[1])
 
 

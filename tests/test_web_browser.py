@@ -16,7 +16,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from edge_daemon.labels import CANONICAL, UNKNOWN
+from edge_daemon.labels import CANONICAL, UNCERTAIN
 
 from .conftest import CLIP_VIDEO
 from .webtools import PASSWORD, Daemon, free_port, wait_until, web_config
@@ -94,7 +94,7 @@ def test_the_page_needs_the_password_then_shows_events_timeline_history_and_heal
         assert "No images or audio are recorded or shown" in text(browser, "privacy")
 
         # The emotion now, with its emoji, and the timeline growing as windows close (pushed, not polled).
-        labels = {*CANONICAL, UNKNOWN}
+        labels = {*CANONICAL, UNCERTAIN}
         wait_until(lambda: text(browser, "now-label") in labels, 60, "the current emotion on the page")
         assert text(browser, "now-emoji") not in ("", "⏳") and text(browser, "now-confidence").endswith("%")
         assert text(browser, "now-face") != "–" and text(browser, "live") == "live"

@@ -214,9 +214,10 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
 
 
 def apply_temperature(probs: np.ndarray, t: float) -> np.ndarray:
-    """What `ModelMeta.calibrate` does, on a batch."""
-    q = np.power(np.clip(probs.astype(np.float64), 0, 1), 1.0 / t)
-    return q / np.maximum(q.sum(axis=1, keepdims=True), 1e-12)
+    """What `ModelMeta.calibrate` does (the same function), on a batch."""
+    from edge_daemon.modelmeta import temperature_scale
+
+    return temperature_scale(probs, t).astype(np.float64)
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:

@@ -33,7 +33,7 @@ from edge_daemon.audio.emotion import gated_windows
 from edge_daemon.audio.features import SpeechFeatures
 from edge_daemon.config import Config, load_config
 from edge_daemon.fusion import FusionRule, Prediction
-from edge_daemon.labels import CANONICAL, SPEECH_LABELS, UNKNOWN, canonical_matrix, normalise
+from edge_daemon.labels import CANONICAL, SPEECH_LABELS, UNCERTAIN, canonical_matrix, normalise
 from edge_daemon.models import load_face_model
 from edge_daemon.runtime import TFLiteModel
 
@@ -119,7 +119,7 @@ def score(clips: list[Clip], rule: FusionRule, only: str | None = None) -> dict[
             if not mine:
                 continue
             emotion, *_ = rule.fuse(mine)
-            if emotion == UNKNOWN:
+            if emotion == UNCERTAIN:
                 unknown += 1
                 continue
             labelled += 1

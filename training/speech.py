@@ -5,7 +5,7 @@
 
 Windows are `SpeechFeatures.window_s` crops that pass the daemon's voice gate, featurised with the
 daemon's own `SpeechFeatures.compute`; clip accuracy averages window probabilities exactly like the
-daemon's `classify speech file.wav` (gated windows at a 1 s hop, else the loudest window).
+daemon's `classify speech file.wav` (gated windows at a 1 s hop, else the most speech-like window).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def build_train_windows(
 
 
 def build_eval_windows(corpus: Corpus, feats: SpeechFeatures, cache: Path) -> Windows:
-    """The windows the daemon would classify for each whole clip (1 s hop, gated, loudest fallback)."""
+    """The windows the daemon would classify for each whole clip (1 s hop, gated, most speech-like window as fallback)."""
     key = hashlib.sha1(
         json.dumps(
             [[str(u.path) for u in corpus.items], feats.to_meta(), repr(default_gate()), "daemon-clip-windows"]

