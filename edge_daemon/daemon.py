@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -107,6 +108,8 @@ class Daemon:
             if publish
             else None
         )
+        if self.session and self.web:  # Home Assistant's "visit device" opens the device page
+            self.session.configuration_url = page_url(config)
         self.started = time.monotonic()
         self.clock = Clock(self.started, datetime.now(timezone.utc) if replay is not None else None)
         self.fusion = FusionLoop(
@@ -530,3 +533,11 @@ class Daemon:
         logger.debug("stats %s", stats)
         if self.session:
             self.session.publish_stats(stats)
+
+
+def page_url(config: Config) -> str:
+    """The device page's address as another machine on the network would reach it."""
+    w = config.web
+    host = socket.getfqdn() if w.host in ("0.0.0.0", "::", "") else w.host
+    scheme = "https" if w.tls.cert_file else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{w.port}/"

@@ -361,3 +361,25 @@ def test_replay_of_two_people_reports_each_face_with_its_box_and_label(tmp_path:
         assert (left["label"], right["label"]) == ("happy", "angry")  # each face its own label
         # Fusion stays on the largest face (the right one).
         assert right["box"][2] > left["box"][2] and e["modalities"]["face"]["label"] == right["label"]
+
+
+def test_the_device_page_is_the_devices_configuration_url(tmp_path: Path) -> None:
+    """Home Assistant's "visit device" opens the page when the daemon serves one, and is absent when it does not."""
+    import socket
+
+    from edge_daemon.daemon import Daemon, page_url
+    from edge_daemon.homeassistant import discovery_payload
+
+    on = load_config(write_config(tmp_path / "on.yaml", web={"enabled": True, "port": 18765}))
+    assert page_url(on) == f"http://{socket.getfqdn()}:18765/"
+    daemon = Daemon(on, broker=("127.0.0.1", 1))  # not started: nothing listens or connects
+    try:
+        assert discovery_payload(on, daemon.session.configuration_url)["device"]["configuration_url"] == page_url(on)
+    finally:
+        daemon.outbox.close()
+    off = load_config(write_config(tmp_path / "off.yaml"))
+    daemon = Daemon(off, broker=("127.0.0.1", 1))
+    try:
+        assert "configuration_url" not in discovery_payload(off, daemon.session.configuration_url)["device"]
+    finally:
+        daemon.outbox.close()
