@@ -209,7 +209,9 @@ class MqttConfig:
     # paho-mqtt counts back-off in whole seconds: below 1 it would not back off at all.
     reconnect_min_s: float = _f(1.0, "first back-off after a lost connection, seconds", lo=1, hi=600)
     reconnect_max_s: float = _f(
-        10.0, "longest back-off, seconds (each wait is drawn between half and all of it: a fleet spreads out)", lo=1,
+        10.0,
+        "longest back-off, seconds (each wait is drawn between half and all of it: a fleet spreads out)",
+        lo=1,
         hi=3600,
     )
     tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})

@@ -179,7 +179,9 @@ class Daemon:
 
         limit_malloc_arenas()  # before any thread starts: the page's threads would each keep a malloc arena
 
-        names = ["face_emotion", "speech_emotion"] + (["face_detector"] if self.config.face.detector == "blazeface" else [])
+        names = ["face_emotion", "speech_emotion"] + (
+            ["face_detector"] if self.config.face.detector == "blazeface" else []
+        )
         cards = {n: self.config.model_path(n).with_suffix(".md") for n in names}
         history = HistoryReader(state_dir) if self.history else None
         # A replay obeys no switches (its file sources run to the end): its page offers none rather than one that lies.

@@ -44,6 +44,7 @@ def emoji_of(label: str | None) -> str:
         return ""
     return EMOJI.get(label, EMOJI[UNCERTAIN])
 
+
 # Spellings found in corpora and exports, folded onto our names.
 ALIASES: dict[str, str] = {
     "anger": "angry",

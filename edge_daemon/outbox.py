@@ -494,7 +494,9 @@ class Outbox:
             pass
         else:
             # Pages that deleted events left in the database file are reused before the file grows.
-            free = st.f_bavail * st.f_frsize + self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size()
+            free = (
+                st.f_bavail * st.f_frsize + self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size()
+            )
             if free < HEADROOM_BYTES + sum(len(h.payload) for h in events.values()):
                 raise _NearlyFull(f"state_dir nearly full (less than {HEADROOM_BYTES >> 10} KiB free, kept for "
                                   "acknowledgements)")  # fmt: skip

@@ -125,7 +125,9 @@ def test_nothing_but_the_outbox_is_written_and_no_payload_carries_media(
         "id", "ts", "seq", "event_id", "window_start", "window_end", "emotion", "confidence", "face_label",
         "face_confidence", "speech_label", "speech_confidence", "media_start_s", "media_end_s",
     }  # fmt: skip
-    assert db.execute("SELECT MAX(LENGTH(CAST(event_id AS BLOB)) + LENGTH(window_start)) FROM events").fetchone()[0] < 100
+    assert (
+        db.execute("SELECT MAX(LENGTH(CAST(event_id AS BLOB)) + LENGTH(window_start)) FROM events").fetchone()[0] < 100
+    )
     assert not db.execute("SELECT COUNT(*) FROM events WHERE typeof(face_label) = 'blob'").fetchone()[0]
     db.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "state"]

@@ -123,8 +123,10 @@ def acl_broker(tmp_path: Path, acl: str, extra: str = "") -> LocalBroker:
     return b
 
 
-ALLOW_ALL_BUT_EVENTS = "topic readwrite emotion-edge/g/availability\ntopic readwrite emotion-edge/g/stats\n" \
+ALLOW_ALL_BUT_EVENTS = (
+    "topic readwrite emotion-edge/g/availability\ntopic readwrite emotion-edge/g/stats\n"
     "topic readwrite emotion-edge/g/status\ntopic readwrite emotion-edge/g/state\ntopic read emotion-edge/#\n"
+)
 
 
 # ---------------------------------------------------------------------------------------------- 1: refused publishes
@@ -160,7 +162,11 @@ def test_events_the_broker_acl_refuses_stay_in_the_outbox_counted_logged_and_go_
             assert broker.proc is not None
             broker.proc.send_signal(signal.SIGHUP)
             assert wait(lambda: sorted(set(event_seqs(sub))) == list(range(1, 17)), timeout=30), (
-                set(range(1, 17)) - set(event_seqs(sub)), session.refused, session.refused_waiting, session.published)
+                set(range(1, 17)) - set(event_seqs(sub)),
+                session.refused,
+                session.refused_waiting,
+                session.published,
+            )
             assert wait(lambda: box.depth() == 0, timeout=10)
             assert session.stats()["last_refusal"] is None and session.published == 16
         finally:
@@ -364,9 +370,7 @@ def test_a_power_cut_keeps_every_stored_event_and_never_reuses_a_seq(tmp_path: P
         box.close()
 
 
-def test_a_daemon_after_a_power_cut_numbers_events_above_all_it_published(
-    tmp_path: Path, broker: Any
-) -> None:
+def test_a_daemon_after_a_power_cut_numbers_events_above_all_it_published(tmp_path: Path, broker: Any) -> None:
     with ext4(tmp_path) as fs:
         state = fs.mnt / "state" if fs else tmp_path / "state"
         sub = Subscriber(broker.port, "emotion-edge/#")
