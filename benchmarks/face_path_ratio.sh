@@ -10,11 +10,10 @@ ours=$(.venv/bin/emotion-edge bench --video "$video" --frames "$frames")
 peer=$(benchmarks/fer_peer.sh "$video" "$frames" 2>/dev/null | sed -n '/^{/,/^}/p')
 OURS="$ours" PEER="$peer" .venv/bin/python - <<'PY'
 import json, os
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown CPU")
 flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
 isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp") if f in flags) or "none listed"
 ours, peer = json.loads(os.environ["OURS"]), json.loads(os.environ["PEER"])
-print(f"CPU: {cpu} ({os.cpu_count()} cores; {isa})")
+print(f"CPU: {ours['cpu']} ({os.cpu_count()} cores; {isa})")
 print(f"emotion-edge face path (detect + classify one face), median: {ours['face_path_ms']:.2f} ms "
       f"(detect {ours['face_detect_ms']:.2f} + classify {ours['face_classify_ms']:.2f}), {ours['frames']} frames")
 print(f"fer (Haar + mini-Xception), median:                       {peer['face_path_ms']:.2f} ms, {peer['frames']} frames")

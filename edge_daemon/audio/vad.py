@@ -85,11 +85,12 @@ class Gate:
 
         Windows come in stream order and may overlap; each chunk of the stream is scored once, in order, the
         first time a window covers it (a gap, when the reader fell behind, starts the count afresh)."""
-        first, end = -(-start // CHUNK), (start + len(audio)) // CHUNK  # the chunks wholly inside the window
+        first, end = _chunks_inside(start, len(audio))
         if first > self._scored:  # a gap: the chunks in between were never seen; go on as a fresh stream would
             self.reset()
             self._scored = first
-        self._scores = self._scores[len(self._scores) - (self._scored - first) :] if self._scored > first else []
+        keep = self._scored - first  # scores of this window's chunks that an earlier window already made
+        self._scores = self._scores[-keep:] if keep > 0 else []
         while self._scored < end:
             off = self._scored * CHUNK - start
             self._scores.append(self.score_chunk(audio[off : off + CHUNK]))
@@ -103,4 +104,10 @@ class Gate:
 
     def window_scores(self, scores: np.ndarray, start: int, n: int) -> np.ndarray:
         """The scores of a clip's chunks that lie wholly inside [start, start+n)."""
-        return scores[-(-start // CHUNK) : (start + n) // CHUNK]
+        first, end = _chunks_inside(start, n)
+        return scores[first:end]
+
+
+def _chunks_inside(start: int, n: int) -> tuple[int, int]:
+    """The chunk indices [first, end) that lie wholly inside samples [start, start+n) of a stream."""
+    return -(-start // CHUNK), (start + n) // CHUNK
