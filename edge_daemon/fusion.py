@@ -89,6 +89,8 @@ def faces_of(preds: list[Prediction]) -> tuple[FaceResult, ...]:
 
 @dataclass(frozen=True)
 class FusionRule:
+    # The design's plain majority vote. The daemon never relies on these: it builds its rule from `FusionConfig`,
+    # whose defaults (average, min_confidence 0.25) are the ones measured by training.fusion_eval.
     method: str = "vote"
     face_weight: float = 1.0
     speech_weight: float = 1.0

@@ -87,6 +87,19 @@ def test_mirror_averaging_in_the_metadata_is_what_the_daemon_computes(tmp_path: 
     meta["preprocess"]["hflip_average"] = True
     meta_path.write_text(json.dumps(meta))
     np.testing.assert_allclose(FaceEmotionModel(meta_path).classify(crop), expected, atol=1e-6)
+    # hflip_below: only faces whose first pass is less sure than this get the mirror (top of 7 classes is >= 1/7)
+    meta["preprocess"]["hflip_below"] = 0.1
+    meta_path.write_text(json.dumps(meta))
+    np.testing.assert_allclose(FaceEmotionModel(meta_path).classify(crop), single.classify(crop), atol=1e-6)
+    meta["preprocess"]["hflip_below"] = 1.0
+    meta_path.write_text(json.dumps(meta))
+    np.testing.assert_allclose(FaceEmotionModel(meta_path).classify(crop), expected, atol=1e-6)
+    for bad in (0.0, 1.5):
+        meta["preprocess"]["hflip_below"] = bad
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(UserError, match="preprocess"):
+            FaceEmotionModel(meta_path)
+    meta["preprocess"]["hflip_below"] = 1.0
     meta["preprocess"]["hflip_average"] = "yes"
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(UserError, match="preprocess"):

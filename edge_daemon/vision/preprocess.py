@@ -30,6 +30,9 @@ class FacePreprocess:
     offset: float = 0.0
     # Average the model's output on the crop and on its mirror image (test-time augmentation): two invokes per face.
     hflip_average: bool = False
+    # ...but only for faces whose one-pass top probability (before calibration) is below this: the mirror changes
+    # answers almost only where the model is unsure, so confident faces keep one invoke. 1.0 mirrors every face.
+    hflip_below: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.size) != 2 or not all(8 <= v <= 1024 for v in self.size):
@@ -40,6 +43,8 @@ class FacePreprocess:
             raise ValueError("crop_margin must be in [0, 3] and crop_shift_y in [-1, 1]")
         if not (np.isfinite(self.scale) and np.isfinite(self.offset) and self.scale != 0):
             raise ValueError("scale must be finite and non-zero, offset finite")
+        if not 0 < self.hflip_below <= 1:
+            raise ValueError(f"hflip_below {self.hflip_below} must be in (0, 1]")
 
     @classmethod
     def from_meta(cls, pre: dict[str, Any]) -> FacePreprocess:
@@ -52,6 +57,7 @@ class FacePreprocess:
             scale=float(pre["scale"]),
             offset=float(pre.get("offset", 0.0)),
             hflip_average=_flag(pre.get("hflip_average", False)),
+            hflip_below=float(pre.get("hflip_below", 1.0)),
         )
 
     def to_meta(self) -> dict[str, Any]:
@@ -63,6 +69,7 @@ class FacePreprocess:
             "scale": self.scale,
             "offset": self.offset,
             "hflip_average": self.hflip_average,
+            "hflip_below": self.hflip_below,
         }
 
     @property
