@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import FusionConfig
 from .labels import CANONICAL, UNCERTAIN
+
+_DEFAULT = FusionConfig()  # one source of truth for the rule's defaults: the config's
 
 MODALITIES = ("face", "speech")
 
@@ -89,12 +92,10 @@ def faces_of(preds: list[Prediction]) -> tuple[FaceResult, ...]:
 
 @dataclass(frozen=True)
 class FusionRule:
-    # The design's plain majority vote. The daemon never relies on these: it builds its rule from `FusionConfig`,
-    # whose defaults (average, min_confidence 0.25) are the ones measured by training.fusion_eval.
-    method: str = "vote"
-    face_weight: float = 1.0
-    speech_weight: float = 1.0
-    min_confidence: float = 0.35
+    method: str = _DEFAULT.method
+    face_weight: float = _DEFAULT.face_weight
+    speech_weight: float = _DEFAULT.speech_weight
+    min_confidence: float = _DEFAULT.min_confidence
 
     def weight(self, modality: str) -> float:
         return self.face_weight if modality == "face" else self.speech_weight

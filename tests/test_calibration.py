@@ -52,10 +52,10 @@ def test_a_bad_temperature_is_refused_naming_the_file_and_field(tmp_path: Path, 
         FaceEmotionModel(meta)
 
 
-def test_the_shipped_face_model_carries_a_fitted_temperature() -> None:
-    # (the speech model 1.0.0 predates calibration: its temperature comes with its next cross-validated export)
-    t = json.loads((MODELS / "face_emotion.json").read_text())["calibration"]["temperature"]
-    assert 0.2 < t < 5 and t != 1.0, f"face_emotion: temperature {t}"
+def test_the_shipped_models_carry_a_fitted_temperature() -> None:
+    for name in ("face_emotion", "speech_emotion"):
+        t = json.loads((MODELS / f"{name}.json").read_text())["calibration"]["temperature"]
+        assert 0.2 < t < 5 and t != 1.0, f"{name}: temperature {t}"
 
 
 def test_classify_face_reads_every_format_training_reads(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_mirror_averaging_in_the_metadata_is_what_the_daemon_computes(tmp_path: 
     meta["preprocess"]["hflip_below"] = 1.0
     meta_path.write_text(json.dumps(meta))
     np.testing.assert_allclose(FaceEmotionModel(meta_path).classify(crop), expected, atol=1e-6)
-    for bad in (0.0, 1.5):
+    for bad in (0.0, 1.5, True):
         meta["preprocess"]["hflip_below"] = bad
         meta_path.write_text(json.dumps(meta))
         with pytest.raises(UserError, match="preprocess"):

@@ -50,12 +50,21 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
 
 
 def git_rev() -> str:
+    """The commit the code came from, "-dirty" if tracked files outside models_tflite/ (which exports write) differ."""
     try:
-        return subprocess.run(
+        rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!models_tflite"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{rev}-dirty" if changed else rev
 
 
 def now_iso() -> str:

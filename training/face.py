@@ -276,7 +276,7 @@ def train(
         history = {}
     print(f"{model.name}: {model.count_params():,} params", flush=True)
 
-    aug = make_augment(pre, args.seed)
+    aug = make_augment(pre, args.seed + initial_epoch)  # its layers carry their own seeds
     xd = degraded_copy(x, pre, args.seed)
     lo, hi = sorted((pre.offset, 255.0 * pre.scale + pre.offset))
 

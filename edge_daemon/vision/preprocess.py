@@ -31,7 +31,8 @@ class FacePreprocess:
     # Average the model's output on the crop and on its mirror image (test-time augmentation): two invokes per face.
     hflip_average: bool = False
     # ...but only for faces whose one-pass top probability (before calibration) is below this: the mirror changes
-    # answers almost only where the model is unsure, so confident faces keep one invoke. 1.0 mirrors every face.
+    # answers almost only where the model is unsure, so confident faces keep one invoke. 1.0 mirrors every face; a
+    # bound at or under 1/classes mirrors none (a top probability is never lower).
     hflip_below: float = 1.0
 
     def __post_init__(self) -> None:
@@ -57,7 +58,7 @@ class FacePreprocess:
             scale=float(pre["scale"]),
             offset=float(pre.get("offset", 0.0)),
             hflip_average=_flag(pre.get("hflip_average", False)),
-            hflip_below=float(pre.get("hflip_below", 1.0)),
+            hflip_below=_number(pre.get("hflip_below", 1.0), "hflip_below"),
         )
 
     def to_meta(self) -> dict[str, Any]:
@@ -114,6 +115,12 @@ class FacePreprocess:
         if img.ndim == 2:
             return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if four else cv2.COLOR_BGR2RGB)
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
 
 
 def _flag(value: object) -> bool:
