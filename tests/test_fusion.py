@@ -20,7 +20,8 @@ def p(modality: str, t: float, **probs: float) -> Prediction:
 
 def test_many_face_frames_do_not_outvote_one_speech_window() -> None:
     preds = [p("face", 0.1 * i, happy=0.6) for i in range(10)] + [p("speech", 1.0, angry=0.9)]
-    emotion, conf, scores, mods = FusionRule().fuse(preds)
+    emotion, conf, scores, mods = FusionRule(method="vote").fuse(preds)
+    assert FusionRule(method="average").fuse(preds)[0] == "angry"  # means per modality, then across: the same
     # Equal modality weights: 10 happy frames share weight 1, one angry speech window has weight 1 -> a tie on votes,
     # broken by the weighted mean probability (angry 0.9 vs happy 0.6).
     assert scores["happy"] == pytest.approx(scores["angry"]) == pytest.approx(0.5)
