@@ -34,7 +34,7 @@ class FaceEmotionModel:
         """Calibrated probabilities over `labels` for one face crop (uint8, any size, gray or BGR)."""
         x = self.pre.prepare(face)[None]
         probs = self.model.run(x)[0][0]
-        if self.pre.hflip_average and probs.max() < self.pre.hflip_below:  # as training measured it: the mean of
-            # the face and its mirror image, for the faces the first pass is unsure of
+        # As training measured it: the mean of the face and its mirror image, for the faces the first pass is unsure of.
+        if self.pre.hflip_average and probs.max() < self.pre.hflip_below:
             probs = (probs + self.model.run(np.ascontiguousarray(x[:, :, ::-1]))[0][0]) / 2
         return self.meta.calibrate(probs)
