@@ -17,4 +17,4 @@ if [ ! -f "$venv/.installed" ]; then
     "moviepy>=1.0.3,<2" ffmpeg-python Pillow tqdm "setuptools<81"
   touch "$venv/.installed"
 fi
-exec "$venv/bin/python" benchmarks/fer_peer.py "${1:-tests/fixtures/av/clip.mp4}" "${2:-200}"
+exec "$venv/bin/python" benchmarks/fer_peer.py "${1:-tests/fixtures/av/clip.mp4}" "${2:-200}" "${3:-5}"

@@ -110,6 +110,11 @@ class FaceConfig:
     min_face_px: int = _f(40, "ignore faces whose box is smaller than this, pixels", lo=8, hi=4096)
     max_faces: int = _f(3, "classify at most this many faces per frame, largest first", lo=1, hi=20)
     detection_threshold: float = _f(0.5, "minimum detector score", lo=0.05, hi=0.99)
+    # 5 at 5 Hz: the detector looks for new faces at least once a second; benchmarks/tracking_check.py measured
+    # the labels it changes (README, "Performance").
+    detect_every: int = _f(
+        5, "run the detector on every Nth analysed frame and follow its faces in between; 1 = every frame", lo=1, hi=30
+    )
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,9 @@ class FusionConfig:
     # window is decided"): averaging beat voting there by 5 points; min_confidence 0.25 keeps `uncertain` rare.
     method: str = _f(
         "average",
-        "vote: weighted majority of per-prediction labels; average: weighted mean of probabilities",
-        choices=("vote", "average"),
+        "vote: weighted majority of per-prediction labels; average: weighted mean of probabilities; "
+        "product: weighted geometric mean of probabilities",
+        choices=("vote", "average", "product"),
     )
     face_weight: float = _f(
         1.0, "total weight of the face modality in a window, however many frames it saw", lo=0, hi=10

@@ -190,7 +190,8 @@ class Daemon:
 
     def _face_worker(self, models: Models) -> FaceWorker:
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
-        return FaceWorker(self.slot, models.detector, models.face, self.config.face.rate_hz, **common)
+        f = self.config.face
+        return FaceWorker(self.slot, models.detector, models.face, f.rate_hz, f.detect_every, **common)
 
     def _speech_worker(self, models: Models) -> SpeechWorker:
         s = self.config.speech
@@ -477,6 +478,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "frames_analysed": fw.frames_analysed if fw else 0,
             "frames_with_face": fw.faces_seen if fw else 0,
+            "face_detections": fw.face_detections if fw else 0,  # the other analysed frames followed their faces
             # Captured audio only: the silence that keeps stream time while the microphone is away does not count.
             "audio_s": round((self.ring.total - sum(m.padded for m in self._microphones())) / SAMPLE_RATE, 1),
             "speech_windows": sw.windows if sw else 0,

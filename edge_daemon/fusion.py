@@ -126,7 +126,17 @@ class FusionRule:
         if total <= 0:  # every present modality weighted 0: nothing may decide
             return UNCERTAIN, 0.0, {}, summaries
         mean_prob = sum(self.weight(m) * means[m] for m in means) / total
-        score = mean_prob if self.method == "average" else sum(self.weight(m) * shares[m] for m in means) / total
+        if self.method == "product":
+            # Logarithmic opinion pool: the weighted geometric mean of the modalities' probabilities, renormalised.
+            # Independent evidence multiplies, so a voice sure of "angry" and a face torn between angry and fear
+            # agree on angry; the floor keeps a modality's zero from being an absolute veto.
+            log_pool = sum(self.weight(m) * np.log(np.maximum(means[m], 1e-4)) for m in means) / total
+            pooled = np.exp(log_pool - log_pool.max())
+            mean_prob = score = pooled / pooled.sum()
+        elif self.method == "average":
+            score = mean_prob
+        else:
+            score = sum(self.weight(m) * shares[m] for m in means) / total
         best = _pick(score, mean_prob)
         confidence = float(mean_prob[best])
         emotion = CANONICAL[best] if confidence >= self.min_confidence else UNCERTAIN

@@ -31,6 +31,7 @@ from .audio.vad import Gate
 from .capture.buffers import AudioRing, LatestSlot
 from .fusion import FaceResult, Prediction, StateTracker, Windower, WindowResult
 from .labels import CANONICAL, NO_ONE, PAUSED
+from .vision.tracking import FaceTracker
 
 logger = logging.getLogger(__name__)
 
@@ -112,17 +113,21 @@ class Worker(threading.Thread):
 class FaceWorker(Worker):
     """Samples frames at `rate_hz` of stream time, detects faces, classifies the largest."""
 
-    COUNTERS = ("frames_analysed", "faces_seen")
+    COUNTERS = ("frames_analysed", "faces_seen", "face_detections")
 
-    def __init__(self, slot: LatestSlot, detector: Any, model: Any, rate_hz: float, **kw: Any) -> None:
+    def __init__(
+        self, slot: LatestSlot, detector: Any, model: Any, rate_hz: float, detect_every: int = 1, **kw: Any
+    ) -> None:
         super().__init__("face", **kw)
-        self.slot, self.rate_hz = slot, rate_hz
+        self.slot, self.rate_hz, self.detect_every = slot, rate_hz, detect_every
         self.use_models(detector, model)
         self.frames_analysed = 0
         self.faces_seen = 0
+        self.face_detections = 0  # detector runs; the other analysed frames followed the faces (vision/tracking.py)
 
     def use_models(self, detector: Any, model: Any) -> None:
         self.detector, self.model = detector, model
+        self.tracker = FaceTracker(detector, self.detect_every)  # a new detector starts with a fresh detection
 
     def loop(self) -> None:
         next_t = 0.0
@@ -139,9 +144,10 @@ class FaceWorker(Worker):
             # Sample on a fixed grid of stream time, so replay picks the same frames at any speed.
             next_t = (math.floor(frame.t * self.rate_hz + 1e-6) + 1) / self.rate_hz
             t0 = time.perf_counter()
-            faces = self.detector.detect(frame.image)
+            faces = self.tracker.detect(frame.image)
             t1 = time.perf_counter()
-            self.timings.add("face_detect", (t1 - t0) * 1000)
+            self.timings.add("face_detect" if self.tracker.detected else "face_track", (t1 - t0) * 1000)
+            self.face_detections += self.tracker.detected
             self.frames_analysed += 1
             self.progress = frame.t
             if not faces:

@@ -249,5 +249,7 @@ def test_bench_prints_medians_per_stage(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["frames"] == 20 and report["frames_with_face"] == 20
-    for key in ("face_detect_ms", "face_classify_ms", "face_path_ms", "speech_path_ms_per_audio_s", "peak_rss_mb"):
+    keys = ("face_detect_ms", "face_classify_ms", "face_path_ms", "face_path_tracked_ms", "speech_path_ms_per_audio_s")
+    for key in (*keys, "peak_rss_mb"):
         assert report[key] > 0
+    assert report["face_detect_every"] == 5  # the daemon's default, timed as the daemon runs it

@@ -63,6 +63,21 @@ def test_average_method_uses_probabilities() -> None:
     )  # but surprise has more probability mass
 
 
+def test_product_method_lets_one_modality_rule_out_a_label() -> None:
+    # The face is sure it is angry and sees a little sadness; the voice is torn between sad and fear and all but rules
+    # angry out. The mean of the two says angry (0.45 against 0.3); their product says sad, the label both allow.
+    face = p("face", 0.5, angry=0.9, sad=0.1 - 1e-9)
+    voice = p("speech", 1.0, sad=0.5, fear=0.5 - 1e-9)
+    assert FusionRule(method="average", min_confidence=0).fuse([face, voice])[0] == "angry"
+    emotion, conf, scores, _ = FusionRule(method="product", min_confidence=0).fuse([face, voice])
+    assert emotion == "sad"
+    assert sum(scores.values()) == pytest.approx(1.0) and conf == pytest.approx(scores["sad"])  # renormalised
+    # One modality alone: its own probabilities (but for the floor under its zeros).
+    assert FusionRule(method="product", min_confidence=0).fuse([voice])[1] == pytest.approx(0.5, abs=1e-3)
+    # Weights are exponents: a face weighted 4 to 1 gets its angry back.
+    assert FusionRule(method="product", face_weight=4.0, min_confidence=0).fuse([face, voice])[0] == "angry"
+
+
 def test_windows_close_behind_the_watermark_in_order() -> None:
     w = Windower(2.0, FusionRule())
     for pred in [p("face", 0.5, happy=0.9), p("face", 2.5, sad=0.9), p("speech", 4.1, angry=0.9)]:

@@ -73,7 +73,11 @@ def test_replay_publishes_schema_valid_events_with_both_modalities_and_right_emo
     # Availability: online then stopped, both retained; a state was published.
     assert sub.payloads("/availability")[0] == "online"
     assert sub.payloads("/state")
-    assert json.loads(sub.payloads("/stats")[-1])["frames_analysed"] == 90  # 18 s at face.rate_hz 5
+    stats = json.loads(sub.payloads("/stats")[-1])
+    assert stats["frames_analysed"] == 90  # 18 s at face.rate_hz 5
+    # face.detect_every 5: the detector ran on every 5th frame (and after each of the clip's two cuts), faces were
+    # followed on the others, and the windows above were still right.
+    assert 18 <= stats["face_detections"] <= 24, stats
 
 
 def test_retained_topics_greet_a_late_subscriber(tmp_path: Path, broker: Any, subscribe: Any) -> None:

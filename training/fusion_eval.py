@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. method and weights, with no unknown threshold.
     grid = []
-    for method, fw, sw in itertools.product(("vote", "average"), (0.5, 1.0, 1.5, 2.0), (0.5, 1.0, 1.5, 2.0)):
+    for method, fw, sw in itertools.product(("vote", "average", "product"), (0.5, 1.0, 1.5, 2.0), (0.5, 1.0, 1.5, 2.0)):
         if fw == sw and fw != 1.0:
             continue  # equal weights are all the same rule
         r = score(tune, FusionRule(method, fw, sw, 0.0))

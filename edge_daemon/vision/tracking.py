@@ -1,0 +1,100 @@
+"""Face tracking between detections: the detector runs on every `detect_every`-th analysed frame of a stream, and
+in between each face it found is followed by template matching, which costs a tenth of a BlazeFace invoke.
+
+A followed face keeps the size and score the detector gave it and moves with the best match of its template (the
+face as the detector last saw it, in grey, at `TEMPLATE_PX`) within a margin around its last box. When any face's
+match falls below `min_match` (the face turned away, left, or the scene cut to someone else), when a box reaches
+the frame edge, or when the detector found nobody last time, the detector runs at once: tracking may make a frame
+cheaper, never a face missed for longer than `detect_every` frames. `benchmarks/tracking_check.py` measures what it
+changes on labelled clips.
+
+One tracker per stream (it keeps the last frame's faces); not thread-safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .detector import Face, FaceDetector
+
+TEMPLATE_PX = 24  # the face's template side: enough texture to lock on, cheap to match
+SEARCH_MARGIN = 0.5  # search this fraction of the box's size beyond each side (a head's move in 1/5 s, and more)
+MIN_MATCH = 0.6  # normalised correlation below this means the face is not the one we saw
+
+
+@dataclass(frozen=True)
+class _Track:
+    face: Face
+    template: np.ndarray  # float32 grey, TEMPLATE_PX square
+
+
+class FaceTracker:
+    """`detect(frame)` with the detector's contract (faces largest first), running the detector only when needed."""
+
+    def __init__(self, detector: FaceDetector, detect_every: int = 1, min_match: float = MIN_MATCH) -> None:
+        if detect_every < 1:
+            raise ValueError(f"detect_every is {detect_every}; it must be at least 1")
+        self.detector = detector
+        self.detect_every = detect_every
+        self.min_match = min_match
+        self._tracks: list[_Track] = []
+        self._followed = 0  # frames followed since the last detection
+        self.detected = False  # whether the last call ran the detector (stats count detector runs)
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        if self._tracks and self._followed < self.detect_every - 1:
+            moved = [self._follow(frame, t) for t in self._tracks]
+            if all(m is not None for m in moved):
+                self._tracks = moved  # type: ignore[assignment]
+                self._followed += 1
+                self.detected = False
+                return [t.face for t in self._tracks]
+        faces = self.detector.detect(frame)
+        self.detected = True
+        self._followed = 0
+        templates = [_template(frame, f) for f in faces] if self.detect_every > 1 else []
+        # A face we cannot follow (its box leaves the frame) is looked for again next frame, with the others.
+        ok = templates and all(t is not None for t in templates)
+        self._tracks = [_Track(f, t) for f, t in zip(faces, templates, strict=True)] if ok else []  # type: ignore[arg-type]
+        return faces
+
+    def _follow(self, frame: np.ndarray, track: _Track) -> _Track | None:
+        x, y, w, h = track.face.box
+        fh, fw = frame.shape[:2]
+        kx, ky = TEMPLATE_PX / w, TEMPLATE_PX / h
+        x0, y0 = max(0, int(x - SEARCH_MARGIN * w)), max(0, int(y - SEARCH_MARGIN * h))
+        x1, y1 = min(fw, int(np.ceil(x + (1 + SEARCH_MARGIN) * w))), min(fh, int(np.ceil(y + (1 + SEARCH_MARGIN) * h)))
+        region = _grey(frame[y0:y1, x0:x1], (max(1, round((x1 - x0) * kx)), max(1, round((y1 - y0) * ky))))
+        if region is None or region.shape[0] < TEMPLATE_PX or region.shape[1] < TEMPLATE_PX:
+            return None
+        match = cv2.matchTemplate(region, track.template, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (mx, my) = cv2.minMaxLoc(match)
+        if not best >= self.min_match:  # also False for NaN (a flat template)
+            return None
+        nx, ny = x0 + mx / kx, y0 + my / ky
+        if nx < 0 or ny < 0 or nx + w > fw or ny + h > fh:
+            return None
+        return _Track(Face(box=(nx, ny, w, h), score=track.face.score), track.template)
+
+
+def _template(frame: np.ndarray, face: Face) -> np.ndarray | None:
+    """The face's grey template, or None when its box is not wholly inside the frame (then it is not followed)."""
+    x, y, w, h = face.box
+    fh, fw = frame.shape[:2]
+    if x < 0 or y < 0 or x + w > fw or y + h > fh or min(w, h) < 2:
+        return None
+    x0, y0 = int(x), int(y)
+    return _grey(frame[y0 : y0 + max(1, round(h)), x0 : x0 + max(1, round(w))], (TEMPLATE_PX, TEMPLATE_PX))
+
+
+def _grey(patch: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+    """A patch resized to `size` (w, h) and made grey float32; colour converted after the resize (fewer pixels)."""
+    if patch.size == 0:
+        return None
+    small = cv2.resize(patch, size, interpolation=cv2.INTER_AREA)
+    if small.ndim == 3:
+        small = cv2.cvtColor(small, cv2.COLOR_BGRA2GRAY if small.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    return small.astype(np.float32)

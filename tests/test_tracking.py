@@ -1,0 +1,112 @@
+"""Following faces between detections (`face.detect_every`): real BlazeFace, the bundled clip (a moving face, two
+cuts to other people), the real face model. No mocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_daemon.config import Config
+from edge_daemon.models import load_detector, load_face_model
+from edge_daemon.vision.detector import Face
+from edge_daemon.vision.tracking import FaceTracker
+
+CLIP = Path(__file__).resolve().parent / "fixtures" / "av" / "clip.mp4"  # 18 s, cuts at 6 s and 12 s
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    """The clip as the face stage sees it at face.rate_hz 5: 90 frames."""
+    cap = cv2.VideoCapture(str(CLIP))
+    step = round(cap.get(cv2.CAP_PROP_FPS) / 5)
+    out, i = [], 0
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            out.append(img)
+        i += 1
+    cap.release()
+    assert len(out) == 90
+    return out
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_detector(Config())
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return iw * ih / (a[2] * a[3] + b[2] * b[3] - iw * ih)
+
+
+def test_followed_faces_stay_on_the_face_and_keep_their_labels(frames: list[np.ndarray], detector) -> None:
+    model = load_face_model(Config())
+    every, tracker = FaceTracker(detector, 1), FaceTracker(detector, 5)
+    runs, ious, same = 0, [], 0
+    for img in frames:
+        a, b = every.detect(img), tracker.detect(img)
+        runs += tracker.detected
+        assert a and b
+        # BlazeFace calls the astronaut's mission patch a face in a frame or two (score 0.55): compare the faces
+        # that are the same person.
+        ref = max(a, key=lambda f: _iou(f.box, b[0].box))
+        ious.append(_iou(ref.box, b[0].box))
+        la, lb = (int(np.argmax(model.classify(model.pre.crop(img, f.box)))) for f in (ref, b[0]))
+        same += la == lb
+    assert 18 <= runs <= 24  # every 5th frame, and maybe after a cut
+    assert min(ious) > 0.75 and np.mean(ious) > 0.88, (min(ious), np.mean(ious))
+    assert same >= 88, same  # of 90 frames
+
+
+@pytest.mark.parametrize("cut", [30, 60])  # the first frames of the angry and the surprised segments
+def test_a_cut_to_another_face_is_detected_at_once(frames: list[np.ndarray], detector, cut: int) -> None:
+    tracker = FaceTracker(detector, 30)
+    tracker.detect(frames[cut - 2])
+    followed = tracker.detect(frames[cut - 1])
+    assert not tracker.detected and followed  # the same face, moved a little: followed
+    found = tracker.detect(frames[cut])
+    assert tracker.detected, "the old face's template matched a new person"
+    assert _iou(found[0].box, detector.detect(frames[cut])[0].box) == pytest.approx(1.0)
+
+
+def test_no_face_means_the_detector_runs_on_every_frame(detector) -> None:
+    tracker = FaceTracker(detector, 5)
+    wall = np.full((480, 640, 3), 120, np.uint8)
+    for _ in range(3):
+        assert tracker.detect(wall) == [] and tracker.detected
+
+
+def test_detect_every_one_is_the_detector_itself(frames: list[np.ndarray], detector) -> None:
+    tracker = FaceTracker(detector, 1)
+    for img in frames[:5]:
+        assert tracker.detect(img) == detector.detect(img) and tracker.detected
+
+
+class _Fixed:
+    """A detector stand-in that reports one box, to put a face where a camera frame would (at its edge)."""
+
+    def __init__(self, box: tuple[float, float, float, float]) -> None:
+        self.box = box
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        return [Face(self.box, 0.9)]
+
+
+def test_a_face_reaching_past_the_frame_edge_is_detected_again_not_followed(frames: list[np.ndarray]) -> None:
+    img = frames[0]
+    tracker = FaceTracker(_Fixed((-20.0, 50.0, 120.0, 120.0)), 5)
+    tracker.detect(img)
+    tracker.detect(img)
+    assert tracker.detected
+
+
+def test_detect_every_below_one_is_refused(detector) -> None:
+    with pytest.raises(ValueError, match="detect_every"):
+        FaceTracker(detector, 0)
