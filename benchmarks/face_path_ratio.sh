@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Our face path against the `fer` package's on the same frames, in one run on this machine, with its CPU named:
 # CPUs differ between machines (int8 dot-product instructions, AVX-512), so only a ratio from one run means much.
-# Both time the same frames: the clip sampled at face.rate_hz (5 a second), as the daemon's face stage samples it.
+# Both time the same frames: the clip sampled at the config's face.rate_hz, as the daemon's face stage samples it
+# (edge_daemon/capture/sampling.py).
 # Usage: benchmarks/face_path_ratio.sh [VIDEO] [FRAMES]   (defaults: the bundled clip, 200 frames)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 video="${1:-tests/fixtures/av/clip.mp4}"
 frames="${2:-200}"
 ours=$(.venv/bin/emotion-edge bench --video "$video" --frames "$frames")
-peer=$(benchmarks/fer_peer.sh "$video" "$frames" 2>/dev/null | sed -n '/^{/,/^}/p')
+rate=$(OURS="$ours" .venv/bin/python -c 'import json, os; print(json.loads(os.environ["OURS"])["face_rate_hz"])')
+peer=$(benchmarks/fer_peer.sh "$video" "$frames" "$rate" 2>/dev/null | sed -n '/^{/,/^}/p')
 OURS="$ours" PEER="$peer" .venv/bin/python - <<'PY'
 import json, os
 flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])

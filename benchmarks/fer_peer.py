@@ -8,24 +8,15 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
-import cv2
 from fer.fer import FER  # fer 25.x no longer re-exports it from the package
 
-video, n = sys.argv[1], int(sys.argv[2])
-rate_hz = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0  # face.rate_hz: the frames emotion-edge bench times
-cap = cv2.VideoCapture(video)
-step = max(1, round((cap.get(cv2.CAP_PROP_FPS) or rate_hz) / rate_hz))
-frames, i = [], 0
-while len(frames) < n:
-    ok, img = cap.read()
-    if not ok:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)  # loop a short clip, as emotion-edge bench does
-        i = 0
-        continue
-    i += 1
-    if (i - 1) % step == 0:
-        frames.append(cv2.resize(img, (640, 480)))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edge_daemon.capture.sampling import sampled_frames  # noqa: E402  (standard library and OpenCV only)
+
+video, n, rate_hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])  # rate_hz: emotion-edge bench's face.rate_hz
+frames = list(sampled_frames(video, rate_hz, n, loop=True, size=(640, 480)))  # the frames emotion-edge bench times
 
 detector = FER(mtcnn=False)
 detector.detect_emotions(frames[0])  # warm-up: first call builds the interpreter

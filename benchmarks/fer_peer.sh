@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side by side with the peer: the `fer` package (Haar cascade + its mini-Xception via tf.lite) on the same frames that
 # `emotion-edge bench` times, in its own virtual environment (.venv-fer/) so it never touches ours.
-# Usage: benchmarks/fer_peer.sh [VIDEO] [FRAMES]   (defaults: the bundled clip, 200 frames)
+# Usage: benchmarks/fer_peer.sh [VIDEO] [FRAMES] [RATE_HZ]   (defaults: the bundled clip, 200 frames sampled at 5 a
+# second, the default face.rate_hz; benchmarks/face_path_ratio.sh passes the config's)
 #
 # fer's own requirements pull facenet-pytorch and, through it, a multi-GB CUDA torch; fer imports them only for
 # FER(mtcnn=True). We run FER(mtcnn=False), its default, so we install fer without them.

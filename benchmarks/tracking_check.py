@@ -30,30 +30,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_daemon.bench import cpu_model  # noqa: E402
+from edge_daemon.capture.sampling import sampled_frames  # noqa: E402
 from edge_daemon.config import load_config  # noqa: E402
 from edge_daemon.labels import CANONICAL  # noqa: E402
 from edge_daemon.models import load_detector, load_face_model  # noqa: E402
+from edge_daemon.vision.detector import box_iou  # noqa: E402
 from edge_daemon.vision.tracking import FaceTracker  # noqa: E402
 from training.face_data import load_many  # noqa: E402
 
 W, H = 640, 480
-
-
-def video_frames(path: Path, rate_hz: float) -> Iterator[np.ndarray]:
-    """The frames the daemon would analyse: one per 1/rate_hz of stream time, resized to 640x480."""
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    step, i, next_t = 1 / fps, 0, 0.0
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        t = i * step
-        i += 1
-        if t + 1e-6 >= next_t:
-            next_t += 1 / rate_hz
-            yield cv2.resize(img, (W, H))
-    cap.release()
 
 
 def moving_faces(faces: list[np.ndarray], frames: int, seed: int) -> Iterator[np.ndarray]:
@@ -106,21 +91,13 @@ def analyse(frames: Iterator[np.ndarray], tracker: FaceTracker, model) -> tuple[
     return out, 1000 * spent / max(1, len(out)), runs
 
 
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    return iw * ih / (aw * ah + bw * bh - iw * ih)
-
-
 def compare(name: str, frames: Callable[[], Iterator], every: int, detector, model, truth: list[int] | None) -> None:
     """`frames()` yields the clip afresh for each run (a 3,000-frame clip would not fit in memory twice)."""
     full, ms_full, _ = analyse(frames(), FaceTracker(detector, 1), model)
     tracked, ms_tracked, runs = analyse(frames(), FaceTracker(detector, every), model)
     n = len(full)
     same = sum(a[0] == b[0] for a, b in zip(full, tracked, strict=True))
-    ious = [iou(a[1], b[1]) for a, b in zip(full, tracked, strict=True) if a[1] and b[1]]
+    ious = [box_iou(a[1], b[1]) for a, b in zip(full, tracked, strict=True) if a[1] and b[1]]
     print(f"\n{name}: {n} analysed frames")
     print(f"  detector runs: {n} every frame, {runs} with detect_every {every}")
     print(f"  face finding, mean per frame: {ms_full:.2f} ms every frame, {ms_tracked:.2f} ms tracked")
@@ -149,7 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     detector, model = load_detector(config), load_face_model(config)
     print(f"CPU: {cpu_model()}; face.rate_hz {config.face.rate_hz}; detector {config.face.detector}")
     for video in args.video or [Path("tests/fixtures/av/clip.mp4")]:
-        compare(str(video), lambda v=video: video_frames(v, config.face.rate_hz), args.every, detector, model, None)
+        compare(
+            str(video),
+            lambda v=video: sampled_frames(v, config.face.rate_hz, size=(W, H)),
+            args.every,
+            detector,
+            model,
+            None,
+        )
     if args.fer_val:
         fs = load_many([args.fer_val], ())
         rng = np.random.default_rng(args.seed)

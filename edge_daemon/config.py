@@ -110,8 +110,9 @@ class FaceConfig:
     min_face_px: int = _f(40, "ignore faces whose box is smaller than this, pixels", lo=8, hi=4096)
     max_faces: int = _f(3, "classify at most this many faces per frame, largest first", lo=1, hi=20)
     detection_threshold: float = _f(0.5, "minimum detector score", lo=0.05, hi=0.99)
-    # 5 at 5 Hz: the detector looks for new faces at least once a second; benchmarks/tracking_check.py measured
-    # the labels it changes (README, "Performance").
+    # 5: at the default rate_hz of 5 the detector looks for new faces at least once a second (the count is of analysed
+    # frames, so a lower rate_hz stretches it). benchmarks/tracking_check.py measured what it changes (README,
+    # "Performance").
     detect_every: int = _f(
         5, "run the detector on every Nth analysed frame and follow its faces in between; 1 = every frame", lo=1, hi=30
     )

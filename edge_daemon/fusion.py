@@ -11,8 +11,14 @@ The rule, per window:
   `labels.CANONICAL` (angry, disgust, fear, happy, sad, surprise, neutral).
 * `average`: the weighted mean of the modalities' mean probabilities; the
   top label wins (same tie-break order).
-* In both, `confidence` is the weighted mean probability of the winning
-  label; below `min_confidence` the window's emotion is `uncertain`.
+* `product`: the weighted geometric mean of the modalities' mean
+  probabilities, renormalised (a logarithmic opinion pool); the top label
+  wins. Independent evidence multiplies, so a label one modality all but rules
+  out rarely wins, however sure the other is.
+* `confidence` is the winner's weighted mean probability (`vote`, `average`)
+  or its pooled probability (`product`, which is sharper, so the same
+  `min_confidence` means a different share of `uncertain` windows); below
+  `min_confidence` the window's emotion is `uncertain`.
 
 A window with predictions from one modality still yields a result that says
 which modality it used; a window with none yields nothing.
@@ -90,6 +96,11 @@ def faces_of(preds: list[Prediction]) -> tuple[FaceResult, ...]:
     return next(p.faces for p in reversed(frames) if len(p.faces) == typical)
 
 
+# `product` reads probabilities below this as this: an int8 model's zero (below 1/256) becomes a strong objection
+# instead of an absolute veto that no weight could overturn.
+PRODUCT_FLOOR = 1e-4
+
+
 @dataclass(frozen=True)
 class FusionRule:
     method: str = _DEFAULT.method
@@ -127,10 +138,7 @@ class FusionRule:
             return UNCERTAIN, 0.0, {}, summaries
         mean_prob = sum(self.weight(m) * means[m] for m in means) / total
         if self.method == "product":
-            # Logarithmic opinion pool: the weighted geometric mean of the modalities' probabilities, renormalised.
-            # Independent evidence multiplies, so a voice sure of "angry" and a face torn between angry and fear
-            # agree on angry; the floor keeps a modality's zero from being an absolute veto.
-            log_pool = sum(self.weight(m) * np.log(np.maximum(means[m], 1e-4)) for m in means) / total
+            log_pool = sum(self.weight(m) * np.log(np.maximum(means[m], PRODUCT_FLOOR)) for m in means) / total
             pooled = np.exp(log_pool - log_pool.max())
             mean_prob = score = pooled / pooled.sum()
         elif self.method == "average":

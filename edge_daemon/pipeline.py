@@ -29,6 +29,7 @@ from .audio.emotion import SpeechEmotionModel
 from .audio.features import SAMPLE_RATE, pcm16_to_float
 from .audio.vad import Gate
 from .capture.buffers import AudioRing, LatestSlot
+from .capture.sampling import FrameSampler
 from .fusion import FaceResult, Prediction, StateTracker, Windower, WindowResult
 from .labels import CANONICAL, NO_ONE, PAUSED
 from .vision.tracking import FaceTracker
@@ -130,7 +131,7 @@ class FaceWorker(Worker):
         self.tracker = FaceTracker(detector, self.detect_every)  # a new detector starts with a fresh detection
 
     def loop(self) -> None:
-        next_t = 0.0
+        sampler = FrameSampler(self.rate_hz)  # a fixed grid of stream time: replay picks the same frames at any speed
         while self.running:
             self.heartbeat = time.monotonic()
             self._take_pending()
@@ -139,13 +140,12 @@ class FaceWorker(Worker):
                 if self.slot.closed:
                     return
                 continue
-            if frame.t + 1e-6 < next_t:
+            if not sampler.take(frame.t):
                 continue
-            # Sample on a fixed grid of stream time, so replay picks the same frames at any speed.
-            next_t = (math.floor(frame.t * self.rate_hz + 1e-6) + 1) / self.rate_hz
             t0 = time.perf_counter()
             faces = self.tracker.detect(frame.image)
             t1 = time.perf_counter()
+            # (a follow that lost its face and fell back to the detector is timed with the detector)
             self.timings.add("face_detect" if self.tracker.detected else "face_track", (t1 - t0) * 1000)
             self.face_detections += self.tracker.detected
             self.frames_analysed += 1

@@ -13,7 +13,7 @@ from skimage import data as skdata
 
 from edge_daemon.errors import UserError
 from edge_daemon.modelmeta import sha256_of
-from edge_daemon.vision.detector import BlazeFaceSpec, Face, make_detector
+from edge_daemon.vision.detector import BlazeFaceSpec, Face, box_iou, make_detector
 
 META = Path(__file__).resolve().parents[1] / "models_tflite" / "face_detection_short_range.json"
 
@@ -33,14 +33,6 @@ def astronaut() -> np.ndarray:
 @pytest.fixture(scope="module")
 def blazeface():
     return make_detector("blazeface", META, min_face_px=20, max_faces=3)
-
-
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0.0, min(ax1, bx1) - max(a[0], b[0]))
-    ih = max(0.0, min(ay1, by1) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def test_astronaut_one_face_matches_mediapipe(blazeface, astronaut: np.ndarray) -> None:
@@ -95,7 +87,7 @@ def test_gray_bgra_and_single_channel_frames(blazeface, astronaut: np.ndarray) -
     for img in (gray, gray[:, :, None]):
         faces = blazeface.detect(img)
         assert len(faces) == 1
-        assert _iou(faces[0].box, ref.box) > 0.8
+        assert box_iou(faces[0].box, ref.box) > 0.8
 
 
 @pytest.mark.parametrize(
@@ -155,7 +147,7 @@ def test_haar_backend_finds_the_astronaut(astronaut: np.ndarray) -> None:
     faces = haar.detect(astronaut)
     assert len(faces) == 1
     assert isinstance(faces[0], Face)
-    assert _iou(faces[0].box, MEDIAPIPE_BOX) > 0.6
+    assert box_iou(faces[0].box, MEDIAPIPE_BOX) > 0.6
     gray = haar.detect(cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY))
     assert len(gray) == 1
     assert make_detector("haar", None, min_face_px=120).detect(astronaut) == []

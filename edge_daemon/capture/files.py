@@ -20,6 +20,7 @@ from ..audio.features import SAMPLE_RATE
 from ..errors import UserError
 from .buffers import AudioRing, Frame, LatestSlot
 from .retry import SourceStatus
+from .sampling import DEFAULT_FPS
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def probe_video(path: Path) -> float:
         fps = cap.get(cv2.CAP_PROP_FPS)
     finally:
         cap.release()
-    return fps if fps and fps > 0 else 25.0
+    return fps if fps and fps > 0 else DEFAULT_FPS
 
 
 class VideoFileSource(threading.Thread):

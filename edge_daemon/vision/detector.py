@@ -40,6 +40,15 @@ class Face:
         return self.box[2] * self.box[3]
 
 
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
 class FaceDetector(Protocol):
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         """Faces in a BGR, BGRA or grayscale uint8 frame, largest first; [] for an empty frame."""

@@ -1,11 +1,14 @@
 """Face tracking between detections: the detector runs on every `detect_every`-th analysed frame of a stream, and
-in between each face it found is followed by template matching, which costs a tenth of a BlazeFace invoke.
+in between each face it found is followed by template matching, a fraction of a BlazeFace invoke's cost (README,
+"Performance").
 
 A followed face keeps the size and score the detector gave it and moves with the best match of its template (the
 face as the detector last saw it, in grey, at `TEMPLATE_PX`) within a margin around its last box. When any face's
 match falls below `min_match` (the face turned away, left, or the scene cut to someone else), when a box reaches
-the frame edge, or when the detector found nobody last time, the detector runs at once: tracking may make a frame
-cheaper, never a face missed for longer than `detect_every` frames. `benchmarks/tracking_check.py` measures what it
+the frame edge, when a face is too flat to follow (no texture: any patch matches it), or when the detector found
+nobody last time, the detector runs at once. What tracking cannot see: a new person entering waits for the next
+scheduled detection (at most `detect_every` - 1 frames), a followed box keeps the size it was detected at, and a cut
+to a very similar face at the same spot can be followed until the next detection. `benchmarks/tracking_check.py` measures what it
 changes on labelled clips.
 
 One tracker per stream (it keeps the last frame's faces); not thread-safe.
@@ -23,6 +26,7 @@ from .detector import Face, FaceDetector
 TEMPLATE_PX = 24  # the face's template side: enough texture to lock on, cheap to match
 SEARCH_MARGIN = 0.5  # search this fraction of the box's size beyond each side (a head's move in 1/5 s, and more)
 MIN_MATCH = 0.6  # normalised correlation below this means the face is not the one we saw
+MIN_TEXTURE = 2.0  # grey levels (standard deviation) a template needs to be followed at all
 
 
 @dataclass(frozen=True)
@@ -72,22 +76,25 @@ class FaceTracker:
             return None
         match = cv2.matchTemplate(region, track.template, cv2.TM_CCOEFF_NORMED)
         _, best, _, (mx, my) = cv2.minMaxLoc(match)
-        if not best >= self.min_match:  # also False for NaN (a flat template)
+        if not best >= self.min_match:  # `not >=` so that a NaN score is a lost face too
             return None
-        nx, ny = x0 + mx / kx, y0 + my / ky
-        if nx < 0 or ny < 0 or nx + w > fw or ny + h > fh:
+        # The template was cut at the box's whole-pixel corner: put its fraction back.
+        nx, ny = x0 + mx / kx + (x - int(x)), y0 + my / ky + (y - int(y))
+        if nx + w > fw or ny + h > fh:  # (nx, ny >= 0 by construction: the search region starts inside the frame)
             return None
         return _Track(Face(box=(nx, ny, w, h), score=track.face.score), track.template)
 
 
 def _template(frame: np.ndarray, face: Face) -> np.ndarray | None:
-    """The face's grey template, or None when its box is not wholly inside the frame (then it is not followed)."""
+    """The face's grey template, or None when it cannot be followed: its box is not wholly inside the frame, or the
+    patch is flat (normalised correlation with a flat template is 1 everywhere, so it would "match" any scene)."""
     x, y, w, h = face.box
     fh, fw = frame.shape[:2]
     if x < 0 or y < 0 or x + w > fw or y + h > fh or min(w, h) < 2:
         return None
     x0, y0 = int(x), int(y)
-    return _grey(frame[y0 : y0 + max(1, round(h)), x0 : x0 + max(1, round(w))], (TEMPLATE_PX, TEMPLATE_PX))
+    t = _grey(frame[y0 : y0 + max(1, round(h)), x0 : x0 + max(1, round(w))], (TEMPLATE_PX, TEMPLATE_PX))
+    return t if t is not None and float(t.std()) >= MIN_TEXTURE else None
 
 
 def _grey(patch: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
