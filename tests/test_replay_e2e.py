@@ -24,7 +24,7 @@ def check_schema(e: dict[str, Any]) -> None:
     end = datetime.fromisoformat(e["window_end"].replace("Z", "+00:00"))
     assert (end - start).total_seconds() == e["media_end_s"] - e["media_start_s"] == 2.0
     assert e["emotion"] in EMOTIONS and 0.0 <= e["confidence"] <= 1.0
-    assert e["method"] == "average"  # the default rule (fusion.method)
+    assert e["method"] == "product"  # the default rule (fusion.method)
     assert set(e["modalities"]) == {"face", "speech"}
     assert e["used"] == [m for m in ("face", "speech") if e["modalities"][m] is not None] and e["used"]
     for m in e["used"]:

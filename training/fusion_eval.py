@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             "fused (chosen rule, min_confidence 0)": score(
                 test, FusionRule(rule.method, rule.face_weight, rule.speech_weight, 0.0)
             ),
+            # every window labelled: the modalities alone and fused, with no `uncertain` to tell them apart
+            "face alone (min_confidence 0)": score(test, FusionRule(rule.method, 1.0, 1.0, 0.0), only="face"),
+            "speech alone (min_confidence 0)": score(test, FusionRule(rule.method, 1.0, 1.0, 0.0), only="speech"),
         },
         "clips": {"tuning": len(tune), "reported": len(test)},
         "command": "python -m training.fusion_eval " + " ".join(sys.argv[1:] if argv is None else argv),
