@@ -8,8 +8,8 @@ shipped face model, `face.rate_hz` frames a second): once with the detector on e
 
 - videos (default: the bundled `tests/fixtures/av/clip.mp4`, a moving face with two cuts to other people): how
   often the two runs give the same label and how far their boxes differ;
-- moving FER2013 `val` faces (`--fer-val`): each face, 160-220 px, glides across a textured 640x480 background at up
-  to a quarter of its width per analysed frame, growing or shrinking a little, for `--frames` frames; then the
+- moving FER2013 `val` faces (`--fer-val`): each face, 160-220 px (then growing or shrinking a little, 147-227 px),
+  glides across a shaded 640x480 wall at up to 3/8 of its width per analysed frame, for `--frames` frames; then the
   clip cuts to the next face. Those faces are labelled, so both runs are also scored against the truth (a frame
   with no face found counts as wrong).
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=5, help="detect_every to compare with detecting every frame")
     ap.add_argument("--video", type=Path, action="append", help="video clips (default: the bundled fixture)")
     ap.add_argument("--fer-val", type=Path, help="FER2013 val folder: labelled moving-face clips")
-    ap.add_argument("--clips", type=int, default=300, help="FER val faces to film (taken evenly across classes)")
+    ap.add_argument("--clips", type=int, default=300, help="FER val faces to film (a random draw, --seed)")
     ap.add_argument("--frames", type=int, default=10, help="analysed frames per FER face")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -85,14 +85,15 @@ class WindowResult:
 
 
 def faces_of(preds: list[Prediction]) -> tuple[FaceResult, ...]:
-    """The faces of a window: the most common face count among its frames (ties: the larger), from the latest frame
-    with that count. One frame with a spurious detection (the clip's mission patch, score 0.55) must not make two
-    people; a person who turns away for a frame must not make none."""
+    """The faces of a window: the most common face count among its frames (ties: the smaller), from the latest frame
+    with that count. One spurious detection (the clip's mission patch, score 0.55) must not make two people, even
+    when tracking follows it until the next detection (half a window at `face.detect_every` 5); a person who turns
+    away for a frame must not make none (frames without a face make no prediction)."""
     frames = sorted((p for p in preds if p.modality == "face"), key=lambda p: p.t)
     if not frames:
         return ()
     counts = Counter(len(p.faces) for p in frames)
-    typical = max(counts, key=lambda n: (counts[n], n))
+    typical = max(counts, key=lambda n: (counts[n], -n))
     return next(p.faces for p in reversed(frames) if len(p.faces) == typical)
 
 

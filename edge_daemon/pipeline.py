@@ -112,7 +112,8 @@ class Worker(threading.Thread):
 
 
 class FaceWorker(Worker):
-    """Samples frames at `rate_hz` of stream time, detects faces, classifies the largest."""
+    """Samples frames at `rate_hz` of stream time, finds faces (detects them, or follows the last ones: tracking.py),
+    classifies each."""
 
     COUNTERS = ("frames_analysed", "faces_seen", "face_detections")
 
@@ -132,6 +133,7 @@ class FaceWorker(Worker):
 
     def loop(self) -> None:
         sampler = FrameSampler(self.rate_hz)  # a fixed grid of stream time: replay picks the same frames at any speed
+        last_t = 0.0
         while self.running:
             self.heartbeat = time.monotonic()
             self._take_pending()
@@ -142,6 +144,9 @@ class FaceWorker(Worker):
                 continue
             if not sampler.take(frame.t):
                 continue
+            if frame.t - last_t > 2.0 / self.rate_hz:  # a gap (camera paused or reconnected): the faces are stale
+                self.tracker.reset()
+            last_t = frame.t
             t0 = time.perf_counter()
             faces = self.tracker.detect(frame.image)
             t1 = time.perf_counter()

@@ -324,6 +324,8 @@ def test_a_window_reports_the_typical_face_count_not_one_spurious_detection() ->
     preds = [_face(0.1, n=1), _face(0.3, n=2), _face(0.5, n=1), _face(0.7, n=1)]
     assert len(faces_of(preds)) == 1
     assert len(faces_of([_face(0.1, n=2), _face(0.3, n=1), _face(0.5, n=2)])) == 2
+    # A false face found at one detection and followed until the next: half the window's frames. A tie: one person.
+    assert len(faces_of([_face(0.1 * k, n=2 if k < 5 else 1) for k in range(10)])) == 1
     assert faces_of([]) == ()
 
 

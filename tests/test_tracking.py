@@ -123,3 +123,14 @@ def test_a_flat_patch_is_not_followed() -> None:
 def test_detect_every_below_one_is_refused(detector) -> None:
     with pytest.raises(ValueError, match="detect_every"):
         FaceTracker(detector, 0)
+
+
+def test_reset_forgets_the_faces(frames: list[np.ndarray], detector) -> None:
+    # The face stage resets its tracker after a gap in the stream (a paused or reconnected camera).
+    tracker = FaceTracker(detector, 5)
+    tracker.detect(frames[0])
+    tracker.detect(frames[1])
+    assert not tracker.detected
+    tracker.reset()
+    tracker.detect(frames[2])
+    assert tracker.detected

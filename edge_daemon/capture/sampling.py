@@ -2,7 +2,8 @@
 the same frames at any speed. The face stage, `emotion-edge bench`, the `fer` peer benchmark and the tracking check
 all sample through here, so they analyse, time and compare the same frames.
 
-Only the standard library and OpenCV: the peer benchmark imports this module from its own environment.
+Only the standard library, OpenCV and numpy (which OpenCV needs): the peer benchmark imports this module from its
+own environment.
 """
 
 from __future__ import annotations

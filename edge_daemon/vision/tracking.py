@@ -33,6 +33,7 @@ MIN_TEXTURE = 2.0  # grey levels (standard deviation) a template needs to be fol
 class _Track:
     face: Face
     template: np.ndarray  # float32 grey, TEMPLATE_PX square
+    corner: tuple[float, float]  # the detected box's sub-pixel offset from the whole pixel the template was cut at
 
 
 class FaceTracker:
@@ -62,8 +63,16 @@ class FaceTracker:
         templates = [_template(frame, f) for f in faces] if self.detect_every > 1 else []
         # A face we cannot follow (its box leaves the frame) is looked for again next frame, with the others.
         ok = templates and all(t is not None for t in templates)
-        self._tracks = [_Track(f, t) for f, t in zip(faces, templates, strict=True)] if ok else []  # type: ignore[arg-type]
+        self._tracks = (
+            [_Track(f, t, (f.box[0] % 1, f.box[1] % 1)) for f, t in zip(faces, templates, strict=True)]  # type: ignore[arg-type]
+            if ok
+            else []
+        )
         return faces
+
+    def reset(self) -> None:
+        """Forget the faces: the next frame is a detection (after a gap in the stream, a template is stale)."""
+        self._tracks = []
 
     def _follow(self, frame: np.ndarray, track: _Track) -> _Track | None:
         x, y, w, h = track.face.box
@@ -78,11 +87,11 @@ class FaceTracker:
         _, best, _, (mx, my) = cv2.minMaxLoc(match)
         if not best >= self.min_match:  # `not >=` so that a NaN score is a lost face too
             return None
-        # The template was cut at the box's whole-pixel corner: put its fraction back.
-        nx, ny = x0 + mx / kx + (x - int(x)), y0 + my / ky + (y - int(y))
+        # The match places the template's whole-pixel corner: the detected box sat a fraction of a pixel beyond it.
+        nx, ny = x0 + mx / kx + track.corner[0], y0 + my / ky + track.corner[1]
         if nx + w > fw or ny + h > fh:  # (nx, ny >= 0 by construction: the search region starts inside the frame)
             return None
-        return _Track(Face(box=(nx, ny, w, h), score=track.face.score), track.template)
+        return _Track(Face(box=(nx, ny, w, h), score=track.face.score), track.template, track.corner)
 
 
 def _template(frame: np.ndarray, face: Face) -> np.ndarray | None:
