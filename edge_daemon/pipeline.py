@@ -128,7 +128,7 @@ class FaceWorker(Worker):
         self.face_detections = 0  # detector runs; the other analysed frames followed the faces (vision/tracking.py)
 
     def use_models(self, detector: Any, model: Any) -> None:
-        self.detector, self.model = detector, model
+        self.model = model
         self.tracker = FaceTracker(detector, self.detect_every)  # a new detector starts with a fresh detection
 
     def loop(self) -> None:

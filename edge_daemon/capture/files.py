@@ -20,7 +20,7 @@ from ..audio.features import SAMPLE_RATE
 from ..errors import UserError
 from .buffers import AudioRing, Frame, LatestSlot
 from .retry import SourceStatus
-from .sampling import DEFAULT_FPS
+from .sampling import video_fps
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,10 @@ def probe_video(path: Path) -> float:
             raise UserError(
                 f"{path}: not a readable video (OpenCV could not decode a frame); try re-encoding it as MP4/MJPEG"
             )
-        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = video_fps(cap)
     finally:
         cap.release()
-    return fps if fps and fps > 0 else DEFAULT_FPS
+    return fps
 
 
 class VideoFileSource(threading.Thread):

@@ -18,6 +18,12 @@ import numpy as np
 DEFAULT_FPS = 25.0  # when a container does not say
 
 
+def video_fps(cap: cv2.VideoCapture) -> float:
+    """The frame rate an opened video file declares, or DEFAULT_FPS when it declares none."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return fps if fps and fps > 0 else DEFAULT_FPS
+
+
 class FrameSampler:
     """Feed it every frame's stream time in order; `take(t)` says whether that frame is analysed."""
 
@@ -41,8 +47,7 @@ def sampled_frames(
     a file that yields no frame at all yields nothing, looped or not.
     """
     cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    fps = fps if fps and fps > 0 else DEFAULT_FPS
+    fps = video_fps(cap)
     sampler, read, given, read_this_pass = FrameSampler(rate_hz), 0, 0, 0
     try:
         while limit is None or given < limit:

@@ -8,8 +8,8 @@ match falls below `min_match` (the face turned away, left, or the scene cut to s
 the frame edge, when a face is too flat to follow (no texture: any patch matches it), or when the detector found
 nobody last time, the detector runs at once. What tracking cannot see: a new person entering waits for the next
 scheduled detection (at most `detect_every` - 1 frames), a followed box keeps the size it was detected at, and a cut
-to a very similar face at the same spot can be followed until the next detection. `benchmarks/tracking_check.py` measures what it
-changes on labelled clips.
+to a very similar face at the same spot can be followed until the next detection. `benchmarks/tracking_check.py`
+measures what it changes on labelled clips.
 
 One tracker per stream (it keeps the last frame's faces); not thread-safe.
 """
@@ -63,11 +63,8 @@ class FaceTracker:
         templates = [_template(frame, f) for f in faces] if self.detect_every > 1 else []
         # A face we cannot follow (its box leaves the frame) is looked for again next frame, with the others.
         ok = templates and all(t is not None for t in templates)
-        self._tracks = (
-            [_Track(f, t, (f.box[0] % 1, f.box[1] % 1)) for f, t in zip(faces, templates, strict=True)]  # type: ignore[arg-type]
-            if ok
-            else []
-        )
+        pairs = zip(faces, templates, strict=True) if ok else ()
+        self._tracks = [_Track(f, t, (f.box[0] % 1, f.box[1] % 1)) for f, t in pairs]  # type: ignore[arg-type]
         return faces
 
     def reset(self) -> None:
