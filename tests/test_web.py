@@ -165,11 +165,19 @@ def test_the_pause_switch_needs_the_pages_csrf_token_and_refuses_other_sites(liv
         assert json.loads((live.state / "controls.json").read_text())["analysis"] is False  # the one shared switch
         assert admin(live.port, "/api/state").json()["controls"]["analysis"] is False
         assert "analysis switched off (from web)" in live.daemon.log
+        wait_until(lambda: camera_state(live) == "paused", 30, "the camera released while switched off")
     finally:
         on = request(
             live.port, "POST", "/api/controls", cookie=cookie, body=json.dumps({"analysis": True}), headers=ok_h
         )
         assert on.status == 200 and on.json()["controls"]["analysis"] is True
+    # switched on again, the camera comes back by itself (and the tests after this one see it online)
+    wait_until(lambda: camera_state(live) == "online", 30, "the camera back online after the switch")
+
+
+def camera_state(live: Live) -> str:
+    sources = admin(live.port, "/api/stats").json()["sources"].values()
+    return next(v["state"] for v in sources if v["kind"] == "camera")
 
 
 def test_behind_a_tls_proxy_the_page_still_works_and_its_cookie_is_secure(live: Live) -> None:
