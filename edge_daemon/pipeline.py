@@ -188,9 +188,12 @@ class SpeechWorker(Worker):
     def carry_over(self, old: Worker) -> None:
         super().carry_over(old)
         self.first_sample = max(0, self.ring.total - self.n)  # a replacement goes on from now, not from the start
+        if isinstance(old, SpeechWorker) and old.model.features == self.model.features:
+            self.stream = old.stream  # and still knows the voice it was hearing
 
     def use_models(self, model: SpeechEmotionModel) -> None:
         self.model, self.n = model, model.features.window_samples  # a new model may use another window length
+        self.stream = model.new_stream()  # the microphone is one stream; its normaliser learns the voices it hears
 
     def loop(self) -> None:
         start = self.first_sample
@@ -230,7 +233,7 @@ class SpeechWorker(Worker):
             return
         self.voiced += 1
         t0 = time.perf_counter()
-        probs = self.model.classify_window(audio)
+        probs = self.model.classify_window(audio, self.stream)
         self.timings.add("speech_emotion", (time.perf_counter() - t0) * 1000)
         self.emit(Prediction("speech", (start + self.n / 2) / self.rate, probs @ self.model.to_canonical))
 

@@ -16,7 +16,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--crops", type=int, default=4, help="random gated crops per clip and augmentation variant")
     ap.add_argument("--window-s", type=float, default=None, help="override SpeechFeatures.window_s")
     ap.add_argument("--numcep", type=int, default=None, help="override SpeechFeatures.numcep")
+    ap.add_argument(
+        "--norm-memory",
+        type=int,
+        default=0,
+        help="normalise per stream over this many windows (SpeechFeatures.norm_memory) instead of per window",
+    )
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-cv", action="store_true", help="train the shipped model only (reuses cv.json if any)")
@@ -83,7 +89,65 @@ def feature_params(args: argparse.Namespace) -> SpeechFeatures:
         kw["window_s"] = args.window_s
     if args.numcep:
         kw["numcep"] = args.numcep
+    if args.norm_memory:
+        kw["cmvn"] = False  # the raw featuriser: each training set's stream normaliser gets its own prior (with_prior)
     return SpeechFeatures(**kw)
+
+
+def with_prior(feats: SpeechFeatures, args: argparse.Namespace, x: np.ndarray) -> SpeechFeatures:
+    """The features a model trained on windows `x` (raw) is served with: per-stream normalisation from their
+    statistics, or the per-window CMVN `feats` already has."""
+    if not args.norm_memory:
+        return feats
+    f = x.reshape(-1, x.shape[2]).astype(np.float64)
+    prior = tuple(float(v) for v in np.round(np.concatenate([f.mean(0), f.std(0)]), 6))
+    return replace(feats, norm_memory=args.norm_memory, norm_prior=prior)
+
+
+# A training stream is one speaker's clips (one augmentation) in a random order, cut into sessions: a new one starts
+# at a clip with this probability, so that training sees normalisers that have just started as well as settled ones.
+SESSION_BREAK_P = 0.05
+
+
+def speaker_streams(
+    win_clip: np.ndarray,
+    win_group: np.ndarray,
+    clips: np.ndarray,
+    speakers: list[str],
+    rng: np.random.Generator,
+    break_p: float,
+) -> list[np.ndarray]:
+    """Window indices in stream order: per speaker and group (augmentation), that speaker's `clips` shuffled,
+    each clip's windows in their order; cut before a clip with probability `break_p` (1.0: every clip alone)."""
+    streams = []
+    by_clip: dict[tuple[int, int], list[int]] = {}
+    for i, (c, g) in enumerate(zip(win_clip.tolist(), win_group.tolist())):
+        by_clip.setdefault((c, g), []).append(i)
+    for spk in sorted({speakers[c] for c in clips}):
+        own = np.array([c for c in clips if speakers[c] == spk])
+        for g in sorted(set(win_group.tolist())):
+            cur: list[int] = []
+            for c in rng.permutation(own).tolist():
+                if cur and rng.random() < break_p:
+                    streams.append(np.array(cur))
+                    cur = []
+                cur += by_clip.get((c, g), [])
+            if cur:
+                streams.append(np.array(cur))
+    return streams
+
+
+def normalise(feats: SpeechFeatures, x: np.ndarray, streams: list[np.ndarray]) -> np.ndarray:
+    """Each stream's windows through one fresh `StreamNorm`, exactly as the daemon's microphone stream does; with
+    per-window CMVN (already applied by `compute`) the windows are returned as they are."""
+    if not feats.norm_memory:
+        return x
+    out = np.empty_like(x)
+    for s in streams:
+        norm = feats.stream()
+        for i in s.tolist():
+            out[i] = norm.push(x[i])  # type: ignore[union-attr]  # not None with norm_memory
+    return out
 
 
 # ---------------------------------------------------------------- features
@@ -93,6 +157,7 @@ def feature_params(args: argparse.Namespace) -> SpeechFeatures:
 class Windows:
     x: np.ndarray  # (n, frames, features) float32
     clip: np.ndarray  # index into corpus.items
+    aug: np.ndarray  # index into the augmentations (0 for evaluation windows)
 
 
 def build_train_windows(
@@ -101,28 +166,29 @@ def build_train_windows(
     """Gated random crops of every clip under each waveform augmentation, featurised by the daemon's code."""
     key = hashlib.sha1(
         json.dumps(
-            [[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, repr(default_gate())]
+            [[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, repr(default_gate()), "aug"]
         ).encode()
     ).hexdigest()[:12]
     f = cache / f"train_windows_{key}.npz"
     if f.is_file():
         d = np.load(f)
-        return Windows(d["x"], d["clip"])
+        return Windows(d["x"], d["clip"], d["aug"])
     rng = np.random.default_rng(seed)
-    xs, cl = [], []
+    xs, cl, ag = [], [], []
     t0 = time.time()
     for i, u in enumerate(corpus.items):
         audio = pad_to(read_wav(u.path), feats.window_samples)
         scores = default_gate().chunk_scores(audio)
-        for a in augs:
+        for j, a in enumerate(augs):
             for w in random_gated_crops(augment_audio(audio, a, rng), feats, crops, rng, scores=scores):
                 xs.append(feats.compute(w))
                 cl.append(i)
+                ag.append(j)
         if i % 200 == 0:
             print(f"  featurised {i}/{len(corpus.items)} clips, {len(xs)} windows, {time.time() - t0:.0f}s", flush=True)
-    out = Windows(np.stack(xs), np.asarray(cl))
+    out = Windows(np.stack(xs), np.asarray(cl), np.asarray(ag))
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(f, x=out.x, clip=out.clip)
+    np.savez(f, x=out.x, clip=out.clip, aug=out.aug)
     return out
 
 
@@ -136,13 +202,13 @@ def build_eval_windows(corpus: Corpus, feats: SpeechFeatures, cache: Path) -> Wi
     f = cache / f"eval_windows_{key}.npz"
     if f.is_file():
         d = np.load(f)
-        return Windows(d["x"], d["clip"])
+        return Windows(d["x"], d["clip"], np.zeros(len(d["clip"]), int))
     xs, cl = [], []
     for i, u in enumerate(corpus.items):
         for w in clip_windows(read_wav(u.path), feats):
             xs.append(feats.compute(w))
             cl.append(i)
-    out = Windows(np.stack(xs), np.asarray(cl))
+    out = Windows(np.stack(xs), np.asarray(cl), np.zeros(len(cl), int))
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(f, x=out.x, clip=out.clip)
     return out
@@ -155,7 +221,7 @@ def clip_probs(win_probs: np.ndarray, clip_idx: np.ndarray, clips: np.ndarray) -
 
 def clip_stats_features(corpus: Corpus, feats: SpeechFeatures) -> np.ndarray:
     """Classic baseline input: mean and std over the whole clip of MFCC+deltas (no per-window CMVN)."""
-    raw = SpeechFeatures(**{**feats.to_meta(), "cmvn": False})
+    raw = replace(feats, cmvn=False, norm_memory=0, norm_prior=())
     rows = []
     for u in corpus.items:
         a = read_wav(u.path)
@@ -294,21 +360,31 @@ def cross_validate(
         tr = np.isin(tw.clip, train_clips)
         ev = np.isin(ew.clip, val_clips)
         yw = y_clip[tw.clip[tr]]
+        fold_feats = with_prior(feats, args, tw.x[tr & (tw.aug == 0)])  # statistics of the fold's training speakers
+        rng = np.random.default_rng(args.seed + k)
+        xtr = normalise(fold_feats, tw.x, speaker_streams(tw.clip, tw.aug, train_clips, speakers, rng, SESSION_BREAK_P))
+        # Held out as the daemon would hear them: each actor's clips one after another in a random order on one
+        # stream (the number reported), and each clip alone on a new stream (what `classify speech file.wav` does).
+        xev = normalise(fold_feats, ew.x, speaker_streams(ew.clip, ew.aug, val_clips, speakers, rng, 0.0))
+        xev_alone = normalise(fold_feats, ew.x, speaker_streams(ew.clip, ew.aug, val_clips, speakers, rng, 1.0))
         model, hist = fit(
             args,
-            tw.x[tr],
+            xtr[tr],
             yw,
             class_weights(yw, n),
-            (ew.x[ev], ew.clip[ev], val_clips, y_clip[val_clips]),
+            (xev[ev], ew.clip[ev], val_clips, y_clip[val_clips]),
             f"fold {k + 1}",
         )
-        tfl = export(model, tw.x[tr], args.run_dir / f"fold{k + 1}.tflite", args.seed)
-        pw = common.tflite_predict(tfl, ew.x[ev])
+        tfl = export(model, xtr[tr], args.run_dir / f"fold{k + 1}.tflite", args.seed)
+        if fold_feats.norm_memory:
+            common.write_json(args.run_dir / f"fold{k + 1}.features.json", fold_feats.to_meta())
+        pw = common.tflite_predict(tfl, xev[ev])
         oof_win.append(pw)
         oof_win_y.append(y_clip[ew.clip[ev]])
         pq = clip_probs(pw, ew.clip[ev], val_clips)
         pred = pq.argmax(1)
         yt = y_clip[val_clips]
+        alone = clip_probs(common.tflite_predict(tfl, xev_alone[ev]), ew.clip[ev], val_clips).argmax(1)
         sex_acc = {
             str(s): float(np.mean(pred[sexes[val_clips] == s] == yt[sexes[val_clips] == s]))
             for s in sorted(set(sexes[val_clips]))
@@ -318,6 +394,7 @@ def cross_validate(
                 "held_out_speakers": held,
                 "clip_accuracy_float_final_epoch": hist["val_clip_accuracy"][-1],
                 "clip_accuracy_int8": float(np.mean(pred == yt)),
+                "clip_accuracy_int8_each_clip_alone": float(np.mean(alone == yt)),
                 "clip_accuracy_by_sex_int8": sex_acc,
                 "val_clip_accuracy_curve": hist["val_clip_accuracy"],
                 "train_loss_curve": hist["loss"],
@@ -329,11 +406,13 @@ def cross_validate(
         svm.fit(stats[train_clips], y_clip[train_clips])
         res["svm_folds"].append(float(np.mean(svm.predict(stats[val_clips]) == yt)))
         print(
-            f"fold {k + 1} held out {held}: int8 clip acc {res['folds'][-1]['clip_accuracy_int8']:.3f}, "
+            f"fold {k + 1} held out {held}: int8 clip acc {res['folds'][-1]['clip_accuracy_int8']:.3f} "
+            f"(each clip alone {res['folds'][-1]['clip_accuracy_int8_each_clip_alone']:.3f}), "
             f"SVM {res['svm_folds'][-1]:.3f}",
             flush=True,
         )
     accs = [f["clip_accuracy_int8"] for f in res["folds"]]
+    alone_accs = [f["clip_accuracy_int8_each_clip_alone"] for f in res["folds"]]
     yt, yp = np.concatenate(all_true), np.concatenate(all_pred)
     rep = common.classification_report(yt, yp, list(SPEECH_LABELS))
     sexes_all = np.concatenate([sexes[f] for f in folds])
@@ -344,6 +423,8 @@ def cross_validate(
             "(no early stopping on the held-out fold)",
             "clip_accuracy_int8_mean": float(np.mean(accs)),
             "clip_accuracy_int8_std": float(np.std(accs)),
+            "clip_accuracy_int8_each_clip_alone_mean": float(np.mean(alone_accs)),
+            "clip_accuracy_int8_each_clip_alone_std": float(np.std(alone_accs)),
             "svm_mean": float(np.mean(res["svm_folds"])),
             "svm_std": float(np.std(res["svm_folds"])),
             "pooled_report_int8": rep,
@@ -393,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_cv:
         cv = cross_validate(args, corpus, y_clip, tw, ew, feats)
         cv["command"] = "python -m training.speech " + shlex.join(argv)
-        cv["features"] = feats.to_meta()
+        cv["features"] = {**feats.to_meta(), "norm_memory": args.norm_memory}
         common.write_json(cv_path, cv)
         print(
             f"CV int8 clip accuracy {cv['clip_accuracy_int8_mean']:.3f} ± {cv['clip_accuracy_int8_std']:.3f}; "
@@ -402,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif cv_path.is_file():
         cv = json.loads(cv_path.read_text())
-        if cv.get("features") != feats.to_meta():
+        if cv.get("features") != {**feats.to_meta(), "norm_memory": args.norm_memory}:
             print("warning: cv.json was made with other feature parameters; not quoting it", flush=True)
             cv = None
     if args.cv_only:
@@ -410,19 +491,26 @@ def main(argv: list[str] | None = None) -> int:
 
     # The shipped model: all speakers, same recipe and epoch count as the CV folds.
     yw = y_clip[tw.clip]
-    model, hist = fit(args, tw.x, yw, class_weights(yw, len(SPEECH_LABELS)), None, "final")
-    tfl = export(model, tw.x, args.run_dir / "speech_emotion.tflite", args.seed)
+    speakers = [u.speaker for u in corpus.items]
+    served = with_prior(feats, args, tw.x[tw.aug == 0])
+    rng = np.random.default_rng(args.seed)
+    xtr = normalise(served, tw.x, speaker_streams(tw.clip, tw.aug, np.arange(len(corpus.items)), speakers, rng, SESSION_BREAK_P))
+    model, hist = fit(args, xtr, yw, class_weights(yw, len(SPEECH_LABELS)), None, "final")
+    tfl = export(model, xtr, args.run_dir / "speech_emotion.tflite", args.seed)
     common.plot_curves(
         {"loss": hist["loss"], "accuracy": hist["accuracy"]},
         args.run_dir / "final_curves.png",
         "speech final model (all training speakers)",
     )
-    ms_model = common.time_inference(tfl, ew.x[0])
+    ms_model = common.time_inference(tfl, xtr[0])
     win = np.zeros(feats.window_samples, np.float32)
     win[:] = np.random.default_rng(0).standard_normal(len(win)) * 0.05
     t = time.perf_counter()
+    norm = served.stream()
     for _ in range(30):
-        feats.compute(win)
+        x = served.compute(win)
+        if norm:
+            norm.push(x)
     ms_feat = (time.perf_counter() - t) / 30 * 1000
     metrics: dict[str, Any] = {
         "model_bytes": tfl.stat().st_size,
@@ -436,10 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     if cv:
         metrics.update(
             {
-                k: cv[k]
+                k: cv.get(k)
                 for k in (
                     "clip_accuracy_int8_mean",
                     "clip_accuracy_int8_std",
+                    "clip_accuracy_int8_each_clip_alone_mean",
+                    "clip_accuracy_int8_each_clip_alone_std",
                     "svm_mean",
                     "svm_std",
                     "accuracy_by_sex_int8",
@@ -484,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         "speech_emotion",
         MODEL_NAME,
         VERSION,
-        feats.to_meta(),
+        served.to_meta(),
         labels=list(SPEECH_LABELS),
         training=training,
         metrics=metrics,
@@ -497,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         data_licence=DATA_LICENCE,
     )
     load_model(out.with_suffix(".json"), expect_kind="speech_emotion")
-    out.with_suffix(".md").write_text(model_card(metrics, training, feats), encoding="utf-8")
+    out.with_suffix(".md").write_text(model_card(metrics, training, served), encoding="utf-8")
     print(f"exported {out} ({metrics['model_bytes'] / 1024:.0f} KiB) + .json + .md", flush=True)
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import UserError
 from ..labels import canonical_matrix
 from ..modelmeta import SPEC_ERRORS, load_model
-from .features import SpeechFeatures
+from .features import SpeechFeatures, StreamNorm
 from .vad import Gate
 
 
@@ -42,16 +42,31 @@ class SpeechEmotionModel:
     def labels(self) -> tuple[str, ...]:
         return self.meta.labels
 
-    def classify_window(self, audio: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities over `labels` for exactly one window of float audio in [-1, 1]."""
-        x = self.features.compute(audio).reshape(self._input_shape)
-        return self.meta.calibrate(self.model.run(x)[0][0])
+    def new_stream(self) -> StreamNorm | None:
+        """The state one stream of audio carries from window to window (None if this model normalises per window)."""
+        return self.features.stream()
 
-    def classify_clip(self, audio: np.ndarray, gate: Gate, hop_s: float = 1.0) -> np.ndarray:
+    def classify_window(self, audio: np.ndarray, stream: StreamNorm | None = None) -> np.ndarray:
+        """Calibrated probabilities over `labels` for exactly one window of float audio in [-1, 1].
+
+        `stream`: the normaliser of the stream this window belongs to (updated by it); without one, a model that
+        normalises per stream sees the window as the first of a new stream."""
+        x = self.features.compute(audio)
+        if self.features.norm_memory:
+            x = (stream or self.features.stream()).push(x)  # type: ignore[union-attr]  # not None with norm_memory
+        return self.meta.calibrate(self.model.run(x.reshape(self._input_shape))[0][0])
+
+    def classify_clip(
+        self, audio: np.ndarray, gate: Gate, hop_s: float = 1.0, stream: StreamNorm | None = None
+    ) -> np.ndarray:
+        """Mean probabilities over a clip's windows; `stream` carries on from earlier clips (else a new stream)."""
+        stream = stream or self.new_stream()
         windows = clip_windows(audio, self.features, gate, hop_s)
-        return np.mean([self.classify_window(w) for w in windows], axis=0)
+        return np.mean([self.classify_window(w, stream) for w in windows], axis=0)
 
-    def classify_voiced(self, audio: np.ndarray, gate: Gate, hop_s: float = 1.0) -> tuple[np.ndarray | None, int]:
+    def classify_voiced(
+        self, audio: np.ndarray, gate: Gate, hop_s: float = 1.0, stream: StreamNorm | None = None
+    ) -> tuple[np.ndarray | None, int]:
         """(mean probabilities over the voiced windows, how many there were); (None, 0) for a clip with no voice.
 
         A label for a silent clip would only be the model's guess about silence, reported with confidence.
@@ -59,7 +74,8 @@ class SpeechEmotionModel:
         voiced = [g.audio for g in gated_windows(audio, self.features, gate, hop_s) if g.voiced]
         if not voiced:
             return None, 0
-        return np.mean([self.classify_window(w) for w in voiced], axis=0), len(voiced)
+        stream = stream or self.new_stream()
+        return np.mean([self.classify_window(w, stream) for w in voiced], axis=0), len(voiced)
 
 
 class GatedWindow(NamedTuple):

@@ -1,4 +1,4 @@
-"""Speech features: MFCCs with deltas, normalised per window. Training imports this module, so there is no skew.
+"""Speech features: MFCCs with deltas, normalised per window or per stream. Training imports this module, so there is no skew.
 
 All parameters travel in the speech model's metadata (`preprocess` section);
 `SAMPLE_RATE` is the one rate the daemon captures at and models are trained at.
@@ -32,6 +32,13 @@ class SpeechFeatures:
     preemph: float = 0.97
     deltas: bool = True  # append first and second derivatives
     cmvn: bool = True  # per-window mean/variance normalisation: removes level and channel colour
+    # Per-stream normalisation instead (`StreamNorm`): each window is normalised by the running mean and standard
+    # deviation of the last `norm_memory` windows this stream classified, starting from the training frames' statistics
+    # (`norm_prior`: means then standard deviations) worth `norm_prior_weight` windows. Unlike per-window CMVN it keeps
+    # how loud and bright this window is against the speaker's own usual voice, which is where much of emotion is.
+    norm_memory: int = 0  # windows; 0 = off (per-window `cmvn` or none)
+    norm_prior_weight: float = 3.0
+    norm_prior: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name, kind in (
@@ -45,7 +52,7 @@ class SpeechFeatures:
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"{name} must be {kind.__name__}, got {value!r}")
-        for name in ("window_s", "winlen", "winstep", "preemph"):
+        for name in ("window_s", "winlen", "winstep", "preemph", "norm_prior_weight"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
                 raise TypeError(f"{name} must be a number, got {getattr(self, name)!r}")
         if self.sample_rate != SAMPLE_RATE:
@@ -54,6 +61,17 @@ class SpeechFeatures:
             raise ValueError("window_s, winlen, winstep or preemph out of range")
         if not (1 <= self.numcep <= self.nfilt <= 128 and self.winlen * self.sample_rate <= self.nfft <= 8192):
             raise ValueError("numcep, nfilt or nfft out of range (numcep <= nfilt, nfft >= one frame)")
+        if isinstance(self.norm_memory, bool) or not isinstance(self.norm_memory, int) or self.norm_memory < 0:
+            raise TypeError(f"norm_memory must be a whole number of windows >= 0, got {self.norm_memory!r}")
+        if self.norm_memory:
+            prior = np.asarray(self.norm_prior, dtype=float)
+            if self.cmvn:
+                raise ValueError("norm_memory (per-stream normalisation) and cmvn (per-window) exclude each other")
+            if prior.shape != (2 * self.num_features,) or not np.all(np.isfinite(prior)) or np.any(prior[self.num_features :] <= 0):
+                raise ValueError(f"norm_prior must hold {self.num_features} means and {self.num_features} positive "
+                                 "standard deviations")  # fmt: skip
+            if not 0 < self.norm_prior_weight <= self.norm_memory:
+                raise ValueError("norm_prior_weight must be in (0, norm_memory]")
 
     @classmethod
     def from_meta(cls, pre: dict[str, Any]) -> SpeechFeatures:
@@ -61,10 +79,16 @@ class SpeechFeatures:
         unknown = set(pre) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown feature parameters: {', '.join(sorted(unknown))}")
+        if isinstance(pre.get("norm_prior"), list):  # JSON has lists; the dataclass is frozen and hashable
+            pre = {**pre, "norm_prior": tuple(pre["norm_prior"])}
         return cls(**pre)
 
     def to_meta(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "norm_prior": [round(float(v), 6) for v in self.norm_prior]}
+
+    def stream(self) -> StreamNorm | None:
+        """A fresh normaliser for one stream of audio (a microphone, a file), or None if the model needs none."""
+        return StreamNorm(self) if self.norm_memory else None
 
     @property
     def window_samples(self) -> int:
@@ -110,7 +134,9 @@ class SpeechFeatures:
         return feat
 
     def compute(self, audio: np.ndarray) -> np.ndarray:
-        """Features of one window of mono float audio in [-1, 1] at `sample_rate`: float32 (num_frames, num_features)."""
+        """Features of one window of mono float audio in [-1, 1] at `sample_rate`: float32 (num_frames, num_features).
+
+        With `norm_memory` they are not normalised yet: the stream's `StreamNorm.push` does that."""
         if audio.shape != (self.window_samples,):
             raise ValueError(f"expected {self.window_samples} mono samples, got shape {audio.shape}")
         feat = self.mfcc(audio.astype(np.float64) + self._dither)
@@ -120,6 +146,36 @@ class SpeechFeatures:
         if self.cmvn:
             feat = (feat - feat.mean(axis=0)) / (feat.std(axis=0) + 1e-6)
         return feat.astype(np.float32)
+
+
+class StreamNorm:
+    """The running normalisation of one stream: every window updates the mean and variance, then is normalised by them.
+
+    The estimate is a running average over the stream's windows (each weighs as much as `norm_prior_weight` windows'
+    worth of prior at the start), which becomes an exponential one with a memory of `norm_memory` windows: after about
+    a minute of speech it describes the person speaking, and it follows a new speaker or a changed microphone gain
+    within about as long. Only windows the voice gate passed should be pushed: silence says nothing about a voice.
+    """
+
+    def __init__(self, features: SpeechFeatures) -> None:
+        self.features = features
+        prior = np.asarray(features.norm_prior, dtype=np.float64).reshape(2, features.num_features)
+        self._prior_mean, self._prior_sq = prior[0], prior[1] ** 2 + prior[0] ** 2
+        self.reset()
+
+    def reset(self) -> None:
+        self.mean, self.sq = self._prior_mean.copy(), self._prior_sq.copy()
+        self.weight = float(self.features.norm_prior_weight)
+
+    def push(self, frames: np.ndarray) -> np.ndarray:
+        """Update with one window's un-normalised frames (from `compute`), then return them normalised (float32)."""
+        a = 1.0 / (self.weight + 1.0)
+        f = frames.astype(np.float64)
+        self.mean += a * (f.mean(axis=0) - self.mean)
+        self.sq += a * ((f * f).mean(axis=0) - self.sq)
+        self.weight = min(self.weight + 1.0, float(self.features.norm_memory))
+        std = np.sqrt(np.maximum(self.sq - self.mean**2, 1e-8))
+        return ((f - self.mean) / (std + 1e-6)).astype(np.float32)
 
 
 def pcm16_to_float(pcm: np.ndarray) -> np.ndarray:
