@@ -1,11 +1,17 @@
-"""Speech features: our step-by-step MFCC is python_speech_features' own result, bit for bit."""
+"""Speech features: our step-by-step MFCC is python_speech_features' own result, bit for bit; the per-stream
+normalisation settles on a voice, keeps what per-window CMVN loses, and forgets."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 import python_speech_features as psf
 
 from edge_daemon.audio.features import SpeechFeatures
+from training.speech_data import read_wav
 
 
 def test_mfcc_equals_python_speech_features_exactly() -> None:
@@ -25,3 +31,84 @@ def test_features_have_the_advertised_shape_and_are_level_invariant() -> None:
     a, b = f.compute(x), f.compute(4 * x)
     assert a.shape == (f.num_frames, f.num_features) and a.dtype == np.float32
     assert np.allclose(a, b, atol=1e-3)  # CMVN removes the recording level
+
+
+# ---------------------------------------------------------------- per-stream normalisation
+
+SPEECH = Path(__file__).parent / "fixtures" / "speech"
+
+
+def stream_features(memory: int = 10, prior: tuple[float, ...] | None = None) -> SpeechFeatures:
+    """Per-stream normalisation whose prior is another voice's statistics (a man's, fearful), as training makes one."""
+    if prior is None:
+        raw = np.concatenate(voice_windows("ravdess_03-01-06-02-01-01-04.wav", SpeechFeatures(cmvn=False)))
+        prior = tuple(np.concatenate([raw.mean(0), raw.std(0)]).tolist())
+    return SpeechFeatures(cmvn=False, norm_memory=memory, norm_prior=prior)
+
+
+def voice_windows(name: str, f: SpeechFeatures, gain: float = 1.0) -> list[np.ndarray]:
+    """Every window of a real RAVDESS utterance, at a 0.25 s hop, as un-normalised features."""
+    a = read_wav(SPEECH / name)
+    # A microphone's noise floor, before the gain: RAVDESS's files have stretches of digital zeros, where the fixed
+    # dither, not the recording, would set the spectrum; a real microphone never gives those.
+    a = (a + 3e-4 * np.random.default_rng(0).standard_normal(len(a))) * gain
+    hop = f.sample_rate // 4
+    return [f.compute(a[s : s + f.window_samples]) for s in range(0, len(a) - f.window_samples + 1, hop)]
+
+
+def test_a_settled_stream_is_independent_of_the_recording_level() -> None:
+    f = stream_features()
+    quiet, loud = f.stream(), f.stream()
+    pairs = zip(voice_windows("ravdess_03-01-02-01-01-01-09.wav", f, 0.1),
+                voice_windows("ravdess_03-01-02-01-01-01-09.wav", f, 0.8), strict=True)  # fmt: skip
+    outs = [(quiet.push(q), loud.push(lo)) for q, lo in pairs for _ in range(10)]  # the same voice for a while
+    (q0, l0), (q1, l1) = outs[0], outs[-1]
+    # The window's level against the voice (mean log energy, c0): at first the prior counts and the gain shows;
+    # settled on this stream's own level, it no longer does.
+    assert abs(q0[:, 0].mean() - l0[:, 0].mean()) > 0.2
+    assert abs(q1[:, 0].mean() - l1[:, 0].mean()) < 0.02
+
+
+def test_a_stream_keeps_the_level_of_a_window_against_the_voice_it_has_heard() -> None:
+    """What per-window CMVN throws away: a louder window than the speaker's usual reads as louder."""
+    f = stream_features()
+    s = f.stream()
+    windows = voice_windows("ravdess_03-01-02-01-01-01-09.wav", f)
+    for w in windows * 3:
+        s.push(w)
+    louder = voice_windows("ravdess_03-01-02-01-01-01-09.wav", f, 4.0)[0]
+    same = s.push(windows[0].copy())
+    assert s.push(louder)[:, 0].mean() > same[:, 0].mean() + 0.3  # log energy (c0) is up by log(16) in raw terms
+    cmvn = SpeechFeatures()
+    loud, usual = read_wav(SPEECH / "ravdess_03-01-02-01-01-01-09.wav")[: f.window_samples] * np.array([[4], [1]])
+    assert abs(cmvn.compute(loud)[:, 0].mean() - cmvn.compute(usual)[:, 0].mean()) < 0.01  # per window: lost
+
+
+def test_a_stream_forgets_an_old_voice_within_a_few_memories() -> None:
+    f = stream_features(memory=8)
+    s, fresh = f.stream(), f.stream()
+    for w in voice_windows("ravdess_03-01-02-01-01-01-09.wav", f, 0.5) * 2:  # woman, calm
+        s.push(w)
+    other = voice_windows("ravdess_03-01-06-02-01-01-04.wav", f)  # man, fearful
+    for w in other * 3:
+        s.push(w), fresh.push(w)
+    assert np.allclose(s.mean, fresh.mean, atol=0.3 * np.abs(fresh.mean).max())
+    s.reset()
+    assert s.weight == f.norm_prior_weight and np.allclose(s.mean, f.norm_prior[: f.num_features])
+
+
+def test_stream_normalisation_round_trips_through_metadata_and_refuses_what_cannot_work() -> None:
+    f = stream_features()
+    meta = json.loads(json.dumps(f.to_meta()))  # as the model's JSON holds it
+    assert SpeechFeatures.from_meta(meta) == f and SpeechFeatures().stream() is None
+    n = f.num_features
+    with pytest.raises(ValueError, match="exclude"):
+        SpeechFeatures(cmvn=True, norm_memory=10, norm_prior=(0.0,) * n + (1.0,) * n)
+    with pytest.raises(ValueError, match="norm_prior"):
+        SpeechFeatures(cmvn=False, norm_memory=10, norm_prior=(0.0,) * n)
+    with pytest.raises(ValueError, match="norm_prior"):
+        SpeechFeatures(cmvn=False, norm_memory=10, norm_prior=(0.0,) * n + (0.0,) * n)  # a zero std
+    with pytest.raises(TypeError, match="norm_memory"):
+        SpeechFeatures(cmvn=False, norm_memory=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="norm_prior_weight"):
+        SpeechFeatures(cmvn=False, norm_memory=2, norm_prior_weight=5.0, norm_prior=(0.0,) * n + (1.0,) * n)

@@ -18,6 +18,7 @@ from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 from edge_daemon.modelmeta import load_model
 from edge_daemon.vision.emotion import FaceEmotionModel
 from edge_daemon.vision.preprocess import FacePreprocess
+from training.speech import speaker_streams
 from training.speech_data import clip_windows, default_gate, load_corpus, read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,3 +185,19 @@ def test_face_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     assert "resuming from" in r.stdout and "at epoch 1" in r.stdout
     hist = json.loads((run / "history.json").read_text())
     assert len(hist["loss"]) == 2 and (run / "last.keras").is_file() and (run / "best.keras").is_file()
+
+
+def test_speaker_streams_hold_each_window_once_one_speaker_and_augmentation_each() -> None:
+    speakers = ["a", "a", "a", "b", "b", "c"]  # clip -> speaker
+    win_clip = np.array([0, 0, 1, 2, 2, 3, 4, 5, 0, 1, 3])
+    win_aug = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1])
+    clips = np.array([0, 1, 2, 3, 4])  # speaker c is held out
+    for p, n_streams in ((0.0, 4), (1.0, 8)):  # (a, aug 0), (a, 1), (b, 0), (b, 1); or each (clip, aug) alone
+        streams = speaker_streams(win_clip, win_aug, clips, speakers, np.random.default_rng(0), p)
+        flat = np.concatenate(streams)
+        assert sorted(flat.tolist()) == [i for i in range(len(win_clip)) if win_clip[i] != 5]
+        assert len(streams) == n_streams
+        for s in streams:
+            assert len({speakers[c] for c in win_clip[s]}) == 1 and len(set(win_aug[s].tolist())) == 1
+            by_clip = [int(c) for c in win_clip[s]]
+            assert by_clip == sorted(by_clip, key=by_clip.index)  # a clip's windows stay together, in their order

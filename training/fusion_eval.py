@@ -39,7 +39,7 @@ from edge_daemon.runtime import TFLiteModel
 
 from . import common
 from .face_data import load_many
-from .speech_data import load_corpus, read_wav
+from .speech_data import Corpus, load_corpus, read_wav
 
 TUNE_FOLDS = (0, 1, 2)  # indices into cv.json's folds; the rest report
 
@@ -65,10 +65,9 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
     cv = json.loads((args.speech_cv / "cv.json").read_text())
     temperature = float(cv.get("calibration", {}).get("temperature", 1.0))
     fold_of = {spk: k for k, f in enumerate(cv["folds"]) for spk in f["held_out_speakers"]}
-    fold_models = [TFLiteModel(args.speech_cv / f"fold{k + 1}.tflite") for k in range(len(cv["folds"]))]
-    feats = SpeechFeatures.from_meta(cv["features"])
-    to_canon = canonical_matrix(SPEECH_LABELS, config.fusion.calm_as)
-    gate = config.speech.gate()
+    feats = SpeechFeatures.from_meta({k: v for k, v in cv["features"].items() if k != "norm_memory"})
+    corpus = load_corpus("ravdess", args.ravdess)
+    speech = speech_predictions(args, config, corpus, cv, fold_of, feats, temperature)
     face_model = load_face_model(config)
     faces = load_many([args.fer_val], ())
     by_class: dict[int, list[np.ndarray]] = {}
@@ -80,22 +79,12 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
     halves = {c: (v[: len(v) // 2], v[len(v) // 2 :]) for c, v in by_class.items()}
     w, rate = config.fusion.window_s, config.face.rate_hz
     clips = []
-    corpus = load_corpus("ravdess", args.ravdess)
     t0 = time.time()
     for n, u in enumerate(corpus.items):
         fold = fold_of[u.speaker]
         truth = CANONICAL.index(normalise(u.label) if u.label != "calm" else config.fusion.calm_as)
-        audio = read_wav(u.path)
-        n_windows = max(1, int(np.ceil(len(audio) / (w * feats.sample_rate))))
-        audio = np.pad(audio, (0, int(n_windows * w * feats.sample_rate) - len(audio)))
-        preds: list[Prediction] = []
-        model = fold_models[fold]
-        for g in gated_windows(audio, feats, gate, config.speech.hop_s):
-            if g.voiced:
-                p = model.run(feats.compute(g.audio).reshape(model.inputs[0].shape))[0][0]
-                p = common.apply_temperature(p[None], temperature)[0]
-                t = (g.start + feats.window_samples / 2) / feats.sample_rate
-                preds.append(Prediction("speech", t, (p @ to_canon).astype(np.float32)))
+        _, n_windows = in_windows(read_wav(u.path), w, feats.sample_rate)
+        preds = list(speech[n])
         pool = halves[truth][0 if fold in TUNE_FOLDS else 1]
         face = pool[int(rng.integers(len(pool)))]
         for k in range(int(n_windows * w * rate)):
@@ -106,6 +95,49 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
         if n % 200 == 0:
             print(f"  {n}/{len(corpus.items)} clips, {time.time() - t0:.0f}s", flush=True)
     return clips
+
+
+def in_windows(audio: np.ndarray, window_s: float, rate: int) -> tuple[np.ndarray, int]:
+    """The clip padded with silence to whole fusion windows, and how many windows that is."""
+    n = max(1, int(np.ceil(len(audio) / (window_s * rate))))
+    return np.pad(audio, (0, int(n * window_s * rate) - len(audio))), n
+
+
+def speech_predictions(
+    args: argparse.Namespace,
+    config: Config,
+    corpus: Corpus,
+    cv: dict,
+    fold_of: dict[str, int],
+    feats: SpeechFeatures,
+    temperature: float,
+) -> list[list[Prediction]]:
+    """Per clip, the speech predictions of the fold model that never heard its actor, in the clip's stream time.
+
+    A model that normalises per stream hears each actor's clips one after another in a random order on one stream,
+    as training.speech reported it (in file order the stream would hear all of one emotion, then the next)."""
+    to_canon = canonical_matrix(SPEECH_LABELS, config.fusion.calm_as)
+    gate = config.speech.gate()
+    rng = np.random.default_rng(args.seed + 1)
+    out: list[list[Prediction]] = [[] for _ in corpus.items]
+    w = config.fusion.window_s
+    for k in range(len(cv["folds"])):
+        model = TFLiteModel(args.speech_cv / f"fold{k + 1}.tflite")
+        spec = args.speech_cv / f"fold{k + 1}.features.json"  # the fold's own normalisation prior, if it has one
+        fold_feats = SpeechFeatures.from_meta(json.loads(spec.read_text())) if spec.is_file() else feats
+        for spk in sorted({s for s, f in fold_of.items() if f == k}):
+            stream = fold_feats.stream()
+            for n in rng.permutation([i for i, u in enumerate(corpus.items) if u.speaker == spk]).tolist():
+                audio, _ = in_windows(read_wav(corpus.items[n].path), w, feats.sample_rate)
+                for g in gated_windows(audio, fold_feats, gate, config.speech.hop_s):
+                    if g.voiced:
+                        x = fold_feats.compute(g.audio)
+                        x = stream.push(x) if stream else x
+                        p = model.run(x.reshape(model.inputs[0].shape))[0][0]
+                        p = common.apply_temperature(p[None], temperature)[0]
+                        t = (g.start + feats.window_samples / 2) / feats.sample_rate
+                        out[n].append(Prediction("speech", t, (p @ to_canon).astype(np.float32)))
+    return out
 
 
 def score(clips: list[Clip], rule: FusionRule, only: str | None = None) -> dict[str, float]:

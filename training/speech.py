@@ -121,7 +121,7 @@ def speaker_streams(
     each clip's windows in their order; cut before a clip with probability `break_p` (1.0: every clip alone)."""
     streams = []
     by_clip: dict[tuple[int, int], list[int]] = {}
-    for i, (c, g) in enumerate(zip(win_clip.tolist(), win_group.tolist())):
+    for i, (c, g) in enumerate(zip(win_clip.tolist(), win_group.tolist(), strict=True)):
         by_clip.setdefault((c, g), []).append(i)
     for spk in sorted({speakers[c] for c in clips}):
         own = np.array([c for c in clips if speakers[c] == spk])
@@ -494,7 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     speakers = [u.speaker for u in corpus.items]
     served = with_prior(feats, args, tw.x[tw.aug == 0])
     rng = np.random.default_rng(args.seed)
-    xtr = normalise(served, tw.x, speaker_streams(tw.clip, tw.aug, np.arange(len(corpus.items)), speakers, rng, SESSION_BREAK_P))
+    xtr = normalise(
+        served, tw.x, speaker_streams(tw.clip, tw.aug, np.arange(len(corpus.items)), speakers, rng, SESSION_BREAK_P)
+    )
     model, hist = fit(args, xtr, yw, class_weights(yw, len(SPEECH_LABELS)), None, "final")
     tfl = export(model, xtr, args.run_dir / "speech_emotion.tflite", args.seed)
     common.plot_curves(

@@ -67,7 +67,11 @@ class SpeechFeatures:
             prior = np.asarray(self.norm_prior, dtype=float)
             if self.cmvn:
                 raise ValueError("norm_memory (per-stream normalisation) and cmvn (per-window) exclude each other")
-            if prior.shape != (2 * self.num_features,) or not np.all(np.isfinite(prior)) or np.any(prior[self.num_features :] <= 0):
+            if (
+                prior.shape != (2 * self.num_features,)
+                or not np.all(np.isfinite(prior))
+                or np.any(prior[self.num_features :] <= 0)
+            ):
                 raise ValueError(f"norm_prior must hold {self.num_features} means and {self.num_features} positive "
                                  "standard deviations")  # fmt: skip
             if not 0 < self.norm_prior_weight <= self.norm_memory:
@@ -84,7 +88,7 @@ class SpeechFeatures:
         return cls(**pre)
 
     def to_meta(self) -> dict[str, Any]:
-        return {**asdict(self), "norm_prior": [round(float(v), 6) for v in self.norm_prior]}
+        return {**asdict(self), "norm_prior": [float(v) for v in self.norm_prior]}
 
     def stream(self) -> StreamNorm | None:
         """A fresh normaliser for one stream of audio (a microphone, a file), or None if the model needs none."""
