@@ -84,12 +84,15 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
         x = np.pad(x, (0, n - len(x)))
     feats, infer, gated = [], [], []
     gate = config.speech.gate()
+    stream = speech.new_stream()
     for start in range(0, len(x) - n + 1, SAMPLE_RATE):  # one window per second of audio, as the daemon's default hop
         w = x[start : start + n]
         t0 = time.perf_counter()
         gate.voiced(w, start)  # scores the second of audio this window adds (every window is timed as voiced)
         t1 = time.perf_counter()
         f = speech.features.compute(w)
+        if stream:
+            f = stream.push(f)  # the per-stream normalisation, as the daemon's microphone stream does it
         t2 = time.perf_counter()
         speech.model.run(f.reshape(speech.model.inputs[0].shape))
         t3 = time.perf_counter()

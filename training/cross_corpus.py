@@ -3,7 +3,8 @@
     python -m training.cross_corpus --data urdu=../shared/data/urdu --out runs/speech/urdu.json
 
 Each clip is classified as `emotion-edge classify speech` does it (the daemon's voice gate, its windows, mean of
-the calibrated window probabilities); the prediction is the most probable of the labels the corpus has (URDU has
+the calibrated window probabilities), each clip alone; a model that normalises per stream is also run with each
+speaker's clips on one stream, as a microphone in front of that person would hear them. The prediction is the most probable of the labels the corpus has (URDU has
 only angry, happy, neutral and sad; calm counts as neutral), so chance is 1 / that many. Clips with no voiced
 window count as wrong and are reported.
 """
@@ -19,11 +20,46 @@ from pathlib import Path
 import numpy as np
 
 from edge_daemon.audio.emotion import SpeechEmotionModel
-from edge_daemon.config import load_config
+from edge_daemon.audio.features import StreamNorm
+from edge_daemon.config import Config, load_config
 from edge_daemon.labels import CANONICAL
 
 from . import common
-from .speech_data import load_sources, read_wav
+from .speech_data import Corpus, load_sources, read_wav
+
+
+def predict(
+    model: SpeechEmotionModel, corpus: Corpus, present: list[int], config: Config, one_stream_per_speaker: bool
+) -> np.ndarray:
+    """Per clip, the index into CANONICAL of the most probable label the corpus has; -1 for no voiced window.
+
+    Each clip alone on a new stream (`classify speech`), or a model that normalises per stream hearing each
+    speaker's clips one after another in a random order on one stream (a microphone in front of that person)."""
+    pred = np.full(len(corpus.items), -1)
+    order = np.random.default_rng(0).permutation(len(corpus.items))
+    streams: dict[str, StreamNorm | None] = {}
+    for i in order.tolist():
+        u = corpus.items[i]
+        stream = streams.setdefault(u.speaker, model.new_stream()) if one_stream_per_speaker else None
+        probs, _ = model.classify_voiced(read_wav(u.path), config.speech.gate(), config.speech.hop_s, stream)
+        if probs is not None:
+            canon = probs @ model.to_canonical
+            pred[i] = present[int(np.argmax(canon[present]))]
+    return pred
+
+
+def speaker_streams(
+    model: SpeechEmotionModel, corpus: Corpus, present: list[int], config: Config, truth: np.ndarray, sexes: np.ndarray
+) -> dict[str, object]:
+    p = predict(model, corpus, present, config, one_stream_per_speaker=True)
+    return {
+        "accuracy_one_stream_per_speaker": float(np.mean(p == truth)),
+        "accuracy_by_sex_one_stream_per_speaker": by_sex(p, truth, sexes),
+    }
+
+
+def by_sex(pred: np.ndarray, truth: np.ndarray, sexes: np.ndarray) -> dict[str, float]:
+    return {k: float(np.mean(pred[sexes == k] == truth[sexes == k])) for k in sorted(set(sexes.tolist()))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,35 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(None)
     model = SpeechEmotionModel(args.model, calm_as=config.fusion.calm_as)
     corpus = load_sources(args.data)
-    present = sorted({CANONICAL.index(u.label if u.label != "calm" else config.fusion.calm_as) for u in corpus.items})
-    truth, pred, sexes, silent = [], [], [], 0
-    for u in corpus.items:
-        probs, voiced = model.classify_voiced(read_wav(u.path), config.speech.gate(), config.speech.hop_s)
-        t = CANONICAL.index(u.label if u.label != "calm" else config.fusion.calm_as)
-        truth.append(t)
-        sexes.append(u.sex)
-        if probs is None:
-            silent += 1
-            pred.append(-1)
-            continue
-        canon = probs @ model.to_canonical
-        pred.append(present[int(np.argmax(canon[present]))])
-    y, p, s = np.array(truth), np.array(pred), np.array(sexes)
+    truth = np.array([CANONICAL.index(u.label if u.label != "calm" else config.fusion.calm_as) for u in corpus.items])
+    present = sorted(set(truth.tolist()))
+    sexes = np.array([u.sex for u in corpus.items])
+    pred = predict(model, corpus, present, config, one_stream_per_speaker=False)
     labels = [CANONICAL[i] for i in present]
     rep = common.classification_report(
-        np.searchsorted(present, y), np.where(p >= 0, np.searchsorted(present, np.maximum(p, 0)), -1), labels
+        np.searchsorted(present, truth),
+        np.where(pred >= 0, np.searchsorted(present, np.maximum(pred, 0)), -1),
+        labels,
     )
     result = {
         "corpus": corpus.summary(),
         "model": f"{model.meta.name} {model.meta.version}",
         "classes": labels,
         "chance": 1 / len(labels),
-        "clips": len(y),
-        "clips_without_voiced_window": silent,
-        "accuracy": float(np.mean(p == y)),
-        "accuracy_by_sex": {k: float(np.mean(p[s == k] == y[s == k])) for k in sorted(set(sexes))},
-        "clips_by_sex": dict(Counter(sexes)),
+        "clips": len(truth),
+        "clips_without_voiced_window": int(np.sum(pred < 0)),
+        "accuracy": float(np.mean(pred == truth)),
+        "accuracy_by_sex": by_sex(pred, truth, sexes),
+        "clips_by_sex": dict(Counter(sexes.tolist())),
         "per_class": rep["per_class"],
+        **(speaker_streams(model, corpus, present, config, truth, sexes) if model.features.norm_memory else {}),
         "confusion": rep["confusion"],
         "command": "python -m training.cross_corpus " + " ".join(sys.argv[1:] if argv is None else argv),
     }
