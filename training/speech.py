@@ -594,6 +594,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def norm_text(feats: SpeechFeatures) -> str:
+    if feats.norm_memory:
+        return f"normalised per stream over its last {feats.norm_memory} voiced windows, from the training statistics"
+    return "per-window CMVN" if feats.cmvn else "not normalised"
+
+
+def stream_text(m: dict[str, Any], feats: SpeechFeatures) -> str:
+    if not feats.norm_memory or m.get("clip_accuracy_int8_each_clip_alone_mean") is None:
+        return ""
+    return f"""
+Each held-out actor is heard as the daemon's microphone would hear them: their clips one after another, in a random
+order, on one stream, whose normaliser starts from the training statistics and settles on the actor's voice (the
+figures below). Each clip alone on a new stream, as `emotion-edge classify speech file.wav` hears it (the
+normaliser has only the clip's own few windows to learn the voice from), scores
+**{m["clip_accuracy_int8_each_clip_alone_mean"]:.3f} ± {m["clip_accuracy_int8_each_clip_alone_std"]:.3f}**.
+"""
+
+
+def stream_limits(feats: SpeechFeatures) -> str:
+    if not feats.norm_memory:
+        return ""
+    return (
+        "- The stream's normaliser learns what this voice usually sounds like from what it heard last (about "
+        f"{feats.norm_memory} voiced windows). Someone who has been angry for that long becomes their own baseline, "
+        "and a room of several voices gives their mix; the first windows of a new voice lean on the training "
+        'statistics (see "each clip alone").\n'
+    )
+
+
 def model_card(m: dict[str, Any], t: dict[str, Any], feats: SpeechFeatures) -> str:
     if "per_fold_int8" in m:
         folds = ", ".join(f"{a:.3f}" for a in m["per_fold_int8"])
@@ -603,8 +632,8 @@ def model_card(m: dict[str, Any], t: dict[str, Any], feats: SpeechFeatures) -> s
         )
         res = f"""CV command: `{m.get("cv_command")}`.
 Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the clip's gated
-1 s-hop windows (the daemon's `classify speech file.wav`), int8 model through `edge_daemon.runtime`.
-
+1 s-hop windows (as the daemon's `classify speech file.wav` averages them), int8 model through `edge_daemon.runtime`.
+{stream_text(m, feats)}
 | model | mean ± std clip accuracy (8 classes, chance 12.5 %) |
 |---|---|
 | **this CNN, int8** | **{m["clip_accuracy_int8_mean"]:.3f} ± {m["clip_accuracy_int8_std"]:.3f}** (folds: {folds}) |
@@ -627,7 +656,7 @@ calibration error per window {m.get("ece_window_int8_before", float("nan")):.3f}
 
 Eight classes, output order = `edge_daemon.labels.SPEECH_LABELS`: {", ".join(SPEECH_LABELS)}
 (`calm` maps to neutral in the daemon). Input: one {feats.window_s} s window at {feats.sample_rate} Hz →
-`SpeechFeatures` ({feats.numcep} MFCC + deltas, per-window CMVN) = {feats.num_frames}×{feats.num_features},
+`SpeechFeatures` ({feats.numcep} MFCC + deltas, {norm_text(feats)}) = {feats.num_frames}×{feats.num_features},
 int8 in and out.
 
 ## Data and licence
@@ -652,7 +681,7 @@ features {m["features_ms_per_window"]:.1f} ms + model {m["inference_ms_median"]:
 - Accuracy differs by speaker sex (gap above; measured on 10 + 10 actors, so a rough estimate):
   check it on your own users before relying on it.
 - It classifies how speech sounds, not what a person feels.
-
+{stream_limits(feats)}
 ## Intended use
 Non-commercial (licence), on-device, opt-in. {common.EU_AI_ACT_NOTICE}
 """
