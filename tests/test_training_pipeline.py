@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -120,7 +121,9 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
     assert set(cv["accuracy_by_sex_int8"]) == {"F", "M"}
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="speech_emotion")
     assert list(meta.labels) == list(SPEECH_LABELS)
-    assert SpeechFeatures.from_meta(meta.preprocess) == SpeechFeatures()
+    served = SpeechFeatures.from_meta(meta.preprocess)  # normalised per stream, from the training statistics
+    assert served.norm_memory == 30 and not served.cmvn and len(served.norm_prior) == 2 * served.num_features
+    assert replace(served, cmvn=True, norm_memory=0, norm_prior=()) == SpeechFeatures()  # the rest as the daemon's
     # the daemon's own wrapper loads it and classifies a whole clip
     sem = SpeechEmotionModel(out.with_suffix(".json"))
     wav = sorted((tmp_path / "rav").rglob("*.wav"))[0]

@@ -39,7 +39,7 @@ from .speech_data import (
 )
 
 MODEL_NAME = "speech_emotion"
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 AUG_KINDS = ("orig", "slow", "fast", "noise")
 DATA_LICENCE = (
     "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391), CC BY-NC-SA 4.0: attribution, NON-COMMERCIAL "
@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--norm-memory",
         type=int,
-        default=0,
-        help="normalise per stream over this many windows (SpeechFeatures.norm_memory) instead of per window",
+        default=30,
+        help="normalise per stream over this many voiced windows (SpeechFeatures.norm_memory); 0 = per window (CMVN)",
     )
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)

@@ -20,7 +20,8 @@ SAMPLE_RATE = 16_000  # Hz, mono; microphones are opened at this rate and traini
 
 @dataclass(frozen=True)
 class SpeechFeatures:
-    """MFCC front end. Defaults are the shipped speech model's; the metadata is the source of truth at run time."""
+    """MFCC front end. Defaults are the shipped speech model's except for the normalisation (a prior only training can
+    give); the metadata is the source of truth at run time."""
 
     sample_rate: int = SAMPLE_RATE
     window_s: float = 2.0  # seconds of audio per model input
