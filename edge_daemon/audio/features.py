@@ -1,4 +1,5 @@
-"""Speech features: MFCCs with deltas, normalised per window or per stream. Training imports this module, so there is no skew.
+"""Speech features: MFCCs with deltas, normalised per window or per stream. Training imports this module, so there
+is no skew.
 
 All parameters travel in the speech model's metadata (`preprocess` section);
 `SAMPLE_RATE` is the one rate the daemon captures at and models are trained at.
@@ -70,7 +71,7 @@ class SpeechFeatures:
                 raise ValueError("norm_memory (per-stream normalisation) and cmvn (per-window) exclude each other")
             if (
                 prior.shape != (2 * self.num_features,)
-                or not np.all(np.isfinite(prior))
+                or not np.all(np.abs(prior) < 1e6)  # finite, and far from overflowing when squared
                 or np.any(prior[self.num_features :] <= 0)
             ):
                 raise ValueError(f"norm_prior must hold {self.num_features} means and {self.num_features} positive "
