@@ -141,9 +141,9 @@ def speech_predictions(
 
 
 def score(clips: list[Clip], rule: FusionRule, only: str | None = None) -> dict[str, float]:
-    """Accuracy over every window (a window without an answer or with `unknown` counts as wrong), the share of
-    `unknown` windows, and the accuracy of the windows that got a label."""
-    right = unknown = total = labelled = 0
+    """Accuracy over every window (a window without an answer or with `uncertain` counts as wrong), the share of
+    `uncertain` windows, and the accuracy of the windows that got a label."""
+    right = uncertain = total = labelled = 0
     for c in clips:
         for preds in c.windows:
             total += 1
@@ -152,13 +152,13 @@ def score(clips: list[Clip], rule: FusionRule, only: str | None = None) -> dict[
                 continue
             emotion, *_ = rule.fuse(mine)
             if emotion == UNCERTAIN:
-                unknown += 1
+                uncertain += 1
                 continue
             labelled += 1
             right += emotion == CANONICAL[c.truth]
     return {
         "accuracy": right / max(1, total),
-        "unknown_share": unknown / max(1, total),
+        "uncertain_share": uncertain / max(1, total),
         "accuracy_when_labelled": right / max(1, labelled),
         "windows": total,
     }
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speech-cv", type=Path, default=Path("runs/speech"))
     ap.add_argument("--config", type=Path, default=None, help="daemon config (default: the built-in defaults)")
     ap.add_argument("--out", type=Path, default=Path("runs/fusion"))
-    ap.add_argument("--max-unknown", type=float, default=0.10, help="largest acceptable share of unknown windows")
+    ap.add_argument("--max-uncertain", type=float, default=0.10, help="largest acceptable share of uncertain windows")
     ap.add_argument("--seed", type=int, default=1234)
     args = ap.parse_args(argv)
     if not (args.speech_cv / "cv.json").is_file():
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     test = [c for c in clips if c.fold not in TUNE_FOLDS]
     print(f"{len(tune)} tuning clips, {len(test)} reported clips ({time.time() - t0:.0f}s)", flush=True)
 
-    # 1. method and weights, with no unknown threshold.
+    # 1. method and weights, with no confidence threshold.
     grid = []
     for method, fw, sw in itertools.product(("vote", "average", "product"), (0.5, 1.0, 1.5, 2.0), (0.5, 1.0, 1.5, 2.0)):
         if fw == sw and fw != 1.0:
@@ -191,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         r = score(tune, FusionRule(method, fw, sw, 0.0))
         grid.append({"method": method, "face_weight": fw, "speech_weight": sw, **r})
     best = max(grid, key=lambda g: (g["accuracy"], g["method"] == "vote"))  # ties: keep the design's vote
-    # 2. min_confidence: the largest threshold whose unknown share stays within --max-unknown on the tuning clips.
+    # 2. min_confidence: the largest threshold whose uncertain share stays within --max-uncertain on the tuning clips.
     thresholds = [round(x, 2) for x in np.arange(0.0, 0.61, 0.05)]
     curve = []
     for th in thresholds:
         r = score(tune, FusionRule(best["method"], best["face_weight"], best["speech_weight"], th))
         curve.append({"min_confidence": th, **r})
-    chosen = max(c["min_confidence"] for c in curve if c["unknown_share"] <= args.max_unknown)
+    chosen = max(c["min_confidence"] for c in curve if c["uncertain_share"] <= args.max_uncertain)
     rule = FusionRule(best["method"], best["face_weight"], best["speech_weight"], chosen)
     design = FusionRule("vote", 1.0, 1.0, chosen)
     report = {
