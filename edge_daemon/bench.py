@@ -92,7 +92,7 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
         t1 = time.perf_counter()
         f = speech.features.compute(w)
         if stream:
-            f = stream.push(f)  # the per-stream normalisation, as the daemon's microphone stream does it
+            f = stream.push(f)  # the per-stream normalisation (the daemon pushes voiced windows; all are timed here)
         t2 = time.perf_counter()
         speech.model.run(f.reshape(speech.model.inputs[0].shape))
         t3 = time.perf_counter()

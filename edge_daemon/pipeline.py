@@ -12,6 +12,7 @@ CPU speed); live closes it a fixed lag behind the clock.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import queue
@@ -188,12 +189,16 @@ class SpeechWorker(Worker):
     def carry_over(self, old: Worker) -> None:
         super().carry_over(old)
         self.first_sample = max(0, self.ring.total - self.n)  # a replacement goes on from now, not from the start
-        if isinstance(old, SpeechWorker) and old.model.features == self.model.features:
-            self.stream = old.stream  # and still knows the voice it was hearing
+        if isinstance(old, SpeechWorker) and old.model.features == self.model.features and old.stream is not None:
+            # A replacement still knows the voice it was hearing, in a copy: the retired thread, should it come back
+            # from where it hung, must not push into the state this one uses.
+            self.stream = copy.deepcopy(old.stream)
 
     def use_models(self, model: SpeechEmotionModel) -> None:
         self.model, self.n = model, model.features.window_samples  # a new model may use another window length
-        self.stream = model.new_stream()  # the microphone is one stream; its normaliser learns the voices it hears
+        # The microphone is one stream; its normaliser learns the voices it hears. A reloaded model starts afresh,
+        # even from the same file: its prior and memory may differ, and a reload is rare.
+        self.stream = model.new_stream()
 
     def loop(self) -> None:
         start = self.first_sample

@@ -4,6 +4,7 @@ normalisation settles on a voice, keeps what per-window CMVN loses, and forgets.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +88,15 @@ def test_a_stream_keeps_the_level_of_a_window_against_the_voice_it_has_heard() -
 def test_a_stream_forgets_an_old_voice_within_a_few_memories() -> None:
     f = stream_features(memory=8)
     s, fresh = f.stream(), f.stream()
+    never = replace(f, norm_memory=100_000).stream()  # the same running average, never forgetting
     for w in voice_windows("ravdess_03-01-02-01-01-01-09.wav", f, 0.5) * 2:  # woman, calm
-        s.push(w)
+        s.push(w), never.push(w)
     other = voice_windows("ravdess_03-01-06-02-01-01-04.wav", f)  # man, fearful
     for w in other * 3:
-        s.push(w), fresh.push(w)
-    assert np.allclose(s.mean, fresh.mean, atol=0.3 * np.abs(fresh.mean).max())
+        s.push(w), fresh.push(w), never.push(w)
+    # What remains of the old voice is a small part of what a stream that never forgets keeps of it.
+    left, kept = np.abs(s.mean - fresh.mean), np.abs(never.mean - fresh.mean)
+    assert left.sum() < 0.35 * kept.sum() and kept.max() > 1.0
     s.reset()
     assert s.weight == f.norm_prior_weight and np.allclose(s.mean, f.norm_prior[: f.num_features])
 
@@ -110,5 +114,9 @@ def test_stream_normalisation_round_trips_through_metadata_and_refuses_what_cann
         SpeechFeatures(cmvn=False, norm_memory=10, norm_prior=(0.0,) * n + (0.0,) * n)  # a zero std
     with pytest.raises(TypeError, match="norm_memory"):
         SpeechFeatures(cmvn=False, norm_memory=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="norm_memory"):
+        SpeechFeatures(cmvn=False, norm_memory=10**400, norm_prior=(0.0,) * n + (1.0,) * n)
+    with pytest.raises(ValueError, match="norm_prior is set"):
+        SpeechFeatures(norm_prior=(0.0,) * n + (1.0,) * n)  # a prior for a model that normalises per window
     with pytest.raises(ValueError, match="norm_prior_weight"):
         SpeechFeatures(cmvn=False, norm_memory=2, norm_prior_weight=5.0, norm_prior=(0.0,) * n + (1.0,) * n)

@@ -340,6 +340,9 @@ META_CASES = {
     "speech norm_prior [1e300] * 120": ("speech_emotion", "norm_prior", [1e300] * 120),
     "speech norm_prior {}": ("speech_emotion", "norm_prior", {}),
     "speech norm_memory 2.5": ("speech_emotion", "norm_memory", 2.5),
+    "speech norm_memory 10**400": ("speech_emotion", "norm_memory", 10**400),  # once loaded, then failed per window
+    "speech norm_prior [true] * 120": ("speech_emotion", "norm_prior", [True] * 120),
+    "speech norm_prior ['1'] * 120": ("speech_emotion", "norm_prior", ["1"] * 120),
     "speech norm_prior_weight 0": ("speech_emotion", "norm_prior_weight", 0),
     "detector input_size [128]": ("face_detector", "input", "input_size", [128]),
     "detector input_range [1.0]": ("face_detector", "input", "input_range", [1.0]),

@@ -1,13 +1,16 @@
 """The shipped speech model normalises per stream: the daemon's microphone worker carries one normaliser from
-window to window, exactly as `classify_window` with a stream does, and starts a new one with a new model."""
+window to window, exactly as `classify_window` with a stream does, hands a copy to a replacement thread, and starts
+afresh with a reloaded model."""
 
 from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_daemon.audio.emotion import SpeechEmotionModel
 from edge_daemon.audio.features import pcm16_to_float
@@ -57,9 +60,23 @@ def test_the_microphone_worker_carries_one_normaliser_across_its_windows() -> No
     assert not np.allclose(np.stack(cold)[3:], np.stack(preds[: len(again)])[3:], atol=1e-3)
 
 
-def test_a_new_model_starts_a_new_stream() -> None:
+def test_a_replacement_worker_keeps_a_copy_of_the_voice_and_a_reloaded_model_starts_afresh() -> None:
     model = SpeechEmotionModel(MODEL)
-    worker, _ = run_worker(model, read_wav(VOICES[0]))
-    before = worker.stream
-    worker.use_models(SpeechEmotionModel(MODEL))
-    assert worker.stream is not before and worker.stream.weight == model.features.norm_prior_weight
+    old, _ = run_worker(model, read_wav(VOICES[0]))
+    assert old.stream is not None and old.stream.weight > model.features.norm_prior_weight
+    new = SpeechWorker(AudioRing(16_000), model, SpeechConfig().gate(), 1.0, out=queue.Queue(),
+                       stop=threading.Event(), timings=Timings())  # fmt: skip
+    new.carry_over(old)  # the supervisor replacing a hung thread
+    assert new.stream is not None and new.stream is not old.stream  # a copy: the retired thread cannot touch it
+    assert np.array_equal(new.stream.mean, old.stream.mean) and new.stream.weight == old.stream.weight
+    new.replace_models(SpeechEmotionModel(MODEL))  # `emotion-edge reload`, taken up at the top of the next loop
+    new._take_pending()
+    assert new.stream is not None and new.stream.weight == model.features.norm_prior_weight
+
+
+def test_a_stream_of_another_models_features_is_refused() -> None:
+    model = SpeechEmotionModel(MODEL)
+    other = replace(model.features, norm_memory=model.features.norm_memory + 1).stream()
+    audio = pcm16_to_float(read_wav(VOICES[0]))[: model.features.window_samples]
+    with pytest.raises(ValueError, match="other features"):
+        model.classify_window(audio, other)

@@ -203,4 +203,7 @@ def test_speaker_streams_hold_each_window_once_one_speaker_and_augmentation_each
         for s in streams:
             assert len({speakers[c] for c in win_clip[s]}) == 1 and len(set(win_aug[s].tolist())) == 1
             by_clip = [int(c) for c in win_clip[s]]
-            assert by_clip == sorted(by_clip, key=by_clip.index)  # a clip's windows stay together, in their order
+            assert by_clip == sorted(by_clip, key=by_clip.index)  # a clip's windows stay together ...
+            for c in set(by_clip):
+                mine = [int(i) for i in s if win_clip[i] == c]
+                assert mine == sorted(mine)  # ... in their order

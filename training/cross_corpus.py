@@ -40,7 +40,11 @@ def predict(
     streams: dict[str, StreamNorm | None] = {}
     for i in order.tolist():
         u = corpus.items[i]
-        stream = streams.setdefault(u.speaker, model.new_stream()) if one_stream_per_speaker else None
+        stream = None
+        if one_stream_per_speaker:
+            if u.speaker not in streams:
+                streams[u.speaker] = model.new_stream()
+            stream = streams[u.speaker]
         probs, _ = model.classify_voiced(read_wav(u.path), config.speech.gate(), config.speech.hop_s, stream)
         if probs is not None:
             canon = probs @ model.to_canonical
@@ -48,7 +52,7 @@ def predict(
     return pred
 
 
-def speaker_streams(
+def one_stream_scores(
     model: SpeechEmotionModel, corpus: Corpus, present: list[int], config: Config, truth: np.ndarray, sexes: np.ndarray
 ) -> dict[str, object]:
     p = predict(model, corpus, present, config, one_stream_per_speaker=True)
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy_by_sex": by_sex(pred, truth, sexes),
         "clips_by_sex": dict(Counter(sexes.tolist())),
         "per_class": rep["per_class"],
-        **(speaker_streams(model, corpus, present, config, truth, sexes) if model.features.norm_memory else {}),
+        **(one_stream_scores(model, corpus, present, config, truth, sexes) if model.features.norm_memory else {}),
         "confusion": rep["confusion"],
         "command": "python -m training.cross_corpus " + " ".join(sys.argv[1:] if argv is None else argv),
     }

@@ -32,6 +32,7 @@ import numpy as np
 from edge_daemon.audio.emotion import gated_windows
 from edge_daemon.audio.features import SpeechFeatures
 from edge_daemon.config import Config, load_config
+from edge_daemon.errors import UserError
 from edge_daemon.fusion import FusionRule, Prediction
 from edge_daemon.labels import CANONICAL, SPEECH_LABELS, UNCERTAIN, canonical_matrix, normalise
 from edge_daemon.models import load_face_model
@@ -124,6 +125,9 @@ def speech_predictions(
     for k in range(len(cv["folds"])):
         model = TFLiteModel(args.speech_cv / f"fold{k + 1}.tflite")
         spec = args.speech_cv / f"fold{k + 1}.features.json"  # the fold's own normalisation prior, if it has one
+        if cv["features"].get("norm_memory") and not spec.is_file():
+            raise UserError(f"{spec} is missing: the fold models normalise per stream and need their prior; "
+                            "run training.speech again with this --run-dir")  # fmt: skip
         fold_feats = SpeechFeatures.from_meta(json.loads(spec.read_text())) if spec.is_file() else feats
         for spk in sorted({s for s, f in fold_of.items() if f == k}):
             stream = fold_feats.stream()

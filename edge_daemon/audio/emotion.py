@@ -53,14 +53,20 @@ class SpeechEmotionModel:
         normalises per stream sees the window as the first of a new stream."""
         x = self.features.compute(audio)
         if self.features.norm_memory:
-            x = (stream or self.features.stream()).push(x)  # type: ignore[union-attr]  # not None with norm_memory
+            if stream is None:
+                stream = StreamNorm(self.features)
+            elif stream.features != self.features:
+                raise ValueError("this stream's normaliser belongs to a model with other features")
+            x = stream.push(x)
         return self.meta.calibrate(self.model.run(x.reshape(self._input_shape))[0][0])
 
     def classify_clip(
         self, audio: np.ndarray, gate: Gate, hop_s: float = 1.0, stream: StreamNorm | None = None
     ) -> np.ndarray:
-        """Mean probabilities over a clip's windows; `stream` carries on from earlier clips (else a new stream)."""
-        stream = stream or self.new_stream()
+        """Mean probabilities over a clip's windows; `stream` carries on from earlier clips (else a new stream).
+
+        The fallback window of a clip the gate finds no voice in is pushed too (training's evaluation counts it)."""
+        stream = self.new_stream() if stream is None else stream
         windows = clip_windows(audio, self.features, gate, hop_s)
         return np.mean([self.classify_window(w, stream) for w in windows], axis=0)
 
@@ -74,7 +80,7 @@ class SpeechEmotionModel:
         voiced = [g.audio for g in gated_windows(audio, self.features, gate, hop_s) if g.voiced]
         if not voiced:
             return None, 0
-        stream = stream or self.new_stream()
+        stream = self.new_stream() if stream is None else stream
         return np.mean([self.classify_window(w, stream) for w in voiced], axis=0), len(voiced)
 
 

@@ -17,6 +17,7 @@ from python_speech_features import sigproc
 from scipy.fftpack import dct
 
 SAMPLE_RATE = 16_000  # Hz, mono; microphones are opened at this rate and training resamples to it
+MAX_NORM_MEMORY = 100_000  # windows (more than a day of speech): beyond it a metadata value is a mistake
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class SpeechFeatures:
     cmvn: bool = True  # per-window mean/variance normalisation: removes level and channel colour
     # Per-stream normalisation instead (`StreamNorm`): each window is normalised by the running mean and standard
     # deviation of the last `norm_memory` windows this stream classified, starting from the training frames' statistics
-    # (`norm_prior`: means then standard deviations) worth `norm_prior_weight` windows. Unlike per-window CMVN it keeps
+    # (`norm_prior`: the num_features means, then the num_features standard deviations) worth `norm_prior_weight`
+    # windows. Unlike per-window CMVN it keeps
     # how loud and bright this window is against the speaker's own usual voice, which is where much of emotion is.
     norm_memory: int = 0  # windows; 0 = off (per-window `cmvn` or none)
     norm_prior_weight: float = 3.0
@@ -63,8 +65,16 @@ class SpeechFeatures:
             raise ValueError("window_s, winlen, winstep or preemph out of range")
         if not (1 <= self.numcep <= self.nfilt <= 128 and self.winlen * self.sample_rate <= self.nfft <= 8192):
             raise ValueError("numcep, nfilt or nfft out of range (numcep <= nfilt, nfft >= one frame)")
-        if isinstance(self.norm_memory, bool) or not isinstance(self.norm_memory, int) or self.norm_memory < 0:
-            raise TypeError(f"norm_memory must be a whole number of windows >= 0, got {self.norm_memory!r}")
+        if isinstance(self.norm_memory, bool) or not isinstance(self.norm_memory, int):
+            raise TypeError(f"norm_memory must be a whole number of windows, got {self.norm_memory!r}")
+        if not 0 <= self.norm_memory <= MAX_NORM_MEMORY:
+            raise ValueError(f"norm_memory must be 0 (off) to {MAX_NORM_MEMORY} windows, got {self.norm_memory}")
+        if not isinstance(self.norm_prior, (tuple, list)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.norm_prior
+        ):
+            raise TypeError("norm_prior must be a list of numbers")
+        if self.norm_prior and not self.norm_memory:
+            raise ValueError("norm_prior is set but norm_memory is 0: a prior without per-stream normalisation")
         if self.norm_memory:
             prior = np.asarray(self.norm_prior, dtype=float)
             if self.cmvn:
@@ -157,21 +167,23 @@ class SpeechFeatures:
 class StreamNorm:
     """The running normalisation of one stream: every window updates the mean and variance, then is normalised by them.
 
-    The estimate is a running average over the stream's windows (each weighs as much as `norm_prior_weight` windows'
-    worth of prior at the start), which becomes an exponential one with a memory of `norm_memory` windows: after about
-    a minute of speech it describes the person speaking, and it follows a new speaker or a changed microphone gain
-    within about as long. Only windows the voice gate passed should be pushed: silence says nothing about a voice.
+    The estimate is a running average over the stream's windows (the prior weighs as much as `norm_prior_weight`
+    windows at the start), which becomes an exponential one with a time constant of `norm_memory` windows: at the
+    daemon's 1 s hop, after about that many seconds of speech it describes the person speaking, and it follows a new
+    speaker or a changed microphone gain within about as long. Only windows the voice gate passed should be pushed:
+    silence says nothing about a voice. One stream, one thread: the state is not locked.
     """
 
     def __init__(self, features: SpeechFeatures) -> None:
         self.features = features
         prior = np.asarray(features.norm_prior, dtype=np.float64).reshape(2, features.num_features)
         self._prior_mean, self._prior_sq = prior[0], prior[1] ** 2 + prior[0] ** 2
+        self._memory, self._prior_weight = float(features.norm_memory), float(features.norm_prior_weight)
         self.reset()
 
     def reset(self) -> None:
         self.mean, self.sq = self._prior_mean.copy(), self._prior_sq.copy()
-        self.weight = float(self.features.norm_prior_weight)
+        self.weight = self._prior_weight
 
     def push(self, frames: np.ndarray) -> np.ndarray:
         """Update with one window's un-normalised frames (from `compute`), then return them normalised (float32)."""
@@ -179,7 +191,7 @@ class StreamNorm:
         f = frames.astype(np.float64)
         self.mean += a * (f.mean(axis=0) - self.mean)
         self.sq += a * ((f * f).mean(axis=0) - self.sq)
-        self.weight = min(self.weight + 1.0, float(self.features.norm_memory))
+        self.weight = min(self.weight + 1.0, self._memory)
         std = np.sqrt(np.maximum(self.sq - self.mean**2, 1e-8))
         return ((f - self.mean) / (std + 1e-6)).astype(np.float32)
 
