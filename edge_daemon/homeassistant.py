@@ -33,7 +33,12 @@ ORIGIN = {"name": "emotion-edge", "sw": __version__}
 # Every value the Emotion sensor can take, in one list for the enum sensor and the docs.
 STATE_VALUES = [*CANONICAL, UNCERTAIN, NO_ONE, PAUSED]
 EVENT_TYPES = [*CANONICAL, UNCERTAIN]
-INFERENCE_STAGES = {"face_detect": "Face detection", "face_emotion": "Face emotion", "speech_emotion": "Speech emotion"}
+INFERENCE_STAGES = {
+    "face_detect": "Face detection",
+    "face_track": "Face tracking",  # the frames between two detections (face.detect_every above 1)
+    "face_emotion": "Face emotion",
+    "speech_emotion": "Speech emotion",
+}
 # Earlier versions announced these one topic per entity; cleared at start and by `forget`.
 LEGACY_KEYS = ("emotion", "confidence")
 

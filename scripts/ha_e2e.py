@@ -52,14 +52,15 @@ ENTITIES = {
     f"sensor.{E}_drops",
     f"sensor.{E}_last_event_age",
     f"sensor.{E}_face_detect_ms",
+    f"sensor.{E}_face_track_ms",
     f"sensor.{E}_face_emotion_ms",
     f"sensor.{E}_speech_emotion_ms",
     f"switch.{E}_analysis",
     f"switch.{E}_camera",
     f"switch.{E}_microphone",
 }
-DISABLED = {f"sensor.{E}_last_event_age", f"sensor.{E}_face_detect_ms", f"sensor.{E}_face_emotion_ms",
-            f"sensor.{E}_speech_emotion_ms"}  # fmt: skip
+DISABLED = {f"sensor.{E}_last_event_age", f"sensor.{E}_face_detect_ms", f"sensor.{E}_face_track_ms",
+            f"sensor.{E}_face_emotion_ms", f"sensor.{E}_speech_emotion_ms"}  # fmt: skip
 
 DIAGNOSTIC = DISABLED | {f"binary_sensor.{E}_camera_connected", f"binary_sensor.{E}_microphone_connected",
                          f"sensor.{E}_drops"}  # fmt: skip

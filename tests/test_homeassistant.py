@@ -102,8 +102,9 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
         assert {k: v["p"] for k, v in cmps.items()} == {
             "emotion": "sensor", "confidence": "sensor", "people": "sensor", "window": "event",
             "camera_connected": "binary_sensor", "microphone_connected": "binary_sensor", "drops": "sensor",
-            "last_event_age": "sensor", "face_detect_ms": "sensor", "face_emotion_ms": "sensor",
-            "speech_emotion_ms": "sensor", "analysis": "switch", "camera": "switch", "microphone": "switch",
+            "last_event_age": "sensor", "face_detect_ms": "sensor", "face_track_ms": "sensor",
+            "face_emotion_ms": "sensor", "speech_emotion_ms": "sensor", "analysis": "switch", "camera": "switch",
+            "microphone": "switch",
         }  # fmt: skip
         assert set(cmps["emotion"]["options"]) == {*CANONICAL, "uncertain", "no_one", "paused"}
         assert "unknown" not in cmps["emotion"]["options"], "Home Assistant's own 'no data' word"
@@ -113,7 +114,7 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
         diagnostic = {k for k, v in cmps.items() if v.get("entity_category") == "diagnostic"}
         assert diagnostic == {k for k in cmps if k.endswith(("_connected", "_ms")) or k in ("drops", "last_event_age")}
         assert {k for k, v in cmps.items() if v.get("enabled_by_default") is False} == {
-            "last_event_age", "face_detect_ms", "face_emotion_ms", "speech_emotion_ms"
+            "last_event_age", "face_detect_ms", "face_track_ms", "face_emotion_ms", "speech_emotion_ms"
         }  # fmt: skip
         assert cmps["analysis"]["command_topic"] == f"{BASE}/analysis/set"
         assert cmps["analysis"]["state_topic"] == f"{BASE}/analysis/state"
@@ -124,6 +125,7 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
         assert sub.wait_for(lambda: (last_json(sub, "/stats") or {}).get("last_event_age_s") is not None, timeout=30)
         stats = last_json(sub, "/stats")
         assert stats is not None and set(stats["paused_s"]) == {"camera", "microphone"}
+        assert {"face_detect", "face_track", "face_emotion"} <= set(stats["inference_ms"])  # what the _ms sensors read
         before = len(sub.payloads(DEVICE_TOPIC))
         sub.client.publish("homeassistant/status", "online", qos=1)  # Home Assistant restarted and forgot it
         assert sub.wait_for(lambda: len(sub.payloads(DEVICE_TOPIC)) > before, timeout=10), "not announced again"
