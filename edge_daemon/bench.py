@@ -91,7 +91,7 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
         gate.voiced(w, start)  # scores the second of audio this window adds (every window is timed as voiced)
         t1 = time.perf_counter()
         f = speech.features.compute(w)
-        if stream:
+        if stream is not None:
             f = stream.push(f)  # the per-stream normalisation (the daemon pushes voiced windows; all are timed here)
         t2 = time.perf_counter()
         speech.model.run(f.reshape(speech.model.inputs[0].shape))

@@ -136,7 +136,7 @@ def speech_predictions(
                 for g in gated_windows(audio, fold_feats, gate, config.speech.hop_s):
                     if g.voiced:
                         x = fold_feats.compute(g.audio)
-                        x = stream.push(x) if stream else x
+                        x = stream.push(x) if stream is not None else x
                         p = model.run(x.reshape(model.inputs[0].shape))[0][0]
                         p = common.apply_temperature(p[None], temperature)[0]
                         t = (g.start + feats.window_samples / 2) / feats.sample_rate

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_daemon.audio.features import SpeechFeatures
+from edge_daemon.audio.features import SpeechFeatures, StreamNorm
 from edge_daemon.labels import SPEECH_LABELS
 
 from . import common
@@ -123,9 +123,10 @@ def speaker_streams(
     by_clip: dict[tuple[int, int], list[int]] = {}
     for i, (c, g) in enumerate(zip(win_clip.tolist(), win_group.tolist(), strict=True)):
         by_clip.setdefault((c, g), []).append(i)
+    groups = sorted(set(win_group.tolist()))
     for spk in sorted({speakers[c] for c in clips}):
         own = np.array([c for c in clips if speakers[c] == spk])
-        for g in sorted(set(win_group.tolist())):
+        for g in groups:
             cur: list[int] = []
             for c in rng.permutation(own).tolist():
                 if cur and rng.random() < break_p:
@@ -144,10 +145,15 @@ def stream_normalise(feats: SpeechFeatures, x: np.ndarray, streams: list[np.ndar
         return x
     out = np.full_like(x, np.nan)  # windows outside every stream are not for this use: NaN, never stale memory
     for s in streams:
-        norm = feats.stream()
+        norm = StreamNorm(feats)
         for i in s.tolist():
-            out[i] = norm.push(x[i])  # type: ignore[union-attr]  # not None with norm_memory
+            out[i] = norm.push(x[i])
     return out
+
+
+def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, Any]:
+    """What cv.json records of the features, to tell whether a later --skip-cv run may quote it."""
+    return {**feats.to_meta(), "norm_memory": args.norm_memory}
 
 
 # ---------------------------------------------------------------- features
@@ -477,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_cv:
         cv = cross_validate(args, corpus, y_clip, tw, ew, feats)
         cv["command"] = "python -m training.speech " + shlex.join(argv)
-        cv["features"] = {**feats.to_meta(), "norm_memory": args.norm_memory}
+        cv["features"] = cv_features(feats, args)
         common.write_json(cv_path, cv)
         print(
             f"CV int8 clip accuracy {cv['clip_accuracy_int8_mean']:.3f} ± {cv['clip_accuracy_int8_std']:.3f}; "
@@ -486,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif cv_path.is_file():
         cv = json.loads(cv_path.read_text())
-        if cv.get("features") != {**feats.to_meta(), "norm_memory": args.norm_memory}:
+        if cv.get("features") != cv_features(feats, args):
             print("warning: cv.json was made with other feature parameters; not quoting it", flush=True)
             cv = None
     if args.cv_only:

@@ -38,8 +38,8 @@ class SpeechFeatures:
     # Per-stream normalisation instead (`StreamNorm`): each window is normalised by the running mean and standard
     # deviation of the last `norm_memory` windows this stream classified, starting from the training frames' statistics
     # (`norm_prior`: the num_features means, then the num_features standard deviations) worth `norm_prior_weight`
-    # windows. Unlike per-window CMVN it keeps
-    # how loud and bright this window is against the speaker's own usual voice, which is where much of emotion is.
+    # windows. Unlike per-window CMVN it keeps how loud and bright this window is against the speaker's own usual
+    # voice, which is where much of emotion is.
     norm_memory: int = 0  # windows; 0 = off (per-window `cmvn` or none)
     norm_prior_weight: float = 3.0
     norm_prior: tuple[float, ...] = ()
