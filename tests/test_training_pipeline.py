@@ -104,6 +104,7 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
         "--data",
         f"ravdess={tmp_path / 'rav'}",
         "--quick",
+        "--pitch",
         "--folds",
         "2",
         "--threads",
@@ -123,7 +124,8 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
     assert list(meta.labels) == list(SPEECH_LABELS)
     served = SpeechFeatures.from_meta(meta.preprocess)  # normalised per stream, from the training statistics
     assert served.norm_memory == 30 and not served.cmvn and len(served.norm_prior) == 2 * served.num_features
-    assert replace(served, cmvn=True, norm_memory=0, norm_prior=()) == SpeechFeatures()  # the rest as the daemon's
+    assert served.pitch and served.num_features == (served.numcep + 2) * 3  # --pitch: the voice's pitch travels too
+    assert replace(served, cmvn=True, norm_memory=0, norm_prior=(), pitch=False) == SpeechFeatures()  # the rest
     # the daemon's own wrapper loads it and classifies a whole clip
     sem = SpeechEmotionModel(out.with_suffix(".json"))
     wav = sorted((tmp_path / "rav").rglob("*.wav"))[0]

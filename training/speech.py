@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--crops", type=int, default=4, help="random gated crops per clip and augmentation variant")
     ap.add_argument("--window-s", type=float, default=None, help="override SpeechFeatures.window_s")
     ap.add_argument("--numcep", type=int, default=None, help="override SpeechFeatures.numcep")
+    ap.add_argument("--pitch", action="store_true", help="add the voice's pitch to the MFCCs (SpeechFeatures.pitch)")
     ap.add_argument(
         "--norm-memory",
         type=int,
@@ -89,6 +90,8 @@ def feature_params(args: argparse.Namespace) -> SpeechFeatures:
         kw["window_s"] = args.window_s
     if args.numcep:
         kw["numcep"] = args.numcep
+    if args.pitch:
+        kw["pitch"] = True
     if args.norm_memory:
         kw["cmvn"] = False  # the raw featuriser: each training set's stream normaliser gets its own prior (with_prior)
     return SpeechFeatures(**kw)
@@ -228,7 +231,7 @@ def clip_probs(win_probs: np.ndarray, clip_idx: np.ndarray, clips: np.ndarray) -
 
 def clip_stats_features(corpus: Corpus, feats: SpeechFeatures) -> np.ndarray:
     """Classic baseline input: mean and std over the whole clip of MFCC+deltas (no per-window CMVN)."""
-    raw = replace(feats, cmvn=False, norm_memory=0, norm_prior=())
+    raw = replace(feats, cmvn=False, norm_memory=0, norm_prior=(), pitch=False)  # the classic baseline: MFCCs only
     rows = []
     for u in corpus.items:
         a = read_wav(u.path)
@@ -667,7 +670,7 @@ calibration error per window {m.get("ece_window_int8_before", float("nan")):.3f}
 
 Eight classes, output order = `edge_daemon.labels.SPEECH_LABELS`: {", ".join(SPEECH_LABELS)}
 (`calm` maps to neutral in the daemon). Input: one {feats.window_s} s window at {feats.sample_rate} Hz →
-`SpeechFeatures` ({feats.numcep} MFCC + deltas, {norm_text(feats)}) = {feats.num_frames}×{feats.num_features},
+`SpeechFeatures` ({feats.numcep} MFCC{" + log f0 + voicing" if feats.pitch else ""} + deltas, {norm_text(feats)}) = {feats.num_frames}×{feats.num_features},
 int8 in and out.
 
 ## Data and licence
