@@ -344,6 +344,8 @@ META_CASES = {
     "speech norm_prior [true] * 120": ("speech_emotion", "norm_prior", [True] * 120),
     "speech norm_prior ['1'] * 120": ("speech_emotion", "norm_prior", ["1"] * 120),
     "speech norm_prior_weight 0": ("speech_emotion", "norm_prior_weight", 0),
+    "speech pitch 'yes'": ("speech_emotion", "pitch", "yes"),
+    "speech pitch true": ("speech_emotion", "pitch", True),  # columns the model's input and prior do not have
     "detector input_size [128]": ("face_detector", "input", "input_size", [128]),
     "detector input_range [1.0]": ("face_detector", "input", "input_range", [1.0]),
     "detector strides [0, 16, 16, 16]": ("face_detector", "anchors", "strides", [0, 16, 16, 16]),

@@ -120,6 +120,9 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
     held = [set(f["held_out_speakers"]) for f in cv["folds"]]
     assert held[0] | held[1] == {"ravdess:01", "ravdess:02", "ravdess:03", "ravdess:04"} and not held[0] & held[1]
     assert set(cv["accuracy_by_sex_int8"]) == {"F", "M"}
+    by_speaker = {k: v for f in cv["folds"] for k, v in f["clip_accuracy_by_speaker_int8"].items()}
+    assert set(by_speaker) == set(cv["speaker_sex"]) == held[0] | held[1]  # every held-out actor, once
+    assert cv["speaker_sex"] == {"ravdess:01": "M", "ravdess:02": "F", "ravdess:03": "M", "ravdess:04": "F"}
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="speech_emotion")
     assert list(meta.labels) == list(SPEECH_LABELS)
     served = SpeechFeatures.from_meta(meta.preprocess)  # normalised per stream, from the training statistics
@@ -131,7 +134,8 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
     wav = sorted((tmp_path / "rav").rglob("*.wav"))[0]
     probs = sem.classify_clip(read_wav(wav), default_gate())
     assert probs.shape == (len(SPEECH_LABELS),) and abs(float(probs.sum()) - 1) < 0.05
-    assert "NON-COMMERCIAL" in out.with_suffix(".md").read_text()
+    card = out.with_suffix(".md").read_text()
+    assert "NON-COMMERCIAL" in card and "Per actor: F " in card and ", M " in card
 
 
 def test_training_and_daemon_compute_identical_speech_inputs(tmp_path: Path) -> None:

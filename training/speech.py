@@ -401,6 +401,8 @@ def cross_validate(
             str(s): float(np.mean(pred[sexes[val_clips] == s] == yt[sexes[val_clips] == s]))
             for s in sorted(set(sexes[val_clips]))
         }
+        held_spk = np.asarray([speakers[i] for i in val_clips])
+        spk_acc = {s: float(np.mean(pred[held_spk == s] == yt[held_spk == s])) for s in held}
         res["folds"].append(
             {
                 "held_out_speakers": held,
@@ -408,6 +410,7 @@ def cross_validate(
                 "clip_accuracy_int8": float(np.mean(pred == yt)),
                 "clip_accuracy_int8_each_clip_alone": float(np.mean(alone == yt)),
                 "clip_accuracy_by_sex_int8": sex_acc,
+                "clip_accuracy_by_speaker_int8": spk_acc,  # ten voices a sex: a group figure hides a wide spread
                 "val_clip_accuracy_curve": hist["val_clip_accuracy"],
                 "train_loss_curve": hist["loss"],
             }
@@ -441,6 +444,7 @@ def cross_validate(
             "svm_std": float(np.std(res["svm_folds"])),
             "pooled_report_int8": rep,
             "accuracy_by_sex_int8": by_sex,
+            "speaker_sex": {spk: str(sx) for spk, sx in sorted(zip(speakers, sexes.tolist(), strict=True))},
             "sex_gap_points": (abs(by_sex.get("M", 0) - by_sex.get("F", 0)) * 100) if len(by_sex) > 1 else None,
             # Temperature fitted on held-out windows of every fold (speakers the fold's model never heard); the
             # ECE "after" is cross-fitted. The shipped model (all speakers) takes this temperature.
@@ -556,6 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         metrics["cv_command"] = cv.get("command")
         metrics["held_out_speakers_per_fold"] = [f["held_out_speakers"] for f in cv["folds"]]
         metrics["per_class_cv_int8"] = cv["pooled_report_int8"]["per_class"]
+        by_speaker = {k: v for f in cv["folds"] for k, v in f.get("clip_accuracy_by_speaker_int8", {}).items()}
+        if by_speaker:  # cv.json files from before 2026-12-02 do not have it
+            metrics["accuracy_by_speaker_int8"] = by_speaker
+            metrics["speaker_sex"] = cv["speaker_sex"]
         if "calibration" in cv:
             metrics["temperature"] = cv["calibration"]["temperature"]
             metrics["ece_window_int8_before"] = cv["calibration"]["ece_before"]
@@ -637,6 +645,18 @@ def stream_limits(feats: SpeechFeatures) -> str:
     )
 
 
+def speaker_spread(m: dict[str, Any]) -> str:
+    """The range of per-actor accuracy within each sex, if the CV recorded it."""
+    by, sex = m.get("accuracy_by_speaker_int8"), m.get("speaker_sex", {})
+    if not by:
+        return ""
+    groups: dict[str, list[float]] = {}
+    for spk, acc in by.items():
+        groups.setdefault(sex.get(spk, "?"), []).append(acc)
+    parts = [f"{g} {min(v):.2f}-{max(v):.2f}" for g, v in sorted(groups.items())]
+    return f" Per actor: {', '.join(parts)} (every actor's figure is in report.json)."
+
+
 def model_card(m: dict[str, Any], t: dict[str, Any], feats: SpeechFeatures) -> str:
     if "per_fold_int8" in m:
         folds = ", ".join(f"{a:.3f}" for a in m["per_fold_int8"])
@@ -654,7 +674,7 @@ Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the
 | baseline: MFCC mean/std + RBF SVM, same folds | {m["svm_mean"]:.3f} ± {m["svm_std"]:.3f} |
 
 Accuracy by speaker sex (pooled over folds, int8): {", ".join(f"{k} {v:.3f}" for k, v in m["accuracy_by_sex_int8"].items())}; gap
-{m["sex_gap_points"]:.1f} points.
+{m["sex_gap_points"]:.1f} points.{speaker_spread(m)}
 
 Calibration: temperature {m.get("temperature", 1.0):.3f}, fitted on the held-out windows of all folds; expected
 calibration error per window {m.get("ece_window_int8_before", float("nan")):.3f} before and
