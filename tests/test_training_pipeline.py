@@ -105,6 +105,8 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
         f"ravdess={tmp_path / 'rav'}",
         "--quick",
         "--pitch",
+        "--pool",
+        "avgmax",
         "--folds",
         "2",
         "--threads",

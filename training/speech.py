@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--numcep", type=int, default=None, help="override SpeechFeatures.numcep")
     ap.add_argument("--pitch", action="store_true", help="add the voice's pitch to the MFCCs (SpeechFeatures.pitch)")
     ap.add_argument(
+        "--pool",
+        choices=("avg", "avgmax"),
+        default="avg",
+        help="how the network sums up a window over time: its average, or average and maximum (int8 MEAN, REDUCE_MAX)",
+    )
+    ap.add_argument(
         "--norm-memory",
         type=int,
         default=30,
@@ -245,7 +251,7 @@ def clip_stats_features(corpus: Corpus, feats: SpeechFeatures) -> np.ndarray:
 # ---------------------------------------------------------------- model
 
 
-def build_model(input_shape: tuple[int, int], n_classes: int) -> Any:
+def build_model(input_shape: tuple[int, int], n_classes: int, pool: str = "avg") -> Any:
     """1-D conv net over time (features as channels): small, int8-friendly, ~0.2 M params."""
     import keras
     from keras import layers
@@ -258,7 +264,10 @@ def build_model(input_shape: tuple[int, int], n_classes: int) -> Any:
         x = layers.ReLU()(x)
         x = layers.MaxPooling1D(2)(x)
         x = layers.Dropout(0.15)(x)
-    x = layers.GlobalAveragePooling1D()(x)
+    if pool == "avgmax":  # also the strongest moment of each learned pattern (a pitch peak, a burst)
+        x = layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
+    else:
+        x = layers.GlobalAveragePooling1D()(x)
     x = layers.Dropout(0.4)(x)
     x = layers.Dense(64, activation="relu")(x)
     x = layers.Dropout(0.3)(x)
@@ -295,7 +304,7 @@ def fit(
     import keras
 
     n = len(SPEECH_LABELS)
-    model = build_model(xw.shape[1:], n)
+    model = build_model(xw.shape[1:], n, args.pool)
     ds = (
         tf.data.Dataset.from_tensor_slices((xw, keras.utils.to_categorical(yw, n).astype(np.float32)))
         .shuffle(len(xw), seed=args.seed, reshuffle_each_iteration=True)
