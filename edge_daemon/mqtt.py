@@ -42,6 +42,7 @@ INFLIGHT = 50  # events handed to paho and not yet acknowledged, at most
 RETRY_REFUSED_S = 60.0  # an event the broker refused (PUBACK reason code) is offered again after this long
 RETRY_DROPPED_S = 600.0  # one the broker closed the connection for (over its message size limit?), after this long
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with the same client id
+FOREIGN_ANSWER_S = 5.0  # another client's message on our availability or Home Assistant's status: answered this often
 SHORT_LIVED_S = 5.0  # a connection the broker closes sooner than this, three times in a row, is a pattern
 
 
@@ -119,7 +120,9 @@ class MqttSession:
         self._takeover_log = Throttle()
         self._foreign_log = Throttle()
         self._foreign_ignored = 0
-        self._republished_at = 0.0
+        # Per topic, so that a flood on Home Assistant's status never silences the answer to an overwritten
+        # availability (or the reverse).
+        self._answered_at: dict[str, float] = {}  # topic -> monotonic time of the last answer
         self._connected_at = 0.0  # monotonic
         self._ever_connected = False
         self._short_lived = 0  # connections in a row that the broker closed within SHORT_LIVED_S
@@ -372,14 +375,14 @@ class MqttSession:
             client.publish(msg.topic, b"", qos=1, retain=True)
             self._announce_to_home_assistant()
         elif msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
-            if self._foreign_ok():
+            if self._foreign_ok(msg.topic):
                 self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
         elif msg.topic == self.topics.availability and msg.payload != ONLINE.encode() and not self._stop.is_set():
             if msg.payload == OFFLINE.encode():
                 # The will of a connection of ours (the broker publishes it when it notices a lost connection, and
                 # on its own shutdown): expected, not another client's doing.
                 logger.info("%s held the will %r of an earlier connection; announcing online", msg.topic, OFFLINE)
-            elif self._foreign_ok():
+            elif self._foreign_ok(msg.topic):
                 logger.warning(
                     "%s was set to %r by another client while this daemon runs; announcing online again",
                     msg.topic,
@@ -391,20 +394,21 @@ class MqttSession:
             for topic, payload in list(self._retained.items()):
                 client.publish(topic, payload, qos=1, retain=True)
 
-    def _foreign_ok(self) -> bool:
+    def _foreign_ok(self, topic: str) -> bool:
         """Messages from other clients (availability overwritten, Home Assistant's status) are answered at most once
-        every 5 s and warned about once a minute: a client that floods them costs neither the log nor the broker."""
+        every FOREIGN_ANSWER_S per topic and warned about once a minute: a client that floods them costs neither the
+        log nor the broker."""
         now = time.monotonic()
-        if now - self._republished_at < 5.0:
+        last = self._answered_at.get(topic)
+        if last is not None and now - last < FOREIGN_ANSWER_S:
             self._foreign_ignored += 1
             if self._foreign_log.ready():
                 logger.warning(
-                    "other clients keep publishing on %s or Home Assistant's status topic (%d ignored so far); "
-                    "answering at most every 5 s",
-                    self.topics.availability, self._foreign_ignored,
+                    "other clients keep publishing on %s (%d ignored so far); answering at most every %.0f s",
+                    topic, self._foreign_ignored, FOREIGN_ANSWER_S,
                 )  # fmt: skip
             return False
-        self._republished_at = now
+        self._answered_at[topic] = now
         return True
 
     # ------------------------------------------------------------------ outbox drain (own thread)

@@ -604,6 +604,36 @@ def test_the_daemons_own_will_is_no_warning_and_foreign_messages_are_rate_limite
             sub.close()
 
 
+def test_a_flood_on_home_assistants_status_does_not_silence_the_answer_to_an_overwritten_availability(
+    tmp_path: Path, broker: Any
+) -> None:
+    # Found by CI: the two topics shared one rate limit, so when Home Assistant's status came first, the
+    # availability that another client overwrote a moment later stayed overwritten.
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    sub = Subscriber(broker.port, "emotion-edge/g/availability")
+    box = Outbox(tmp_path / "state")
+    session = MqttSession(session_config(tmp_path, broker.port), box, "127.0.0.1", broker.port)
+    session.start()
+    other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood")
+    try:
+        assert session.connected.wait(10)
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"])
+        other.connect("127.0.0.1", broker.port)
+        other.loop_start()
+        for _ in range(50):
+            other.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
+        other.publish("emotion-edge/g/availability", "offline-by-mistake", qos=1, retain=True).wait_for_publish(5)
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-2:] == ["offline-by-mistake", "online"], 4)
+    finally:
+        other.loop_stop()
+        other.disconnect()
+        session.stop()
+        box.close()
+        sub.close()
+
+
 def test_reconnect_back_off_defaults_to_at_most_10_s_with_jitter(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path / "config.yaml", mqtt={"host": "127.0.0.1"}))
     assert cfg.mqtt.reconnect_max_s <= 10
