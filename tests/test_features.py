@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import python_speech_features as psf
 
-from edge_daemon.audio.features import SpeechFeatures
+from edge_daemon.audio.features import PITCH_WINDOW, SpeechFeatures
 from training.speech_data import read_wav
+
+from .conftest import MODELS
 
 
 def test_mfcc_equals_python_speech_features_exactly() -> None:
@@ -53,7 +55,8 @@ def test_pitch_follows_a_gliding_voice_frame_by_frame_and_is_silent_on_noise() -
     p = f.pitch_track(harmonic(truth, f.sample_rate), f.num_frames)
     assert p.shape == (f.num_frames, 2)
     centres = np.round(f.winlen * f.sample_rate / 2 + np.arange(f.num_frames) * f.winstep * f.sample_rate).astype(int)
-    inside = centres < n - f.sample_rate // 20  # frames whose pitch window lies in the audio
+    half = PITCH_WINDOW / 2 * f.sample_rate
+    inside = (centres >= half) & (centres < n - half)  # frames whose pitch window lies in the audio
     err = np.abs(p[inside, 0] - np.log(truth[centres[inside]]))
     assert np.median(err) < 0.02 and np.max(err) < 0.06  # within 2 % (6 % at worst) of the true pitch, aligned
     assert np.all(p[inside, 1] > 0.9)
@@ -61,8 +64,30 @@ def test_pitch_follows_a_gliding_voice_frame_by_frame_and_is_silent_on_noise() -
     assert np.all(f.pitch_track(noise, f.num_frames)[:, 1] < 0.45)  # no frame of noise is voiced
 
 
-def test_pitch_bridges_a_pause_and_tells_a_low_voice_from_a_high_one_at_any_level() -> None:
+def test_pitch_frames_sit_on_the_mfcc_frames_to_the_millisecond() -> None:
+    # A voice that jumps from 120 to 170 Hz (not an octave, so neither pitch hides in the other's autocorrelation)
+    # at a sample off the frame grid: the first frame that reads the new pitch is the one centred on the jump.
     f = SpeechFeatures(pitch=True)
+    n = f.window_samples
+    centres = f.winlen * f.sample_rate / 2 + np.arange(f.num_frames) * f.frame_step
+    for jump in (5003, 12345, 20000, 30077):
+        hz = np.exp(
+            f.pitch_track(harmonic(np.where(np.arange(n) < jump, 120.0, 170.0), f.sample_rate), f.num_frames)[:, 0]
+        )
+        first = int(np.argmax(hz > np.sqrt(120 * 170)))
+        assert abs(centres[first] - jump) / f.sample_rate < 0.007, (jump, centres[first])  # a frame is 10 ms
+        assert np.all(hz[first + 3 :] > 165) and np.all(hz[: first - 2] < 125)
+
+
+def test_pitch_needs_a_frame_step_of_whole_8_khz_samples() -> None:
+    assert SpeechFeatures(pitch=True, winstep=0.0125).frame_step == 200
+    with pytest.raises(ValueError, match="winstep 0.0100625 s is 161 samples"):
+        SpeechFeatures(pitch=True, winstep=0.0100625)  # the pitch frames would drift off the MFCC frames
+    assert SpeechFeatures(winstep=0.0100625).frame_step == 161  # MFCCs alone take any step
+
+
+def test_pitch_bridges_a_pause_and_tells_a_low_voice_from_a_high_one_at_any_level() -> None:
+    f = SpeechFeatures(pitch=True, cmvn=False)
     n = f.window_samples
     x = harmonic(np.full(n, 120.0), f.sample_rate)
     x[n // 3 : n // 2] = 0.0  # a pause: unvoiced frames take the pitch around them, with no voicing
@@ -72,9 +97,12 @@ def test_pitch_bridges_a_pause_and_tells_a_low_voice_from_a_high_one_at_any_leve
     medians = {}
     for name in ("ravdess_03-01-02-01-01-01-09.wav", "ravdess_03-01-06-02-01-01-04.wav"):  # actor 09 a man, 04 a woman
         a = read_wav(SPEECH / name)[f.sample_rate : f.sample_rate + n].astype(np.float64)
-        p, quiet = f.pitch_track(a, f.num_frames), f.pitch_track(0.02 * a, f.num_frames)
-        np.testing.assert_allclose(quiet, p, atol=1e-3)  # the level changes nothing
+        # Through compute(), dither included: 20 dB quieter reads the same. (Actor 09 speaks at -54 dBFS RMS already;
+        # 20 dB below that is the last bit of a 16-bit microphone.)
+        p, quiet = (f.compute(g * a)[:, f.numcep : f.numcep + 2].astype(np.float64) for g in (1.0, 0.1))
         voiced = p[:, 1] >= 0.45
+        assert np.mean((quiet[:, 1] >= 0.45) == voiced) > 0.95
+        assert np.mean(np.abs(quiet[voiced, 0] - p[voiced, 0]) < 0.01) > 0.95  # the same pitch, within 1 %
         assert voiced.mean() > 0.4
         medians[name[-6:-4]] = float(np.exp(np.median(p[voiced, 0])))
     assert 70 < medians["09"] < 160 < 200 < medians["04"] < 400, medians
@@ -90,8 +118,10 @@ def test_pitch_columns_follow_the_mfccs_and_travel_in_the_metadata() -> None:
     np.testing.assert_array_equal(a[:, : f.numcep], SpeechFeatures(cmvn=False).compute(x)[:, : f.numcep])
     assert np.allclose(a[:, f.numcep], np.log(150), atol=0.03)  # log f0 comes right after the MFCCs
     assert SpeechFeatures.from_meta(json.loads(json.dumps(f.to_meta()))) == f
-    old = {k: v for k, v in SpeechFeatures().to_meta().items() if k != "pitch"}  # metadata from before the field
-    assert SpeechFeatures.from_meta(old).pitch is False
+    # Off, the field is left out: the metadata is what models had before it existed (older daemons load them), and
+    # the shipped model's record is exactly what it would write.
+    shipped = json.loads((MODELS / "speech_emotion.json").read_text())["preprocess"]
+    assert SpeechFeatures.from_meta(shipped).to_meta() == shipped and "pitch" not in shipped
     with pytest.raises(TypeError, match="pitch"):
         SpeechFeatures(pitch="yes")  # type: ignore[arg-type]
 

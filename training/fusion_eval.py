@@ -66,7 +66,7 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
     cv = json.loads((args.speech_cv / "cv.json").read_text())
     temperature = float(cv.get("calibration", {}).get("temperature", 1.0))
     fold_of = {spk: k for k, f in enumerate(cv["folds"]) for spk in f["held_out_speakers"]}
-    feats = SpeechFeatures.from_meta({k: v for k, v in cv["features"].items() if k != "norm_memory"})
+    feats = SpeechFeatures.from_meta({k: v for k, v in cv["features"].items() if k not in ("norm_memory", "pool")})
     corpus = load_corpus("ravdess", args.ravdess)
     speech = speech_predictions(args, config, corpus, cv, fold_of, feats, temperature)
     face_model = load_face_model(config)

@@ -161,8 +161,9 @@ def stream_normalise(feats: SpeechFeatures, x: np.ndarray, streams: list[np.ndar
 
 
 def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, Any]:
-    """What cv.json records of the features, to tell whether a later --skip-cv run may quote it."""
-    return {**feats.to_meta(), "norm_memory": args.norm_memory}
+    """What cv.json records of the features and the model's shape, to tell whether a later --skip-cv run may quote
+    it. The default pooling is left out, as in the cv.json files written before --pool existed."""
+    return {**feats.to_meta(), "norm_memory": args.norm_memory, **({"pool": args.pool} if args.pool != "avg" else {})}
 
 
 # ---------------------------------------------------------------- features
@@ -228,6 +229,11 @@ def build_eval_windows(corpus: Corpus, feats: SpeechFeatures, cache: Path) -> Wi
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(f, x=out.x, clip=out.clip)
     return out
+
+
+def group_accuracy(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """Accuracy within each group (a sex, a speaker), keyed by the group in sorted order."""
+    return {str(g): float(np.mean(pred[groups == g] == truth[groups == g])) for g in sorted(set(groups.tolist()))}
 
 
 def clip_probs(win_probs: np.ndarray, clip_idx: np.ndarray, clips: np.ndarray) -> np.ndarray:
@@ -406,12 +412,8 @@ def cross_validate(
         pred = pq.argmax(1)
         yt = y_clip[val_clips]
         alone = clip_probs(common.tflite_predict(tfl, xev_alone[ev]), ew.clip[ev], val_clips).argmax(1)
-        sex_acc = {
-            str(s): float(np.mean(pred[sexes[val_clips] == s] == yt[sexes[val_clips] == s]))
-            for s in sorted(set(sexes[val_clips]))
-        }
-        held_spk = np.asarray([speakers[i] for i in val_clips])
-        spk_acc = {s: float(np.mean(pred[held_spk == s] == yt[held_spk == s])) for s in held}
+        sex_acc = group_accuracy(pred, yt, sexes[val_clips])
+        spk_acc = group_accuracy(pred, yt, np.asarray(speakers)[val_clips])
         res["folds"].append(
             {
                 "held_out_speakers": held,
@@ -440,7 +442,7 @@ def cross_validate(
     yt, yp = np.concatenate(all_true), np.concatenate(all_pred)
     rep = common.classification_report(yt, yp, list(SPEECH_LABELS))
     sexes_all = np.concatenate([sexes[f] for f in folds])
-    by_sex = {str(s): float(np.mean(yp[sexes_all == s] == yt[sexes_all == s])) for s in sorted(set(sexes_all))}
+    by_sex = group_accuracy(yp, yt, sexes_all)
     res.update(
         {
             "protocol": f"{args.folds}-fold grouped by speaker (whole actors held out), fixed {args.epochs} epochs "
@@ -453,7 +455,7 @@ def cross_validate(
             "svm_std": float(np.std(res["svm_folds"])),
             "pooled_report_int8": rep,
             "accuracy_by_sex_int8": by_sex,
-            "speaker_sex": {spk: str(sx) for spk, sx in sorted(zip(speakers, sexes.tolist(), strict=True))},
+            "speaker_sex": dict(sorted(zip(speakers, sexes.tolist(), strict=True))),
             "sex_gap_points": (abs(by_sex.get("M", 0) - by_sex.get("F", 0)) * 100) if len(by_sex) > 1 else None,
             # Temperature fitted on held-out windows of every fold (speakers the fold's model never heard); the
             # ECE "after" is cross-fitted. The shipped model (all speakers) takes this temperature.

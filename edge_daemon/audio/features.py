@@ -24,7 +24,7 @@ MAX_NORM_MEMORY = 100_000  # windows (more than a day of speech): beyond it a me
 # Praat uses, without its path search. Praat itself (praat-parselmouth) added 73 MB of resident memory on import.
 PITCH_RATE = 8_000  # Hz: pitch needs no more, and a quarter of the work of 16 kHz
 PITCH_FLOOR, PITCH_CEILING = 60.0, 500.0  # Hz: deep men's to children's voices
-PITCH_WINDOW = 0.040  # s: about 2.5 periods of the floor, as the method needs
+PITCH_WINDOW = 3 / PITCH_FLOOR  # s: three periods of the lowest pitch, which the method needs to see one clearly
 PITCH_VOICED = 0.45  # normalised autocorrelation peak at or above which a frame counts as voiced
 PITCH_QUIET_DB = 30.0  # and at most this far below the loudest frame of the window (relative: level-independent)
 # Per octave, in favour of the higher of two equally periodic candidates. Praat's default is 0.01, with a path search
@@ -84,6 +84,9 @@ class SpeechFeatures:
             raise ValueError("window_s, winlen, winstep or preemph out of range")
         if not (1 <= self.numcep <= self.nfilt <= 128 and self.winlen * self.sample_rate <= self.nfft <= 8192):
             raise ValueError("numcep, nfilt or nfft out of range (numcep <= nfilt, nfft >= one frame)")
+        if self.pitch and self.frame_step % (self.sample_rate // PITCH_RATE):
+            raise ValueError(f"pitch needs a frame step of whole {PITCH_RATE} Hz samples: winstep {self.winstep} s is "
+                             f"{self.frame_step} samples at {self.sample_rate} Hz")  # fmt: skip
         if isinstance(self.norm_memory, bool) or not isinstance(self.norm_memory, int):
             raise TypeError(f"norm_memory must be a whole number of windows, got {self.norm_memory!r}")
         if not 0 <= self.norm_memory <= MAX_NORM_MEMORY:
@@ -119,7 +122,12 @@ class SpeechFeatures:
         return cls(**pre)
 
     def to_meta(self) -> dict[str, Any]:
-        return {**asdict(self), "norm_prior": [float(v) for v in self.norm_prior]}
+        meta = {**asdict(self), "norm_prior": [float(v) for v in self.norm_prior]}
+        if not self.pitch:
+            # Left out when off: a model without pitch has exactly the metadata it had before the field existed, so
+            # older daemons (which refuse unknown fields) still load it and cached features keep their keys.
+            del meta["pitch"]
+        return meta
 
     def stream(self) -> StreamNorm | None:
         """A fresh normaliser for one stream of audio (a microphone, a file), or None if the model needs none."""
@@ -130,11 +138,15 @@ class SpeechFeatures:
         return int(round(self.window_s * self.sample_rate))
 
     @property
+    def frame_step(self) -> int:
+        """Samples from one MFCC frame to the next, rounded as python_speech_features rounds them."""
+        return int(sigproc.round_half_up(self.winstep * self.sample_rate))
+
+    @property
     def num_frames(self) -> int:
         """Frames per window, as python_speech_features counts them (it pads the last frame)."""
-        frame_len = int(round(self.winlen * self.sample_rate))
-        step = int(round(self.winstep * self.sample_rate))
-        return 1 + int(np.ceil((self.window_samples - frame_len) / step))
+        frame_len = int(sigproc.round_half_up(self.winlen * self.sample_rate))
+        return 1 + int(np.ceil((self.window_samples - frame_len) / self.frame_step))
 
     @property
     def num_features(self) -> int:
@@ -169,19 +181,19 @@ class SpeechFeatures:
         return feat
 
     @cached_property
-    def _pitch_frames(self) -> tuple[np.ndarray, np.ndarray, int, int]:
+    def _pitch_window(self) -> tuple[np.ndarray, np.ndarray, int, int]:
         """Hann window, its own normalised autocorrelation (which the signal's is divided by), FFT size, hop (8 kHz)."""
         n = int(round(PITCH_WINDOW * PITCH_RATE))
         hann = np.hanning(n)
         nfft = 1 << int(np.ceil(np.log2(n + PITCH_RATE / PITCH_FLOOR)))  # no circular wrap within the lags we search
         w_ac = np.fft.irfft(np.abs(np.fft.rfft(hann, nfft)) ** 2)[:n]
-        return hann, w_ac / w_ac[0], nfft, int(round(self.winstep * PITCH_RATE))
+        return hann, w_ac / w_ac[0], nfft, self.frame_step * PITCH_RATE // self.sample_rate  # exact: __post_init__
 
     def pitch_track(self, x: np.ndarray, num_frames: int) -> np.ndarray:
         """(num_frames, 2): log f0 in Hz and the voicing strength (0-1) of the frames `mfcc` cut from `x`, each pitch
         window centred on its MFCC frame. Unvoiced frames take the log f0 of the voiced frames around them (linear in
         between, held at the ends), so that the contour is continuous and a pause does not read as a pitch jump."""
-        hann, w_ac, nfft, hop = self._pitch_frames
+        hann, w_ac, nfft, hop = self._pitch_window
         n = len(hann)
         y = resample_poly(x, PITCH_RATE, self.sample_rate)
         centre = self.winlen * PITCH_RATE / 2  # first MFCC frame's centre, in 8 kHz samples
@@ -196,17 +208,23 @@ class SpeechFeatures:
         energy = ac[:, 0]
         lo, hi = int(PITCH_RATE / PITCH_CEILING), int(np.ceil(PITCH_RATE / PITCH_FLOOR))
         lags = np.arange(lo, hi + 1)
-        r = ac[:, lo - 1 : hi + 2] / (energy[:, None] + 1e-12) / w_ac[lo - 1 : hi + 2]
+        r_pad = ac[:, lo - 1 : hi + 2] / (energy[:, None] + 1e-12) / w_ac[lo - 1 : hi + 2]  # one lag more each side
         # Candidates are peaks of the autocorrelation only: at the shortest lag, the slope of the lag-0 peak of a dull
         # sound (a frame that is mostly pause) would otherwise read as a 500 Hz voice.
-        peak = (r[:, 1:-1] > r[:, :-2]) & (r[:, 1:-1] >= r[:, 2:])
-        r = r[:, 1:-1]
+        peak = (r_pad[:, 1:-1] > r_pad[:, :-2]) & (r_pad[:, 1:-1] >= r_pad[:, 2:])
+        r = r_pad[:, 1:-1]
         score = np.where(peak, r - PITCH_OCTAVE_COST * np.log2(PITCH_FLOOR * lags / PITCH_RATE), -np.inf)
         best = score.argmax(axis=1)
-        strength = np.where(peak.any(axis=1), np.clip(r[np.arange(num_frames), best], 0.0, 1.0), 0.0)
+        rows = np.arange(num_frames)
+        strength = np.where(peak.any(axis=1), np.clip(r[rows, best], 0.0, 1.0), 0.0)
         loud = energy >= energy.max() * 10 ** (-PITCH_QUIET_DB / 10)
         voiced = (strength >= PITCH_VOICED) & loud
-        log_f0 = np.log(PITCH_RATE / lags[best])
+        # The peak between lags, from the parabola through it and its neighbours: a whole 8 kHz lag is 3 % of a
+        # 250 Hz period, more than the pitch moves between two frames.
+        left, mid, right = r_pad[rows, best], r_pad[rows, best + 1], r_pad[rows, best + 2]
+        curve = left - 2 * mid + right
+        shift = np.where(curve < 0, 0.5 * (left - right) / np.where(curve < 0, curve, -1.0), 0.0)
+        log_f0 = np.log(PITCH_RATE / (lags[best] + np.clip(shift, -0.5, 0.5)))
         if voiced.any():
             at = np.flatnonzero(voiced)
             log_f0 = np.interp(np.arange(num_frames), at, log_f0[at])
