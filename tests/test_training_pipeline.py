@@ -7,11 +7,13 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 from scipy.io import wavfile
 
+import training.speech
 from edge_daemon.audio.emotion import SpeechEmotionModel
 from edge_daemon.audio.emotion import clip_windows as daemon_clip_windows
 from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures
@@ -19,7 +21,7 @@ from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 from edge_daemon.modelmeta import load_model
 from edge_daemon.vision.emotion import FaceEmotionModel
 from edge_daemon.vision.preprocess import FacePreprocess
-from training.speech import speaker_streams
+from training.speech import build_eval_windows, cv_features, features_from_cv, speaker_streams
 from training.speech_data import clip_windows, default_gate, load_corpus, read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +217,27 @@ def test_speaker_streams_hold_each_window_once_one_speaker_and_augmentation_each
             for c in set(by_clip):
                 mine = [int(i) for i in s if win_clip[i] == c]
                 assert mine == sorted(mine)  # ... in their order
+
+
+def test_stored_windows_from_an_older_pitch_tracker_are_never_reused(tmp_path: Path, monkeypatch) -> None:
+    """A model's metadata says only that pitch is on; the window cache and cv.json also name the tracker's version,
+    so a change to pitch_track gives new windows instead of silently training on the old ones."""
+    _ravdess_tree(tmp_path / "ravdess")
+    corpus = load_corpus("ravdess", tmp_path / "ravdess")
+    cache = tmp_path / "cache"
+    feats = SpeechFeatures(pitch=True)
+    first = build_eval_windows(corpus, feats, cache)
+    assert len(list(cache.glob("eval_windows_*.npz"))) == 1
+    build_eval_windows(corpus, feats, cache)
+    assert len(list(cache.glob("eval_windows_*.npz"))) == 1  # same tracker: the cache is reused
+    build_eval_windows(corpus, SpeechFeatures(), cache)
+    assert len(list(cache.glob("eval_windows_*.npz"))) == 2  # pitch off: other windows
+
+    args = SimpleNamespace(norm_memory=feats.norm_memory, pool="avg")
+    record = cv_features(feats, args)
+    assert features_from_cv(record) == feats
+    monkeypatch.setattr(training.speech, "PITCH_TRACKER", training.speech.PITCH_TRACKER + 1)
+    assert cv_features(feats, args) != record  # --skip-cv will not quote a cv.json of the older tracker
+    again = build_eval_windows(corpus, feats, cache)
+    assert len(list(cache.glob("eval_windows_*.npz"))) == 3
+    np.testing.assert_array_equal(again.x, first.x)  # computed afresh (by the same code here), not read back

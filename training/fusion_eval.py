@@ -40,6 +40,7 @@ from edge_daemon.runtime import TFLiteModel
 
 from . import common
 from .face_data import load_many
+from .speech import features_from_cv
 from .speech_data import Corpus, load_corpus, read_wav
 
 TUNE_FOLDS = (0, 1, 2)  # indices into cv.json's folds; the rest report
@@ -66,7 +67,7 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
     cv = json.loads((args.speech_cv / "cv.json").read_text())
     temperature = float(cv.get("calibration", {}).get("temperature", 1.0))
     fold_of = {spk: k for k, f in enumerate(cv["folds"]) for spk in f["held_out_speakers"]}
-    feats = SpeechFeatures.from_meta({k: v for k, v in cv["features"].items() if k not in ("norm_memory", "pool")})
+    feats = features_from_cv(cv["features"])
     corpus = load_corpus("ravdess", args.ravdess)
     speech = speech_predictions(args, config, corpus, cv, fold_of, feats, temperature)
     face_model = load_face_model(config)

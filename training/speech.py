@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_daemon.audio.features import SpeechFeatures, StreamNorm
+from edge_daemon.audio.features import PITCH_TRACKER, SpeechFeatures, StreamNorm
 from edge_daemon.labels import SPEECH_LABELS
 
 from . import common
@@ -160,10 +160,29 @@ def stream_normalise(feats: SpeechFeatures, x: np.ndarray, streams: list[np.ndar
     return out
 
 
+def feature_key(feats: SpeechFeatures) -> dict[str, Any]:
+    """What stored windows were made with: the metadata, and with pitch on the tracker's version (the metadata of a
+    model says only that pitch is on, not which tracker computed it)."""
+    return {**feats.to_meta(), **({"pitch_tracker": PITCH_TRACKER} if feats.pitch else {})}
+
+
+# Keys cv.json's feature record holds beside the metadata: training settings, not features.
+CV_ONLY_KEYS = ("norm_memory", "pool", "pitch_tracker")
+
+
 def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, Any]:
     """What cv.json records of the features and the model's shape, to tell whether a later --skip-cv run may quote
     it. The default pooling is left out, as in the cv.json files written before --pool existed."""
-    return {**feats.to_meta(), "norm_memory": args.norm_memory, **({"pool": args.pool} if args.pool != "avg" else {})}
+    return {
+        **feature_key(feats),
+        "norm_memory": args.norm_memory,
+        **({"pool": args.pool} if args.pool != "avg" else {}),
+    }
+
+
+def features_from_cv(record: dict[str, Any]) -> SpeechFeatures:
+    """The features a cv.json record describes (the inverse of cv_features, less the training settings)."""
+    return SpeechFeatures.from_meta({k: v for k, v in record.items() if k not in CV_ONLY_KEYS})
 
 
 # ---------------------------------------------------------------- features
@@ -183,7 +202,7 @@ def build_train_windows(
     key = hashlib.sha1(
         json.dumps(
             # "aug": the cache also holds each window's augmentation (for the speaker streams); older caches do not
-            [[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, repr(default_gate()), "aug"]
+            [[str(u.path) for u in corpus.items], feature_key(feats), crops, augs, seed, repr(default_gate()), "aug"]
         ).encode()
     ).hexdigest()[:12]
     f = cache / f"train_windows_{key}.npz"
@@ -213,7 +232,7 @@ def build_eval_windows(corpus: Corpus, feats: SpeechFeatures, cache: Path) -> Wi
     """The windows the daemon would classify for each whole clip (1 s hop, gated, most speech-like window as fallback)."""
     key = hashlib.sha1(
         json.dumps(
-            [[str(u.path) for u in corpus.items], feats.to_meta(), repr(default_gate()), "daemon-clip-windows"]
+            [[str(u.path) for u in corpus.items], feature_key(feats), repr(default_gate()), "daemon-clip-windows"]
         ).encode()
     ).hexdigest()[:12]
     f = cache / f"eval_windows_{key}.npz"

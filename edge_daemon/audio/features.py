@@ -32,6 +32,9 @@ PITCH_QUIET_DB = 30.0  # and at most this far below the loudest frame of the win
 PITCH_OCTAVE_COST = 0.1
 PITCH_FILL_HZ = 150.0  # log f0 of a window with no voiced frame at all (between typical men's and women's voices)
 PITCH_COLUMNS = ("log_f0", "voicing")  # appended after the MFCCs, before the deltas
+# Bumped whenever pitch_track's output changes (2: exact MFCC frame steps, 50 ms window, between-lag peak). Stored
+# features (training's window caches, a cross-validation record) carry it, so none made by an older tracker is reused.
+PITCH_TRACKER = 2
 
 
 @dataclass(frozen=True)
