@@ -118,11 +118,14 @@ class MqttSession:
         self._refused_attempt = False
         self._refusal_log = Throttle()
         self._takeover_log = Throttle()
-        self._foreign_log = Throttle()
-        self._foreign_ignored = 0
-        # Per topic, so that a flood on Home Assistant's status never silences the answer to an overwritten
-        # availability (or the reverse).
+        # Other clients' messages on our availability and on Home Assistant's status, answered at most every
+        # FOREIGN_ANSWER_S per topic (so that a flood on one never delays the other). One that comes sooner is answered
+        # when the time is up, by the drain thread: the last word on the topic is always ours.
+        self._foreign_lock = threading.Lock()  # paho's thread writes, the drain thread reads
         self._answered_at: dict[str, float] = {}  # topic -> monotonic time of the last answer
+        self._answer_due: dict[str, float] = {}  # topic -> when its postponed answer is due (monotonic)
+        self._foreign_ignored: dict[str, int] = {}  # topic -> messages folded into a later answer
+        self._overwritten_log = Throttle()
         self._connected_at = 0.0  # monotonic
         self._ever_connected = False
         self._short_lived = 0  # connections in a row that the broker closed within SHORT_LIVED_S
@@ -375,41 +378,55 @@ class MqttSession:
             client.publish(msg.topic, b"", qos=1, retain=True)
             self._announce_to_home_assistant()
         elif msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
-            if self._foreign_ok(msg.topic):
-                self._announce_to_home_assistant()  # Home Assistant restarted: it forgets discovered entities
+            self._foreign(msg.topic)  # Home Assistant restarted: it forgets discovered entities
         elif msg.topic == self.topics.availability and msg.payload != ONLINE.encode() and not self._stop.is_set():
             if msg.payload == OFFLINE.encode():
                 # The will of a connection of ours (the broker publishes it when it notices a lost connection, and
                 # on its own shutdown): expected, not another client's doing.
                 logger.info("%s held the will %r of an earlier connection; announcing online", msg.topic, OFFLINE)
-            elif self._foreign_ok(msg.topic):
-                logger.warning(
-                    "%s was set to %r by another client while this daemon runs; announcing online again",
-                    msg.topic,
-                    msg.payload.decode("utf-8", "replace")[:40],
-                )
             else:
-                return
-            client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
-            for topic, payload in list(self._retained.items()):
-                client.publish(topic, payload, qos=1, retain=True)
-
-    def _foreign_ok(self, topic: str) -> bool:
-        """Messages from other clients (availability overwritten, Home Assistant's status) are answered at most once
-        every FOREIGN_ANSWER_S per topic and warned about once a minute: a client that floods them costs neither the
-        log nor the broker."""
-        now = time.monotonic()
-        last = self._answered_at.get(topic)
-        if last is not None and now - last < FOREIGN_ANSWER_S:
-            self._foreign_ignored += 1
-            if self._foreign_log.ready():
-                logger.warning(
-                    "other clients keep publishing on %s (%d ignored so far); answering at most every %.0f s",
-                    topic, self._foreign_ignored, FOREIGN_ANSWER_S,
+                logger.log(
+                    logging.WARNING if self._overwritten_log.ready() else logging.DEBUG,
+                    "%s was set to %r by another client while this daemon runs; announcing online again",
+                    msg.topic, msg.payload.decode("utf-8", "replace")[:40],
                 )  # fmt: skip
-            return False
-        self._answered_at[topic] = now
-        return True
+            self._foreign(msg.topic)
+
+    def _foreign(self, topic: str) -> None:
+        """Answer a message on `topic` now, or when FOREIGN_ANSWER_S has passed since the last answer there: a client
+        that floods it costs neither the log nor the broker, and is still answered after its last message."""
+        now = time.monotonic()
+        with self._foreign_lock:
+            last = self._answered_at.get(topic)
+            if last is not None and now - last < FOREIGN_ANSWER_S:
+                self._answer_due[topic] = last + FOREIGN_ANSWER_S
+                self._foreign_ignored[topic] = ignored = self._foreign_ignored.get(topic, 0) + 1
+                if ignored % 100 == 1:
+                    logger.info(
+                        "other clients keep publishing on %s (%d folded into later answers so far); answering at "
+                        "most every %.0f s", topic, ignored, FOREIGN_ANSWER_S,
+                    )  # fmt: skip
+                return
+            self._answered_at[topic] = now
+        self._answer(topic)
+
+    def _answer_postponed(self, now: float) -> None:
+        """Drain thread: give the answers that `_foreign` postponed and that are due."""
+        with self._foreign_lock:
+            due = [t for t, at in self._answer_due.items() if at <= now]
+            for t in due:
+                del self._answer_due[t]
+                self._answered_at[t] = now
+        for t in due:
+            self._answer(t)
+
+    def _answer(self, topic: str) -> None:
+        if topic == self.topics.availability:
+            self._client.publish(topic, ONLINE, qos=1, retain=True)
+            for retained, payload in list(self._retained.items()):
+                self._client.publish(retained, payload, qos=1, retain=True)
+        else:
+            self._announce_to_home_assistant()
 
     # ------------------------------------------------------------------ outbox drain (own thread)
 
@@ -428,6 +445,8 @@ class MqttSession:
             self._wake.clear()
             try:
                 now = time.monotonic()
+                if self._answer_due and self.connected.is_set():
+                    self._answer_postponed(now)
                 if self._lost.is_set():
                     self._lost.clear()
                     if inflight:

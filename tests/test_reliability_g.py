@@ -634,6 +634,40 @@ def test_a_flood_on_home_assistants_status_does_not_silence_the_answer_to_an_ove
         sub.close()
 
 
+def test_an_overwrite_within_the_rate_limit_is_answered_when_the_limit_is_up(tmp_path: Path, broker: Any) -> None:
+    # Found in review: a second overwrite within FOREIGN_ANSWER_S of the first was dropped, so the availability
+    # stayed overwritten (Home Assistant showed the daemon unavailable) until the daemon restarted.
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_daemon.mqtt import FOREIGN_ANSWER_S
+
+    sub = Subscriber(broker.port, "emotion-edge/g/availability")
+    box = Outbox(tmp_path / "state")
+    session = MqttSession(session_config(tmp_path, broker.port), box, "127.0.0.1", broker.port)
+    session.start()
+    other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="twice")
+    try:
+        assert session.connected.wait(10)
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"])
+        other.connect("127.0.0.1", broker.port)
+        other.loop_start()
+        for n in range(20):  # the first is answered at once, the other 19 in one answer when the limit is up
+            other.publish("emotion-edge/g/availability", f"wrong {n}", qos=1, retain=True).wait_for_publish(5)
+        t0 = time.monotonic()
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], FOREIGN_ANSWER_S + 3)
+        assert time.monotonic() - t0 > 1  # the answer to the last one waited for the limit
+        time.sleep(1)
+        after = sub.payloads("/availability")
+        assert after[-1] == "online" and after.count("online") == 3, after  # at start, first answer, the postponed one
+    finally:
+        other.loop_stop()
+        other.disconnect()
+        session.stop()
+        box.close()
+        sub.close()
+
+
 def test_reconnect_back_off_defaults_to_at_most_10_s_with_jitter(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path / "config.yaml", mqtt={"host": "127.0.0.1"}))
     assert cfg.mqtt.reconnect_max_s <= 10
