@@ -65,7 +65,7 @@ def test_pitch_follows_a_gliding_voice_frame_by_frame_and_is_silent_on_noise() -
     assert np.all(f.pitch_track(noise, f.num_frames)[:, 1] < 0.45)  # no frame of noise is voiced
 
 
-def test_pitch_frames_sit_on_the_mfcc_frames_to_the_millisecond() -> None:
+def test_a_pitch_jump_is_first_read_on_the_mfcc_frame_centred_on_it() -> None:
     # A voice that jumps from 120 to 170 Hz (not an octave, so neither pitch hides in the other's autocorrelation)
     # at a sample off the frame grid: the first frame that reads the new pitch is the one centred on the jump.
     f = SpeechFeatures(pitch=True)

@@ -204,7 +204,8 @@ class SpeechFeatures:
         pad_left = max(0, -start)
         need = start + pad_left + (num_frames - 1) * hop + n
         y = np.pad(y, (pad_left, max(0, need - pad_left - len(y))))
-        idx = (start + pad_left) + hop * np.arange(num_frames)[:, None] + np.arange(n)[None, :]
+        rows = np.arange(num_frames)
+        idx = (start + pad_left) + hop * rows[:, None] + np.arange(n)[None, :]
         frames = y[idx]
         frames = (frames - frames.mean(axis=1, keepdims=True)) * hann
         ac = np.fft.irfft(np.abs(np.fft.rfft(frames, nfft, axis=1)) ** 2, axis=1)[:, :n]
@@ -218,7 +219,6 @@ class SpeechFeatures:
         r = r_pad[:, 1:-1]
         score = np.where(peak, r - PITCH_OCTAVE_COST * np.log2(PITCH_FLOOR * lags / PITCH_RATE), -np.inf)
         best = score.argmax(axis=1)
-        rows = np.arange(num_frames)
         strength = np.where(peak.any(axis=1), np.clip(r[rows, best], 0.0, 1.0), 0.0)
         loud = energy >= energy.max() * 10 ** (-PITCH_QUIET_DB / 10)
         voiced = (strength >= PITCH_VOICED) & loud
@@ -230,7 +230,7 @@ class SpeechFeatures:
         log_f0 = np.log(PITCH_RATE / (lags[best] + np.clip(shift, -0.5, 0.5)))
         if voiced.any():
             at = np.flatnonzero(voiced)
-            log_f0 = np.interp(np.arange(num_frames), at, log_f0[at])
+            log_f0 = np.interp(rows, at, log_f0[at])
         else:
             log_f0 = np.full(num_frames, np.log(PITCH_FILL_HZ))
         return np.stack([log_f0, np.where(loud, strength, 0.0)], axis=1)
