@@ -69,7 +69,7 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
     fold_of = {spk: k for k, f in enumerate(cv["folds"]) for spk in f["held_out_speakers"]}
     feats = features_from_cv(cv["features"])
     corpus = load_corpus("ravdess", args.ravdess)
-    speech = speech_predictions(args, config, corpus, cv, fold_of, feats, temperature)
+    speech, windows_of = speech_predictions(args, config, corpus, cv, fold_of, feats, temperature)
     face_model = load_face_model(config)
     faces = load_many([args.fer_val], ())
     by_class: dict[int, list[np.ndarray]] = {}
@@ -85,7 +85,7 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
     for n, u in enumerate(corpus.items):
         fold = fold_of[u.speaker]
         truth = CANONICAL.index(normalise(u.label) if u.label != "calm" else config.fusion.calm_as)
-        _, n_windows = in_windows(read_wav(u.path), w, feats.sample_rate)
+        n_windows = windows_of[n]
         preds = list(speech[n])
         pool = halves[truth][0 if fold in TUNE_FOLDS else 1]
         face = pool[int(rng.integers(len(pool)))]
@@ -113,8 +113,9 @@ def speech_predictions(
     fold_of: dict[str, int],
     feats: SpeechFeatures,
     temperature: float,
-) -> list[list[Prediction]]:
-    """Per clip, the speech predictions of the fold model that never heard its actor, in the clip's stream time.
+) -> tuple[list[list[Prediction]], list[int]]:
+    """Per clip, the speech predictions of the fold model that never heard its actor, in the clip's stream time,
+    and the clip's number of fusion windows.
 
     A model that normalises per stream hears each actor's clips one after another in a random order on one stream,
     as training.speech reported it (in file order the stream would hear all of one emotion, then the next)."""
@@ -122,6 +123,7 @@ def speech_predictions(
     gate = config.speech.gate()
     rng = np.random.default_rng(args.seed + 1)
     out: list[list[Prediction]] = [[] for _ in corpus.items]
+    n_windows = [0] * len(corpus.items)
     w = config.fusion.window_s
     for k in range(len(cv["folds"])):
         model = TFLiteModel(args.speech_cv / f"fold{k + 1}.tflite")
@@ -133,7 +135,7 @@ def speech_predictions(
         for spk in sorted({s for s, f in fold_of.items() if f == k}):
             stream = fold_feats.stream()
             for n in rng.permutation([i for i, u in enumerate(corpus.items) if u.speaker == spk]).tolist():
-                audio, _ = in_windows(read_wav(corpus.items[n].path), w, feats.sample_rate)
+                audio, n_windows[n] = in_windows(read_wav(corpus.items[n].path), w, feats.sample_rate)
                 for g in gated_windows(audio, fold_feats, gate, config.speech.hop_s):
                     if g.voiced:
                         x = fold_feats.compute(g.audio)
@@ -142,7 +144,7 @@ def speech_predictions(
                         p = common.apply_temperature(p[None], temperature)[0]
                         t = (g.start + feats.window_samples / 2) / feats.sample_rate
                         out[n].append(Prediction("speech", t, (p @ to_canon).astype(np.float32)))
-    return out
+    return out, n_windows
 
 
 def score(clips: list[Clip], rule: FusionRule, only: str | None = None) -> dict[str, float]:
