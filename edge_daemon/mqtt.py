@@ -125,6 +125,7 @@ class MqttSession:
         self._answered_at: dict[str, float] = {}  # topic -> monotonic time of the last answer
         self._answer_due: dict[str, float] = {}  # topic -> when its postponed answer is due (monotonic)
         self._foreign_ignored: dict[str, int] = {}  # topic -> messages folded into a later answer
+        self._foreign_log: dict[str, Throttle] = {}  # topic -> once a minute, the count of folded messages
         self._overwritten_log = Throttle()
         self._connected_at = 0.0  # monotonic
         self._ever_connected = False
@@ -256,6 +257,8 @@ class MqttSession:
         if self.commands is not None and self.commands.accept_commands:
             # Before `online` and the switch states: whoever sees them can send a command and be heard.
             client.subscribe(self.commands.command_filter, qos=1)
+        with self._foreign_lock:
+            self._answer_due.clear()  # what follows is the answer to everything postponed
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         for topic, payload in list(self._retained.items()):
             client.publish(topic, payload, qos=1, retain=True)
@@ -380,35 +383,40 @@ class MqttSession:
         elif msg.topic == f"{self.config.mqtt.homeassistant.prefix}/status" and msg.payload == b"online":
             self._foreign(msg.topic)  # Home Assistant restarted: it forgets discovered entities
         elif msg.topic == self.topics.availability and msg.payload != ONLINE.encode() and not self._stop.is_set():
+            answered = self._foreign(msg.topic)
             if msg.payload == OFFLINE.encode():
                 # The will of a connection of ours (the broker publishes it when it notices a lost connection, and
                 # on its own shutdown): expected, not another client's doing.
-                logger.info("%s held the will %r of an earlier connection; announcing online", msg.topic, OFFLINE)
+                logger.log(
+                    logging.INFO if answered else logging.DEBUG,
+                    "%s held the will %r of an earlier connection; %s", msg.topic, OFFLINE,
+                    "announced online" if answered else f"announcing online within {FOREIGN_ANSWER_S:.0f} s",
+                )  # fmt: skip
             else:
                 logger.log(
                     logging.WARNING if self._overwritten_log.ready() else logging.DEBUG,
                     "%s was set to %r by another client while this daemon runs; announcing online again",
                     msg.topic, msg.payload.decode("utf-8", "replace")[:40],
                 )  # fmt: skip
-            self._foreign(msg.topic)
 
-    def _foreign(self, topic: str) -> None:
-        """Answer a message on `topic` now, or when FOREIGN_ANSWER_S has passed since the last answer there: a client
-        that floods it costs neither the log nor the broker, and is still answered after its last message."""
+    def _foreign(self, topic: str) -> bool:
+        """Answer a message on `topic` now (True), or when FOREIGN_ANSWER_S has passed since the last answer there: a
+        client that floods it costs neither the log nor the broker, and is still answered after its last message."""
         now = time.monotonic()
         with self._foreign_lock:
             last = self._answered_at.get(topic)
             if last is not None and now - last < FOREIGN_ANSWER_S:
                 self._answer_due[topic] = last + FOREIGN_ANSWER_S
                 self._foreign_ignored[topic] = ignored = self._foreign_ignored.get(topic, 0) + 1
-                if ignored % 100 == 1:
+                if self._foreign_log.setdefault(topic, Throttle()).ready():
                     logger.info(
                         "other clients keep publishing on %s (%d folded into later answers so far); answering at "
                         "most every %.0f s", topic, ignored, FOREIGN_ANSWER_S,
                     )  # fmt: skip
-                return
+                return False
             self._answered_at[topic] = now
         self._answer(topic)
+        return True
 
     def _answer_postponed(self, now: float) -> None:
         """Drain thread: give the answers that `_foreign` postponed and that are due."""
@@ -422,6 +430,8 @@ class MqttSession:
 
     def _answer(self, topic: str) -> None:
         if topic == self.topics.availability:
+            if self._stop.is_set():
+                return  # stopping: `stopped` is the last word
             self._client.publish(topic, ONLINE, qos=1, retain=True)
             for retained, payload in list(self._retained.items()):
                 self._client.publish(retained, payload, qos=1, retain=True)

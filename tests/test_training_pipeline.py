@@ -11,17 +11,19 @@ from types import SimpleNamespace
 
 import cv2
 import numpy as np
+import pytest
 from scipy.io import wavfile
 
 import training.speech
 from edge_daemon.audio.emotion import SpeechEmotionModel
 from edge_daemon.audio.emotion import clip_windows as daemon_clip_windows
 from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures
+from edge_daemon.errors import UserError
 from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 from edge_daemon.modelmeta import load_model
 from edge_daemon.vision.emotion import FaceEmotionModel
 from edge_daemon.vision.preprocess import FacePreprocess
-from training.speech import build_eval_windows, cv_features, features_from_cv, speaker_streams
+from training.speech import build_eval_windows, cv_features, feature_key, features_from_cv, speaker_streams
 from training.speech_data import clip_windows, default_gate, load_corpus, read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,11 +235,14 @@ def test_stored_windows_from_an_older_pitch_tracker_are_never_reused(tmp_path: P
     build_eval_windows(corpus, SpeechFeatures(), cache)
     assert len(list(cache.glob("eval_windows_*.npz"))) == 2  # pitch off: other windows
 
+    assert feature_key(SpeechFeatures()) == SpeechFeatures().to_meta()  # pitch off: the caches made before stay valid
     args = SimpleNamespace(norm_memory=feats.norm_memory, pool="avg")
     record = cv_features(feats, args)
-    assert features_from_cv(record) == feats
+    assert features_from_cv(record, tmp_path / "cv.json") == feats
     monkeypatch.setattr(training.speech, "PITCH_TRACKER", training.speech.PITCH_TRACKER + 1)
     assert cv_features(feats, args) != record  # --skip-cv will not quote a cv.json of the older tracker
+    with pytest.raises(UserError, match="pitch tracker"):
+        features_from_cv(record, tmp_path / "cv.json")  # nor will fusion_eval score its fold models
     again = build_eval_windows(corpus, feats, cache)
     assert len(list(cache.glob("eval_windows_*.npz"))) == 3
     np.testing.assert_array_equal(again.x, first.x)  # computed afresh (by the same code here), not read back

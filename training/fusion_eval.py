@@ -67,7 +67,7 @@ def build_clips(args: argparse.Namespace, config: Config) -> list[Clip]:
     cv = json.loads((args.speech_cv / "cv.json").read_text())
     temperature = float(cv.get("calibration", {}).get("temperature", 1.0))
     fold_of = {spk: k for k, f in enumerate(cv["folds"]) for spk in f["held_out_speakers"]}
-    feats = features_from_cv(cv["features"])
+    feats = features_from_cv(cv["features"], args.speech_cv / "cv.json")
     corpus = load_corpus("ravdess", args.ravdess)
     speech, windows_of = speech_predictions(args, config, corpus, cv, fold_of, feats, temperature)
     face_model = load_face_model(config)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_daemon.audio.features import PITCH_TRACKER, SpeechFeatures, StreamNorm
+from edge_daemon.errors import UserError
 from edge_daemon.labels import SPEECH_LABELS
 
 from . import common
@@ -180,9 +181,16 @@ def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, An
     }
 
 
-def features_from_cv(record: dict[str, Any]) -> SpeechFeatures:
-    """The features a cv.json record describes (the inverse of cv_features, less the training settings)."""
-    return SpeechFeatures.from_meta({k: v for k, v in record.items() if k not in CV_ONLY_KEYS})
+def features_from_cv(record: dict[str, Any], where: Path) -> SpeechFeatures:
+    """The features a cv.json record describes (the inverse of cv_features, less the training settings). Refused if
+    its windows came from another pitch tracker than today's: its fold models would hear other features."""
+    feats = SpeechFeatures.from_meta({k: v for k, v in record.items() if k not in CV_ONLY_KEYS})
+    if feats.pitch and record.get("pitch_tracker") != PITCH_TRACKER:
+        raise UserError(
+            f"{where}: its models were trained on pitch tracker {record.get('pitch_tracker', 1)}, this code computes "
+            f"version {PITCH_TRACKER}; run training.speech again with that --run-dir"
+        )
+    return feats
 
 
 # ---------------------------------------------------------------- features
