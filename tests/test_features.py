@@ -5,6 +5,8 @@ on a voice, keeps what per-window CMVN loses, and forgets."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from edge_daemon.audio.features import PITCH_WINDOW, SpeechFeatures
 from training.speech_data import read_wav
 
 from .conftest import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mfcc_equals_python_speech_features_exactly() -> None:
@@ -211,3 +215,23 @@ def test_stream_normalisation_round_trips_through_metadata_and_refuses_what_cann
         SpeechFeatures(norm_prior=(0.0,) * n + (1.0,) * n)  # a prior for a model that normalises per window
     with pytest.raises(ValueError, match="norm_prior_weight"):
         SpeechFeatures(cmvn=False, norm_memory=2, norm_prior_weight=5.0, norm_prior=(0.0,) * n + (1.0,) * n)
+
+
+def test_the_daemon_leaves_scipy_signal_unloaded_while_pitch_is_off() -> None:
+    # scipy.signal costs about 50 MB of resident memory (a third of the daemon's 150 MB budget); the pitch tracker
+    # needs it and once imported it at module level, for every daemon, pitch on or not (found by the replay RSS).
+    code = (
+        "import sys, numpy as np\n"
+        "import edge_daemon.cli, edge_daemon.daemon, edge_daemon.web.server\n"
+        "from edge_daemon.config import load_config\n"
+        "from edge_daemon.models import load_models\n"
+        "from edge_daemon.audio.features import SpeechFeatures\n"
+        "models = load_models(load_config('config.yaml'))\n"
+        "f = SpeechFeatures()\n"
+        "f.compute(np.zeros(f.window_samples, np.float32))\n"
+        "assert 'scipy.signal' not in sys.modules, 'scipy.signal was imported'\n"
+        "SpeechFeatures(pitch=True).compute(np.zeros(f.window_samples, np.float32))\n"
+        "assert 'scipy.signal' in sys.modules\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]

@@ -15,7 +15,6 @@ import numpy as np
 import python_speech_features as psf
 from python_speech_features import sigproc
 from scipy.fftpack import dct
-from scipy.signal import resample_poly
 
 SAMPLE_RATE = 16_000  # Hz, mono; microphones are opened at this rate and training resamples to it
 MAX_NORM_MEMORY = 100_000  # windows (more than a day of speech): beyond it a metadata value is a mistake
@@ -196,6 +195,9 @@ class SpeechFeatures:
         """(num_frames, 2): log f0 in Hz and the voicing strength (0-1) of the frames `mfcc` cut from `x`, each pitch
         window centred on its MFCC frame. Unvoiced frames take the log f0 of the voiced frames around them (linear in
         between, held at the ends), so that the contour is continuous and a pause does not read as a pitch jump."""
+        # Imported here, with pitch on only: scipy.signal adds about 50 MB of resident memory to the daemon.
+        from scipy.signal import resample_poly
+
         hann, w_ac, nfft, hop = self._pitch_window
         n = len(hann)
         y = resample_poly(x, PITCH_RATE, self.sample_rate)
