@@ -87,11 +87,15 @@ def test_the_page_needs_the_password_then_shows_events_timeline_history_and_heal
         assert "happy" not in browser.page_source
         browser.find_element(By.ID, "password").send_keys("guess")
         browser.find_element(By.ID, "login").click()
-        assert "Wrong password" in text(browser, "message") and browser.current_url.endswith("/login")
+        # A form post: click() may return before the answer's page has replaced this one (seen on a busy machine).
+        wait_until(lambda: "Wrong password" in text(browser, "message"), 10, "the wrong-password page")
+        assert browser.current_url.endswith("/login")
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         browser.find_element(By.ID, "login").click()
         wait_until(lambda: browser.current_url == base + "/", 10, "the page after login")
-        assert "No images or audio are recorded or shown" in text(browser, "privacy")
+        wait_until(
+            lambda: "No images or audio are recorded or shown" in text(browser, "privacy"), 10, "the privacy line"
+        )
 
         # The emotion now, with its emoji, and the timeline growing as windows close (pushed, not polled).
         labels = {*CANONICAL, UNCERTAIN}
