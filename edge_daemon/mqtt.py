@@ -259,9 +259,7 @@ class MqttSession:
             client.subscribe(self.commands.command_filter, qos=1)
         with self._foreign_lock:
             self._answer_due.clear()  # what follows is the answer to everything postponed
-        client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
-        for topic, payload in list(self._retained.items()):
-            client.publish(topic, payload, qos=1, retain=True)
+        self._answer(self.topics.availability)  # `online`, and the retained state after it
         ha = self.config.mqtt.homeassistant
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)

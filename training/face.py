@@ -513,8 +513,8 @@ def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: ar
             "the peer. What stands in the way: CPU time. This model trained for "
             f"{m['epochs_trained']} epochs on 2 shared CPU cores; the published 70-73 % single networks train "
             "100-300 epochs with 10-30x more parameters, which neither the training budget here nor the Pi's "
-            "speed bound allows. Next steps: a longer cosine cycle (one 44-epoch cycle from scratch beat 52 epochs "
-            "in three warm-restarted cycles, 2.3.0 against 2.2.0), then distillation from a larger teacher."
+            "speed bound allows. Next steps: a longer cosine cycle, then distillation from a larger teacher "
+            "(training/README.md has what each run gave)."
         )
     else:
         verdict = (
