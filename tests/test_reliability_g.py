@@ -606,11 +606,9 @@ def test_the_daemons_own_will_is_no_warning_and_foreign_messages_are_rate_limite
             sub.close()
 
 
-def test_a_flood_on_home_assistants_status_does_not_silence_the_answer_to_an_overwritten_availability(
-    tmp_path: Path, broker: Any
-) -> None:
-    # Found by CI: the two topics shared one rate limit, so when Home Assistant's status came first, the
-    # availability that another client overwrote a moment later stayed overwritten.
+@contextlib.contextmanager
+def _online_session_and_another_client(tmp_path: Path, broker: Any, client_id: str) -> Iterator[tuple[Any, Any]]:
+    """A session that has announced itself online, a subscriber to its availability, and another client."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -618,16 +616,13 @@ def test_a_flood_on_home_assistants_status_does_not_silence_the_answer_to_an_ove
     box = Outbox(tmp_path / "state")
     session = MqttSession(session_config(tmp_path, broker.port), box, "127.0.0.1", broker.port)
     session.start()
-    other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood")
+    other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
     try:
         assert session.connected.wait(10)
         assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"])
         other.connect("127.0.0.1", broker.port)
         other.loop_start()
-        for _ in range(50):
-            other.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-        other.publish("emotion-edge/g/availability", "offline-by-mistake", qos=1, retain=True).wait_for_publish(5)
-        assert sub.wait_for(lambda: sub.payloads("/availability")[-2:] == ["offline-by-mistake", "online"], 4)
+        yield sub, other
     finally:
         other.loop_stop()
         other.disconnect()
@@ -636,22 +631,22 @@ def test_a_flood_on_home_assistants_status_does_not_silence_the_answer_to_an_ove
         sub.close()
 
 
+def test_a_flood_on_home_assistants_status_does_not_silence_the_answer_to_an_overwritten_availability(
+    tmp_path: Path, broker: Any
+) -> None:
+    # Found by CI: the two topics shared one rate limit, so when Home Assistant's status came first, the
+    # availability that another client overwrote a moment later stayed overwritten.
+    with _online_session_and_another_client(tmp_path, broker, "flood") as (sub, other):
+        for _ in range(50):
+            other.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
+        other.publish("emotion-edge/g/availability", "offline-by-mistake", qos=1, retain=True).wait_for_publish(5)
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-2:] == ["offline-by-mistake", "online"], 4)
+
+
 def test_an_overwrite_within_the_rate_limit_is_answered_when_the_limit_is_up(tmp_path: Path, broker: Any) -> None:
     # Found in review: a second overwrite within FOREIGN_ANSWER_S of the first was dropped, so the availability
     # stayed overwritten (Home Assistant showed the daemon unavailable) until the daemon restarted.
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    sub = Subscriber(broker.port, "emotion-edge/g/availability")
-    box = Outbox(tmp_path / "state")
-    session = MqttSession(session_config(tmp_path, broker.port), box, "127.0.0.1", broker.port)
-    session.start()
-    other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="twice")
-    try:
-        assert session.connected.wait(10)
-        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"])
-        other.connect("127.0.0.1", broker.port)
-        other.loop_start()
+    with _online_session_and_another_client(tmp_path, broker, "twice") as (sub, other):
         for n in range(20):  # the first is answered at once, the other 19 in one answer when the limit is up
             other.publish("emotion-edge/g/availability", f"wrong {n}", qos=1, retain=True).wait_for_publish(5)
         assert sub.wait_for(lambda: "wrong 19" in sub.payloads("/availability"))
@@ -664,12 +659,6 @@ def test_an_overwrite_within_the_rate_limit_is_answered_when_the_limit_is_up(tmp
         time.sleep(1)
         after = sub.payloads("/availability")
         assert after[-1] == "online" and after.count("online") == 3, after  # at start, first answer, the postponed one
-    finally:
-        other.loop_stop()
-        other.disconnect()
-        session.stop()
-        box.close()
-        sub.close()
 
 
 def test_reconnect_back_off_defaults_to_at_most_10_s_with_jitter(tmp_path: Path) -> None:
