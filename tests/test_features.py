@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import python_speech_features as psf
 
-from edge_daemon.audio.features import PITCH_WINDOW, SpeechFeatures
+from edge_daemon.audio.features import PITCH_TRACKER, PITCH_WINDOW, SpeechFeatures
 from training.speech_data import read_wav
 
 from .conftest import MODELS
@@ -235,3 +235,18 @@ def test_the_daemon_leaves_scipy_signal_unloaded_while_pitch_is_off() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-1500:]
+
+
+def test_a_model_made_with_another_pitch_tracker_is_refused() -> None:
+    # The tracker's output is part of what a model with pitch was trained on; an older one would hear other features.
+    meta = SpeechFeatures(pitch=True).to_meta()
+    assert meta["pitch_tracker"] == PITCH_TRACKER and SpeechFeatures.from_meta(meta) == SpeechFeatures(pitch=True)
+    for stale in (
+        {**meta, "pitch_tracker": PITCH_TRACKER - 1},
+        {k: v for k, v in meta.items() if k != "pitch_tracker"},
+    ):
+        with pytest.raises(ValueError, match="pitch tracker version"):
+            SpeechFeatures.from_meta(stale)
+    assert "pitch_tracker" not in SpeechFeatures().to_meta()  # pitch off: the metadata (and cache keys) of before
+    with pytest.raises(ValueError, match="pitch is off"):
+        SpeechFeatures.from_meta({**SpeechFeatures().to_meta(), "pitch_tracker": PITCH_TRACKER})

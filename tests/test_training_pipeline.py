@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-import training.speech
+from edge_daemon.audio import features as features_module
 from edge_daemon.audio.emotion import SpeechEmotionModel
 from edge_daemon.audio.emotion import clip_windows as daemon_clip_windows
 from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures
@@ -23,7 +23,7 @@ from edge_daemon.labels import CANONICAL, SPEECH_LABELS
 from edge_daemon.modelmeta import load_model
 from edge_daemon.vision.emotion import FaceEmotionModel
 from edge_daemon.vision.preprocess import FacePreprocess
-from training.speech import build_eval_windows, cv_features, feature_key, features_from_cv, speaker_streams
+from training.speech import build_eval_windows, cv_features, features_from_cv, speaker_streams
 from training.speech_data import clip_windows, default_gate, load_corpus, read_wav
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,8 +222,8 @@ def test_speaker_streams_hold_each_window_once_one_speaker_and_augmentation_each
 
 
 def test_stored_windows_from_an_older_pitch_tracker_are_never_reused(tmp_path: Path, monkeypatch) -> None:
-    """A model's metadata says only that pitch is on; the window cache and cv.json also name the tracker's version,
-    so a change to pitch_track gives new windows instead of silently training on the old ones."""
+    """The metadata of features with pitch names the tracker's version, and the window caches and cv.json are keyed
+    on it: a change to pitch_track gives new windows instead of silently training on the old ones."""
     _ravdess_tree(tmp_path / "ravdess")
     corpus = load_corpus("ravdess", tmp_path / "ravdess")
     cache = tmp_path / "cache"
@@ -235,13 +235,12 @@ def test_stored_windows_from_an_older_pitch_tracker_are_never_reused(tmp_path: P
     build_eval_windows(corpus, SpeechFeatures(), cache)
     assert len(list(cache.glob("eval_windows_*.npz"))) == 2  # pitch off: other windows
 
-    assert feature_key(SpeechFeatures()) == SpeechFeatures().to_meta()  # pitch off: the caches made before stay valid
     args = SimpleNamespace(norm_memory=feats.norm_memory, pool="avg")
     record = cv_features(feats, args)
     assert features_from_cv(record, tmp_path / "cv.json") == feats
-    monkeypatch.setattr(training.speech, "PITCH_TRACKER", training.speech.PITCH_TRACKER + 1)
+    monkeypatch.setattr(features_module, "PITCH_TRACKER", features_module.PITCH_TRACKER + 1)
     assert cv_features(feats, args) != record  # --skip-cv will not quote a cv.json of the older tracker
-    with pytest.raises(UserError, match="pitch tracker"):
+    with pytest.raises(UserError, match="pitch tracker version 2"):
         features_from_cv(record, tmp_path / "cv.json")  # nor will fusion_eval score its fold models
     again = build_eval_windows(corpus, feats, cache)
     assert len(list(cache.glob("eval_windows_*.npz"))) == 3

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_daemon.audio.features import PITCH_TRACKER, SpeechFeatures, StreamNorm
+from edge_daemon.audio.features import SpeechFeatures, StreamNorm
 from edge_daemon.errors import UserError
 from edge_daemon.labels import SPEECH_LABELS
 
@@ -161,21 +161,15 @@ def stream_normalise(feats: SpeechFeatures, x: np.ndarray, streams: list[np.ndar
     return out
 
 
-def feature_key(feats: SpeechFeatures) -> dict[str, Any]:
-    """What stored windows were made with: the metadata, and with pitch on the tracker's version (the metadata of a
-    model says only that pitch is on, not which tracker computed it)."""
-    return {**feats.to_meta(), **({"pitch_tracker": PITCH_TRACKER} if feats.pitch else {})}
-
-
 # Keys cv.json's feature record holds beside the metadata: training settings, not features.
-CV_ONLY_KEYS = ("norm_memory", "pool", "pitch_tracker")
+CV_ONLY_KEYS = ("norm_memory", "pool")
 
 
 def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, Any]:
     """What cv.json records of the features and the model's shape, to tell whether a later --skip-cv run may quote
     it. The default pooling is left out, as in the cv.json files written before --pool existed."""
     return {
-        **feature_key(feats),
+        **feats.to_meta(),
         "norm_memory": args.norm_memory,
         **({"pool": args.pool} if args.pool != "avg" else {}),
     }
@@ -183,14 +177,11 @@ def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, An
 
 def features_from_cv(record: dict[str, Any], where: Path) -> SpeechFeatures:
     """The features a cv.json record describes (the inverse of cv_features, less the training settings). Refused if
-    its windows came from another pitch tracker than today's: its fold models would hear other features."""
-    feats = SpeechFeatures.from_meta({k: v for k, v in record.items() if k not in CV_ONLY_KEYS})
-    if feats.pitch and record.get("pitch_tracker") != PITCH_TRACKER:
-        raise UserError(
-            f"{where}: its models were trained on pitch tracker {record.get('pitch_tracker', 1)}, this code computes "
-            f"version {PITCH_TRACKER}; run training.speech again with that --run-dir"
-        )
-    return feats
+    they cannot be computed today (made by an older pitch tracker): its fold models would hear other features."""
+    try:
+        return SpeechFeatures.from_meta({k: v for k, v in record.items() if k not in CV_ONLY_KEYS})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {e}; run training.speech again with that --run-dir") from None
 
 
 # ---------------------------------------------------------------- features
@@ -210,7 +201,7 @@ def build_train_windows(
     key = hashlib.sha1(
         json.dumps(
             # "aug": the cache also holds each window's augmentation (for the speaker streams); older caches do not
-            [[str(u.path) for u in corpus.items], feature_key(feats), crops, augs, seed, repr(default_gate()), "aug"]
+            [[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, repr(default_gate()), "aug"]
         ).encode()
     ).hexdigest()[:12]
     f = cache / f"train_windows_{key}.npz"
@@ -240,7 +231,7 @@ def build_eval_windows(corpus: Corpus, feats: SpeechFeatures, cache: Path) -> Wi
     """The windows the daemon would classify for each whole clip (1 s hop, gated, most speech-like window as fallback)."""
     key = hashlib.sha1(
         json.dumps(
-            [[str(u.path) for u in corpus.items], feature_key(feats), repr(default_gate()), "daemon-clip-windows"]
+            [[str(u.path) for u in corpus.items], feats.to_meta(), repr(default_gate()), "daemon-clip-windows"]
         ).encode()
     ).hexdigest()[:12]
     f = cache / f"eval_windows_{key}.npz"

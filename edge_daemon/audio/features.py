@@ -31,8 +31,9 @@ PITCH_QUIET_DB = 30.0  # and at most this far below the loudest frame of the win
 PITCH_OCTAVE_COST = 0.1
 PITCH_FILL_HZ = 150.0  # log f0 of a window with no voiced frame at all (between typical men's and women's voices)
 PITCH_COLUMNS = ("log_f0", "voicing")  # appended after the MFCCs, before the deltas
-# Bumped whenever pitch_track's output changes (2: exact MFCC frame steps, 50 ms window, between-lag peak). Stored
-# features (training's window caches, a cross-validation record) carry it, so none made by an older tracker is reused.
+# Bumped whenever pitch_track's output changes (2: exact MFCC frame steps, 50 ms window, between-lag peak). The
+# metadata of features with pitch carries it: a model trained on another tracker's output is refused, and training's
+# window caches (keyed on the metadata) never serve windows of an older tracker.
 PITCH_TRACKER = 2
 
 
@@ -116,6 +117,13 @@ class SpeechFeatures:
     @classmethod
     def from_meta(cls, pre: dict[str, Any]) -> SpeechFeatures:
         """Raises one of modelmeta.SPEC_ERRORS if a parameter is unknown, mistyped or out of range."""
+        pre = dict(pre)
+        tracker = pre.pop("pitch_tracker", None)
+        if pre.get("pitch") and tracker != PITCH_TRACKER:
+            raise ValueError(f"the pitch features were made by pitch tracker version {tracker or 1}, this code computes "
+                             f"version {PITCH_TRACKER}: train the model again with this version")  # fmt: skip
+        if tracker is not None and not pre.get("pitch"):
+            raise ValueError("pitch_tracker is set but pitch is off")
         unknown = set(pre) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown feature parameters: {', '.join(sorted(unknown))}")
@@ -125,7 +133,9 @@ class SpeechFeatures:
 
     def to_meta(self) -> dict[str, Any]:
         meta = {**asdict(self), "norm_prior": [float(v) for v in self.norm_prior]}
-        if not self.pitch:
+        if self.pitch:
+            meta["pitch_tracker"] = PITCH_TRACKER
+        else:
             # Left out when off: a model without pitch has exactly the metadata it had before the field existed, so
             # older daemons (which refuse unknown fields) still load it and cached features keep their keys.
             del meta["pitch"]
