@@ -25,6 +25,10 @@ from training.face_data import load_many  # noqa: E402
 from training.fusion_eval import jitter  # noqa: E402
 
 
+def accuracy(model: FaceEmotionModel, images: list[np.ndarray], truth: np.ndarray) -> float:
+    return float(np.mean([model.classify(f).argmax() == t for f, t in zip(images, truth, strict=True)]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--val", type=Path, required=True, help="FER2013 val tree (or CSV)")
@@ -36,15 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(truth)} faces from {args.val}")
     for meta in args.model:
         model = FaceEmotionModel(meta)
-        still = np.mean([model.classify(f).argmax() == t for f, t in zip(faces.images, truth, strict=True)])
+        still = accuracy(model, faces.images, truth)
         filmed = []
         for r in range(args.repeats):
             rng = np.random.default_rng(100 + r)
-            filmed.append(
-                np.mean(
-                    [model.classify(jitter(f, rng)).argmax() == t for f, t in zip(faces.images, truth, strict=True)]
-                )
-            )
+            filmed.append(accuracy(model, [jitter(f, rng) for f in faces.images], truth))
         draws = ", ".join(f"{100 * a:.1f}" for a in filmed)
         print(
             f"{meta} ({model.meta.version}): still {100 * still:.1f} %, filmed {100 * np.mean(filmed):.1f} % ({draws})"

@@ -25,6 +25,7 @@ import numpy as np
 from edge_daemon.audio.features import SpeechFeatures, StreamNorm
 from edge_daemon.errors import UserError
 from edge_daemon.labels import SPEECH_LABELS
+from edge_daemon.modelmeta import SPEC_ERRORS
 
 from . import common
 from .speech_data import (
@@ -180,7 +181,7 @@ def features_from_cv(record: dict[str, Any], where: Path) -> SpeechFeatures:
     they cannot be computed today (made by an older pitch tracker): its fold models would hear other features."""
     try:
         return SpeechFeatures.from_meta({k: v for k, v in record.items() if k not in CV_ONLY_KEYS})
-    except (TypeError, ValueError) as e:
+    except SPEC_ERRORS as e:
         raise UserError(f"{where}: {e}; run training.speech again with that --run-dir") from None
 
 
