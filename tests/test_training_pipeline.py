@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -185,6 +186,25 @@ def test_bad_dataset_paths_give_one_line_and_exit_2(tmp_path: Path) -> None:
         timeout=60,
     )
     assert r.returncode == 2 and "refused" in r.stderr
+
+
+def test_face_trained_in_bfloat16_exports_a_float32_graph_quantised_to_int8(tmp_path: Path) -> None:
+    """--precision mixed_bfloat16 trains with bfloat16 arithmetic; the export rebuilds the net in float32, so the
+    int8 calibration sees float32 ops (a bfloat16 graph fails in the converter) and the file holds no bfloat16."""
+    _face_tree(tmp_path / "train", 6)
+    _face_tree(tmp_path / "val", 2)
+    run, out = tmp_path / "run", tmp_path / "face_emotion.tflite"
+    args = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--quick", "--epochs", "1"]
+    r = _run("training.face", *args, "--precision", "mixed_bfloat16", "--run-dir", str(run), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    with zipfile.ZipFile(run / "best.keras") as z:
+        assert "mixed_bfloat16" in z.read("config.json").decode()  # it did train in bfloat16
+    meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
+    from ai_edge_litert.interpreter import Interpreter
+
+    dtypes = {np.dtype(t["dtype"]).name for t in Interpreter(model_path=str(out)).get_tensor_details()}
+    assert dtypes <= {"int8", "int32"}, dtypes  # full int8: no bfloat16 (nor float) tensor left
+    assert meta.raw["input"]["dtype"] == "int8" and meta.raw["output"]["dtype"] == "int8"
 
 
 def test_face_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:

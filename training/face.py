@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val", type=Path, action="append", required=True, help="validation CSV or tree (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("models_tflite/face_emotion.tflite"))
     ap.add_argument("--run-dir", type=Path, default=Path("runs/face"))
-    ap.add_argument("--arch", choices=("tiny", "small", "vgg", "sharp"), default="sharp")
+    ap.add_argument("--arch", choices=("tiny", "small", "vgg", "sharp", "wide"), default="sharp")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -62,6 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--label-smoothing", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--precision",
+        choices=("float32", "mixed_bfloat16"),
+        default="float32",
+        help="training arithmetic; mixed_bfloat16 keeps float32 weights and is 1.5-2x faster on CPUs with AMX or "
+        "AVX512-BF16 (slower elsewhere); the export always runs in float32",
+    )
     ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.keras")
     ap.add_argument("--export-only", action="store_true", help="skip training; export <run-dir>/best.keras")
     ap.add_argument("--no-export", action="store_true", help="train only (models_tflite/ untouched)")
@@ -169,6 +176,8 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
         # where "vgg" averaged it down, then the vgg body at 24x24 (a full-resolution 3x3 layer trained 3x slower
         # here for its first epoch).
         "sharp": ([(48, 2), (96, 2), (192, 2)], 256, "flatten", 0, 0.0),
+        # "sharp" with a third more channels per block (1.23 M parameters, about 1.8x the multiply-adds)
+        "wide": ([(64, 2), (128, 2), (256, 2)], 256, "flatten", 0, 0.0),
     }
     blocks, dense, head, pool_in, block_drop = plans[arch]
     inp = keras.Input(shape=input_shape, name="face")
@@ -189,7 +198,8 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
     x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU()(x)
     x = layers.Dropout(0.3)(x)
-    out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    # float32 output under a mixed-precision policy: a bfloat16 softmax loses the small probabilities
+    out = layers.Dense(n_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inp, out, name=f"face_{arch}")
 
 
@@ -272,7 +282,9 @@ def train(
         # accuracy jumped 7-10 points on the first epoch after each resume of the 2026-12-01 run): move them on.
         keras.utils.set_random_seed(args.seed + initial_epoch)
     else:
+        keras.mixed_precision.set_global_policy(args.precision)  # the net's layers only (a resume restores them)
         model = build_model(args.arch, x.shape[1:], n)
+        keras.mixed_precision.set_global_policy("float32")  # the input pipeline's augmentation stays float32
         history = {}
     print(f"{model.name}: {model.count_params():,} params", flush=True)
 
@@ -368,7 +380,7 @@ def export_and_report(
 
     run = args.run_dir
     best = run / "best.keras"
-    model = keras.models.load_model(best)
+    model = float32_copy(keras.models.load_model(best), args.arch)
     labels = list(CANONICAL)
     p_float = model.predict(xv, batch_size=256, verbose=0)
     rng = np.random.default_rng(args.seed)
@@ -479,6 +491,19 @@ def export_and_report(
         out.with_suffix(".md").write_text(model_card(metrics, training, peer, args), encoding="utf-8")
     print(f"exported {out} ({size / 1024:.0f} KiB) + .json + .md", flush=True)
     return metrics
+
+
+def float32_copy(model: Any, arch: str) -> Any:
+    """The same weights in a float32 graph: a net trained under mixed_bfloat16 would carry its casts into the
+    TFLite converter, whose int8 calibration must see float32 arithmetic (variables are float32 either way)."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    keras.mixed_precision.set_global_policy("float32")
+    clone = build_model(arch, model.input_shape[1:], model.output_shape[-1])
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def _train_minutes(run: Path) -> float | None:
