@@ -471,6 +471,7 @@ def export_and_report(
         "with p 0.3, sensor noise with p 0.3)",
         "random_erasing": f"p {args.erase}, 2-20 % of the face",
         "optimizer": f"AdamW lr {args.lr} weight decay 1e-4, {args.schedule} schedule, batch {args.batch}",
+        "precision": f"{args.precision} in training (float32 weights), float32 graph quantised for export",
     }
     scalar_metrics = {k: v for k, v in metrics.items() if k not in ("confusion_int8",)}
     write_meta(
@@ -573,7 +574,7 @@ on this project's 2-core x86-64 machine, shared with other work (`{args.run_dir}
 Architecture `{t["arch"]}` ({m["params"]:,} parameters: a strided 3×3 stem on the full 48×48, then three VGG blocks
 at 24, 12 and 6 pixels and a 256-unit dense head), {m["epochs_trained"]} epochs, best epoch {m["best_epoch"]} by val
 accuracy. {t["augmentation"]}; {t["degrade"]}; random erasing {t["random_erasing"]}. {t["loss"]}.
-{t["optimizer"]}. {t["quantisation"]}.
+{t["optimizer"]}; {t["precision"]}. {t["quantisation"]}.
 
 ## Results on FER2013 val (PublicTest, {m["val_images"]} images) — the checkpoint was chosen on this split
 | model | top-1 accuracy |
