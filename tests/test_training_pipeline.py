@@ -195,11 +195,15 @@ def test_face_trained_in_bfloat16_exports_a_float32_graph_quantised_to_int8(tmp_
     _face_tree(tmp_path / "val", 2)
     run, out = tmp_path / "run", tmp_path / "face_emotion.tflite"
     args = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--quick", "--epochs", "1"]
-    r = _run("training.face", *args, "--precision", "mixed_bfloat16", "--run-dir", str(run), "--out", str(out))
+    r = _run("training.face", *args, "--precision", "mixed_bfloat16", "--run-dir", str(run), "--no-export")
     assert r.returncode == 0, r.stderr[-2000:]
     with zipfile.ZipFile(run / "best.keras") as z:
         assert "mixed_bfloat16" in z.read("config.json").decode()  # it did train in bfloat16
+    # exported as a later command would, with the flags left at their defaults: the checkpoint says what it is
+    r = _run("training.face", *args, "--export-only", "--run-dir", str(run), "--out", str(out), "--peer-json", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
+    assert meta.raw["training"]["precision"].startswith("mixed_bfloat16") and meta.raw["training"]["arch"] == "tiny"
     from ai_edge_litert.interpreter import Interpreter
 
     dtypes = {np.dtype(t["dtype"]).name for t in Interpreter(model_path=str(out)).get_tensor_details()}

@@ -198,7 +198,7 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
     x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU()(x)
     x = layers.Dropout(0.3)(x)
-    # float32 output under a mixed-precision policy: a bfloat16 softmax loses the small probabilities
+    # float32 output under a mixed-precision policy: bfloat16's 8-bit mantissa is too coarse for softmax and the loss
     out = layers.Dense(n_classes, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inp, out, name=f"face_{arch}")
 
@@ -278,6 +278,9 @@ def train(
         model = keras.models.load_model(last)
         initial_epoch = len(history.get("loss", []))
         print(f"resuming from {last} at epoch {initial_epoch}", flush=True)
+        arch, precision = trained_as(model)
+        if (arch, precision) != (args.arch, args.precision):  # the checkpoint's layers decide, not the flags
+            print(f"note: {last} is --arch {arch} --precision {precision}; it goes on as that", flush=True)
         # A fresh process with the run's seed would replay epoch 1's shuffle and augmentation draws exactly (train
         # accuracy jumped 7-10 points on the first epoch after each resume of the 2026-12-01 run): move them on.
         keras.utils.set_random_seed(args.seed + initial_epoch)
@@ -380,7 +383,10 @@ def export_and_report(
 
     run = args.run_dir
     best = run / "best.keras"
-    model = float32_copy(keras.models.load_model(best), args.arch)
+    trained = keras.models.load_model(best)
+    # What the checkpoint is, not what this command's flags say (an --export-only may leave them at their defaults)
+    arch, precision = trained_as(trained)
+    model = float32_copy(trained, arch)
     labels = list(CANONICAL)
     p_float = model.predict(xv, batch_size=256, verbose=0)
     rng = np.random.default_rng(args.seed)
@@ -461,7 +467,7 @@ def export_and_report(
         "date": common.now_iso(),
         "git": common.git_rev(),
         "seed": args.seed,
-        "arch": args.arch,
+        "arch": arch,
         "epochs_trained": metrics["epochs_trained"],
         "best_epoch": metrics["best_epoch"],
         "augmentation": "hflip, rotation ±11°, shift ±8 %, zoom ±8 %, contrast ±20 %, brightness ±10 %",
@@ -471,7 +477,7 @@ def export_and_report(
         "with p 0.3, sensor noise with p 0.3)",
         "random_erasing": f"p {args.erase}, 2-20 % of the face",
         "optimizer": f"AdamW lr {args.lr} weight decay 1e-4, {args.schedule} schedule, batch {args.batch}",
-        "precision": f"{args.precision} in training (float32 weights), float32 graph quantised for export",
+        "precision": f"{precision} in training (float32 weights), float32 graph quantised for export",
     }
     scalar_metrics = {k: v for k, v in metrics.items() if k not in ("confusion_int8",)}
     write_meta(
@@ -492,6 +498,12 @@ def export_and_report(
         out.with_suffix(".md").write_text(model_card(metrics, training, peer, args), encoding="utf-8")
     print(f"exported {out} ({size / 1024:.0f} KiB) + .json + .md", flush=True)
     return metrics
+
+
+def trained_as(model: Any) -> tuple[str, str]:
+    """(arch, precision) of a checkpoint: build_model names the net face_<arch>; the layers keep their policy."""
+    policies = {layer.dtype_policy.name for layer in model.layers} - {"float32"}
+    return model.name.removeprefix("face_"), policies.pop() if policies else "float32"
 
 
 def float32_copy(model: Any, arch: str) -> Any:
