@@ -29,7 +29,7 @@ from . import common
 from .face_data import FaceSet, load_many, prepare_all
 
 MODEL_NAME = "face_emotion"
-VERSION = "2.3.0"
+VERSION = "2.4.0"
 DATA_LICENCE = (
     "FER2013 (Goodfellow et al., ICML 2013 'Challenges in Representation Learning'): research use as released for "
     "the challenge; no commercial licence is granted for the images."
@@ -548,11 +548,12 @@ def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: ar
     elif peer_acc is not None and acc > peer_acc:
         verdict = (
             f"Issue D's target (int8 ≥ 70 %, ≥ 3 points above the peer) is **not met**: {100 * (acc - peer_acc):+.1f} points against "
-            "the peer. What stands in the way: CPU time. This model trained for "
-            f"{m['epochs_trained']} epochs on 2 shared CPU cores; the published 70-73 % single networks train "
-            "100-300 epochs with 10-30x more parameters, which neither the training budget here nor the Pi's "
-            "speed bound allows. Next steps: a longer cosine cycle, then distillation from a larger teacher "
-            "(training/README.md has what each run gave)."
+            f"the peer. What stands in the way: training compute. This model ({m['params']:,} parameters) trained for "
+            f"{m['epochs_trained']} epochs on 2 CPU cores; the published 70-73 % single networks train 100-300 epochs "
+            "with 10-30x more parameters, which neither the training budget here nor the Pi's speed bound allows. "
+            "Tried so far (training/README.md has what each run gave): warm-restarted cosine cycles, one 44-epoch "
+            "cycle, then a third more channels with a 90-epoch cycle in bfloat16. Next steps: distillation from a "
+            "larger teacher (a GPU session), or two such nets averaged within the 2 MB bound."
         )
     else:
         verdict = (
