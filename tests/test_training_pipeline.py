@@ -269,3 +269,30 @@ def test_stored_windows_from_an_older_pitch_tracker_are_never_reused(tmp_path: P
     again = build_eval_windows(corpus, feats, cache)
     assert len(list(cache.glob("eval_windows_*.npz"))) == 3
     np.testing.assert_array_equal(again.x, first.x)  # computed afresh (by the same code here), not read back
+
+
+def test_face_swa_averages_the_epochs_after_the_cycle_and_exports_the_average(tmp_path: Path) -> None:
+    """--swa-epochs: epochs past the cosine cycle run at --swa-lr, their weights are averaged (resumable), and the
+    export takes the average, even from an --export-only whose flags are left at their defaults."""
+    _face_tree(tmp_path / "train", 6)
+    _face_tree(tmp_path / "val", 2)
+    args = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--quick", "--epochs", "1"]
+    run, out = tmp_path / "run", tmp_path / "face_emotion.tflite"
+    swa = ["--swa-epochs", "2", "--swa-lr", "0.0007", "--run-dir", str(run), "--no-export"]
+    r = _run("training.face", *args, *swa[:1], "1", *swa[2:])  # killed after the first averaged epoch, as it were
+    assert r.returncode == 0, r.stderr[-2000:]
+    with np.load(run / "swa_mean.npz") as z:
+        assert int(z["n"]) == 1
+    r = _run("training.face", *args, *swa, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    hist = json.loads((run / "history.json").read_text())
+    assert len(hist["loss"]) == 3 and hist["lr"][1:] == pytest.approx([7e-4, 7e-4])
+    with np.load(run / "swa_mean.npz") as z:
+        assert int(z["n"]) == 2  # the resumed run went on averaging
+    info = json.loads((run / "swa.json").read_text())
+    assert info["cycle_epochs"] == 1 and info["swa_epochs"] == 2
+    r = _run("training.face", *args, "--export-only", "--run-dir", str(run), "--out", str(out), "--peer-json", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
+    assert "stochastic weight averaging" in meta.raw["training"]["weights"]
+    assert meta.raw["metrics"]["swa_epochs"] == 2

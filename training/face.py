@@ -6,6 +6,9 @@
 Inputs come from `edge_daemon.vision.preprocess.FacePreprocess.prepare`, the daemon's own code.
 Checkpoints (`last.keras` every epoch, `best.keras` on val accuracy) live in the run dir; `--resume`
 continues from `last.keras` with the epoch-indexed LR schedule, so a resumed run follows the same curve.
+With `--swa-epochs N` the cosine cycle is followed by N epochs at a constant learning rate whose end-of-epoch
+weights are averaged (stochastic weight averaging, `swa_mean.npz`); the average, with batch-norm statistics
+recomputed, is `swa.keras` (finished when `swa.json` is written), and that is what is exported.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from . import common
 from .face_data import FaceSet, load_many, prepare_all
 
 MODEL_NAME = "face_emotion"
+BN_BATCHES = 100  # training batches that measure batch-norm statistics for averaged (SWA) weights
 VERSION = "2.4.0"
 DATA_LICENCE = (
     "FER2013 (Goodfellow et al., ICML 2013 'Challenges in Representation Learning'): research use as released for "
@@ -70,7 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "AVX512-BF16 (slower elsewhere); the export always runs in float32",
     )
     ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.keras")
-    ap.add_argument("--export-only", action="store_true", help="skip training; export <run-dir>/best.keras")
+    ap.add_argument(
+        "--export-only",
+        action="store_true",
+        help="skip training; export <run-dir>/best.keras, or swa.keras after --swa-epochs",
+    )
     ap.add_argument("--no-export", action="store_true", help="train only (models_tflite/ untouched)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 40 images per class, at most 2 epochs, tiny net")
     ap.add_argument(
@@ -97,7 +105,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="ship mirror averaging (2 invokes per face): auto = if it adds at least 0.5 points on val",
     )
     ap.add_argument("--erase", type=float, default=0.5, help="probability of random erasing per training image")
+    ap.add_argument(
+        "--swa-epochs",
+        type=int,
+        default=0,
+        help="after the cosine cycle (--epochs), this many epochs at --swa-lr; their weights' average is exported",
+    )
+    ap.add_argument("--swa-lr", type=float, default=3e-4, help="constant learning rate of the --swa-epochs")
     args = ap.parse_args(argv)
+    if args.swa_epochs < 0 or (args.swa_epochs and args.schedule != "cosine"):
+        ap.error("--swa-epochs must be 0 or more, and follows a cosine cycle (--schedule cosine)")
     if args.quick:
         args.arch, args.epochs = "tiny", min(args.epochs, 2)
     return args
@@ -285,6 +302,10 @@ def train(
         # accuracy jumped 7-10 points on the first epoch after each resume of the 2026-12-01 run): move them on.
         keras.utils.set_random_seed(args.seed + initial_epoch)
     else:
+        for stale in ("swa.json", "swa.keras", "swa_mean.npz"):  # a fresh run's product is its own
+            (run / stale).unlink(missing_ok=True)
+        if args.precision == "mixed_bfloat16" and not bf16_in_hardware():
+            print("note: this CPU has neither AMX nor AVX512-BF16: bfloat16 is emulated, likely slower than float32")
         keras.mixed_precision.set_global_policy(args.precision)  # the net's layers only (a resume restores them)
         model = build_model(args.arch, x.shape[1:], n)
         keras.mixed_precision.set_global_policy("float32")  # the input pipeline's augmentation stays float32
@@ -322,6 +343,8 @@ def train(
 
     def cosine(epoch: int, _lr: float) -> float:
         warm = 1
+        if epoch >= args.epochs:  # past the cycle: only the --swa-epochs run there
+            return args.swa_lr
         if epoch < warm:
             return args.lr * (epoch + 1) / warm
         t = (epoch - warm) / max(1, args.epochs - warm)
@@ -350,18 +373,78 @@ def train(
         else keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=4, min_lr=1e-5)
     )
     early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=args.patience)
-    callbacks = [sched, ckpt, Persist(), early]
-    if initial_epoch < args.epochs:
+    swa_path = run / "swa_mean.npz"
+
+    class SwaAverage(keras.callbacks.Callback):
+        """Running mean of the weights at the end of each epoch past the cosine cycle, saved every epoch so that a
+        --resume goes on averaging."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.mean, self.n = None, 0
+            if initial_epoch > args.epochs and swa_path.is_file():
+                with np.load(swa_path) as z:
+                    self.n = int(z["n"])
+                    self.mean = [z[f"w{i}"] for i in range(len(z.files) - 1)]
+                if self.n != initial_epoch - args.epochs:  # killed between this save and history.json's
+                    print(f"note: {swa_path} averages {self.n} epochs, history.json {initial_epoch - args.epochs}")
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch < args.epochs:
+                return
+            w = self.model.get_weights()
+            self.n += 1
+            self.mean = w if self.mean is None else [m + (v - m) / self.n for m, v in zip(self.mean, w, strict=True)]
+            tmp = swa_path.with_name("swa_mean.tmp.npz")
+            np.savez(tmp, n=self.n, **{f"w{i}": m for i, m in enumerate(self.mean)})
+            tmp.replace(swa_path)  # never a half-written average
+
+    swa = SwaAverage()
+    callbacks = [sched, ckpt, swa, Persist(), early]  # the average is saved before history.json moves on
+    total = args.epochs + args.swa_epochs
+    if initial_epoch < total:
         model.fit(
             ds,
             validation_data=vds,
-            epochs=args.epochs,
+            epochs=total,
             initial_epoch=initial_epoch,
             class_weight=class_weights(y, n),
             callbacks=callbacks,
             verbose=2,
         )
+    if args.swa_epochs and len(history.get("loss", [])) >= total:
+        model.set_weights(swa.mean)
+        recompute_batchnorm(model, ds, steps=BN_BATCHES)
+        acc = float(model.evaluate(vds, verbose=0, return_dict=True)["accuracy"])
+        print(f"SWA over epochs {args.epochs + 1}-{total}: val accuracy {acc:.4f}", flush=True)
+        model.save(run / "swa.keras")
+        info = {"cycle_epochs": args.epochs, "swa_epochs": swa.n, "swa_lr": args.swa_lr, "val_accuracy": acc}
+        common.write_json(run / "swa.json", info)  # written last: swa.json says swa.keras is complete
     return history
+
+
+def bf16_in_hardware() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (x86 Linux: /proc/cpuinfo flags; elsewhere assume so, say nothing)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return True
+    return bool(flags & {"amx_bf16", "avx512_bf16"}) or "flags" not in flags
+
+
+def recompute_batchnorm(model: Any, ds: Any, steps: int) -> None:
+    """Batch-norm statistics for averaged weights: the running statistics belong to the weights they were gathered
+    with, so they are measured again as a plain mean over `steps` training batches (momentum i/(i+1) at batch i)."""
+    from keras import layers
+
+    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    kept = [bn.momentum for bn in bns]
+    for i, (xb, _yb) in enumerate(ds.take(steps)):
+        for bn in bns:
+            bn.momentum = i / (i + 1)
+        model(xb, training=True)  # dropout too, as in training: the statistics the layers saw there
+    for bn, m in zip(bns, kept, strict=True):
+        bn.momentum = m
 
 
 # ---------------------------------------------------------------- export and report
@@ -382,8 +465,7 @@ def export_and_report(
     from edge_daemon.modelmeta import load_model, write_meta
 
     run = args.run_dir
-    best = run / "best.keras"
-    trained = keras.models.load_model(best)
+    trained = keras.models.load_model(weights_to_export(run))
     # What the checkpoint is, not what this command's flags say (an --export-only may leave them at their defaults)
     arch, precision = trained_as(trained)
     model = float32_copy(trained, arch)
@@ -447,6 +529,7 @@ def export_and_report(
         "params": int(model.count_params()),
         "epochs_trained": len(hist.get("loss", [])),
         "best_epoch": int(np.argmax(hist["val_accuracy"]) + 1) if hist.get("val_accuracy") else None,
+        "swa_epochs": json.loads((run / "swa.json").read_text())["swa_epochs"] if (run / "swa.json").is_file() else 0,
     }
     if peer:
         metrics["peer_fer_package_val_accuracy"] = peer.get("accuracy")
@@ -469,7 +552,7 @@ def export_and_report(
         "seed": args.seed,
         "arch": arch,
         "epochs_trained": metrics["epochs_trained"],
-        "best_epoch": metrics["best_epoch"],
+        "weights": weights_text(run, metrics),
         "augmentation": "hflip, rotation ±11°, shift ±8 %, zoom ±8 %, contrast ±20 %, brightness ±10 %",
         "loss": f"categorical cross-entropy, label smoothing {args.label_smoothing}, tempered class weights",
         "quantisation": f"full int8 (in/out int8), {args.calib_per_class} real training images per class for calibration",
@@ -498,6 +581,23 @@ def export_and_report(
         out.with_suffix(".md").write_text(model_card(metrics, training, peer, args), encoding="utf-8")
     print(f"exported {out} ({size / 1024:.0f} KiB) + .json + .md", flush=True)
     return metrics
+
+
+def weights_to_export(run: Path) -> Path:
+    """The run's product: the weight average of a finished --swa-epochs run, else the epoch best on val. The run
+    dir decides, not the flags: an --export-only with the flags left at their defaults exports the same file."""
+    return run / ("swa.keras" if (run / "swa.json").is_file() else "best.keras")
+
+
+def weights_text(run: Path, m: dict[str, Any]) -> str:
+    if not (run / "swa.json").is_file():
+        return f"{m['epochs_trained']} epochs, best epoch {m['best_epoch']} by val accuracy"
+    swa = json.loads((run / "swa.json").read_text())
+    return (
+        f"a {swa['cycle_epochs']}-epoch cosine cycle, then {swa['swa_epochs']} epochs at a constant learning rate of "
+        f"{swa['swa_lr']:g}; the weights are the mean of those epochs' end-of-epoch weights (stochastic weight "
+        f"averaging), batch-norm statistics measured again on {BN_BATCHES} training batches"
+    )
 
 
 def trained_as(model: Any) -> tuple[str, str]:
@@ -585,8 +685,7 @@ Trained with the commands in `training/README.md` (Face model), exported with `{
 {t["date"]}, seed {t["seed"]}); training took {m.get("train_minutes")} min
 on this project's 2-core x86-64 machine, shared with other work (`{args.run_dir}/history.json` has the per-epoch times).
 Architecture `{t["arch"]}` ({m["params"]:,} parameters: a strided 3×3 stem on the full 48×48, then three VGG blocks
-at 24, 12 and 6 pixels and a 256-unit dense head), {m["epochs_trained"]} epochs, best epoch {m["best_epoch"]} by val
-accuracy. {t["augmentation"]}; {t["degrade"]}; random erasing {t["random_erasing"]}. {t["loss"]}.
+at 24, 12 and 6 pixels and a 256-unit dense head), {t["weights"]}. {t["augmentation"]}; {t["degrade"]}; random erasing {t["random_erasing"]}. {t["loss"]}.
 {t["optimizer"]}; {t["precision"]}. {t["quantisation"]}.
 
 ## Results on FER2013 val (PublicTest, {m["val_images"]} images) — the checkpoint was chosen on this split
@@ -654,8 +753,8 @@ def main(argv: list[str] | None = None) -> int:
         train(args, x, y, xv, yv, pre)
     else:
         common.setup_tf(args.threads, args.seed)
-    if not (args.run_dir / "best.keras").is_file():
-        raise common.DatasetError(f"{args.run_dir}/best.keras not found: nothing to export")
+    if not weights_to_export(args.run_dir).is_file():
+        raise common.DatasetError(f"{weights_to_export(args.run_dir)} not found: nothing to export (train first)")
     export_and_report(args, x, y, xv, yv, pre, {"train": s_train, "val": s_val}, argv)
     return 0
 
