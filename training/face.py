@@ -652,8 +652,9 @@ def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: ar
             f"{m['epochs_trained']} epochs on 2 CPU cores; the published 70-73 % single networks train 100-300 epochs "
             "with 10-30x more parameters, which neither the training budget here nor the Pi's speed bound allows. "
             "Tried so far (training/README.md has what each run gave): warm-restarted cosine cycles, one 44-epoch "
-            "cycle, then a third more channels with a 90-epoch cycle in bfloat16. Next steps: distillation from a "
-            "larger teacher (a GPU session), or two such nets averaged within the 2 MB bound."
+            "cycle, a third more channels with a 90-epoch cycle in bfloat16, then 20 more epochs of weight averaging "
+            "(SWA: 0.4 points lower on val, not shipped). Next steps: distillation from a larger teacher (a GPU "
+            "session), or two 'sharp'-sized nets (0.7 MB each) averaged within the 2 MB bound."
         )
     else:
         verdict = (
