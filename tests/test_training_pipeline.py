@@ -296,3 +296,40 @@ def test_face_swa_averages_the_epochs_after_the_cycle_and_exports_the_average(tm
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
     assert "stochastic weight averaging" in meta.raw["training"]["weights"]
     assert meta.raw["metrics"]["swa_epochs"] == 2
+
+
+def test_distillation_targets_mix_the_label_with_the_teachers_view_of_the_same_face() -> None:
+    import keras
+
+    from training.face import soft_targets
+
+    inp = keras.Input((4, 4, 1))
+    teacher = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inp)))
+    a = np.random.default_rng(0).random((5, 4, 4, 1)).astype(np.float32)
+    b = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]]
+    got = keras.ops.convert_to_numpy(soft_targets(teacher, a, b, 0.3))
+    np.testing.assert_allclose(got, 0.7 * b + 0.3 * keras.ops.convert_to_numpy(teacher(a)), rtol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-6)  # still a distribution: the loss needs no change
+
+
+def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_path: Path) -> None:
+    _face_tree(tmp_path / "train", 6)
+    _face_tree(tmp_path / "val", 2)
+    args = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--quick", "--no-export"]
+    r = _run("training.face", *args, "--epochs", "1", "--run-dir", str(tmp_path / "teacher"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    missing = _run("training.face", *args, "--teacher", str(tmp_path / "nope.keras"), "--run-dir", str(tmp_path / "s"))
+    assert missing.returncode == 2 and "nope.keras" in missing.stderr and "Traceback" not in missing.stderr
+    run, teacher = tmp_path / "student", tmp_path / "teacher" / "best.keras"
+    r = _run(
+        "training.face", *args, "--epochs", "1", "--teacher", str(teacher), "--distill", "0.4", "--run-dir", str(run)
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run("training.face", *args, "--epochs", "2", "--resume", "--run-dir", str(run))  # no --teacher: the run's
+    assert r.returncode == 0 and "distils from" in r.stdout, r.stderr[-2000:]
+    out = tmp_path / "face_emotion.tflite"
+    exp = [a for a in args if a != "--no-export"]
+    r = _run("training.face", *exp, "--export-only", "--run-dir", str(run), "--out", str(out), "--peer-json", "none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
+    assert "0.4" in meta.raw["training"]["distillation"] and str(teacher) in meta.raw["training"]["distillation"]

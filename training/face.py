@@ -112,9 +112,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="after the cosine cycle (--epochs), this many epochs at --swa-lr; their weights' average is exported",
     )
     ap.add_argument("--swa-lr", type=float, default=3e-4, help="constant learning rate of the --swa-epochs")
+    ap.add_argument(
+        "--teacher",
+        type=Path,
+        help="a trained face checkpoint (.keras) to distil from: each target becomes the label mixed with the "
+        "teacher's probabilities for the same augmented face (--distill of the teacher)",
+    )
+    ap.add_argument("--distill", type=float, default=0.5, help="the teacher's share of each target (with --teacher)")
     args = ap.parse_args(argv)
     if args.swa_epochs < 0 or (args.swa_epochs and args.schedule != "cosine"):
         ap.error("--swa-epochs must be 0 or more, and follows a cosine cycle (--schedule cosine)")
+    if not 0 <= args.distill <= 1:
+        ap.error(f"--distill {args.distill} must be between 0 and 1")
     if args.quick:
         args.arch, args.epochs = "tiny", min(args.epochs, 2)
     return args
@@ -220,6 +229,48 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
     return keras.Model(inp, out, name=f"face_{arch}")
 
 
+def load_teacher(path: Path) -> Any:
+    import keras
+
+    if not path.is_file():
+        raise common.DatasetError(f"--teacher {path}: no such checkpoint (a .keras file from a face run's dir)")
+    teacher = keras.models.load_model(path)
+    teacher.trainable = False
+    return teacher
+
+
+def distillation_plan(args: argparse.Namespace, run: Path, resumed: bool) -> dict[str, Any] | None:
+    """The run's teacher, kept in <run>/distill.json: a resume goes on with it (flags or none), so does the card of a
+    later --export-only; a fresh run without --teacher drops an earlier run's record."""
+    path = run / "distill.json"
+    if args.teacher:
+        plan = {"teacher": str(args.teacher), "share": args.distill}
+        common.write_json(path, plan)
+        return plan
+    if resumed and path.is_file():
+        plan = json.loads(path.read_text())
+        print(f"note: this run distils from {plan['teacher']} (share {plan['share']:g}); it goes on doing so")
+        return plan
+    path.unlink(missing_ok=True)
+    return None
+
+
+def distillation_text(run: Path) -> str:
+    if not (run / "distill.json").is_file():
+        return "none"
+    d = json.loads((run / "distill.json").read_text())
+    return f"each target {1 - d['share']:g} label + {d['share']:g} the probabilities of teacher {d['teacher']}"
+
+
+def soft_targets(teacher: Any, a: Any, b: Any, share: float) -> Any:
+    """Distillation targets: the one-hot label mixed with what the teacher makes of the same augmented, erased face
+    (so the student learns which wrong classes are plausible for it, not only the one label FER2013 gave)."""
+    import keras
+
+    p = keras.ops.cast(teacher(a, training=False), b.dtype)
+    return (1.0 - share) * b + share * p
+
+
 def make_augment(pre: FacePreprocess, seed: int) -> Any:
     """Cheap geometric + photometric augmentation, run on whole batches in tf.data (not part of the exported net)."""
     import keras
@@ -313,14 +364,16 @@ def train(
     print(f"{model.name}: {model.count_params():,} params", flush=True)
 
     aug = make_augment(pre, args.seed + initial_epoch)  # its layers carry their own seeds
+    distill = distillation_plan(args, run, resumed=initial_epoch > 0)
+    teacher = load_teacher(Path(distill["teacher"])) if distill else None
     xd = degraded_copy(x, pre, args.seed)
     lo, hi = sorted((pre.offset, 255.0 * pre.scale + pre.offset))
 
     def mix(a: Any, ad: Any, b: Any) -> tuple[Any, Any]:
         # Per image: the lossless original or its camera-like copy, then geometry/photometry, then random erasing.
         pick = tf.random.uniform((tf.shape(a)[0], 1, 1, 1)) < args.degrade
-        a = aug(tf.where(pick, ad, a), training=True)
-        return random_erase(tf, a, args.erase, lo, hi), b
+        a = random_erase(tf, aug(tf.where(pick, ad, a), training=True), args.erase, lo, hi)
+        return a, b if teacher is None else soft_targets(teacher, a, b, distill["share"])
 
     ds = (
         tf.data.Dataset.from_tensor_slices((x, xd, keras.utils.to_categorical(y, n).astype(np.float32)))
@@ -561,6 +614,7 @@ def export_and_report(
         "random_erasing": f"p {args.erase}, 2-20 % of the face",
         "optimizer": f"AdamW lr {args.lr} weight decay 1e-4, {args.schedule} schedule, batch {args.batch}",
         "precision": f"{precision} in training (float32 weights), float32 graph quantised for export",
+        "distillation": distillation_text(run),
     }
     scalar_metrics = {k: v for k, v in metrics.items() if k not in ("confusion_int8",)}
     write_meta(
@@ -687,7 +741,7 @@ Trained with the commands in `training/README.md` (Face model), exported with `{
 on this project's 2-core x86-64 machine, shared with other work (`{args.run_dir}/history.json` has the per-epoch times).
 Architecture `{t["arch"]}` ({m["params"]:,} parameters: a strided 3×3 stem on the full 48×48, then three VGG blocks
 at 24, 12 and 6 pixels and a 256-unit dense head), {t["weights"]}. {t["augmentation"]}; {t["degrade"]}; random erasing {t["random_erasing"]}. {t["loss"]}.
-{t["optimizer"]}; {t["precision"]}. {t["quantisation"]}.
+{t["optimizer"]}; {t["precision"]}; distillation: {t["distillation"]}. {t["quantisation"]}.
 
 ## Results on FER2013 val (PublicTest, {m["val_images"]} images) — the checkpoint was chosen on this split
 | model | top-1 accuracy |
