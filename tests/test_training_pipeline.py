@@ -224,6 +224,9 @@ def test_face_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     assert "resuming from" in r.stdout and "at epoch 1" in r.stdout
     hist = json.loads((run / "history.json").read_text())
     assert len(hist["loss"]) == 2 and (run / "last.keras").is_file() and (run / "best.keras").is_file()
+    r = _run("training.face", *common, "--epochs", "2", "--run-dir", str(run))  # --resume forgotten
+    assert r.returncode == 2 and "--resume" in r.stderr and "Traceback" not in r.stderr
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 2  # the run is untouched
 
 
 def test_speaker_streams_hold_each_window_once_one_speaker_and_augmentation_each() -> None:
@@ -271,26 +274,42 @@ def test_stored_windows_from_an_older_pitch_tracker_are_never_reused(tmp_path: P
     np.testing.assert_array_equal(again.x, first.x)  # computed afresh (by the same code here), not read back
 
 
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    import keras
+
+    model = keras.models.load_model(path)
+    return {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+
+
 def test_face_swa_averages_the_epochs_after_the_cycle_and_exports_the_average(tmp_path: Path) -> None:
-    """--swa-epochs: epochs past the cosine cycle run at --swa-lr, their weights are averaged (resumable), and the
-    export takes the average, even from an --export-only whose flags are left at their defaults."""
+    """--swa-epochs: epochs past the cosine cycle run at --swa-lr and their end-of-epoch weights are averaged; a resume
+    goes on with the run's recorded plan (no SWA flags), and the export takes the average with default flags."""
     _face_tree(tmp_path / "train", 6)
     _face_tree(tmp_path / "val", 2)
-    args = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--quick", "--epochs", "1"]
+    args = ["--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"), "--quick"]
     run, out = tmp_path / "run", tmp_path / "face_emotion.tflite"
-    swa = ["--swa-epochs", "2", "--swa-lr", "0.0007", "--run-dir", str(run), "--no-export"]
-    r = _run("training.face", *args, *swa[:1], "1", *swa[2:])  # killed after the first averaged epoch, as it were
+    swa = ["--epochs", "1", "--swa-epochs", "2", "--swa-lr", "0.0007"]
+    r = _run("training.face", *args, *swa[:3], "1", *swa[4:], "--run-dir", str(run), "--no-export")
     assert r.returncode == 0, r.stderr[-2000:]
+    w2 = _weights(run / "last.keras")
     with np.load(run / "swa_mean.npz") as z:
         assert int(z["n"]) == 1
-    r = _run("training.face", *args, *swa, "--resume")
+        np.testing.assert_allclose(z["w0"], list(w2.values())[0])  # one epoch averaged: its weights
+    r = _run("training.face", *args, *swa, "--run-dir", str(run), "--no-export", "--resume")  # a longer plan
     assert r.returncode == 0, r.stderr[-2000:]
+    w3 = _weights(run / "last.keras")
     hist = json.loads((run / "history.json").read_text())
     assert len(hist["loss"]) == 3 and hist["lr"][1:] == pytest.approx([7e-4, 7e-4])
-    with np.load(run / "swa_mean.npz") as z:
-        assert int(z["n"]) == 2  # the resumed run went on averaging
+    averaged = _weights(run / "swa.keras")
+    for name, w in averaged.items():
+        if "moving" not in name:  # batch-norm statistics are measured again for the average
+            np.testing.assert_allclose(w, (w2[name] + w3[name]) / 2, rtol=1e-5, atol=1e-6)
     info = json.loads((run / "swa.json").read_text())
     assert info["cycle_epochs"] == 1 and info["swa_epochs"] == 2
+    stamp = (run / "swa.keras").stat().st_mtime_ns
+    r = _run("training.face", *args, "--run-dir", str(run), "--no-export", "--resume")  # nothing left to train
+    assert r.returncode == 0 and "swa_plan goes on" in r.stdout, r.stderr[-2000:]
+    assert (run / "swa.keras").stat().st_mtime_ns == stamp  # the finished average is not redone
     r = _run("training.face", *args, "--export-only", "--run-dir", str(run), "--out", str(out), "--peer-json", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
@@ -299,17 +318,25 @@ def test_face_swa_averages_the_epochs_after_the_cycle_and_exports_the_average(tm
 
 
 def test_distillation_targets_mix_the_label_with_the_teachers_view_of_the_same_face() -> None:
+    """The training transform gives the teacher the face exactly as the student gets it (augmented, erased)."""
     import keras
+    import tensorflow as tf
 
-    from training.face import soft_targets
+    from training.face import make_augment, make_mix
 
-    inp = keras.Input((4, 4, 1))
-    teacher = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inp)))
-    a = np.random.default_rng(0).random((5, 4, 4, 1)).astype(np.float32)
-    b = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]]
-    got = keras.ops.convert_to_numpy(soft_targets(teacher, a, b, 0.3))
-    np.testing.assert_allclose(got, 0.7 * b + 0.3 * keras.ops.convert_to_numpy(teacher(a)), rtol=1e-6)
-    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-6)  # still a distribution: the loss needs no change
+    inp = keras.Input((48, 48, 1))
+    teacher = keras.Model(inp, keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inp)))
+    rng = np.random.default_rng(0)
+    a = rng.random((5, 48, 48, 1)).astype(np.float32)
+    b = np.eye(7, dtype=np.float32)[[0, 1, 2, 3, 4]]
+    args = SimpleNamespace(degrade=0.5, erase=0.5)
+    pre = FacePreprocess()
+    seen, target = make_mix(tf, make_augment(pre, 0), pre, args, teacher, 0.3)(a, a[:, ::-1], b)
+    want = 0.7 * b + 0.3 * keras.ops.convert_to_numpy(teacher(seen))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(target), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(target).sum(1), 1.0, rtol=1e-5)  # still a distribution
+    _, plain = make_mix(tf, make_augment(pre, 0), pre, args, None, 0.0)(a, a[:, ::-1], b)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(plain), b)  # no teacher: the label
 
 
 def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_path: Path) -> None:
@@ -326,10 +353,11 @@ def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_
     )
     assert r.returncode == 0, r.stderr[-2000:]
     r = _run("training.face", *args, "--epochs", "2", "--resume", "--run-dir", str(run))  # no --teacher: the run's
-    assert r.returncode == 0 and "distils from" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "distill goes on" in r.stdout, r.stderr[-2000:]
     out = tmp_path / "face_emotion.tflite"
     exp = [a for a in args if a != "--no-export"]
     r = _run("training.face", *exp, "--export-only", "--run-dir", str(run), "--out", str(out), "--peer-json", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
-    assert "0.4" in meta.raw["training"]["distillation"] and str(teacher) in meta.raw["training"]["distillation"]
+    said = meta.raw["training"]["distillation"]
+    assert "0.4" in said and "best.keras (sha256 " in said and str(tmp_path) not in said  # no machine path
