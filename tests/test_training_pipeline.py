@@ -295,7 +295,7 @@ def test_face_swa_averages_the_epochs_after_the_cycle_and_exports_the_average(tm
     with np.load(run / "swa_mean.npz") as z:
         assert int(z["n"]) == 1
         np.testing.assert_allclose(z["w0"], list(w2.values())[0])  # one epoch averaged: its weights
-    r = _run("training.face", *args, *swa, "--run-dir", str(run), "--no-export", "--resume")  # a longer plan
+    r = _run("training.face", *args, *swa, "--run-dir", str(run), "--no-export", "--resume")  # averages one more
     assert r.returncode == 0, r.stderr[-2000:]
     w3 = _weights(run / "last.keras")
     hist = json.loads((run / "history.json").read_text())
@@ -310,6 +310,8 @@ def test_face_swa_averages_the_epochs_after_the_cycle_and_exports_the_average(tm
     r = _run("training.face", *args, "--run-dir", str(run), "--no-export", "--resume")  # nothing left to train
     assert r.returncode == 0 and "swa_plan goes on" in r.stdout, r.stderr[-2000:]
     assert (run / "swa.keras").stat().st_mtime_ns == stamp  # the finished average is not redone
+    r = _run("training.face", *args, "--swa-epochs", "3", "--run-dir", str(run), "--no-export", "--resume")
+    assert r.returncode == 2 and "swa_plan" in r.stderr and "cycle_epochs" in r.stderr  # --epochs left at 40
     r = _run("training.face", *args, "--export-only", "--run-dir", str(run), "--out", str(out), "--peer-json", "none")
     assert r.returncode == 0, r.stderr[-2000:]
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
@@ -354,6 +356,8 @@ def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_
     assert r.returncode == 0, r.stderr[-2000:]
     r = _run("training.face", *args, "--epochs", "2", "--resume", "--run-dir", str(run))  # no --teacher: the run's
     assert r.returncode == 0 and "distill goes on" in r.stdout, r.stderr[-2000:]
+    r = _run("training.face", *args, "--resume", "--teacher", str(teacher), "--distill", "0.3", "--run-dir", str(run))
+    assert r.returncode == 2 and "'share': 0.3" in r.stderr  # a plan changed half-way is refused
     out = tmp_path / "face_emotion.tflite"
     exp = [a for a in args if a != "--no-export"]
     r = _run("training.face", *exp, "--export-only", "--run-dir", str(run), "--out", str(out), "--peer-json", "none")

@@ -244,18 +244,32 @@ def build_model(arch: str, input_shape: tuple[int, ...], n_classes: int) -> Any:
     return keras.Model(inp, out, name=f"face_{arch}")
 
 
-def run_record(run: Path, name: str, given: dict[str, Any] | None, resumed: bool) -> dict[str, Any] | None:
+def run_record(
+    run: Path, name: str, given: dict[str, Any] | None, resumed: bool, keys: tuple[str, ...], grows: str = ""
+) -> dict[str, Any] | None:
     """A choice the run dir keeps in <run>/<name>.json (the teacher, the SWA plan), as the checkpoint keeps arch and
-    precision: flags given now are recorded; a resume without them goes on with the record; a fresh run without them
-    drops an earlier run's. A later --export-only reads the record, so the card describes the run, not its flags."""
+    precision. A resume goes on with the record, and refuses flags that ask for something else in any of `keys` (a
+    plan changed half-way would average or distil what nobody chose) but for a larger `grows` (more epochs to
+    average); flags given to a run without a record start one; a fresh run without them drops an earlier run's. A
+    later --export-only reads the record, so the card describes the run, not the export's flags."""
     path = run / f"{name}.json"
+    if resumed and path.is_file():
+        record = json.loads(path.read_text())
+        same = [k for k in keys if given is None or given[k] == record.get(k, given[k])]
+        changed = [k for k in keys if k not in same and not (k == grows and given[k] > record[k])]
+        if changed:
+            asked = {k: given[k] for k in changed}
+            raise common.DatasetError(
+                f"{path}: this run's {name} is {record}, these flags ask for {asked}: resume with the same flags, or none"
+            )
+        if len(same) < len(keys):  # only `grows`, grown
+            common.write_json(path, given)
+            record = given
+        print(f"note: this run's {name} goes on: {record}", flush=True)
+        return record
     if given is not None:
         common.write_json(path, given)
         return given
-    if resumed and path.is_file():
-        record = json.loads(path.read_text())
-        print(f"note: this run's {name} goes on: {record}", flush=True)
-        return record
     path.unlink(missing_ok=True)
     return None
 
@@ -397,10 +411,11 @@ def train(
         history = {}
     print(f"{model.name}: {model.count_params():,} params", flush=True)
 
-    resumed = initial_epoch > 0
-    distill = run_record(run, "distill", teacher_given(args), resumed)
+    resumed = args.resume and last.is_file()  # not initial_epoch > 0: a kill in epoch 1 after last.keras counts
+    distill = run_record(run, "distill", teacher_given(args), resumed, keys=("sha256", "share"))
     swa_given = {"cycle_epochs": args.epochs, "swa_epochs": args.swa_epochs, "swa_lr": args.swa_lr}
-    swa_plan = run_record(run, "swa_plan", swa_given if args.swa_epochs else None, resumed)
+    swa_keys = ("cycle_epochs", "swa_epochs", "swa_lr")
+    swa_plan = run_record(run, "swa_plan", swa_given if args.swa_epochs else None, resumed, swa_keys, "swa_epochs")
     cycle = swa_plan["cycle_epochs"] if swa_plan else args.epochs
     total = cycle + (swa_plan["swa_epochs"] if swa_plan else 0)
 
@@ -497,11 +512,16 @@ def swa_average(path: Path, start: int, initial_epoch: int, model: Any) -> Any:
             if done and path.is_file():
                 with np.load(path) as z:
                     self.n = int(z["n"])
-                    self.mean = [z[f"w{i}"] for i in range(int(z["count"]))]
+                    count = int(z["count"]) if "count" in z.files else len(z.files) - 1  # files of 2026-12-06 02:00
+                    self.mean = [z[f"w{i}"] for i in range(count)]
             if self.n == done - 1:  # killed after last.keras was saved, before the average was
                 self.add(model.get_weights())
             elif self.n != done:
-                raise common.DatasetError(f"{path} averages {self.n} epochs, history.json says {done}")
+                held = f"averages {self.n} epochs" if path.is_file() else "is missing"
+                raise common.DatasetError(
+                    f"{path} {held}, but history.json has {done} epochs past the cycle's {start}: the average cannot "
+                    "go on; start a fresh run, or export the run's best.keras"
+                )
 
         def add(self, w: list[np.ndarray]) -> None:
             self.n += 1
@@ -528,7 +548,8 @@ def finish_swa(model: Any, swa: Any, ds: Any, vds: Any, run: Path, plan: dict[st
     first = plan["cycle_epochs"] + 1
     print(f"SWA over epochs {first}-{first + swa.n - 1}: val accuracy {acc:.4f}", flush=True)
     model.save(run / "swa.keras")
-    common.write_json(run / "swa.json", {**plan, "val_accuracy": acc})  # written last: swa.keras is complete
+    done = {**plan, "swa_epochs": swa.n, "val_accuracy": acc}
+    common.write_json(run / "swa.json", done)  # written last: swa.json says swa.keras is complete
 
 
 def make_mix(tf: Any, aug: Any, pre: FacePreprocess, args: argparse.Namespace, teacher: Any, share: float) -> Any:
@@ -779,7 +800,7 @@ def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: ar
     elif acc >= 0.70 and acc >= peer_acc + 0.03:
         verdict = f"{goal[0].upper()}{goal[1:]} is **met** on val."
     else:
-        missed = [f"{100 * acc:.1f} % is below 70 %"] if acc < 0.70 else []
+        missed = [f"{100 * acc:.2f} % is below 70 %"] if acc < 0.70 else []
         missed += [f"the margin over the peer is {100 * (acc - peer_acc):+.1f} points"] if acc < peer_acc + 0.03 else []
         kept = (
             ""
