@@ -64,13 +64,16 @@ class TensorSpec:
 class TFLiteModel:
     """A loaded model: float in, float out, quantisation handled from the model's own parameters."""
 
-    def __init__(self, path: Path, num_threads: int = 1) -> None:
+    def __init__(self, path: Path, num_threads: int = 1, batch: int = 1) -> None:
         cls, _ = interpreter_class()
         try:
             # From bytes, not model_path: a path is memory-mapped, and copying a new model over the file (cp
             # truncates it in place) would then kill the running daemon with SIGBUS. Our models are < 3 MB.
             self._bytes = Path(path).read_bytes()
             self._interp = cls(model_content=self._bytes, num_threads=num_threads)
+            if batch != 1:  # training's teacher scores a whole batch per invoke; the daemon runs one input at a time
+                for d in self._interp.get_input_details():
+                    self._interp.resize_tensor_input(d["index"], [batch, *d["shape"][1:]])
             self._interp.allocate_tensors()
         except OSError as exc:
             raise UserError(f"{path}: cannot read the model file ({exc.strerror})") from None

@@ -324,21 +324,47 @@ def test_distillation_targets_mix_the_label_with_the_teachers_view_of_the_same_f
     import keras
     import tensorflow as tf
 
-    from training.face import make_augment, make_mix
+    from training.face import make_augment, make_mix, mirror_mean
 
     inp = keras.Input((48, 48, 1))
-    teacher = keras.Model(inp, keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inp)))
+    net = keras.Model(inp, keras.layers.Dense(7, activation="softmax")(keras.layers.Flatten()(inp)))
+    teacher = mirror_mean(lambda a: net(a, training=False))
     rng = np.random.default_rng(0)
     a = rng.random((5, 48, 48, 1)).astype(np.float32)
     b = np.eye(7, dtype=np.float32)[[0, 1, 2, 3, 4]]
     args = SimpleNamespace(degrade=0.5, erase=0.5)
     pre = FacePreprocess()
     seen, target = make_mix(tf, make_augment(pre, 0), pre, args, teacher, 0.3)(a, a[:, ::-1], b)
-    want = 0.7 * b + 0.3 * keras.ops.convert_to_numpy(teacher(seen))
+    seen = keras.ops.convert_to_numpy(seen)
+    mirrored = seen[:, :, ::-1]  # left and right swapped, as the daemon's mirror pass sees a face
+    p = 0.5 * (keras.ops.convert_to_numpy(net(seen)) + keras.ops.convert_to_numpy(net(mirrored)))
+    want = 0.7 * b + 0.3 * p
     np.testing.assert_allclose(keras.ops.convert_to_numpy(target), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(target).sum(1), 1.0, rtol=1e-5)  # still a distribution
     _, plain = make_mix(tf, make_augment(pre, 0), pre, args, None, 0.0)(a, a[:, ::-1], b)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(plain), b)  # no teacher: the label
+
+
+def test_the_shipped_model_as_teacher_scores_a_batch_as_the_daemon_scores_each_face() -> None:
+    """A .tflite teacher runs whole batches (batch dimension resized) inside tf.data; its probabilities must be the
+    ones the daemon's runtime gives each face alone, mirror averaged, for real FER2013 faces."""
+    import tensorflow as tf
+
+    from edge_daemon.runtime import TFLiteModel
+    from training.face import load_teacher
+    from training.face_data import load_fer_csv, prepare_all
+
+    sample = ROOT.parent / "shared" / "data" / "fer2013_csv_sample" / "fer2013_first_200_rows.csv"
+    x, _ = prepare_all(load_fer_csv(sample), FacePreprocess())
+    x = x[:24].astype(np.float32)
+    shipped = ROOT / "models_tflite" / "face_emotion.tflite"
+    teacher = load_teacher({"teacher": str(shipped), "share": 0.5})
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(16).map(teacher, num_parallel_calls=4)  # batches of 16 and 8
+    got = np.concatenate([b.numpy() for b in ds])
+    one = TFLiteModel(shipped)
+    want = [0.5 * (one.run(f[None])[0][0] + one.run(f[None, :, ::-1])[0][0]) for f in x]
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-6)
+    assert len(set(got.argmax(1))) > 1  # real faces, not one answer for everything
 
 
 def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_path: Path) -> None:
