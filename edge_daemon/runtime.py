@@ -71,14 +71,18 @@ class TFLiteModel:
             # truncates it in place) would then kill the running daemon with SIGBUS. Our models are < 3 MB.
             self._bytes = Path(path).read_bytes()
             self._interp = cls(model_content=self._bytes, num_threads=num_threads)
-            if batch != 1:  # training's teacher scores a whole batch per invoke; the daemon runs one input at a time
-                for d in self._interp.get_input_details():
-                    self._interp.resize_tensor_input(d["index"], [batch, *d["shape"][1:]])
             self._interp.allocate_tensors()
         except OSError as exc:
             raise UserError(f"{path}: cannot read the model file ({exc.strerror})") from None
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"{path}: not a loadable TFLite model ({exc}); copy the file again from training") from exc
+        if batch != 1:  # training's teacher scores a whole batch per invoke; the daemon runs one input at a time
+            try:
+                for d in self._interp.get_input_details():
+                    self._interp.resize_tensor_input(d["index"], [batch, *d["shape"][1:]])
+                self._interp.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise UserError(f"{path}: this model cannot take a batch of {batch} ({exc})") from exc
         self.path = path
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()

@@ -358,13 +358,15 @@ def test_the_shipped_model_as_teacher_scores_a_batch_as_the_daemon_scores_each_f
     x, _ = prepare_all(load_fer_csv(sample), FacePreprocess())
     x = x[:24].astype(np.float32)
     shipped = ROOT / "models_tflite" / "face_emotion.tflite"
-    teacher = load_teacher({"teacher": str(shipped), "share": 0.5})
+    teacher = load_teacher({"teacher": str(shipped), "share": 0.5, "mirror": True}, FacePreprocess())
     ds = tf.data.Dataset.from_tensor_slices(x).batch(16).map(teacher, num_parallel_calls=4)  # batches of 16 and 8
     got = np.concatenate([b.numpy() for b in ds])
     one = TFLiteModel(shipped)
     want = [0.5 * (one.run(f[None])[0][0] + one.run(f[None, :, ::-1])[0][0]) for f in x]
     np.testing.assert_allclose(got, np.stack(want), atol=1e-6)
     assert len(set(got.argmax(1))) > 1  # real faces, not one answer for everything
+    with pytest.raises(UserError, match="scale"):  # a teacher fed other inputs than it was made for is refused
+        load_teacher({"teacher": str(shipped), "share": 0.5}, FacePreprocess(scale=2 / 255))
 
 
 def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_path: Path) -> None:
@@ -391,3 +393,7 @@ def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_
     meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
     said = meta.raw["training"]["distillation"]
     assert "0.4" in said and "best.keras (sha256 " in said and str(tmp_path) not in said  # no machine path
+    shipped = ROOT / "models_tflite" / "face_emotion.tflite"  # the shipped model teaches too, through tf.data
+    r = _run("training.face", *args, "--epochs", "1", "--teacher", str(shipped), "--run-dir", str(tmp_path / "s2"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "s2" / "distill.json").read_text())["mirror"] is True

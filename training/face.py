@@ -254,8 +254,8 @@ def run_record(
     average); flags given to a run without a record start one; a fresh run without them drops an earlier run's. A
     later --export-only reads the record, so the card describes the run, not the export's flags."""
     path = run / f"{name}.json"
-    record = read_record(run, name)
-    if resumed and record is not None:
+    record = read_record(run, name) if resumed else None
+    if record is not None:
         same = [k for k in keys if given is None or given[k] == record.get(k, given[k])]
         changed = [k for k in keys if k not in same and not (k == grows and given[k] > record[k])]
         if changed:
@@ -292,18 +292,21 @@ def teacher_given(args: argparse.Namespace) -> dict[str, Any] | None:
             f"--teacher {args.teacher}: no such file, or not a .keras checkpoint (from a face run's dir) or a .tflite "
             "model (models_tflite/face_emotion.tflite)"
         )
-    return {"teacher": str(args.teacher), "sha256": sha256_of(args.teacher), "share": args.distill}
+    # "mirror": the teacher's probabilities are averaged over the face and its mirror image (since 2026-12-06 05:00;
+    # a record without it is a run whose teacher made one pass, and goes on so).
+    return {"teacher": str(args.teacher), "sha256": sha256_of(args.teacher), "share": args.distill, "mirror": True}
 
 
-def load_teacher(record: dict[str, Any]) -> Any:
-    """The recorded teacher as a function of a batch of faces, refused if its file changed since the run began (a
-    retrained run dir, say)."""
+def load_teacher(record: dict[str, Any], pre: FacePreprocess) -> Any:
+    """The recorded teacher as a function of a batch of faces (prepared by `pre`), refused if its file changed since
+    the run began (a retrained run dir, say)."""
     path = Path(record["teacher"])
     if not path.is_file():
         raise common.DatasetError(f"teacher {path}: no such file (run from the directory the run began in)")
     if record.get("sha256", sha256_of(path)) != sha256_of(path):  # records of 2026-12-06 02:32 have none
         raise common.DatasetError(f"teacher {path} changed since this run began: restore it, or start a fresh run")
-    return mirror_mean(tflite_probs(path) if path.suffix == ".tflite" else keras_probs(path))
+    probs = tflite_probs(path, pre) if path.suffix == ".tflite" else keras_probs(path)
+    return mirror_mean(probs) if record.get("mirror") else probs
 
 
 def keras_probs(path: Path) -> Any:
@@ -314,15 +317,27 @@ def keras_probs(path: Path) -> Any:
     return lambda a: model(a, training=False)
 
 
-def tflite_probs(path: Path) -> Any:
+def tflite_probs(path: Path, pre: FacePreprocess) -> Any:
     """An exported (int8) model's probabilities for a batch, through the daemon's runtime with the batch dimension
     resized, called from the tf.data pipeline (its parallel map may call it from several threads at once, and one
-    interpreter must not run twice at once: hence the lock)."""
+    interpreter must not run twice at once: hence the lock). The metadata beside it is checked as the daemon checks
+    it, and must describe the labels and input this training feeds it."""
     import threading
 
     import tensorflow as tf
 
     from edge_daemon.runtime import TFLiteModel
+    from edge_daemon.vision.emotion import FaceEmotionModel
+
+    def input_of(p: FacePreprocess) -> tuple[Any, ...]:
+        return (p.size, p.color, p.scale, p.offset)
+
+    theirs = FaceEmotionModel(path.with_suffix(".json"))  # refuses a missing or mismatched .json
+    if tuple(theirs.labels) != CANONICAL or input_of(theirs.pre) != input_of(pre):
+        raise common.DatasetError(
+            f"teacher {path}: labels {list(theirs.labels)} and input {input_of(theirs.pre)} (size, colour, scale, "
+            f"offset) must be this training's {list(CANONICAL)} and {input_of(pre)}"
+        )
 
     models: dict[int, TFLiteModel] = {}  # one per batch size (a tiny set's last batch is smaller)
     lock = threading.Lock()
@@ -356,10 +371,8 @@ def distillation_text(run: Path) -> str:
     name = Path(d["teacher"]).resolve()
     shown = name.relative_to(common.REPO) if name.is_relative_to(common.REPO) else name.name  # no machine paths
     sha = f" (sha256 {d['sha256'][:12]})" if "sha256" in d else ""
-    return (
-        f"each target {1 - d['share']:g} label + {d['share']:g} the probabilities of teacher {shown}{sha}, averaged "
-        "over the face and its mirror image"
-    )
+    mirror = ", averaged over the face and its mirror image" if d.get("mirror") else ""
+    return f"each target {1 - d['share']:g} label + {d['share']:g} the probabilities of teacher {shown}{sha}{mirror}"
 
 
 def soft_targets(teacher: Any, a: Any, b: Any, share: float) -> Any:
@@ -476,7 +489,7 @@ def train(
     total = cycle + (swa_plan["swa_epochs"] if swa_plan else 0)
 
     aug = make_augment(pre, args.seed + initial_epoch)  # its layers carry their own seeds
-    teacher = load_teacher(distill) if distill else None
+    teacher = load_teacher(distill, pre) if distill else None
     mix = make_mix(tf, aug, pre, args, teacher, distill["share"] if distill else 0.0)
     xd = degraded_copy(x, pre, args.seed)
     ds = (
