@@ -35,9 +35,11 @@ from .face_data import FaceSet, load_many, prepare_all
 MODEL_NAME = "face_emotion"
 TRIED = (  # the card's account of what was tried for accuracy: keep it current with VERSION
     "Tried so far (training/README.md has what each run gave): warm-restarted cosine cycles, one 44-epoch cycle, a "
-    "third more channels with a 90-epoch cycle in bfloat16 (this model), then 20 more epochs of weight averaging "
-    "(SWA: 0.4 points lower on val, not shipped). Next steps: distillation (a run from this model was started on "
-    "2026-12-06), a larger teacher trained on a GPU, or two 'sharp'-sized nets (0.7 MB each) averaged within 2 MB."
+    "third more channels with a 90-epoch cycle in bfloat16 (2.4.0), then 20 more epochs of weight averaging (SWA: "
+    "0.4 points lower on val); distillation from 2.4.0's checkpoint, 90 epochs (+0.3 as served, below the +0.5 "
+    "fixed beforehand); distillation from the shipped 2.4.0 file mirror averaged, in a cycle shortened to 56 epochs "
+    "(1.0 point lower). Next steps: a 90-epoch run with the mirror-averaged teacher (about 170 min here), a larger "
+    "teacher trained on a GPU, or two 'sharp'-sized nets (0.7 MB each) averaged within 2 MB."
 )
 BN_BATCHES = 100  # training batches that measure batch-norm statistics for averaged (SWA) weights
 VERSION = "2.4.0"
