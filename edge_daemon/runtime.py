@@ -65,6 +65,8 @@ class TFLiteModel:
     """A loaded model: float in, float out, quantisation handled from the model's own parameters."""
 
     def __init__(self, path: Path, num_threads: int = 1, batch: int = 1) -> None:
+        if batch < 1:
+            raise ValueError(f"batch {batch}: at least 1")  # a programming error, not a user's
         cls, _ = interpreter_class()
         try:
             # From bytes, not model_path: a path is memory-mapped, and copying a new model over the file (cp

@@ -362,8 +362,14 @@ def test_the_shipped_model_as_teacher_scores_a_batch_as_the_daemon_scores_each_f
     ds = tf.data.Dataset.from_tensor_slices(x).batch(16).map(teacher, num_parallel_calls=4)  # batches of 16 and 8
     got = np.concatenate([b.numpy() for b in ds])
     one = TFLiteModel(shipped)
-    want = [0.5 * (one.run(f[None])[0][0] + one.run(f[None, :, ::-1])[0][0]) for f in x]
+
+    def alone(face: np.ndarray) -> np.ndarray:  # the daemon's one-face run, renormalised as the teacher's targets are
+        p = one.run(face[None])[0][0]
+        return p / p.sum()
+
+    want = [0.5 * (alone(f) + alone(np.ascontiguousarray(f[:, ::-1]))) for f in x]
     np.testing.assert_allclose(got, np.stack(want), atol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-6)  # targets mixed from it stay distributions
     assert len(set(got.argmax(1))) > 1  # real faces, not one answer for everything
     with pytest.raises(UserError, match="scale"):  # a teacher fed other inputs than it was made for is refused
         load_teacher({"teacher": str(shipped), "share": 0.5}, FacePreprocess(scale=2 / 255))

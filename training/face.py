@@ -124,7 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--teacher",
         type=Path,
-        help="a trained face checkpoint (.keras) or exported model (.tflite, e.g. the shipped one) to distil from: "
+        help="a trained face checkpoint (.keras) or exported model (.tflite with its .json, e.g. the shipped one) to "
+        "distil from: "
         "each target becomes the label mixed with the teacher's probabilities for the same augmented face, averaged "
         "with its mirror image (--distill of the teacher)",
     )
@@ -348,7 +349,8 @@ def tflite_probs(path: Path, pre: FacePreprocess) -> Any:
         with lock:
             if len(a) not in models:
                 models[len(a)] = TFLiteModel(path, num_threads=1, batch=len(a))
-            return models[len(a)].run(a)[0].astype(np.float32)
+            p = models[len(a)].run(a)[0].astype(np.float32)
+        return p / p.sum(axis=1, keepdims=True)  # int8 steps of 1/256 leave sums up to about 0.01 from 1
 
     def probs(a: Any) -> Any:
         p = tf.numpy_function(run, [a], tf.float32)
