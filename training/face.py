@@ -125,9 +125,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--teacher",
         type=Path,
         help="a trained face checkpoint (.keras) or exported model (.tflite with its .json, e.g. the shipped one) to "
-        "distil from: "
-        "each target becomes the label mixed with the teacher's probabilities for the same augmented face, averaged "
-        "with its mirror image (--distill of the teacher)",
+        "distil from: each target becomes the label mixed with the teacher's probabilities for the same augmented "
+        "face, averaged with its mirror image (--distill of the teacher)",
     )
     ap.add_argument(
         "--distill",
