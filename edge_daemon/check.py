@@ -90,3 +90,30 @@ def _check_microphone(config: Config) -> list[str]:
         which = config.microphone.device if config.microphone.device is not None else "default input"
         return [f"microphone: cannot open {which!r} at 16 kHz mono (microphone.device): {exc}"]
     return []
+
+
+NEAR_M = 1.5  # a device on a shelf must see at least the length of a sofa away
+
+
+def reach_warnings(config: Config) -> list[str]:
+    """A warning (not a failure: a kiosk may want only the person at arm's length) when the configured resolution
+    and detector cannot find a face beyond NEAR_M with a typical webcam."""
+    from .models import load_detector
+    from .vision.detector import TYPICAL_HFOV_DEG, reach_m, smallest_face_px
+
+    if not config.camera.enabled:
+        return []
+    try:
+        detector = load_detector(config)
+    except UserError:
+        return []  # run_checks reports it
+    w, h = config.camera.width, config.camera.height
+    px = smallest_face_px(detector, w, h)
+    far = reach_m(px, w)
+    if far >= NEAR_M:
+        return []
+    return [
+        f"warning: faces: at {w}x{h} (camera.width, camera.height) the detector finds faces from about {px:.0f} px "
+        f"wide, about {far:.1f} m from a {TYPICAL_HFOV_DEG:.0f}-degree webcam; to see farther use "
+        "models.face_detector: face_detection_full_range_sparse.json with face.tiles: 2, or a higher resolution"
+    ]

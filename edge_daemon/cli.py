@@ -112,10 +112,10 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: Config) -> int:
-    from .check import run_checks
+    from .check import reach_warnings, run_checks
 
     problems = run_checks(config)
-    for line in problems:
+    for line in problems + reach_warnings(config):
         print(line)
     if not problems:
         print("ok: config, models, camera, microphone and broker all usable")

@@ -107,9 +107,17 @@ class FaceConfig:
 
     rate_hz: float = _f(5.0, "frames analysed per second (the rest are skipped)", lo=0.1, hi=60)
     detector: str = _f("blazeface", "face detector backend", choices=("blazeface", "haar"))
-    min_face_px: int = _f(40, "ignore faces whose box is smaller than this, pixels", lo=8, hi=4096)
+    # 20: below what the default detector finds (about 32-36 px at 640x480 with 2 tiles), so it only drops specks.
+    min_face_px: int = _f(20, "ignore faces whose box is smaller than this, pixels", lo=8, hi=4096)
     max_faces: int = _f(3, "classify at most this many faces per frame, largest first", lo=1, hi=20)
     detection_threshold: float = _f(0.5, "minimum detector score", lo=0.05, hi=0.99)
+    # 2: at 640x480 two overlapping 480-px squares let BlazeFace full-range find faces from about 36 px (about 1.9 m
+    # away) instead of 50 px (1.4 m) for twice the cost of one pass; benchmarks/face_distance.py measures each choice.
+    tiles: int = _f(
+        2, "BlazeFace passes per detection over overlapping squares of the frame (1 = the whole frame); more see farther",
+        lo=1,
+        hi=8,
+    )
     # 5: at the default rate_hz of 5 the detector looks for new faces at least once a second (the count is of analysed
     # frames, so a lower rate_hz stretches it). benchmarks/tracking_check.py measured what it changes (README,
     # "Performance").
@@ -143,7 +151,9 @@ class ModelsConfig:
 
     dir: str = _f("models_tflite", "folder of the models, relative to this config file unless absolute")
     face_detector: str = _f(
-        "face_detection_short_range.json", "BlazeFace metadata (used when face.detector is blazeface)"
+        "face_detection_full_range_sparse.json",
+        "BlazeFace metadata (used when face.detector is blazeface): full_range_sparse sees across a room, "
+        "short_range only faces within about 1 m",
     )
     face_emotion: str = _f("face_emotion.json", "face emotion model metadata")
     speech_emotion: str = _f("speech_emotion.json", "speech emotion model metadata")

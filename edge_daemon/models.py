@@ -39,6 +39,7 @@ def load_detector(config: Config) -> Any:
         max_faces=config.face.max_faces,
         score_threshold=config.face.detection_threshold,
         num_threads=config.models.num_threads,
+        tiles=config.face.tiles,
     )
 
 

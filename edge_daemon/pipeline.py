@@ -112,6 +112,17 @@ class Worker(threading.Thread):
         raise NotImplementedError
 
 
+def room_vote(probs: list[np.ndarray], scores: list[float]) -> np.ndarray:
+    """One frame's face vote: every face's probabilities, weighted by how sure the detector is that it is a face.
+
+    Every person in view counts the same whatever their distance (a far face is as much a person in the room as a
+    near one), while a doubtful detection (a poster, a pet) counts less. The count is bounded by face.max_faces.
+    """
+    w = np.asarray(scores, dtype=np.float64)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(probs), 1.0 / len(probs))
+    return np.asarray(w @ np.stack(probs), dtype=probs[0].dtype)
+
+
 class FaceWorker(Worker):
     """Samples frames at `rate_hz` of stream time, finds faces (detects them, or follows the last ones: tracking.py),
     classifies each."""
@@ -159,7 +170,7 @@ class FaceWorker(Worker):
             if not faces:
                 continue
             self.faces_seen += 1
-            results, largest = [], None
+            results, votes, weights = [], [], []
             for face in faces:  # the detector returns at most face.max_faces, largest first
                 t2 = time.perf_counter()
                 probs = self.model.classify(self.model.pre.crop(frame.image, face.box)) @ self.model.to_canonical
@@ -167,8 +178,9 @@ class FaceWorker(Worker):
                 top = int(np.argmax(probs))
                 box = tuple(int(round(v)) for v in face.box)
                 results.append(FaceResult(box, CANONICAL[top], float(probs[top])))  # type: ignore[arg-type]
-                largest = probs if largest is None else largest  # the largest face drives fusion
-            self.emit(Prediction("face", frame.t, largest, tuple(results)))
+                votes.append(probs)
+                weights.append(face.score)
+            self.emit(Prediction("face", frame.t, room_vote(votes, weights), tuple(results)))
 
 
 class SpeechWorker(Worker):

@@ -104,6 +104,9 @@ class BlazeFaceSpec:
     # non-max suppression (NonMaxSuppressionCalculatorOptions)
     nms_algorithm: str = "weighted"  # "weighted" (MediaPipe's choice) or "default" (greedy)
     min_suppression_threshold: float = 0.3  # IoU
+    # alignment to short-range's box convention, which the face emotion model's crop was tuned on (optional section)
+    box_size: float = 1.0  # the box's width and height are multiplied by this, around its centre
+    box_shift_y: float = 0.0  # then its centre moves down by this fraction of its height
 
     _SECTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
         "input": ("input_size", "color", "input_range", "letterbox"),
@@ -136,7 +139,9 @@ class BlazeFaceSpec:
             "min_score_thresh",
         ),
         "nms": ("nms_algorithm", "min_suppression_threshold"),
+        "align": ("box_size", "box_shift_y"),
     }
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ("align",)  # metadata written before it existed means no change
 
     @classmethod
     def from_meta(cls, pre: dict[str, Any], source: str = "preprocess") -> BlazeFaceSpec:
@@ -145,6 +150,8 @@ class BlazeFaceSpec:
         values: dict[str, Any] = {}
         for section, names in cls._SECTIONS.items():
             sub = pre.get(section)
+            if sub is None and section in cls._OPTIONAL:
+                continue
             if not isinstance(sub, dict):
                 raise UserError(f"{source}: section '{section}' is missing")
             for name in names:
@@ -171,6 +178,8 @@ class BlazeFaceSpec:
             "anchors.strides": all(1 <= s <= 1024 for s in spec.strides),
             "anchors.aspect_ratios": len(spec.aspect_ratios) > 0 and all(0 < a < 100 for a in spec.aspect_ratios),
             "anchors.num_layers": 1 <= spec.num_layers <= 16,
+            "align.box_size": 0.25 <= spec.box_size <= 4.0,
+            "align.box_shift_y": -1.0 <= spec.box_shift_y <= 1.0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -229,6 +238,29 @@ class BlazeFaceSpec:
         return np.concatenate(out).astype(np.float32)
 
 
+# MediaPipe's face_detection_full_range.pbtxt (the same anchors calculator and decoder, other numbers): one 48x48
+# feature map at stride 4 with one anchor a cell (2304 anchors), no interpolated anchor, boxes in 192-px units, and
+# MediaPipe's own score threshold of 0.6 (the daemon overrides it with face.detection_threshold).
+FULL_RANGE = BlazeFaceSpec(
+    input_size=(192, 192),
+    num_layers=1,
+    strides=(4,),
+    interpolated_scale_aspect_ratio=0.0,
+    num_boxes=2304,
+    x_scale=192.0,
+    y_scale=192.0,
+    w_scale=192.0,
+    h_scale=192.0,
+    min_score_thresh=0.6,
+    # Its boxes are larger than short-range's and sit higher: on the 66 frames of the bundled clip and the astronaut
+    # photo where both found the face, short-range's box was 0.90 of its size (median; 0.81-0.98 from the 10th to the
+    # 90th percentile) and 2.5 % of its height lower (the horizontal offset was 0 on the mirrored frames).
+    box_size=0.9,
+    box_shift_y=0.025,
+)
+SHORT_RANGE = BlazeFaceSpec()
+
+
 def _coerce(value: Any, like: Any) -> Any:
     """Convert a JSON value to the type of the dataclass default it replaces."""
     if isinstance(like, bool):
@@ -250,6 +282,28 @@ def _coerce(value: Any, like: Any) -> Any:
     if not isinstance(value, type(like)):
         raise TypeError
     return value
+
+
+MAX_TILES = 8
+
+
+def tile_regions(width: int, height: int, tiles: int) -> list[tuple[int, int, int, int]]:
+    """Where the detector looks in a `width` x `height` frame: (x0, y0, x1, y1) regions in frame pixels.
+
+    One tile is the whole frame (letterboxed into the model's square input). More tiles are squares as wide as the
+    frame's short side, spread evenly along its long side: each is scaled down less than the whole frame would be,
+    so a face needs fewer pixels to be found (at 640x480, two 480-px tiles scale by 0.4 instead of 0.3, and BlazeFace
+    full-range finds faces of about 15 px in its 192-px input: 37 px in the frame instead of 50). Neighbouring tiles
+    overlap (by 320 px at 640x480 with two tiles), and a face narrower than the overlap lies wholly inside one.
+    """
+    if tiles <= 1 or width == height:
+        return [(0, 0, width, height)]
+    side = min(width, height)
+    span = max(width, height) - side  # how far the last tile's start lies from the first's
+    starts = [round(span * i / (tiles - 1)) for i in range(tiles)]
+    if width > height:
+        return [(s, 0, s + side, height) for s in starts]
+    return [(0, s, width, s + side) for s in starts]
 
 
 @dataclass
@@ -284,10 +338,19 @@ class BlazeFaceDetector:
     """MediaPipe BlazeFace short-range on TFLite. Not thread-safe (one interpreter); make one per thread."""
 
     def __init__(
-        self, model: TFLiteModel, spec: BlazeFaceSpec, meta: ModelMeta, min_face_px: int, max_faces: int
+        self,
+        model: TFLiteModel,
+        spec: BlazeFaceSpec,
+        meta: ModelMeta,
+        min_face_px: int,
+        max_faces: int,
+        tiles: int = 1,
     ) -> None:
         self.meta = meta  # the daemon reports meta.version; the Haar backend has no `meta`
         source = str(meta.json_path)
+        if not 1 <= tiles <= MAX_TILES:
+            raise UserError(f"face.tiles is {tiles}; it must be between 1 and {MAX_TILES}")
+        self.tiles = tiles
         self._model = model
         self._spec = spec
         self._filter = _Filter(min_face_px, max_faces)
@@ -311,6 +374,27 @@ class BlazeFaceDetector:
         frame = _as_uint8_image(frame_bgr)
         if frame is None:
             return []
+        regions = tile_regions(frame.shape[1], frame.shape[0], self.tiles)
+        if len(regions) == 1:
+            return self._filter.apply(self._detect_region(frame))
+        # Faces found in two overlapping tiles are one face: merge them by the same suppression as within a pass.
+        found: list[Face] = []
+        for x0, y0, x1, y1 in regions:
+            found += [
+                Face(box=(f.box[0] + x0, f.box[1] + y0, f.box[2], f.box[3]), score=f.score)
+                for f in self._detect_region(frame[y0:y1, x0:x1])
+            ]
+        if len(found) > 1:
+            corners = np.array([(f.box[0], f.box[1], f.box[0] + f.box[2], f.box[1] + f.box[3]) for f in found])
+            boxes, scores = self._nms(corners.astype(np.float32), np.array([f.score for f in found], np.float32))
+            found = [
+                Face(box=(float(a), float(b), float(c - a), float(d - b)), score=float(sc))
+                for (a, b, c, d), sc in zip(boxes, scores, strict=True)
+            ]
+        return self._filter.apply(found)
+
+    def _detect_region(self, frame: np.ndarray) -> list[Face]:
+        """One invoke over one image (the frame or a tile): faces in its pixels, unfiltered."""
         tensor, (kx, ky, tx, ty) = self._letterbox(frame)
         outs = self._model.run(tensor[None])
         raw = outs[self._reg_idx].reshape(self._spec.num_boxes, self._spec.num_coords)
@@ -319,6 +403,7 @@ class BlazeFaceDetector:
         if len(scores) == 0:
             return []
         boxes, scores = self._nms(boxes, scores)
+        boxes = self._align(boxes)
         th, tw = self._spec.input_size
         # normalised tensor coords -> tensor pixels -> frame pixels (inverse of the warp in _letterbox), less
         # the warp's half-pixel bias: warpAffine samples tensor pixel i at frame point (i - tx) / kx, i.e. its
@@ -330,11 +415,10 @@ class BlazeFaceDetector:
         y0 = (boxes[:, 1] * th - ty) / ky - by
         x1 = (boxes[:, 2] * tw - tx) / kx - bx
         y1 = (boxes[:, 3] * th - ty) / ky - by
-        faces = [
+        return [
             Face(box=(float(a), float(b), float(c - a), float(d - b)), score=float(s))
             for a, b, c, d, s in zip(x0, y0, x1, y1, scores, strict=True)
         ]
-        return self._filter.apply(faces)
 
     def _letterbox(self, frame: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float, float]]:
         """Scale the frame into the input tensor, centred and zero-padded to keep its aspect ratio.
@@ -394,6 +478,15 @@ class BlazeFaceDetector:
         h = r[:, 3] * a[:, 3]
         boxes = np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
         return boxes, scores[keep]
+
+    def _align(self, boxes: np.ndarray) -> np.ndarray:
+        """(xmin, ymin, xmax, ymax) boxes resized and moved to the convention the emotion model's crop expects."""
+        k, dy = self._spec.box_size, self._spec.box_shift_y
+        if k == 1.0 and dy == 0.0:
+            return boxes
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2 + dy * h
+        return np.stack([cx - k * w / 2, cy - k * h / 2, cx + k * w / 2, cy + k * h / 2], axis=1)
 
     def _nms(self, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """MediaPipe's non-max suppression; "weighted" averages each cluster by score and keeps the top score.
@@ -480,6 +573,32 @@ class HaarDetector:
         return self._filter.apply(faces)
 
 
+# The narrowest face each BlazeFace model finds reliably, in pixels of its own input tensor, from photo faces in
+# 640x480 frames (benchmarks/face_distance.py, tests/test_face_reach.py): short-range finds them from 96 px (19 px of
+# its 128-px input), full-range with two 480-px tiles from about 36-40 px (15 px of its 192-px input) and about half
+# of them at 32 px (13 px).
+SMALLEST_FACE_INPUT_PX = {"blazeface_short_range": 19.0, "blazeface_full_range_sparse": 15.0}
+FACE_WIDTH_M = 0.15  # an adult face, ear to ear
+TYPICAL_HFOV_DEG = 70.0  # a typical USB webcam's horizontal field of view
+
+
+def smallest_face_px(detector: FaceDetector, width: int, height: int) -> float:
+    """The narrowest face, in frame pixels, that this detector finds in a `width` x `height` frame."""
+    floor = float(getattr(detector, "_filter").min_face_px)
+    if isinstance(detector, HaarDetector):
+        return max(floor, float(_HAAR_WINDOW))
+    assert isinstance(detector, BlazeFaceDetector)
+    in_px = SMALLEST_FACE_INPUT_PX.get(detector.meta.name, 19.0)  # an unknown model: assume short-range's reach
+    region = max(width, height) if len(tile_regions(width, height, detector.tiles)) == 1 else min(width, height)
+    return max(floor, in_px * region / max(detector.spec.input_size))
+
+
+def reach_m(face_px: float, width: int, hfov_deg: float = TYPICAL_HFOV_DEG) -> float:
+    """How far away (metres) a face appears `face_px` wide in a frame `width` px wide, for a pinhole camera."""
+    focal_px = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
+    return FACE_WIDTH_M * focal_px / face_px
+
+
 def make_detector(
     backend: str,
     meta_path: Path | None,
@@ -487,6 +606,7 @@ def make_detector(
     max_faces: int = 3,
     score_threshold: float = 0.5,
     num_threads: int = 1,
+    tiles: int = 1,
 ) -> FaceDetector:
     """Build the configured detector. `score_threshold` overrides the metadata's `decode.min_score_thresh`."""
     if max_faces < 1:
@@ -505,4 +625,4 @@ def make_detector(
     source = str(meta.json_path)
     spec = BlazeFaceSpec.from_meta(meta.preprocess, source=f"{source}: preprocess")
     spec = replace(spec, min_score_thresh=float(score_threshold))
-    return BlazeFaceDetector(model, spec, meta, min_face_px=min_face_px, max_faces=max_faces)
+    return BlazeFaceDetector(model, spec, meta, min_face_px=min_face_px, max_faces=max_faces, tiles=tiles)

@@ -5,9 +5,11 @@ in between each face it found is followed by template matching, a fraction of a 
 A followed face keeps the size and score the detector gave it and moves with the best match of its template (the
 face as the detector last saw it, in grey, at `TEMPLATE_PX`) within a margin around its last box. When any face's
 match falls below `min_match` (the face turned away, left, or the scene cut to someone else), when a box reaches
-the frame edge, when a face is too flat to follow (no texture: any patch matches it), or when the detector found
-nobody last time, the detector runs at once. What tracking cannot see: a new person entering waits for the next
-scheduled detection (at most `detect_every` - 1 frames), a followed box keeps the size it was detected at, and a cut
+the frame edge, or when a face is too flat to follow (no texture: any patch matches it), the detector runs at once.
+When the detector found nobody, it looks again on the same schedule, not on every frame: an empty room would
+otherwise cost a whole-frame search five times a second, the largest share of the daemon's CPU. What tracking cannot
+see: a new person entering waits for the next scheduled detection (at most `detect_every` - 1 frames, also when
+the room was empty), a followed box keeps the size it was detected at, and a cut
 to a very similar face at the same spot can be followed until the next detection. `benchmarks/tracking_check.py`
 measures what it changes on labelled clips.
 
@@ -47,9 +49,14 @@ class FaceTracker:
         self.min_match = min_match
         self._tracks: list[_Track] = []
         self._followed = 0  # frames followed since the last detection
+        self._empty = False  # the last detection found nobody: wait for the schedule before looking again
         self.detected = False  # whether the last call ran the detector (stats count detector runs)
 
     def detect(self, frame: np.ndarray) -> list[Face]:
+        if self._empty and self._followed < self.detect_every - 1:
+            self._followed += 1
+            self.detected = False
+            return []
         if self._tracks and self._followed < self.detect_every - 1:
             moved = [self._follow(frame, t) for t in self._tracks]
             if all(m is not None for m in moved):
@@ -60,6 +67,7 @@ class FaceTracker:
         faces = self.detector.detect(frame)
         self.detected = True
         self._followed = 0
+        self._empty = not faces
         templates = [_template(frame, f) for f in faces] if self.detect_every > 1 else []
         # A face we cannot follow (its box leaves the frame) is looked for again next frame, with the others.
         ok = templates and all(t is not None for t in templates)
@@ -70,6 +78,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget the faces: the next frame is a detection (after a gap in the stream, a template is stale)."""
         self._tracks = []
+        self._empty = False
 
     def _follow(self, frame: np.ndarray, track: _Track) -> _Track | None:
         x, y, w, h = track.face.box
