@@ -191,7 +191,9 @@ def ours(size: tuple[int, int]) -> dict:
     models = ROOT / "models_tflite"
     full = models / "face_detection_full_range_sparse.json"
     detectors = {
-        "short-range": make_detector("blazeface", models / "face_detection_short_range.json", min_face_px=8, max_faces=8),
+        "short-range": make_detector(
+            "blazeface", models / "face_detection_short_range.json", min_face_px=8, max_faces=8
+        ),
         "full-range": make_detector("blazeface", full, min_face_px=8, max_faces=8),
         "full-range, 2 tiles (default)": make_detector("blazeface", full, min_face_px=8, max_faces=8, tiles=2),
         "haar (ours)": make_detector("haar", None, min_face_px=20, max_faces=8),
@@ -285,7 +287,9 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=30, help="photo placements per width (default 30)")
     ap.add_argument("--free", type=int, default=1000, help="face-free frames (default 1000)")
     ap.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"))
-    ap.add_argument("--peer", action="store_true", help="also run the fer package (needs benchmarks/fer_peer.sh's venv)")
+    ap.add_argument(
+        "--peer", action="store_true", help="also run the fer package (needs benchmarks/fer_peer.sh's venv)"
+    )
     ap.add_argument("--out", help="write the per-frame results as JSON here")
     ap.add_argument("--_peer-plan", dest="peer_plan", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -307,7 +311,16 @@ def main() -> int:
                 return 2
             plan_file = Path(tmp) / "plan.json"
             plan_file.write_text(json.dumps(plan))
-            cmd = [str(py), __file__, "--fer-val", args.fer_val, "--size", *map(str, size), "--_peer-plan", str(plan_file)]
+            cmd = [
+                str(py),
+                __file__,
+                "--fer-val",
+                args.fer_val,
+                "--size",
+                *map(str, size),
+                "--_peer-plan",
+                str(plan_file),
+            ]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
             results.update(json.loads(done.stdout.strip().splitlines()[-1]))

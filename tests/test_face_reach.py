@@ -6,7 +6,6 @@ public domain) pasted on real backgrounds; benchmarks/face_distance.py measures 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -584,7 +584,7 @@ TYPICAL_HFOV_DEG = 70.0  # a typical USB webcam's horizontal field of view
 
 def smallest_face_px(detector: FaceDetector, width: int, height: int) -> float:
     """The narrowest face, in frame pixels, that this detector finds in a `width` x `height` frame."""
-    floor = float(getattr(detector, "_filter").min_face_px)
+    floor = float(detector._filter.min_face_px)
     if isinstance(detector, HaarDetector):
         return max(floor, float(_HAAR_WINDOW))
     assert isinstance(detector, BlazeFaceDetector)
