@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# Fetch MediaPipe's BlazeFace short-range model from the mediapipe 0.10.14 wheel on PyPI, verify it, and
-# (re)write its metadata.
+# Fetch MediaPipe's BlazeFace models (full-range sparse, the default, and short-range) from the mediapipe 0.10.14
+# wheel on PyPI, verify them, and (re)write their metadata.
 #
 #   scripts/fetch_blazeface.sh            # into models_tflite/
 #   PYTHON=/path/to/python scripts/fetch_blazeface.sh
 #
-# Writes models_tflite/face_detection_short_range.tflite (checked against a pinned sha256),
-# models_tflite/LICENSE-mediapipe.txt (the wheel's own licence file, Apache-2.0) and
-# models_tflite/face_detection_short_range.json (edge_daemon.modelmeta.write_meta + BlazeFaceSpec defaults).
+# Writes models_tflite/face_detection_{full_range_sparse,short_range}.tflite (checked against pinned sha256s),
+# models_tflite/LICENSE-mediapipe.txt (the wheel's own licence file, Apache-2.0) and their .json metadata
+# (edge_daemon.modelmeta.write_meta + the FULL_RANGE / SHORT_RANGE specs of edge_daemon/vision/detector.py).
 #
 # The wheel is downloaded for this machine's platform and Python; if pip finds none (mediapipe 0.10.14 has no
-# wheel for e.g. Python 3.13), it retries for CPython 3.11 manylinux x86_64. The .tflite inside is the same file
-# on every platform, and the sha256 check below is what guarantees it.
+# wheel for e.g. Python 3.13), it retries for CPython 3.11 manylinux x86_64. The .tflite files inside are the same
+# on every platform, and the sha256 checks below are what guarantee it.
 set -euo pipefail
 
 MP_VERSION=0.10.14
-MEMBER=mediapipe/modules/face_detection/face_detection_short_range.tflite
-SHA256=bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8
-SIZE=229714
+DIR=mediapipe/modules/face_detection
+MODELS=(  # name sha256 bytes
+    "face_detection_full_range_sparse 2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1 676746"
+    "face_detection_short_range bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8 229714"
+)
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$repo/models_tflite"
@@ -34,20 +36,21 @@ if ! "$PYTHON" -m pip download "mediapipe==$MP_VERSION" --no-deps --only-binary=
         --platform manylinux_2_17_x86_64 --python-version 3.11 -d "$tmp" -q
 fi
 wheel="$(ls "$tmp"/mediapipe-"$MP_VERSION"-*.whl)"
-echo "extracting $MEMBER from $(basename "$wheel")"
-unzip -q -j -o "$wheel" "$MEMBER" -d "$tmp/model"
 unzip -q -j -o "$wheel" "mediapipe-$MP_VERSION.dist-info/LICENSE" -d "$tmp/licence"
-
-model="$tmp/model/face_detection_short_range.tflite"
-got_size="$(wc -c <"$model" | tr -d ' ')"
-got_sha="$(sha256sum "$model" | cut -d' ' -f1)"
-if [[ "$got_size" != "$SIZE" || "$got_sha" != "$SHA256" ]]; then
-    echo "error: $MEMBER is $got_size bytes, sha256 $got_sha; expected $SIZE bytes, $SHA256" >&2
-    exit 1
-fi
-
 mkdir -p "$dest"
-install -m 0644 "$model" "$dest/face_detection_short_range.tflite"
+for entry in "${MODELS[@]}"; do
+    read -r name sha size <<<"$entry"
+    echo "extracting $DIR/$name.tflite from $(basename "$wheel")"
+    unzip -q -j -o "$wheel" "$DIR/$name.tflite" -d "$tmp/model"
+    model="$tmp/model/$name.tflite"
+    got_size="$(wc -c <"$model" | tr -d ' ')"
+    got_sha="$(sha256sum "$model" | cut -d' ' -f1)"
+    if [[ "$got_size" != "$size" || "$got_sha" != "$sha" ]]; then
+        echo "error: $DIR/$name.tflite is $got_size bytes, sha256 $got_sha; expected $size bytes, $sha" >&2
+        exit 1
+    fi
+    install -m 0644 "$model" "$dest/$name.tflite"
+done
 install -m 0644 "$tmp/licence/LICENSE" "$dest/LICENSE-mediapipe.txt"
 
 cd "$repo"
@@ -55,23 +58,27 @@ cd "$repo"
 from pathlib import Path
 
 from edge_daemon.modelmeta import write_meta
-from edge_daemon.vision.detector import BlazeFaceSpec
+from edge_daemon.vision.detector import FULL_RANGE, SHORT_RANGE
 
-path = write_meta(
-    Path("models_tflite/face_detection_short_range.tflite"),
-    kind="face_detector",
-    name="blazeface_short_range",
-    version="0.10.14",
-    preprocess=BlazeFaceSpec().to_meta(),
-    licence="Apache-2.0 (LICENSE-mediapipe.txt)",
-    source={
-        "package": "mediapipe==0.10.14 (PyPI wheel)",
-        "path": "mediapipe/modules/face_detection/face_detection_short_range.tflite",
-        "graph": "mediapipe/modules/face_detection/face_detection_short_range.pbtxt",
-        "fetch": "scripts/fetch_blazeface.sh",
-    },
-    outputs=["regressors [1, 896, 16]", "classificators [1, 896, 1]"],
-)
-print(f"wrote {path}")
+for name, spec, boxes in (
+    ("face_detection_full_range_sparse", FULL_RANGE, 2304),
+    ("face_detection_short_range", SHORT_RANGE, 896),
+):
+    path = write_meta(
+        Path(f"models_tflite/{name}.tflite"),
+        kind="face_detector",
+        name="blazeface_" + name.removeprefix("face_detection_"),
+        version="0.10.14",
+        preprocess=spec.to_meta(),
+        licence="Apache-2.0 (LICENSE-mediapipe.txt)",
+        source={
+            "package": "mediapipe==0.10.14 (PyPI wheel)",
+            "path": f"mediapipe/modules/face_detection/{name}.tflite",
+            "graph": f"mediapipe/modules/face_detection/{name.removesuffix('_sparse')}.pbtxt",
+            "fetch": "scripts/fetch_blazeface.sh",
+        },
+        outputs=[f"regressors [1, {boxes}, 16]", f"classificators [1, {boxes}, 1]"],
+    )
+    print(f"wrote {path}")
 EOF
-echo "ok: $dest/face_detection_short_range.tflite sha256 $SHA256"
+echo "ok: ${#MODELS[@]} models in $dest, sha256 checked"

@@ -1,11 +1,12 @@
-"""Face detection: BlazeFace short-range (TFLite) with an OpenCV Haar cascade fallback, behind one small interface.
+"""Face detection: BlazeFace (TFLite; full-range by default, short-range on request) with an OpenCV Haar cascade
+fallback, behind one small interface.
 
 `make_detector(...)` returns an object with `detect(frame_bgr) -> list[Face]`, largest face first, boxes as
 (x, y, w, h) in the frame's own pixels, which is what `FacePreprocess.crop` takes.
 
-BlazeFace is MediaPipe's `face_detection_short_range.tflite` (see models_tflite/face_detection_short_range.md).
-The model emits raw SSD regressions for 896 fixed anchors; turning them into boxes is done here, exactly as
-MediaPipe's FaceDetectionShortRange graph does it (SsdAnchorsCalculator -> TensorsToDetectionsCalculator ->
+BlazeFace is MediaPipe's `face_detection_full_range_sparse.tflite` or `face_detection_short_range.tflite` (see their
+cards in models_tflite/). Either emits raw SSD regressions for fixed anchors (2304 or 896); turning them into boxes is done here, exactly as
+MediaPipe's face detection graphs do it (SsdAnchorsCalculator -> TensorsToDetectionsCalculator ->
 weighted NonMaxSuppressionCalculator). Every number that step needs is in the model's metadata `.json`
 (`preprocess` section, parsed by `BlazeFaceSpec.from_meta`), so the metadata fully specifies how to run the model.
 """
@@ -335,7 +336,7 @@ def _as_uint8_image(frame: np.ndarray) -> np.ndarray | None:
 
 
 class BlazeFaceDetector:
-    """MediaPipe BlazeFace short-range on TFLite. Not thread-safe (one interpreter); make one per thread."""
+    """MediaPipe BlazeFace on TFLite, over the whole frame or `tiles` overlapping squares of it. Not thread-safe (one interpreter); make one per thread."""
 
     def __init__(
         self,
