@@ -454,6 +454,7 @@ def test_a_stream_client_that_never_reads_is_cut_off_without_blocking_the_publis
 
 DEADLINE_S = 2.0
 PROXY = "127.0.0.2"  # the reverse proxy the `guarded` daemon trusts (and 10.0.0.0/8 behind it)
+PUBLIC_URL = "https://emotion.example.org/"
 
 
 @pytest.fixture(scope="module")
@@ -462,7 +463,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     here ask /login, which answers whenever a connection is served)."""
     tmp = tmp_path_factory.mktemp("guarded")
     port = free_port()
-    web = {"max_connections": 4, "request_timeout_s": DEADLINE_S, "trusted_proxies": [PROXY, "10.0.0.0/8"]}
+    web = {"max_connections": 4, "request_timeout_s": DEADLINE_S, "trusted_proxies": [PROXY, "10.0.0.0/8"],
+           "public_url": PUBLIC_URL}  # fmt: skip
     cfg = web_config(tmp, port, camera={"enabled": False}, microphone={"enabled": False}, web=web)
     d = Daemon(tmp, ["--config", str(cfg), "run"])
     try:
@@ -548,6 +550,19 @@ def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(guarded: Live) -> Non
         assert forged(f"198.51.100.{i}", f"guess-{i}") == 401  # a new address each time, it hopes
     assert forged("198.51.100.99", PASSWORD) == 429  # no: the peer is the client, and it is locked out
     assert "failed login (login form) from 127.0.0.11" in guarded.daemon.log
+
+
+def test_the_page_at_its_public_url_may_switch_even_when_the_proxy_rewrites_host(guarded: Live) -> None:
+    cookie = session_cookie(login(guarded.port, source="127.0.0.12"))
+    csrf = request(guarded.port, "GET", "/api/session", cookie=cookie).json()["csrf"]
+
+    def switch(origin: str) -> int:  # as nginx sends it by default: Host is the upstream's own address
+        h = {"Origin": origin, "X-CSRF-Token": csrf, "Content-Type": "application/json", "X-Forwarded-For": "192.0.2.1"}
+        return request(guarded.port, "POST", "/api/controls", cookie=cookie, headers=h, body='{"analysis": true}',
+                       source=PROXY).status  # fmt: skip
+
+    assert switch("https://emotion.example.org") == 200
+    assert switch("https://evil.example") == 403
 
 
 @pytest.mark.parametrize(

@@ -155,6 +155,8 @@ class WebServer:
         self.model_cards = model_cards
         self.device_id = config.device_id
         self.trusted_proxies = tuple(ipaddress.ip_network(n) for n in web.trusted_proxies)
+        # A proxy that does not pass the Host header on still serves a page whose Origin is web.public_url's
+        self.public_netloc = urlsplit(web.public_url).netloc if web.public_url else None
         self.tls = self._tls_context(config)
         self.scheme = "https" if self.tls else "http"
         self._stop = threading.Event()
@@ -440,8 +442,9 @@ class _Handler(BaseHTTPRequestHandler):
         return False, None
 
     def _same_origin(self) -> bool:
-        """Cross-site request forgery: a browser names the page that sent a request; it must be this one. The host
-        is compared, not the scheme: behind a reverse proxy that terminates TLS the page is https, the server not."""
+        """Cross-site request forgery: a browser names the page that sent a request; it must be this one (the Host it
+        asked, or web.public_url). The host is compared, not the scheme: behind a reverse proxy that terminates TLS
+        the page is https, the server not."""
         site = self.headers.get("Sec-Fetch-Site")
         if site is not None and site not in ("same-origin", "none"):
             return False
@@ -451,7 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
                 netloc = urlsplit(origin).netloc
             except ValueError:
                 return False
-            return bool(netloc) and netloc == self.headers.get("Host", "")
+            return bool(netloc) and netloc in (self.headers.get("Host", ""), self.web.public_netloc)
         return True
 
     # ------------------------------------------------------------------ methods
