@@ -314,8 +314,8 @@ class WebConfig:
     session_hours: float = _f(12.0, "a login lasts this long, hours", lo=0.01, hi=720)
     max_connections: int = _f(
         64,
-        "at most this many HTTP connections at once; when full, the one waiting longest for its request makes room "
-        "(perception never waits)",
+        "at most this many requests answered at once, live streams included; more get 503 (perception never "
+        "waits). Connections still sending their request wait apart, at most 256, the oldest closed first",
         lo=4,
         hi=1000,
     )

@@ -487,7 +487,7 @@ def test_a_body_trickled_byte_by_byte_is_cut_off_at_the_request_deadline(guarded
     assert admin(guarded.port, "/api/stats").json()["web"]["connections_timed_out"] >= 3
 
 
-def test_slow_clients_holding_every_slot_do_not_keep_health_checks_out(guarded: Live) -> None:
+def test_more_slow_clients_than_connection_slots_do_not_keep_health_checks_out(guarded: Live) -> None:
     slow = [Trickler(guarded.port, every_s=0.5, source="127.0.0.8") for _ in range(8)]  # twice the slots
     for t in slow:
         t.start()
@@ -504,7 +504,23 @@ def test_slow_clients_holding_every_slot_do_not_keep_health_checks_out(guarded: 
         for t in slow:
             t.join(30)
     assert all(t.closed_after is not None and t.closed_after <= DEADLINE_S + 1.5 for t in slow)
-    assert admin(guarded.port, "/api/stats").json()["web"]["connections_evicted"] >= 1
+
+
+def test_when_the_waiting_room_is_full_the_longest_waiting_make_room(guarded: Live) -> None:
+    from edge_daemon.web.listener import MAX_WAITING
+
+    idle = []
+    try:
+        for _ in range(MAX_WAITING + 20):  # connections that never send a byte
+            idle.append(socket.create_connection(("127.0.0.1", guarded.port), timeout=5))
+        assert request(guarded.port, "GET", "/login", timeout=5).status == 200
+        evicted = admin(guarded.port, "/api/stats").json()["web"]["connections_evicted"]
+        assert evicted >= 20, evicted
+        idle[0].settimeout(1)
+        assert idle[0].recv(10) == b""  # the oldest was closed
+    finally:
+        for s in idle:
+            s.close()
 
 
 def test_slow_and_truncated_login_bodies_are_not_failed_logins(guarded: Live) -> None:

@@ -9,10 +9,11 @@ and no thread: a request goes to a handler thread only once its line, headers an
 connection whose request is not complete `deadline_s` after it could have started is closed. A handler therefore
 never sees a slow or truncated body.
 
-`max_connections` bounds the connections held at once, waiting and served together. When all are taken, the one
-that has waited longest for its request is closed to make room (an honest request arrives in milliseconds; one still
-arriving after seconds is the likeliest attacker); a newcomer is refused with a 503 only when every connection is
-being served (live streams, answers being written).
+Two bounds, kept apart so that one cannot eat the other: at most `max_served` requests are being answered at once
+(live streams included; a request that finds them all busy gets a 503), and at most MAX_WAITING connections wait
+for their request. When the waiting room is full, the connection that has waited longest is closed to make room (an
+honest request arrives in milliseconds; one still arriving after seconds is the likeliest attacker). Slow clients
+therefore only ever occupy the waiting room, whose every seat is freed by the deadline.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ logger = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024  # a request line and headers larger than this are refused (431): cookies and auth fit easily
 SOCKET_TIMEOUT_S = 10.0  # once served: a write (an answer, a stream) that makes no progress for this long is dropped
 ACCEPTS_PER_ROUND = 64  # so that a burst of new connections cannot starve the reading of those already open
+# Connections waiting for their request: each costs a file descriptor and a buffer of at most MAX_HEAD + the body
+# (32 KiB, 8 MiB for all in the worst case, nothing like a thread); with the served ones and the daemon's own files
+# this stays well under the 1024 descriptors a service gets by default. 80 slow clients fit with room to spare; when
+# more come, the oldest make room, so the deadline, not the attacker, decides how long a seat is held.
+MAX_WAITING = 256
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -78,12 +84,12 @@ class Listener:
         self,
         address: tuple[str, int],
         tls: ssl.SSLContext | None,
-        max_connections: int,
+        max_served: int,
         deadline_s: float,
         max_body: int,
         serve: Callable[[Any, tuple[Any, ...], Request], bool],
     ) -> None:
-        self.tls, self.max_connections, self.deadline_s, self.max_body = tls, max_connections, deadline_s, max_body
+        self.tls, self.max_served, self.deadline_s, self.max_body = tls, max_served, deadline_s, max_body
         self._serve = serve
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -107,9 +113,9 @@ class Listener:
         self._done = threading.Event()
         self._started = False
         self._sel = selectors.DefaultSelector()
-        self.refused = 0  # newcomers turned away: every connection was being served
+        self.refused = 0  # requests answered 503: every handler was busy
         self.timed_out = 0  # requests that did not arrive whole within deadline_s
-        self.evicted = 0  # waiting connections closed to make room for a newcomer
+        self.evicted = 0  # waiting connections closed to make room for a newcomer (the waiting room was full)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -119,13 +125,16 @@ class Listener:
         self._sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._stopping.is_set():
+                accept = False
                 for key, _ in self._sel.select(self._next_timeout()):
                     if key.fileobj is self._sock:
-                        self._accept()
+                        accept = True
                     elif key.fileobj is self._wake_r:
                         self._take_returned()
                     else:
                         self._readable(key.data)
+                if accept:  # after reading: a newcomer's eviction never comes before a request already here
+                    self._accept()
                 self._expire()
         finally:
             for conn in list(self._waiting):
@@ -167,20 +176,9 @@ class Listener:
             except OSError as exc:  # out of file descriptors, say: the backlog waits for the next round
                 logger.debug("web: accept failed (%s)", exc)
                 return
-            with self._lock:
-                full = len(self._waiting) + self._served >= self.max_connections
-            if full and self._waiting:
+            if len(self._waiting) >= MAX_WAITING:
                 self.evicted += 1
                 self._close(next(iter(self._waiting)), b"")
-            elif full:
-                self.refused += 1
-                try:
-                    sock.setblocking(False)
-                    sock.send(REFUSED)
-                except OSError:
-                    pass
-                sock.close()
-                continue
             sock.setblocking(False)
             conn = _Conn(sock, address, time.monotonic())
             if self.tls is not None:  # the handshake, too, happens here and within the deadline
@@ -309,7 +307,12 @@ class Listener:
         self._sel.unregister(conn.sock)
         del self._waiting[conn]
         with self._lock:
-            self._served += 1
+            busy = self._served >= self.max_served
+            self._served += not busy
+        if busy:
+            self.refused += 1
+            self._close(conn, REFUSED)
+            return
         threading.Thread(target=self._serve_one, args=(conn, request), name="web-request", daemon=True).start()
 
     def _serve_one(self, conn: _Conn, request: Request) -> None:
