@@ -69,11 +69,13 @@ def _response(code: int, reason: str, message: str) -> bytes:
     body = json.dumps({"error": message}).encode()
     return (
         f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+        "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\nConnection: close\r\n"
+        + ("Retry-After: 5\r\n" if code == 503 else "")
+        + "\r\n"
     ).encode() + body
 
 
-REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\nRetry-After: 5\r\n\r\n"
+REFUSED = _response(503, "Service Unavailable", "too many requests at once (web.max_connections); try again shortly")
 
 
 class Listener:

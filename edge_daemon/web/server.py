@@ -38,9 +38,10 @@ from ..config import Config
 from ..control import NAMES as CONTROL_NAMES
 from ..control import Controls
 from ..errors import UserError
-from ..history import HistoryReader, HistoryUnavailable, csv_lines, parse_time
+from ..history import HistoryReader
 from ..labels import emoji_of
 from ..throttle import Throttle
+from .api import ApiRoutes, BadRequest
 from .auth import USER, Auth, Session, client_of
 from .feed import Feed
 from .listener import Listener, Request
@@ -48,13 +49,9 @@ from .listener import Listener, Request
 logger = logging.getLogger(__name__)
 
 COOKIE = "emotion_edge_session"
-KEEPALIVE_S = 15.0  # a comment line on idle streams, so proxies and phones keep them open
 HEALTH_EVERY_S = 2.0
 HEALTH_PUSH_S = 10.0  # counters change all the time: pushed this often; a changed state at once
 MAX_BODY = 16 * 1024  # the largest body the API takes is a login form or {"analysis": false}
-MAX_JSON_DEPTH = 8  # the one JSON body is a flat object; a deeper one only costs recursion (16,000 deep crashed it)
-MAX_EVENTS = 10_000
-MAX_HOURS = 24 * 31
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -301,11 +298,7 @@ class _Writer:
         pass
 
 
-class _BadRequest(ValueError):
-    """A query or body value the API cannot take: answered with a 400 that names it."""
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ApiRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "emotion-edge"
 
@@ -465,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         try:
             self._get()
-        except _BadRequest as exc:
+        except BadRequest as exc:
             self._send(400, {"error": str(exc)})
 
     def _get(self) -> None:
@@ -568,143 +561,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _session_info(self, session: Session | None) -> None:
         self._send(200, {"user": USER, "csrf": session.csrf if session else None, "device_id": self.web.device_id})
-
-    # ------------------------------------------------------------------ API
-
-    def _health(self) -> None:
-        try:
-            snap = self.web.health.last or self.web.health.read()[0]
-        except Exception:  # noqa: BLE001 - health must answer, whatever went wrong
-            return self._send(503, {"status": "error"})
-        if snap.get("perception_ok"):
-            return self._send(200, {"status": "ok"})
-        return self._send(503, {"status": "stalled"})
-
-    def _stats(self) -> None:
-        snap, _ = self.web.health.read()
-        listener = self.web.listener
-        snap = {**snap, "web": {"stream_clients": self.web.feed.clients, "streams_cut_off": self.web.feed.cut_off,
-                                "connections_refused": listener.refused if listener else 0,
-                                "connections_timed_out": listener.timed_out if listener else 0,
-                                "connections_evicted": listener.evicted if listener else 0}}  # fmt: skip
-        self._send(200, snap)
-
-    def _whole(self, name: str, default: int, lo: int, hi: int) -> int:
-        text = self._query().get(name) or str(default)
-        # ASCII digits only: str.isdigit() also takes "²", which int() then refuses
-        if not (text.isascii() and text.isdigit() and len(text) <= 9 and lo <= int(text) <= hi):
-            raise _BadRequest(f"{name}: a whole number from {lo} to {hi}, got {text[:40]!r}")
-        return int(text)
-
-    def _time(self, name: str) -> float | None:
-        text = self._query().get(name)
-        try:
-            return parse_time(text[:100], name) if text else None
-        except ValueError as exc:
-            raise _BadRequest(str(exc)) from None
-
-    def _events(self, csv: bool) -> None:
-        r = self._time("since"), self._time("until"), self._whole("limit", 1000, 1, MAX_EVENTS)
-        try:
-            rows = self.web.history.events(*r) if self.web.history else []
-        except HistoryUnavailable as exc:
-            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
-        if csv:
-            return self._send(200, "".join(csv_lines(rows)), "text/csv; charset=utf-8",
-                              {"Content-Disposition": 'attachment; filename="emotion-history.csv"'})  # fmt: skip
-        return self._send(200, rows)
-
-    def _hourly(self) -> None:
-        hours = self._whole("hours", 24, 1, MAX_HOURS)
-        now = time.time()
-        start = (int(now // 3600) - hours + 1) * 3600  # whole hours, the current one last
-        h = self.web.history
-        try:
-            hours_data = h.hourly(start, now + 3600) if h else []
-        except HistoryUnavailable as exc:
-            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
-        self._send(200, {
-            "enabled": h is not None,
-            "since": datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%dT%H:00Z"),
-            "hours": hours_data,
-        })  # fmt: skip
-
-    def _models(self) -> None:
-        snap = self.web.health.last or self.web.health.read()[0]
-        out = {}
-        for name, version in snap.get("models", {}).items():
-            card_path = self.web.model_cards.get(name)
-            try:
-                card = card_path.read_text(encoding="utf-8") if card_path else ""
-            except OSError:
-                card = ""
-            out[name] = {"version": version, "card": card}
-        self._send(200, out)
-
-    def _set_controls(self, body: bytes) -> None:
-        try:
-            if _json_depth(body) > MAX_JSON_DEPTH:
-                raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} deep; expected an object such as "
-                                 '{"analysis": false}')  # fmt: skip
-            wanted = json.loads(body or b"null")
-            if not isinstance(wanted, dict) or not wanted:
-                raise ValueError('expected a JSON object such as {"analysis": false}')
-            for k, v in wanted.items():
-                if k not in CONTROL_NAMES or not isinstance(v, bool):
-                    raise ValueError(f"{k!r}: one of {', '.join(CONTROL_NAMES)}, with true or false")
-        except ValueError as exc:  # JSONDecodeError is one
-            return self._send(400, {"error": str(exc)})
-        if self.web.controls is None:
-            return self._send(409, {"error": "this run has no switches"})
-        for k, v in wanted.items():
-            self.web.controls.set(k, v, source="web")
-        return self._send(200, {"controls": self.web.controls.get()})
-
-    def _stream(self) -> None:
-        feed = self.web.feed
-        client = feed.subscribe()
-        self.close_connection = True
-        try:
-            self._headers(200, "text/event-stream; charset=utf-8", None, {"X-Accel-Buffering": "no"})
-            if self.command == "HEAD":
-                return
-            self.wfile.write(b"retry: 2000\n\n")
-            self.wfile.flush()
-            while not client.overrun:
-                try:
-                    msg = client.queue.get(timeout=KEEPALIVE_S)
-                except Exception:  # queue.Empty: nothing to say, keep the line open
-                    msg = b": keepalive\n\n"
-                if msg is None:
-                    return
-                self.wfile.write(msg)
-                self.wfile.flush()
-        except (OSError, ValueError):  # the client left, or stopped reading for listener.SOCKET_TIMEOUT_S
-            return
-        finally:
-            feed.unsubscribe(client)
-
-
-def _json_depth(data: bytes) -> int:
-    """How deep brackets nest in a JSON text (strings skipped), counted without recursion; stops past the limit."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for b in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif b == 0x5C:  # backslash
-                escaped = True
-            elif b == 0x22:  # quote
-                in_string = False
-        elif b == 0x22:
-            in_string = True
-        elif b in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_JSON_DEPTH:
-                    break
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
