@@ -175,8 +175,9 @@ class Listener:
                 sock, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of file descriptors, say: the backlog waits for the next round
+            except OSError as exc:  # out of file descriptors, say: the backlog waits, and this loop must not spin
                 logger.debug("web: accept failed (%s)", exc)
+                self._stopping.wait(0.1)
                 return
             if len(self._waiting) >= MAX_WAITING:
                 self.evicted += 1
