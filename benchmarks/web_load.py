@@ -1,7 +1,10 @@
 """Does the device page cost perception anything? The same live daemon measured with no web clients, then with
 20 stream clients (and, optionally, 50 idle connections), with `emotion-edge bench` running beside it each time.
+With --trickle N, a last phase has N clients send `POST /login` bodies one byte every 5 s (reconnecting whenever
+they are cut off) while a health check runs every 2 s: how many checks were answered, how long each slow
+connection lived, and whether the owner can still log in from the same address afterwards.
 
-    .venv/bin/python benchmarks/web_load.py [--seconds 60] [--idle 50]
+    .venv/bin/python benchmarks/web_load.py [--seconds 60] [--idle 50] [--trickle 80 [--trickle-only]]
 
 `emotion-edge run` with the bundled clip as its camera (looping in real time), publishing to a private Mosquitto,
 its page on a free port. For each phase it reports: the gaps between events arriving over MQTT (a window closes every
@@ -124,10 +127,85 @@ def phase(name: str, port: int, pid: int, broker_port: int, seconds: float, stre
     }
 
 
+class SlowLogin(threading.Thread):
+    """Sends a login body one byte every `every_s`, reconnecting whenever the server cuts it off."""
+
+    def __init__(self, port: int, stop: threading.Event, every_s: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.stop, self.every_s = port, stop, every_s
+        self.lifetimes: list[float] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                s = socket.create_connection(("127.0.0.1", self.port), timeout=self.every_s)
+            except OSError:
+                self.stop.wait(0.5)
+                continue
+            t0 = time.monotonic()
+            try:
+                s.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npassword=")
+                while not self.stop.is_set():
+                    try:
+                        if not s.recv(4096):  # the server's answer (503, 408) and then its close
+                            break
+                    except TimeoutError:
+                        s.sendall(b"x")
+            except OSError:
+                pass
+            finally:
+                s.close()
+            if not self.stop.is_set():
+                self.lifetimes.append(time.monotonic() - t0)
+
+
+def trickle_phase(port: int, seconds: float, n: int) -> dict:
+    stop = threading.Event()
+    slow = [SlowLogin(port, stop) for _ in range(n)]
+    for t in slow:
+        t.start()
+    time.sleep(2)
+    answers: dict[str, int] = {}
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                status = s.recv(64).split(b" ")[1].decode()
+        except (OSError, IndexError):
+            status = "no answer"
+        answers[status] = answers.get(status, 0) + 1
+        time.sleep(2)
+    stop.set()
+    for t in slow:
+        t.join(10)
+    lifetimes = sorted(x for t in slow for x in t.lifetimes)
+    login = socket.create_connection(("127.0.0.1", port), timeout=10)
+    login.sendall(
+        f"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: {9 + len(PASSWORD)}\r\n\r\npassword={PASSWORD}".encode()
+    )
+    owner = login.recv(64).split(b" ")[1].decode()
+    login.close()
+    stats = get(port, "/api/stats")
+    web = stats.get("web", stats)  # {"error": ...} when the bench's own address is locked out too
+    return {
+        "phase": f"{n} clients trickling a login body, one byte every 5 s",
+        "health_checks": answers,
+        "slow_connections": len(lifetimes),
+        "slow_connection_s": {"median": round(statistics.median(lifetimes), 1), "max": round(lifetimes[-1], 1)}
+        if lifetimes
+        else None,
+        "owner_login_afterwards": owner,
+        "web_counters": web,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60, help="length of each phase (bench runs inside it)")
     ap.add_argument("--idle", type=int, default=0, help="idle (slowloris) connections in the loaded phase")
+    ap.add_argument("--trickle", type=int, default=0, help="clients trickling login bodies in a last phase")
+    ap.add_argument("--trickle-only", action="store_true", help="skip the two load phases")
     args = ap.parse_args()
     with LocalBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -157,10 +235,12 @@ def main() -> int:
                     assert time.monotonic() < deadline and proc.poll() is None, "the daemon did not come up"
                     time.sleep(0.5)
             time.sleep(5)  # past the first windows
-            results = [
+            results = [] if args.trickle_only else [
                 phase("no web clients", port, proc.pid, broker.port, args.seconds, 0, 0),
                 phase("20 stream clients", port, proc.pid, broker.port, args.seconds, 20, args.idle),
-            ]
+            ]  # fmt: skip
+            if args.trickle:
+                results.append(trickle_phase(port, args.seconds, args.trickle))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)

@@ -14,9 +14,11 @@ named by `mqtt.password_env` or from `$CREDENTIALS_DIRECTORY/mqtt_password`
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
+import socket
 import sys
 import types
 import typing
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -269,6 +272,35 @@ class HistoryConfig:
     max_mb: int = _f(100, "keep the history under this many megabytes; the oldest events go first", lo=1, hi=100_000)
 
 
+def _network_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            net = ipaddress.ip_network(value, strict=False)
+            return f"{value!r} has host bits set; did you mean {net}?"
+        return f"must be an IP address or network such as 10.0.0.0/8, got {value!r}"
+    return None
+
+
+def _public_url_problem(value: str) -> str | None:
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        return f"is not a URL ({exc}), got {value!r}"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return (
+            f"must be an http:// or https:// address with a host, such as https://emotion.example.org/, got {value!r}"
+        )
+    if url.path not in ("", "/") or url.query or url.fragment or url.username or url.password:
+        # The page's own links are absolute (/login, /api/...): it must be the root of its host, not a sub-path.
+        return (
+            f"must be the root of a host (no path, query or user), such as https://emotion.example.org/, got {value!r}"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class WebTlsConfig:
     """HTTPS for the device page (or leave it off and put a reverse proxy in front)."""
@@ -292,9 +324,38 @@ class WebConfig:
     )
     session_hours: float = _f(12.0, "a login lasts this long, hours", lo=0.01, hi=720)
     max_connections: int = _f(
-        64, "at most this many HTTP connections at once; more are refused (perception never waits)", lo=4, hi=1000
+        64,
+        "at most this many requests answered at once, live streams included; more get 503 (perception never "
+        "waits). Connections still sending their request wait apart, at most 256, the oldest closed first",
+        lo=4,
+        hi=1000,
+    )
+    request_timeout_s: float = _f(
+        10.0, "a request's line, headers and body must all arrive within this long, or the connection is closed",
+        lo=1, hi=120,
+    )  # fmt: skip
+    trusted_proxies: tuple[str, ...] = _f(
+        (),
+        "reverse proxies (addresses or networks, e.g. [127.0.0.1, 10.0.0.0/8]) whose X-Forwarded-For names the "
+        "client; from anyone else that header is ignored",
+        check=_network_problem,
+    )
+    public_url: str | None = _f(
+        None,
+        "the page's address as people reach it (e.g. https://emotion.example.org/ behind a reverse proxy); given "
+        "out as Home Assistant's link to the device. null: built from host, port and tls",
+        check=_public_url_problem,
     )
     tls: WebTlsConfig = field(default_factory=WebTlsConfig, metadata={"doc": "HTTPS"})
+
+    def public_base_url(self) -> str:
+        """The address the device gives out for its page: `public_url` when set, else one built from host and port
+        as another machine on the network would reach it."""
+        if self.public_url:
+            return self.public_url if self.public_url.endswith("/") else self.public_url + "/"
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::", "") else self.host
+        scheme = "https" if self.tls.cert_file else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
 
 @dataclass(frozen=True)
@@ -379,6 +440,10 @@ class _Reader:
     def value(self, f: dataclasses.Field, hint: Any, node: yaml.Node, path: str) -> Any:
         if dataclasses.is_dataclass(hint):
             return self.section(hint, node, path)
+        if typing.get_origin(hint) is tuple:  # a list of strings, e.g. web.trusted_proxies
+            if not isinstance(node, yaml.SequenceNode):
+                raise self.fail(node, path, "must be a list, e.g. [127.0.0.1, 10.0.0.0/8] (or [] for none)")
+            return tuple(self.list_item(f, item, path) for item in node.value)
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, path, f"must be a single value ({_describe(hint, f)})")
         try:
@@ -405,6 +470,17 @@ class _Reader:
         if got is not None and m["check"] and (problem := m["check"](got)):
             raise self.fail(node, path, problem)
         return got
+
+    def list_item(self, f: dataclasses.Field, node: yaml.Node, path: str) -> str:
+        try:
+            raw = yaml.SafeLoader("").construct_object(node) if isinstance(node, yaml.ScalarNode) else None
+        except (yaml.YAMLError, ValueError, OverflowError):
+            raw = None
+        if not isinstance(raw, str) or not raw:
+            raise self.fail(node, path, "each entry must be a single text value")
+        if (problem := _text_problem(raw)) or (f.metadata["check"] and (problem := f.metadata["check"](raw))):
+            raise self.fail(node, path, problem)
+        return raw
 
 
 _BAD = object()
@@ -532,6 +608,7 @@ def render_default_yaml() -> str:
     ]
 
     def scalar(v: Any) -> str:
+        v = list(v) if isinstance(v, tuple) else v
         return "null" if v is None else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").strip()
 
     def walk(cls: type, indent: str) -> None:

@@ -109,7 +109,7 @@ class Daemon:
             else None
         )
         if self.session and self.web:  # Home Assistant's "visit device" opens the device page
-            self.session.configuration_url = page_url(config)
+            self.session.configuration_url = config.web.public_base_url()
         self.started = time.monotonic()
         self.clock = Clock(self.started, datetime.now(timezone.utc) if replay is not None else None)
         self.fusion = FusionLoop(

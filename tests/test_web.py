@@ -20,7 +20,19 @@ from edge_daemon.web.auth import Auth
 from edge_daemon.web.feed import PER_CLIENT, Feed
 
 from .conftest import Subscriber, run_cli
-from .webtools import PASSWORD, Daemon, admin, free_port, login, request, session_cookie, wait_until, web_config
+from .webtools import (
+    PASSWORD,
+    Daemon,
+    Trickler,
+    admin,
+    free_port,
+    login,
+    request,
+    session_cookie,
+    truncated_login,
+    wait_until,
+    web_config,
+)
 
 AUTHED_GETS = [
     "/",
@@ -239,10 +251,33 @@ def test_events_come_from_the_history_newest_last_and_filter_by_time(live: Live)
     assert all(r["window_start"] < mid for r in before) and before
 
 
-@pytest.mark.parametrize("query", ["since=yesterday", "until=2026-13-01", "limit=0", "limit=-1", "limit=abc"])
+@pytest.mark.parametrize(
+    "query", ["since=yesterday", "until=2026-13-01", "limit=0", "limit=-1", "limit=abc", "limit=%C2%B2", "since=%00"]
+)
 def test_a_bad_query_is_a_400_that_names_the_parameter(live: Live, query: str) -> None:
     r = admin(live.port, f"/api/events?{query}")
     assert r.status == 400 and query.split("=")[0] in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "hours",
+    ["%C2%B2", "%EF%BC%91", "%D9%A3", "0", "745", "abc", "1.5", "-1", "9" * 30, "%F0%9F%98%80"],  # ², １, ٣, 😀
+)
+def test_a_bad_hours_value_is_a_400_that_names_it_and_no_traceback(live: Live, hours: str) -> None:
+    r = admin(live.port, f"/api/history?hours={hours}")  # "²" passed str.isdigit() and crashed int()
+    assert r.status == 400 and r.json()["error"].startswith("hours: a whole number from 1 to 744"), r.body
+    assert "Traceback" not in live.daemon.log
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["[" * 16000, '{"analysis": ' * 1000 + "true" + "}" * 1000, "[" * 9 + "]" * 9, '{"analysis": [[[[[[[[[]]]]]]]]]}'],
+)
+def test_deeply_nested_json_is_a_400_and_no_traceback(live: Live, body: str) -> None:
+    r = admin(live.port, "/api/controls", method="POST", body=body, headers={"Content-Type": "application/json"})
+    assert r.status == 400 and "nested more than 8 deep" in r.json()["error"], r.body[:200]
+    assert "Traceback" not in live.daemon.log
+    assert admin(live.port, "/api/state").json()["controls"]["analysis"] is True
 
 
 def test_events_csv_holds_the_same_rows_as_history_export(live: Live) -> None:
@@ -379,13 +414,18 @@ def test_connections_beyond_the_limit_are_refused_and_the_page_recovers(tmp_path
     socks = []
     try:
         d.wait_for_page(port)
-        for _ in range(4):
-            socks.append(socket.create_connection(("127.0.0.1", port)))
+        for _ in range(4):  # live streams: connections being served, which nobody may take over
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(f"GET /api/stream HTTP/1.1\r\nHost: x\r\n{admin_header()}\r\n".encode())
+            assert s.recv(1024).startswith(b"HTTP/1.1 200")
+            socks.append(s)
         wait_until(lambda: request_refused(port), 10, "a connection over the limit to be refused")
         for s in socks:
             s.close()
         wait_until(lambda: request(port, "GET", "/login").status == 200, 15, "the page to answer again")
-        assert admin(port, "/api/stats").json()["web"]["connections_refused"] >= 1
+        # the streams' handlers notice their clients left at their next write: until then a slot may still be taken
+        stats = wait_until(lambda: (r := admin(port, "/api/stats")).status == 200 and r.json(), 15, "the stats")
+        assert stats["web"]["connections_refused"] >= 1
     finally:
         for s in socks:
             s.close()
@@ -410,6 +450,187 @@ def test_a_stream_client_that_never_reads_is_cut_off_without_blocking_the_publis
         reader.queue.get_nowait()  # this one keeps up
     assert time.monotonic() - t0 < 1.0
     assert stuck.overrun and feed.clients == 1 and feed.cut_off == 1
+
+
+# ---------------------------------------------------------------------------- slow, truncated and proxied requests
+
+DEADLINE_S = 2.0
+PROXY = "127.0.0.2"  # the reverse proxy the `guarded` daemon trusts (and 10.0.0.0/8 behind it)
+PUBLIC_URL = "https://emotion.example.org/"
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A daemon with few connections, a short request deadline and a trusted reverse proxy (no camera: the tests
+    here ask /login, which answers whenever a connection is served)."""
+    tmp = tmp_path_factory.mktemp("guarded")
+    port = free_port()
+    web = {"max_connections": 4, "request_timeout_s": DEADLINE_S, "trusted_proxies": [PROXY, "10.0.0.0/8"],
+           "public_url": PUBLIC_URL}  # fmt: skip
+    cfg = web_config(tmp, port, camera={"enabled": False}, microphone={"enabled": False}, web=web)
+    d = Daemon(tmp, ["--config", str(cfg), "run"])
+    try:
+        d.wait_for_page(port)
+        yield Live(port, d, tmp / "state", None)  # type: ignore[arg-type]
+    finally:
+        log = d.stop()
+    assert d.proc.returncode == 0 and "Traceback" not in log, log[-3000:]
+
+
+def test_a_body_trickled_byte_by_byte_is_cut_off_at_the_request_deadline(guarded: Live) -> None:
+    slow = [Trickler(guarded.port, every_s=0.5) for _ in range(3)]  # fewer than the slots: only the deadline ends them
+    for t in slow:
+        t.start()
+    for t in slow:
+        t.join(30)
+    for t in slow:  # each read succeeded within 0.5 s: a socket timeout alone never fires
+        assert t.closed_after is not None and DEADLINE_S - 0.1 <= t.closed_after <= DEADLINE_S + 1.5, t.closed_after
+        assert t.reply.startswith(b"HTTP/1.1 408 "), t.reply[:100]
+    assert admin(guarded.port, "/api/stats").json()["web"]["connections_timed_out"] >= 3
+
+
+def test_more_slow_clients_than_connection_slots_do_not_keep_health_checks_out(guarded: Live) -> None:
+    slow = [Trickler(guarded.port, every_s=0.5, source="127.0.0.8") for _ in range(8)]  # twice the slots
+    for t in slow:
+        t.start()
+    try:
+        time.sleep(0.3)
+        answers = []
+        for _ in range(15):  # over about the deadline, while the slow ones keep trickling and reconnecting
+            answers.append(request(guarded.port, "GET", "/login", timeout=5).status)
+            slow.append(Trickler(guarded.port, every_s=0.5, source="127.0.0.8"))
+            slow[-1].start()
+            time.sleep(0.1)
+        assert answers == [200] * 15, answers  # was 503 for as long as the slow clients stayed
+    finally:
+        for t in slow:
+            t.join(30)
+    assert all(t.closed_after is not None and t.closed_after <= DEADLINE_S + 1.5 for t in slow)
+
+
+def test_when_the_waiting_room_is_full_the_longest_waiting_make_room(guarded: Live) -> None:
+    from edge_daemon.web.listener import MAX_WAITING
+
+    idle = []
+    try:
+        for _ in range(MAX_WAITING + 20):  # connections that never send a byte
+            idle.append(socket.create_connection(("127.0.0.1", guarded.port), timeout=5))
+        assert request(guarded.port, "GET", "/login", timeout=5).status == 200
+        evicted = admin(guarded.port, "/api/stats").json()["web"]["connections_evicted"]
+        assert evicted >= 20, evicted
+        idle[0].settimeout(1)
+        assert idle[0].recv(10) == b""  # the oldest was closed
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_slow_and_truncated_login_bodies_are_not_failed_logins(guarded: Live) -> None:
+    src = "127.0.0.9"
+    slow = [Trickler(guarded.port, every_s=0.3, source=src) for _ in range(3)]
+    for t in slow:
+        t.start()
+    for _ in range(6):  # more than the 5 failures a minute that lock an address out
+        truncated_login(guarded.port, source=src)
+    for t in slow:
+        t.join(30)
+    r = login(guarded.port, source=src)
+    assert r.status == 303, (r.status, r.body[:200])  # the owner on that address is not locked out
+    assert "failed login (login form) from 127.0.0.9" not in guarded.daemon.log
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_login_limit(guarded: Live) -> None:
+    def via_proxy(forwarded_for: str, password: str) -> int:
+        return request(guarded.port, "POST", "/login", source=PROXY, body=f"password={password.replace(' ', '+')}",
+                       headers={"Content-Type": "application/x-www-form-urlencoded",
+                                "X-Forwarded-For": forwarded_for}).status  # fmt: skip
+
+    for i in range(5):
+        assert via_proxy("203.0.113.7", f"guess-{i}") == 401
+    assert via_proxy("203.0.113.7", PASSWORD) == 429  # the guesser is locked out
+    assert via_proxy("203.0.113.8", PASSWORD) == 303  # the owner, through the same proxy, is not
+    # What the client itself wrote in front of the proxy's entry is not believed; trusted hops are skipped.
+    assert via_proxy("203.0.113.8, 203.0.113.7", PASSWORD) == 429
+    assert via_proxy("203.0.113.7, 10.1.2.3", PASSWORD) == 429
+    assert login(guarded.port, source="127.0.0.10").status == 303  # and direct clients keep their own counters
+    assert "failed login (login form) from 203.0.113.7" in guarded.daemon.log
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(guarded: Live) -> None:
+    src = "127.0.0.11"
+
+    def forged(forwarded_for: str, password: str) -> int:
+        return request(guarded.port, "POST", "/login", source=src, body=f"password={password.replace(' ', '+')}",
+                       headers={"Content-Type": "application/x-www-form-urlencoded",
+                                "X-Forwarded-For": forwarded_for}).status  # fmt: skip
+
+    for i in range(5):
+        assert forged(f"198.51.100.{i}", f"guess-{i}") == 401  # a new address each time, it hopes
+    assert forged("198.51.100.99", PASSWORD) == 429  # no: the peer is the client, and it is locked out
+    assert "failed login (login form) from 127.0.0.11" in guarded.daemon.log
+
+
+def test_the_page_at_its_public_url_may_switch_even_when_the_proxy_rewrites_host(guarded: Live) -> None:
+    cookie = session_cookie(login(guarded.port, source="127.0.0.12"))
+    csrf = request(guarded.port, "GET", "/api/session", cookie=cookie).json()["csrf"]
+
+    def switch(origin: str) -> int:  # as nginx sends it by default: Host is the upstream's own address
+        h = {"Origin": origin, "X-CSRF-Token": csrf, "Content-Type": "application/json", "X-Forwarded-For": "192.0.2.1"}
+        return request(guarded.port, "POST", "/api/controls", cookie=cookie, headers=h, body='{"analysis": true}',
+                       source=PROXY).status  # fmt: skip
+
+    assert switch("https://emotion.example.org") == 200
+    assert switch("https://evil.example") == 403
+
+
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("[10.0.0.300]", "must be an IP address or network such as 10.0.0.0/8, got '10.0.0.300'"),
+        ("[192.168.1.10/24]", "has host bits set; did you mean 192.168.1.0/24?"),
+        ("127.0.0.1", "must be a list"),
+        ("[[127.0.0.1]]", "each entry must be a single text value"),
+    ],
+)
+def test_a_bad_trusted_proxy_is_one_line_naming_the_field(tmp_path: Path, value: str, needle: str) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"web:\n  trusted_proxies: {value}\n")
+    r = run_cli("--config", str(cfg), "check", timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{cfg}:2: web.trusted_proxies: " in r.stderr and needle in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "value", ["emotion.example.org", "ftp://emotion.example.org/", "https://example.org/emotion/", "https://:80/"]
+)
+def test_a_public_url_that_cannot_be_the_pages_address_is_refused(tmp_path: Path, value: str) -> None:
+    from edge_daemon.config import load_config
+    from edge_daemon.errors import UserError
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"web:\n  public_url: {value}\n")
+    with pytest.raises(UserError, match=r"config.yaml:2: web.public_url: must be"):
+        load_config(cfg)
+
+
+def test_the_public_url_is_the_address_home_assistant_is_given(tmp_path: Path) -> None:
+    from edge_daemon.config import load_config
+    from edge_daemon.daemon import Daemon as DaemonObject
+    from edge_daemon.homeassistant import discovery_payload
+
+    from .conftest import write_config
+
+    proxied = load_config(write_config(tmp_path / "c.yaml", web={"enabled": True, "public_url": "https://emo.example"}))
+    assert proxied.web.public_base_url() == "https://emo.example/"
+    daemon = DaemonObject(proxied, broker=("127.0.0.1", 1))  # not started: nothing listens or connects
+    try:
+        assert discovery_payload(proxied, daemon.session.configuration_url)["device"]["configuration_url"] == (
+            "https://emo.example/"
+        )
+    finally:
+        daemon.outbox.close()
+    plain = load_config(write_config(tmp_path / "p.yaml", web={"enabled": True, "host": "192.0.2.5", "port": 8080}))
+    assert plain.web.public_base_url() == "http://192.0.2.5:8080/"  # unset: built from host and port, as before
 
 
 # ---------------------------------------------------------------------------- where the password comes from

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +96,55 @@ def login(port: int, password: str = PASSWORD, source: str | None = None) -> Res
 def session_cookie(resp: Response) -> str:
     """`name=value` of the session cookie a login set."""
     return resp.headers["Set-Cookie"].split(";", 1)[0]
+
+
+class Trickler(threading.Thread):
+    """A slow client: a `POST /login` whose headers arrive at once and whose body (a password guess) follows one byte
+    every `every_s`, until the server hangs up. `closed_after` is how long that took, `reply` what it said."""
+
+    def __init__(self, port: int, every_s: float = 0.5, source: str | None = None, length: int = 100) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=5, source_address=(source, 0) if source else None
+        )
+        self.sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        self.body = (b"password=" + b"guess" * length)[: length - 1]  # one byte short: it never ends by itself
+        self.every_s = every_s
+        self.t0 = time.monotonic()
+        self.closed_after: float | None = None
+        self.reply = b""
+
+    def run(self) -> None:
+        self.sock.settimeout(self.every_s)
+        sent = 0
+        try:
+            while time.monotonic() - self.t0 < 60:
+                try:
+                    data = self.sock.recv(4096)
+                except TimeoutError:
+                    if sent < len(self.body):
+                        self.sock.sendall(self.body[sent : sent + 1])
+                        sent += 1
+                    continue
+                if not data:
+                    break
+                self.reply += data
+        except OSError:  # reset: closed too
+            pass
+        self.closed_after = time.monotonic() - self.t0
+        self.sock.close()
+
+
+def truncated_login(port: int, source: str | None = None) -> None:
+    """A `POST /login` that announces 100 bytes of body, sends a password guess of 20 and hangs up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0) if source else None) as s:
+        s.sendall(
+            b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 100\r\n\r\npassword=cut-off-abc"
+        )
 
 
 def web_config(tmp_path: Path, port: int, broker_port: int | None = None, **sections: Any) -> Path:

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ CREDENTIAL = "web_password"
 # a login (sessions and a right Basic header are not hashed again). p=2 at n=2^13 costs the CPU of n=2^14 with half
 # the memory; the memory goes back to the system after each hash (see _give_back_memory).
 SCRYPT = {"n": 2**13, "r": 8, "p": 2}
-FAILURES_PER_MINUTE = 5  # per client address; then 429 until the minute has passed
+FAILURES_PER_MINUTE = 5  # per client address (see client_of); then 429 until the minute has passed
 # No limit across all addresses: it would let anyone lock the owner out. Guessing is slowed instead by hashing one
 # candidate at a time (which also caps the CPU the page can take from perception at one core).
 MAX_SESSIONS = 200
@@ -66,6 +67,35 @@ def _give_back_memory() -> None:
     RSS for good after the first login); malloc_trim returns it to the system."""
     if _TRIM is not None:
         _TRIM(0)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:10.0.0.2, as a dual-stack socket names an IPv4 peer
+    return mapped or ip
+
+
+def client_of(peer: str, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
+    """The address a request comes from: the peer's, unless the peer is one of the `trusted` reverse proxies; then
+    the X-Forwarded-For entries are read from the right (each proxy appends the address it was sent the request from)
+    and the first one that is not a trusted proxy is the client. Entries further left were written by the client
+    itself and may be forged, so they are never used; an unreadable entry stops at the last trusted hop."""
+    current = _address(peer)
+    if current is None:
+        return peer
+    hops = [hop for header in forwarded_for for hop in header.split(",")]
+    while hops and any(current in net for net in trusted):
+        nearer = _address(hops.pop())
+        if nearer is None:
+            break
+        current = nearer
+    return str(current)
 
 
 @dataclass

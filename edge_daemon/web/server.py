@@ -4,21 +4,23 @@ Why the standard library's `http.server` and no framework: the page needs a doze
 a form, JSON and one Server-Sent Events stream, and `http.server` does all of that; its import costs
 about 1 MB of RSS against 10-20 MB for aiohttp or uvicorn+starlette, on a board whose whole budget is
 150 MB, and it adds nothing to install or to keep up to date. Its one weakness for a device, a thread
-per connection, is bounded here: at most `web.max_connections` at once (more are refused at accept),
-each with a 10 s socket timeout, so a slowloris or a pile of idle connections costs sleeping threads
-and closes the page to newcomers at worst, never a frame or an event. The daemon hands the server
-events through `on_event`/`on_state`, which only put a message on bounded queues.
+per connection that waits for its own request, is replaced by `listener.py`: one thread reads every
+request whole under a deadline (`web.request_timeout_s`) and only then hands it to a thread of its
+own, so slow or idle clients cost a buffer each, never a thread, a slot for long, a frame or an event.
+The daemon hands the server events through `on_event`/`on_state`, which only put a message on bounded
+queues.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import io
+import ipaddress
 import json
 import logging
 import math
 import os
-import socket
 import ssl
 import threading
 import time
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -36,24 +38,20 @@ from ..config import Config
 from ..control import NAMES as CONTROL_NAMES
 from ..control import Controls
 from ..errors import UserError
-from ..history import HistoryReader, HistoryUnavailable, csv_lines, parse_time
+from ..history import HistoryReader
 from ..labels import emoji_of
 from ..throttle import Throttle
-from .auth import USER, Auth, Session
+from .api import ApiRoutes, BadRequest
+from .auth import USER, Auth, Session, client_of
 from .feed import Feed
+from .listener import Listener, Request
 
 logger = logging.getLogger(__name__)
 
 COOKIE = "emotion_edge_session"
-SOCKET_TIMEOUT_S = 10.0  # a request (or a stream write) that makes no progress for this long is dropped
-# A request's line and headers must all arrive within this long, however slowly they trickle (slowloris), and a
-# kept-alive connection may wait this long for its next request; then its slot goes to someone else.
-HEADER_DEADLINE_S = 10.0
-KEEPALIVE_S = 15.0  # a comment line on idle streams, so proxies and phones keep them open
 HEALTH_EVERY_S = 2.0
 HEALTH_PUSH_S = 10.0  # counters change all the time: pushed this often; a changed state at once
-MAX_BODY = 16 * 1024
-MAX_EVENTS = 10_000
+MAX_BODY = 16 * 1024  # the largest body the API takes is a login form or {"analysis": false}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -153,16 +151,18 @@ class WebServer:
         self.history = history
         self.model_cards = model_cards
         self.device_id = config.device_id
+        self.trusted_proxies = tuple(ipaddress.ip_network(n) for n in web.trusted_proxies)
+        # A proxy that does not pass the Host header on still serves a page whose Origin is web.public_url's
+        self.public_netloc = urlsplit(web.public_url).netloc if web.public_url else None
         self.tls = self._tls_context(config)
         self.scheme = "https" if self.tls else "http"
         self._stop = threading.Event()
-        self._httpd: _Server | None = None
+        self.listener: Listener | None = None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.state: dict[str, Any] | None = None
         self.last_event: dict[str, Any] | None = None
         self.bound = threading.Event()
-        self.refused = 0  # connections turned away at the limit
 
     @staticmethod
     def _tls_context(config: Config) -> ssl.SSLContext | None:
@@ -189,20 +189,28 @@ class WebServer:
             self._threads.append(t)
 
     def stop(self) -> None:
-        self._stop.set()
+        with self._lock:  # against a _serve that is binding just now
+            self._stop.set()
+            listener = self.listener
         self.feed.close()
-        httpd = self._httpd
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
+        if listener is not None:
+            listener.stop()
         for t in self._threads:
             t.join(timeout=2)
 
     def _serve(self) -> None:
         said = Throttle(600.0)
         while not self._stop.is_set():
+            web = self.config.web
             try:
-                httpd = _Server((self.host, self.port), _Handler, self)
+                listener = Listener(
+                    (self.host, self.port),
+                    self.tls,
+                    web.max_connections,
+                    web.request_timeout_s,
+                    MAX_BODY,
+                    self._serve_one,
+                )
             except OSError as exc:
                 if said.ready():
                     logger.error(
@@ -212,15 +220,21 @@ class WebServer:
                     )  # fmt: skip
                 self._stop.wait(30)
                 continue
-            self._httpd = httpd
-            self.port = httpd.server_address[1]
+            with self._lock:
+                if self._stop.is_set():  # stop() came while binding
+                    listener.stop()
+                    return
+                self.listener = listener
+            self.port = listener.port
             self.bound.set()
-            logger.info("web: device page on %s://%s:%d/ (user %s)", self.scheme, self.host, self.port, USER)
-            if self._stop.is_set():  # stop() came while binding
-                httpd.server_close()
-                return
-            httpd.serve_forever(poll_interval=0.5)
+            public = f"; given out as {web.public_url}" if web.public_url else ""
+            logger.info("web: device page on %s://%s:%d/ (user %s%s)", self.scheme, self.host, self.port, USER, public)
+            listener.run()
             return
+
+    def _serve_one(self, sock: Any, client_address: tuple[Any, ...], request: Request) -> bool:
+        """One whole request (the listener read it); True: keep the connection for the next one."""
+        return not _Handler(request, sock, client_address, self).close_connection
 
     def _health_loop(self) -> None:
         last_push, pushed = 0.0, None
@@ -230,9 +244,6 @@ class WebServer:
             except Exception:  # a snapshot that fails must not end the loop, nor the daemon
                 logger.exception("web: health snapshot failed")
                 continue
-            httpd = self._httpd
-            if httpd is not None:
-                httpd.reap(HEADER_DEADLINE_S)
             now = time.monotonic()
             if states != pushed or now - last_push >= HEALTH_PUSH_S:
                 last_push, pushed = now, states
@@ -273,109 +284,53 @@ class WebServer:
         }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 32
+class _Writer:
+    """The handler's wfile: every write goes out whole (a socket's own send may write part of it)."""
 
-    def __init__(self, address: tuple[str, int], handler: type, web: WebServer) -> None:
-        self.web = web
-        self._slots = threading.BoundedSemaphore(web.config.web.max_connections)
-        self._reading: dict[Any, float] = {}  # connection -> when it started waiting for a request's headers
-        self._reading_lock = threading.Lock()
-        self.reaped = 0
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.web.refused += 1
-            try:
-                request.setblocking(False)
-                request.send(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
+    def write(self, data: bytes) -> int:
+        self._sock.sendall(data)
+        return len(data)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def reading(self, conn: Any, since: float | None) -> None:
-        with self._reading_lock:
-            if since is None:
-                self._reading.pop(conn, None)
-            else:
-                self._reading[conn] = since
-
-    def reap(self, deadline_s: float) -> None:
-        """Close connections that have taken longer than `deadline_s` to send a request's headers."""
-        now = time.monotonic()
-        with self._reading_lock:
-            late = [c for c, t in self._reading.items() if now - t > deadline_s]
-            for c in late:
-                del self._reading[c]
-        for c in late:
-            self.reaped += 1
-            try:
-                c.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns, and its thread ends
-            except OSError:
-                pass
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(SOCKET_TIMEOUT_S)
-        ctx = self.web.tls
-        if ctx is not None:  # the handshake happens here, in the connection's thread, not in the accepting one
-            self.reading(request, time.monotonic())  # and within the same deadline as a request's headers
-            try:
-                request = ctx.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError):
-                return
-            finally:
-                self.reading(request, None)
-        self.RequestHandlerClass(request, client_address, self)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that goes away mid-response is normal on a phone; anything else is a bug worth a traceback.
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):
-            return
-        logger.exception("web: error while serving %s", client_address[0] if client_address else "a client")
+    def flush(self) -> None:
+        pass
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ApiRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "emotion-edge"
 
     def version_string(self) -> str:  # not the Python version: nothing a stranger needs to know
         return self.server_version
 
-    server: _Server
+    server: WebServer
+
+    def __init__(self, request: Request, sock: Any, client_address: tuple[Any, ...], web: WebServer) -> None:
+        self._request = request
+        super().__init__(sock, client_address, web)  # which handles the request
 
     # ------------------------------------------------------------------ plumbing
 
     @property
     def web(self) -> WebServer:
-        return self.server.web
+        return self.server
 
-    def handle_one_request(self) -> None:
-        self.server.reading(self.connection, time.monotonic())
-        try:
-            super().handle_one_request()
-        finally:
-            self.server.reading(self.connection, None)
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BytesIO(self._request.raw)  # the whole request, read by the listener
+        self.wfile = _Writer(self.request)  # type: ignore[assignment]
 
-    def parse_request(self) -> bool:
-        ok = super().parse_request()  # the headers are in: the deadline no longer applies
-        self.server.reading(self.connection, None)
-        return ok
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()  # one request per call: the listener keeps the connection between them
+
+    def finish(self) -> None:
+        pass
+
+    def handle_expect_100(self) -> bool:
+        return True  # the listener said "100 Continue" while it waited for the body
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         logger.debug("web: %s %s", self.address_string(), format % args)
@@ -428,7 +383,11 @@ class _Handler(BaseHTTPRequestHandler):
         return urlsplit(self.path).path
 
     def _client(self) -> str:
-        return self.client_address[0] if self.client_address else "?"
+        """Who is asking, for login limits and logs: the peer, or the client a trusted reverse proxy names."""
+        peer = self.client_address[0] if self.client_address else "?"
+        if not self.web.trusted_proxies:
+            return peer
+        return client_of(peer, self.headers.get_all("X-Forwarded-For") or [], self.web.trusted_proxies)
 
     def _cookie(self) -> str | None:
         raw = self.headers.get("Cookie")
@@ -441,15 +400,12 @@ class _Handler(BaseHTTPRequestHandler):
         return c[COOKIE].value if COOKIE in c else None
 
     def _body(self) -> bytes | None:
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            n = -1
-        if not 0 <= n <= MAX_BODY:
+        """The body, which the listener read whole; None (answered) when it was refused unread."""
+        if not self._request.body_read:
             self.close_connection = True
-            self._send(413 if n > MAX_BODY else 400, {"error": "request body missing or too large"})
+            self._send(413, {"error": f"request body too large (at most {MAX_BODY} bytes)"})
             return None
-        return self.rfile.read(n) if n else b""
+        return self.rfile.read()
 
     # ------------------------------------------------------------------ who is asking
 
@@ -479,8 +435,9 @@ class _Handler(BaseHTTPRequestHandler):
         return False, None
 
     def _same_origin(self) -> bool:
-        """Cross-site request forgery: a browser names the page that sent a request; it must be this one. The host
-        is compared, not the scheme: behind a reverse proxy that terminates TLS the page is https, the server not."""
+        """Cross-site request forgery: a browser names the page that sent a request; it must be this one (the Host it
+        asked, or web.public_url). The host is compared, not the scheme: behind a reverse proxy that terminates TLS
+        the page is https, the server not."""
         site = self.headers.get("Sec-Fetch-Site")
         if site is not None and site not in ("same-origin", "none"):
             return False
@@ -490,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
                 netloc = urlsplit(origin).netloc
             except ValueError:
                 return False
-            return bool(netloc) and netloc == self.headers.get("Host", "")
+            return bool(netloc) and netloc in (self.headers.get("Host", ""), self.web.public_netloc)
         return True
 
     # ------------------------------------------------------------------ methods
@@ -499,6 +456,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:  # noqa: N802
+        try:
+            self._get()
+        except BadRequest as exc:
+            self._send(400, {"error": str(exc)})
+
+    def _get(self) -> None:
         route = self._route()
         if route == "/api/health":
             return self._health()
@@ -598,117 +561,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _session_info(self, session: Session | None) -> None:
         self._send(200, {"user": USER, "csrf": session.csrf if session else None, "device_id": self.web.device_id})
-
-    # ------------------------------------------------------------------ API
-
-    def _health(self) -> None:
-        try:
-            snap = self.web.health.last or self.web.health.read()[0]
-        except Exception:  # noqa: BLE001 - health must answer, whatever went wrong
-            return self._send(503, {"status": "error"})
-        if snap.get("perception_ok"):
-            return self._send(200, {"status": "ok"})
-        return self._send(503, {"status": "stalled"})
-
-    def _stats(self) -> None:
-        snap, _ = self.web.health.read()
-        snap = {**snap, "web": {"stream_clients": self.web.feed.clients, "streams_cut_off": self.web.feed.cut_off,
-                                "connections_refused": self.web.refused,
-                                "connections_timed_out": self.server.reaped}}  # fmt: skip
-        self._send(200, snap)
-
-    def _range(self) -> tuple[float | None, float | None, int] | None:
-        q = self._query()
-        try:
-            since = parse_time(q["since"], "since") if q.get("since") else None
-            until = parse_time(q["until"], "until") if q.get("until") else None
-            limit_text = q.get("limit") or "1000"
-            if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_EVENTS:
-                raise ValueError(f"limit: a whole number from 1 to {MAX_EVENTS}, got {limit_text!r}")
-        except ValueError as exc:
-            self._send(400, {"error": str(exc)})
-            return None
-        return since, until, int(limit_text)
-
-    def _events(self, csv: bool) -> None:
-        r = self._range()
-        if r is None:
-            return None
-        try:
-            rows = self.web.history.events(*r) if self.web.history else []
-        except HistoryUnavailable as exc:
-            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
-        if csv:
-            return self._send(200, "".join(csv_lines(rows)), "text/csv; charset=utf-8",
-                              {"Content-Disposition": 'attachment; filename="emotion-history.csv"'})  # fmt: skip
-        return self._send(200, rows)
-
-    def _hourly(self) -> None:
-        text = self._query().get("hours") or "24"
-        if not text.isdigit() or not 1 <= int(text) <= 24 * 31:
-            return self._send(400, {"error": f"hours: a whole number from 1 to 744, got {text!r}"})
-        hours = int(text)
-        now = time.time()
-        start = (int(now // 3600) - hours + 1) * 3600  # whole hours, the current one last
-        h = self.web.history
-        try:
-            hours_data = h.hourly(start, now + 3600) if h else []
-        except HistoryUnavailable as exc:
-            return self._send(503, {"error": f"the history cannot be read now ({exc})"})
-        self._send(200, {
-            "enabled": h is not None,
-            "since": datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%dT%H:00Z"),
-            "hours": hours_data,
-        })  # fmt: skip
-
-    def _models(self) -> None:
-        snap = self.web.health.last or self.web.health.read()[0]
-        out = {}
-        for name, version in snap.get("models", {}).items():
-            card_path = self.web.model_cards.get(name)
-            try:
-                card = card_path.read_text(encoding="utf-8") if card_path else ""
-            except OSError:
-                card = ""
-            out[name] = {"version": version, "card": card}
-        self._send(200, out)
-
-    def _set_controls(self, body: bytes) -> None:
-        try:
-            wanted = json.loads(body or b"null")
-            if not isinstance(wanted, dict) or not wanted:
-                raise ValueError('expected a JSON object such as {"analysis": false}')
-            for k, v in wanted.items():
-                if k not in CONTROL_NAMES or not isinstance(v, bool):
-                    raise ValueError(f"{k!r}: one of {', '.join(CONTROL_NAMES)}, with true or false")
-        except ValueError as exc:  # JSONDecodeError is one
-            return self._send(400, {"error": str(exc)})
-        if self.web.controls is None:
-            return self._send(409, {"error": "this run has no switches"})
-        for k, v in wanted.items():
-            self.web.controls.set(k, v, source="web")
-        return self._send(200, {"controls": self.web.controls.get()})
-
-    def _stream(self) -> None:
-        feed = self.web.feed
-        client = feed.subscribe()
-        self.close_connection = True
-        try:
-            self._headers(200, "text/event-stream; charset=utf-8", None, {"X-Accel-Buffering": "no"})
-            if self.command == "HEAD":
-                return
-            self.wfile.write(b"retry: 2000\n\n")
-            self.wfile.flush()
-            while not client.overrun:
-                try:
-                    msg = client.queue.get(timeout=KEEPALIVE_S)
-                except Exception:  # queue.Empty: nothing to say, keep the line open
-                    msg = b": keepalive\n\n"
-                if msg is None:
-                    return
-                self.wfile.write(msg)
-                self.wfile.flush()
-        except (OSError, ValueError):  # the client left, or stopped reading for SOCKET_TIMEOUT_S
-            return
-        finally:
-            feed.unsubscribe(client)
