@@ -110,13 +110,13 @@ class FaceConfig:
 
     rate_hz: float = _f(5.0, "frames analysed per second (the rest are skipped)", lo=0.1, hi=60)
     detector: str = _f("blazeface", "face detector backend", choices=("blazeface", "haar"))
-    # 20: below what the default detector finds (about 32-36 px at 640x480 with 2 tiles), so it only drops specks.
+    # 20: below what the default detector finds (half the faces at 32 px at 640x480 with 2 tiles): it drops specks.
     min_face_px: int = _f(20, "ignore faces whose box is smaller than this, pixels", lo=8, hi=4096)
     # 5: a family on a sofa; each face costs one emotion invoke (about 0.4 ms here), so this bounds the frame's cost.
     max_faces: int = _f(5, "classify at most this many faces per frame, largest first; each votes", lo=1, hi=20)
     detection_threshold: float = _f(0.5, "minimum detector score", lo=0.05, hi=0.99)
-    # 2: at 640x480 two overlapping 480-px squares let BlazeFace full-range find faces from about 36 px (about 1.9 m
-    # away) instead of 50 px (1.4 m) for twice the cost of one pass; benchmarks/face_distance.py measures each choice.
+    # 2: at 640x480 two overlapping 480-px squares let BlazeFace full-range find faces from about 40 px (about 1.7 m
+    # away) instead of 53 px (1.3 m) for twice the cost of one pass; benchmarks/face_distance.py measures each choice.
     tiles: int = _f(
         2, "BlazeFace passes per detection over overlapping squares of the frame (1 = the whole frame); more see farther",
         lo=1,

@@ -294,7 +294,7 @@ def tile_regions(width: int, height: int, tiles: int) -> list[tuple[int, int, in
     One tile is the whole frame (letterboxed into the model's square input). More tiles are squares as wide as the
     frame's short side, spread evenly along its long side: each is scaled down less than the whole frame would be,
     so a face needs fewer pixels to be found (at 640x480, two 480-px tiles scale by 0.4 instead of 0.3, and BlazeFace
-    full-range finds faces of about 15 px in its 192-px input: 37 px in the frame instead of 50). Neighbouring tiles
+    full-range finds faces of about 16 px in its 192-px input: 40 px in the frame instead of 53). Neighbouring tiles
     overlap (by 320 px at 640x480 with two tiles), and a face narrower than the overlap lies wholly inside one.
     """
     if tiles <= 1 or width == height:
@@ -575,10 +575,10 @@ class HaarDetector:
 
 
 # The narrowest face each BlazeFace model finds reliably, in pixels of its own input tensor, from photo faces in
-# 640x480 frames (benchmarks/face_distance.py, tests/test_face_reach.py): short-range finds them from 96 px (19 px of
-# its 128-px input), full-range with two 480-px tiles from about 36-40 px (15 px of its 192-px input) and about half
-# of them at 32 px (13 px).
-SMALLEST_FACE_INPUT_PX = {"blazeface_short_range": 19.0, "blazeface_full_range_sparse": 15.0}
+# 640x480 frames (benchmarks/face_distance.py, docs/face-reach.md): short-range found 93 % at 96 px (19 px of its
+# 128-px input); full-range with two 480-px tiles 87 % at 40 px and 97 % at 48 px (16-19 px of its 192-px input),
+# half of them at 32 px; full-range over the whole frame 80 % at 48 px (14 px).
+SMALLEST_FACE_INPUT_PX = {"blazeface_short_range": 19.0, "blazeface_full_range_sparse": 16.0}
 FACE_WIDTH_M = 0.15  # an adult face, ear to ear
 TYPICAL_HFOV_DEG = 70.0  # a typical USB webcam's horizontal field of view
 
