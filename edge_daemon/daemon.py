@@ -131,8 +131,6 @@ class Daemon:
         )
         if self.session is not None and replay is None:
             self.session.attach_commands(self.controls)
-            # Home Assistant's buttons: the same actions as SIGHUP and `emotion-edge history purge`.
-            self.session.attach_actions({"reload_models": self.reload.set, "purge_history": self._purge_history_soon})
         self.errors = LastError()  # the last error logged, in stats
         self._fps_mark = (self.started, 0)  # (monotonic time, frames analysed) at the last stats message
         self.sources: list[Any] = []
@@ -140,6 +138,9 @@ class Daemon:
         self.face_worker: FaceWorker | None = None
         self.speech_worker: SpeechWorker | None = None
         self.reload = threading.Event()  # set by SIGHUP
+        if self.session is not None and replay is None:
+            # Home Assistant's buttons: the same actions as SIGHUP and `emotion-edge history purge`.
+            self.session.attach_actions({"reload_models": self.reload.set, "purge_history": self._purge_history_soon})
         self.model_files = FileWatch(model_files(config))
         self._last_status: dict[str, str] = {}
         self.inputs_done = False  # replay: every input was read to its end
