@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -296,8 +297,6 @@ class Daemon:
         """Delete every event of the local history, as `emotion-edge history purge` does; returns how many."""
         if self.history is None:
             return 0
-        import sqlite3
-
         try:
             n = HistoryReader(self.history.path.parent).purge(None)
         except sqlite3.Error as exc:

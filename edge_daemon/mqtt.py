@@ -8,6 +8,8 @@ Topics live under `<topic_prefix>/<device_id>/`:
 * `state_changed`: the new state once per change (QoS 1, never retained; Home Assistant's device triggers)
 * `stats`: counters on an interval (QoS 0)
 
+A replay's session says the same under `<base>/replay/` (homeassistant.base_topic), never on the service's topics.
+
 paho re-sends unacknowledged QoS 1 messages itself after a reconnect, in
 order; the outbox covers what paho's memory cannot: a restart.
 """
