@@ -84,7 +84,8 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
         daemon = Daemon(
             config,
             replay=ReplayInputs(_path(args.video), _path(args.audio), args.realtime),
-            state_dir=_path(args.state_dir),
+            # Never the service's outbox: the service would publish what the replay queued there, as its own.
+            state_dir=_path(args.state_dir) or config.path(config.state_dir) / "replay",
             events_out=out,
             publish=not args.no_mqtt,
             drain_timeout_s=args.drain_timeout,
@@ -364,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--realtime", action="store_true", help="pace input like a live device instead of as fast as the CPU allows"
     )
-    r.add_argument("--state-dir", help="outbox and sequence state (default: state_dir from the config)")
+    r.add_argument(
+        "--state-dir", help="outbox, sequence and history of replays (default: the config's state_dir/replay)"
+    )
     r.add_argument("--no-mqtt", action="store_true", help="do not connect to a broker (events go to --events-out only)")
     r.add_argument(
         "--drain-timeout",

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,7 @@ from .events import Clock, build_event, iso_utc
 from .fusion import FusionRule, StateTracker, Windower, WindowResult
 from .history import History, HistoryReader
 from .labels import NO_ONE, PAUSED
+from .lasterror import LastError
 from .models import FileWatch, Models, load_detector, load_face_model, load_models, load_speech_model, model_files
 from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
@@ -104,6 +106,7 @@ class Daemon:
                 config.outbox.drain_rate_per_s,
                 client_id,
                 owns_availability=replay is None,
+                replay=replay is not None,
             )
             if publish
             else None
@@ -129,11 +132,16 @@ class Daemon:
         )
         if self.session is not None and replay is None:
             self.session.attach_commands(self.controls)
+        self.errors = LastError()  # the last error logged, in stats
+        self._fps_mark = (self.started, 0)  # (monotonic time, frames analysed) at the last stats message
         self.sources: list[Any] = []
         self.workers: list[Any] = []
         self.face_worker: FaceWorker | None = None
         self.speech_worker: SpeechWorker | None = None
         self.reload = threading.Event()  # set by SIGHUP
+        if self.session is not None and replay is None:
+            # Home Assistant's buttons: the same actions as SIGHUP and `emotion-edge history purge`.
+            self.session.attach_actions({"reload_models": self.reload.set, "purge_history": self._purge_history_soon})
         self.model_files = FileWatch(model_files(config))
         self._last_status: dict[str, str] = {}
         self.inputs_done = False  # replay: every input was read to its end
@@ -142,6 +150,8 @@ class Daemon:
         self.restarts: Counter[str] = Counter()  # stage name -> times replaced, for stats
         self._restarted_at: dict[str, list[float]] = {}
         self._build_pipeline()
+        if self.session is not None and replay is not None:  # a replay's device shows its files as its sources
+            self.session.replay_sources = {s.name: s.status.name for s in self.sources}
 
     # ------------------------------------------------------------------ construction
 
@@ -202,6 +212,7 @@ class Daemon:
 
     def run(self) -> int:
         """Block until stopped (service) or until the inputs end (replay). Returns the exit code."""
+        logging.getLogger("edge_daemon").addHandler(self.errors)
         if self.session:
             self.session.start()
         if self.history:
@@ -277,6 +288,22 @@ class Daemon:
             self.speech_worker.replace_models(new.speech)
         logger.info("models reloaded: %s", ", ".join(f"{k} {v}" for k, v in new.versions().items()))
         return True
+
+    def _purge_history_soon(self) -> None:
+        """Home Assistant's Purge history button (paho's thread): the purge runs on a thread of its own."""
+        threading.Thread(target=self.purge_history, name="history-purge", daemon=True).start()
+
+    def purge_history(self) -> int:
+        """Delete every event of the local history, as `emotion-edge history purge` does; returns how many."""
+        if self.history is None:
+            return 0
+        try:
+            n = HistoryReader(self.history.path.parent).purge(None)
+        except sqlite3.Error as exc:
+            logger.error("cannot purge the history in %s (%s)", self.history.path, exc)
+            return 0
+        logger.info("history purged: %d event(s) deleted from %s", n, self.history.path)
+        return n
 
     def _apply_controls(self) -> None:
         """Every enabled modality switched off: the state says `paused` (not `no_one`) until one is back on."""
@@ -391,6 +418,7 @@ class Daemon:
                 "%d event(s) not yet acknowledged by the broker stay in %s for the next start", left, self.outbox.path
             )
         self.outbox.close()
+        logging.getLogger("edge_daemon").removeHandler(self.errors)
 
     def _wait_drained(self, timeout_s: float) -> None:
         """End of a replay: give the broker up to `timeout_s` to take what the outbox holds."""
@@ -505,6 +533,7 @@ class Daemon:
             "mqtt": self.session.stats() if self.session else None,
             "outbox": {"held": self.outbox.held, "storage_error": self.outbox.storage_error or None},
             "history": self.history.stats() if self.history else None,
+            "last_error": self.errors.last(),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -534,6 +563,11 @@ class Daemon:
 
     def publish_stats(self) -> None:
         stats = self.stats()
+        # Frames analysed per second since the last stats message: what the device manages now, pauses included.
+        now, (then, frames) = time.monotonic(), self._fps_mark
+        done = stats["frames_analysed"] - frames
+        stats["frames_analysed_per_s"] = round(done / (now - then), 2) if now > then and done >= 0 else None
+        self._fps_mark = (now, stats["frames_analysed"])
         logger.debug("stats %s", stats)
         if self.session:
             self.session.publish_stats(stats)

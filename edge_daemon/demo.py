@@ -1,8 +1,9 @@
 """`emotion-edge demo`: the whole product in one command, with no camera, microphone or broker needed.
 
 Brings up a private broker when the config names none, subscribes to the
-device's topics and prints what arrives, and replays the bundled clip through
-the real models and the real daemon pipeline.
+replay's topics (`<topic_prefix>/<device_id>/replay/`, never the service's) and
+prints what arrives, and replays the bundled clip through the real models and
+the real daemon pipeline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from . import homeassistant
 from .config import Config
 from .daemon import Daemon, ReplayInputs
 from .devbroker import LocalBroker
@@ -35,7 +37,7 @@ def _show(msg: mqtt.MQTTMessage, topics: Topics) -> None:
             f"{e['emotion']:<8} {e['confidence']:.2f}   [{'; '.join(parts)}]",
             flush=True,
         )
-    elif msg.topic != topics.stats:
+    elif msg.topic not in (topics.stats, topics.state_changed):  # `state` says the same
         print(f"{msg.topic.removeprefix(topics.base + '/')}: {text}", flush=True)
 
 
@@ -46,7 +48,7 @@ def run_demo(config: Config, video: Path, audio: Path, realtime: bool = True) ->
         broker = LocalBroker().start()
         host, port = "127.0.0.1", broker.port
         print(f"started a private {broker.kind} broker on {host}:{port}", file=sys.stderr)
-    topics = Topics.for_device(config.mqtt.topic_prefix, config.device_id)
+    topics = Topics(homeassistant.base_topic(config, replay=True))  # a replay speaks under <base>/replay/
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"emotion-edge-demo-{config.device_id}")
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:

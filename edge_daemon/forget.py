@@ -46,7 +46,12 @@ def forget(config: Config, timeout_s: float = 10.0) -> list[str]:
     host, port = resolve_broker(config)
     t = Topics.for_device(config.mqtt.topic_prefix, config.device_id)
     ha = config.mqtt.homeassistant.prefix
-    filters = [f"{t.base}/#", homeassistant.device_topic(config), f"{ha}/+/{homeassistant.node_id(config)}/+/config"]
+    filters = [
+        f"{t.base}/#",  # a replay's topics too (<base>/replay/)
+        homeassistant.device_topic(config),
+        homeassistant.device_topic(config, replay=True),
+        f"{ha}/+/{homeassistant.node_id(config)}/+/config",
+    ]
     client = make_client(config, f"{client_id_of(config)}-forget-{os.getpid()}")
     retained: dict[str, bytes] = {}
     connected: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -5,7 +5,10 @@ Topics live under `<topic_prefix>/<device_id>/`:
 * `availability`: `online` on every connect, `offline` as the will, `stopped` on clean shutdown (QoS 1, retained)
 * `events`: one JSON object per window (QoS 1, never retained), drained from the outbox in `seq` order
 * `state`: the current emotion (QoS 1, retained; re-published after every reconnect)
+* `state_changed`: the new state once per change (QoS 1, never retained; Home Assistant's device triggers)
 * `stats`: counters on an interval (QoS 0)
+
+A replay's session says the same under `<base>/replay/` (homeassistant.base_topic), never on the service's topics.
 
 paho re-sends unacknowledged QoS 1 messages itself after a reconnect, in
 order; the outbox covers what paho's memory cannot: a restart.
@@ -22,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +71,10 @@ class Topics:
         return f"{self.base}/state"
 
     @property
+    def state_changed(self) -> str:
+        return f"{self.base}/state_changed"
+
+    @property
     def stats(self) -> str:
         return f"{self.base}/stats"
 
@@ -87,10 +95,14 @@ class MqttSession:
         drain_rate_per_s: float = 50.0,
         client_id: str | None = None,
         owns_availability: bool = True,
+        replay: bool = False,
     ) -> None:
         c = config.mqtt
         self.config = config
-        self.topics = Topics.for_device(c.topic_prefix, config.device_id)
+        # A replay never speaks as the service: its topics live under <base>/replay/ and it is a device of its own in
+        # Home Assistant (homeassistant.py), so that nothing it says reaches the service's entities or automations.
+        self.replay = replay
+        self.topics = Topics(homeassistant.base_topic(config, replay))
         self.outbox = outbox
         self.host, self.port = host, port
         self.drain_rate_per_s = drain_rate_per_s
@@ -149,6 +161,9 @@ class MqttSession:
         self._client.on_message = self._on_message
         self._drainer = threading.Thread(target=self._drain_loop, name="mqtt-drain", daemon=True)
         self.commands: CommandDispatcher | None = None  # the service's remote control (attach_commands)
+        self.actions: dict[str, Callable[[], None]] = {}  # `…/<name>/set` PRESS: Home Assistant's buttons
+        self.replay_sources: dict[str, str] = {}  # a replay's status keys -> its files, for its device's sensors
+        self._last_state: str | None = None  # the last state said on `state_changed`
         self.configuration_url: str | None = None  # the device page, for Home Assistant's "visit device"
 
     # ------------------------------------------------------------------ lifecycle
@@ -204,6 +219,16 @@ class MqttSession:
         """`state` or `status`: kept, and published again after every reconnect (a broker may have lost it)."""
         topic = getattr(self.topics, name)
         self.publish_retained_topic(topic, json.dumps(value, separators=(",", ":")))
+        if name == "state" and value.get("emotion") != self._last_state:
+            self._state_changed(value)
+
+    def _state_changed(self, value: dict[str, Any]) -> None:
+        """The device triggers' topic: once per new state, never retained, never repeated after a reconnect (the
+        retained `state` is); a change while the broker is away is not told later, `state` has it."""
+        previous, self._last_state = self._last_state, value.get("emotion")
+        if self._client.is_connected():
+            payload = json.dumps({**value, "previous": previous}, separators=(",", ":"))
+            self._client.publish(self.topics.state_changed, payload, qos=1, retain=False)
 
     def attach_commands(self, controls: Any) -> CommandDispatcher:
         """Obey `…/<name>/set` (unless mqtt.commands is false) and keep `…/<name>/state` retained; before start()."""
@@ -212,6 +237,13 @@ class MqttSession:
         )
         self.commands.publish_states()
         return self.commands
+
+    def attach_actions(self, actions: dict[str, Callable[[], None]]) -> None:
+        """Run `actions[name]()` on `…/<name>/set` PRESS (Home Assistant's buttons), unless mqtt.commands is false.
+
+        Called from paho's network thread: an action must return at once (set an event, start a thread)."""
+        if self.config.mqtt.commands:
+            self.actions = dict(actions)
 
     def publish_retained_topic(self, topic: str, payload: str) -> None:
         """Any retained topic of this device, kept and published again after every reconnect."""
@@ -263,9 +295,14 @@ class MqttSession:
         ha = self.config.mqtt.homeassistant
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)
-        self._announce_to_home_assistant()  # with discovery off: clears an earlier announcement
-        # 0.1 announced one topic per entity; if the broker still keeps them, they are cleared (see _on_message).
-        client.subscribe(homeassistant.legacy_filter(self.config), qos=1)
+            self._announce_to_home_assistant()
+        else:
+            # An earlier announcement is cleared when the broker still keeps it (see _on_message), once: a clear at
+            # every connect makes Home Assistant log "No device components to cleanup" each time.
+            client.subscribe(homeassistant.device_topic(self.config, self.replay), qos=1)
+        if not self.replay:
+            # 0.1 announced one topic per entity; if the broker still keeps them, they are cleared (see _on_message).
+            client.subscribe(homeassistant.legacy_filter(self.config), qos=1)
         if self.owns_availability:
             client.subscribe(self.topics.availability, qos=1)  # after our `online`: its retained copy is ours
         self.connected.set()
@@ -367,7 +404,13 @@ class MqttSession:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self.commands is not None and msg.topic.endswith("/set") and msg.topic.startswith(self.topics.base + "/"):
+        if self._action_of(msg.topic):
+            self._press(msg)
+        elif msg.topic == homeassistant.device_topic(self.config, self.replay) and msg.payload:
+            if not self.config.mqtt.homeassistant.discovery:  # else it is our own announcement, echoed
+                logger.info("mqtt.homeassistant.discovery is false: removing the device from Home Assistant")
+                client.publish(msg.topic, b"", qos=1, retain=True)
+        elif self.commands is not None and msg.topic.endswith("/set") and msg.topic.startswith(self.topics.base + "/"):
             if msg.retain:  # a retained command would undo every later change at each reconnect
                 logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
             else:
@@ -396,6 +439,25 @@ class MqttSession:
                     "%s was set to %r by another client while this daemon runs; announcing online again",
                     msg.topic, msg.payload.decode("utf-8", "replace")[:40],
                 )  # fmt: skip
+
+    def _action_of(self, topic: str) -> str:
+        """The button a topic presses (`…/<name>/set` for a registered action), or ''."""
+        prefix = self.topics.base + "/"
+        name = topic[len(prefix) : -len("/set")] if topic.startswith(prefix) and topic.endswith("/set") else ""
+        return name if name in self.actions else ""
+
+    def _press(self, msg: mqtt.MQTTMessage) -> None:
+        name = self._action_of(msg.topic)
+        if msg.retain:  # a retained press would run again at every reconnect
+            logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
+        elif msg.payload.strip().upper() != homeassistant.PRESS.encode():
+            logger.warning(
+                "ignored %r on %s: expected %s", msg.payload.decode("utf-8", "replace")[:40], msg.topic,
+                homeassistant.PRESS,
+            )  # fmt: skip
+        else:
+            logger.info("%s pressed (from mqtt)", name.replace("_", " "))
+            self.actions[name]()
 
     def _foreign(self, topic: str) -> bool:
         """Answer a message on `topic` now (True), or when FOREIGN_ANSWER_S has passed since the last answer there: a
@@ -587,13 +649,13 @@ class MqttSession:
     # ------------------------------------------------------------------ helpers
 
     def _announce_to_home_assistant(self) -> None:
-        """The device's discovery message (edge_daemon/homeassistant.py), or its removal when discovery is off."""
-        topic = homeassistant.device_topic(self.config)
-        if self.config.mqtt.homeassistant.discovery:
-            payload = homeassistant.discovery_payload(self.config, self.configuration_url)
-            self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
-        else:
-            self._client.publish(topic, b"", qos=1, retain=True)
+        """The device's discovery message (edge_daemon/homeassistant.py); nothing when discovery is off."""
+        if not self.config.mqtt.homeassistant.discovery:
+            return
+        topic = homeassistant.device_topic(self.config, self.replay)
+        sources = self.replay_sources if self.replay else None
+        payload = homeassistant.discovery_payload(self.config, self.configuration_url, sources)
+        self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
 
 
 def _iso(t: float) -> str:

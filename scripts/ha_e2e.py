@@ -1,10 +1,11 @@
 """The daemon against a real Home Assistant Core: run by scripts/ha-e2e.sh (which installs Home Assistant first).
 
 Starts a Mosquitto and Home Assistant on free ports, onboards Home Assistant over its REST API, adds the MQTT
-integration, replays the bundled clip through the daemon, then runs the service with the clip as its camera, and
-checks what Home Assistant itself says: device and entities with their attributes, state following the events, the
-event entity firing, the analysis switch pausing and resuming from Home Assistant's side, availability after a clean
-stop and a kill, `forget` removing the device, and no MQTT discovery errors in Home Assistant's log.
+integration, replays the bundled clip through the daemon (a replay is a device of its own), then runs the service
+with the clip as its camera, and checks what Home Assistant itself says: devices and entities with their attributes,
+state following the events, the event entity firing, the device triggers, a button, the analysis switch pausing and
+resuming from Home Assistant's side, availability after a clean stop and a kill, `mqtt.commands: false` removing the
+switches and buttons, `forget` removing both devices, and no MQTT discovery errors in Home Assistant's log.
 
 Usage: .venv/bin/python scripts/ha_e2e.py --hass HA_VENV/bin/hass [--keep DIR]
 Prints one line per check (`ok` or `FAIL`) and exits 1 if any failed.
@@ -42,6 +43,7 @@ CLIP_AUDIO = ROOT / "tests" / "fixtures" / "av" / "clip.wav"
 DEVICE = "hae2e"
 BASE = f"emotion-edge/{DEVICE}"
 E = f"emotion_edge_{DEVICE}"
+R = f"{E}_replay"  # a replay is a device of its own, its topics under <base>/replay/
 ENTITIES = {
     f"sensor.{E}_emotion",
     f"sensor.{E}_confidence",
@@ -58,34 +60,42 @@ ENTITIES = {
     f"switch.{E}_analysis",
     f"switch.{E}_camera",
     f"switch.{E}_microphone",
+    f"button.{E}_reload_models",
+    f"button.{E}_purge_history",
+    f"sensor.{E}_uptime",
+    f"sensor.{E}_frames_per_s",
+    f"sensor.{E}_last_error",
 }
+STATES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "uncertain", "no_one", "paused"]
 DISABLED = {f"sensor.{E}_last_event_age", f"sensor.{E}_face_detect_ms", f"sensor.{E}_face_track_ms",
             f"sensor.{E}_face_emotion_ms", f"sensor.{E}_speech_emotion_ms"}  # fmt: skip
 
 DIAGNOSTIC = DISABLED | {f"binary_sensor.{E}_camera_connected", f"binary_sensor.{E}_microphone_connected",
-                         f"sensor.{E}_drops"}  # fmt: skip
+                         f"sensor.{E}_drops", f"sensor.{E}_uptime", f"sensor.{E}_frames_per_s",
+                         f"sensor.{E}_last_error"}  # fmt: skip
 
 failures: list[str] = []
 
 WS_CALL = """
 import asyncio, json, sys
 import aiohttp
-async def main(url, token, kind):
+async def main(url, token, kind, extra):
     async with aiohttp.ClientSession() as s, s.ws_connect(url) as ws:
         await ws.receive_json()
         await ws.send_json({"type": "auth", "access_token": token})
         assert (await ws.receive_json())["type"] == "auth_ok"
-        await ws.send_json({"id": 1, "type": kind})
+        await ws.send_json({"id": 1, "type": kind, **json.loads(extra)})
         print(json.dumps((await ws.receive_json())["result"]))
 asyncio.run(main(*sys.argv[1:]))
 """
 
 
-def ws_call(hass: str, ha: HA, kind: str) -> Any:
+def ws_call(hass: str, ha: HA, kind: str, **extra: Any) -> Any:
     """One websocket command (the entity registry has no REST endpoint), with Home Assistant's own aiohttp."""
     python = str(Path(hass).with_name("python"))
     url = ha.url.replace("http://", "ws://") + "/api/websocket"
-    out = subprocess.run([python, "-c", WS_CALL, url, ha.token, kind], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([python, "-c", WS_CALL, url, ha.token, kind, json.dumps(extra)], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
     return json.loads(out.stdout) if out.returncode == 0 else []
 
 
@@ -177,9 +187,9 @@ class Watch:
                     return payload
         return None
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, base: str = BASE) -> list[dict[str, Any]]:
         with self.lock:
-            return [json.loads(p) for t, p in self.messages if t == f"{BASE}/events"]
+            return [json.loads(p) for t, p in self.messages if t == f"{base}/events"]
 
 
 def start_hass(hass: str, config_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -232,8 +242,8 @@ def add_mqtt(ha: HA, port: int) -> dict[str, Any]:
     return flow
 
 
-def daemon_config(tmp: Path, mqtt_port: int) -> Path:
-    cfg = tmp / "daemon.yaml"
+def daemon_config(tmp: Path, mqtt_port: int, commands: bool = True) -> Path:
+    cfg = tmp / ("daemon.yaml" if commands else "daemon-no-commands.yaml")
     cfg.write_text(
         yaml.safe_dump(
             {
@@ -243,7 +253,7 @@ def daemon_config(tmp: Path, mqtt_port: int) -> Path:
                 "camera": {"source": str(CLIP_VIDEO), "reconnect_min_s": 0.2},
                 "microphone": {"reconnect_min_s": 1, "reconnect_max_s": 2},
                 "fusion": {"absent_after_s": 4},
-                "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "stats_interval_s": 2},
+                "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "stats_interval_s": 2, "commands": commands},
             }
         )
     )
@@ -288,16 +298,16 @@ def main() -> int:
                          "--realtime", "--state-dir", str(tmp / "replay-state")),
             cwd=ROOT, stdout=dlog, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        emotion, window, confidence = f"sensor.{E}_emotion", f"event.{E}_window", f"sensor.{E}_confidence"
-        # While it runs (its `stopped` at the end makes every entity unavailable): what Home Assistant shows, next
-        # to what the topics said a moment before.
+        # The replay's own device: its `stopped` at the end makes its entities unavailable, never the service's.
+        emotion, window, confidence = f"sensor.{R}_emotion", f"event.{R}_window", f"sensor.{R}_confidence"
+        # While it runs: what Home Assistant shows, next to what the topics said a moment before.
         seen: list[tuple[str, str, Any, Any]] = []  # (HA emotion, state topic emotion, HA event seq, last event seq)
         fired: dict[int, str] = {}  # seq -> event_type, as the event entity showed them
         agreed_conf = 0
         while replay.poll() is None:
             time.sleep(0.5)
-            topic_state = json.loads(watch.last("state") or b"{}")
-            events = watch.events()
+            topic_state = json.loads(watch.last("replay/state") or b"{}")
+            events = watch.events(f"{BASE}/replay")
             try:
                 s, ev, conf = ha.state(emotion), ha.state(window), ha.state(confidence)
             except (urllib.error.URLError, OSError):
@@ -309,8 +319,10 @@ def main() -> int:
                 if conf and conf["state"] not in ("unknown", "unavailable") and topic_state.get("confidence"):
                     agreed_conf += abs(float(conf["state"]) - 100 * topic_state["confidence"]) < 0.1
         check(replay.returncode == 0, "replay of the clip through the daemon", replay.returncode)
-        events = watch.events()
+        events = watch.events(f"{BASE}/replay")
         check(len(events) >= 8, "replay published its events", len(events))
+        check(not watch.events() and watch.last("availability") is None and ha.state(f"sensor.{E}_emotion") is None,
+              "the replay said nothing on the service's topics and made no entity of the service's")  # fmt: skip
         if not check(ha.state(emotion) is not None, "Home Assistant created the emotion sensor"):
             return 1
         shown = [h for h, t, _, _ in seen if h == t]
@@ -333,6 +345,19 @@ def main() -> int:
               "enum options: uncertain, no_one, paused; no 'unknown'", options)  # fmt: skip
         check(wait(lambda: (ha.state(emotion) or {}).get("state") == "unavailable", 10),
               "unavailable after the replay's clean `stopped`")  # fmt: skip
+        rid = ha.template(f"{{{{ device_id('{emotion}') }}}}")
+        replayed = {e["entity_id"] for e in ws_call(args.hass, ha, "config/entity_registry/list")
+                    if e.get("device_id") == rid}  # fmt: skip
+        check(f"sensor.{R}_video_file" in replayed and not [e for e in replayed if e.startswith(("switch.", "button."))],
+              "the replay's device shows its files as sources and has no switches or buttons", sorted(replayed))  # fmt: skip
+
+        # --- 2. the service, the clip as its camera: its device, switches and buttons from Home Assistant's side --
+        daemon = subprocess.Popen(
+            emotion_edge("--config", str(cfg), "run"), cwd=ROOT, stdout=dlog, stderr=subprocess.STDOUT
+        )
+        emotion = f"sensor.{E}_emotion"
+        check(wait(lambda: (ha.state(emotion) or {}).get("state") not in (None, "unavailable"), 60),
+              "Home Assistant created the service's emotion sensor")  # fmt: skip
         did = ha.template(f"{{{{ device_id('{emotion}') }}}}")
         attrs = {k: ha.template(f"{{{{ device_attr('{did}', '{k}') }}}}") for k in
                  ("name", "manufacturer", "model", "sw_version", "serial_number")}  # fmt: skip
@@ -348,11 +373,17 @@ def main() -> int:
         check(diagnostic == DIAGNOSTIC, "diagnostic entities", sorted(diagnostic ^ DIAGNOSTIC))
         camera_class = ha.template(f"{{{{ state_attr('binary_sensor.{E}_camera_connected', 'device_class') }}}}")
         check(camera_class == "connectivity", "camera connectivity sensor", camera_class)
-
-        # --- 2. the service, the clip as its camera: switches from Home Assistant's side ------------------------
-        daemon = subprocess.Popen(
-            emotion_edge("--config", str(cfg), "run"), cwd=ROOT, stdout=dlog, stderr=subprocess.STDOUT
-        )
+        triggers = ws_call(args.hass, ha, "device_automation/trigger/list", device_id=did)
+        mine = sorted((t.get("type"), t.get("subtype")) for t in triggers if t.get("domain") == "mqtt")
+        check(mine == sorted(("emotion", s) for s in STATES), "one device trigger per state in the trigger picker", mine)
+        check(wait(lambda: (ha.state(f"sensor.{E}_uptime") or {}).get("state") not in (None, "unknown", "unavailable"), 30)
+              and wait(lambda: float((ha.state(f"sensor.{E}_frames_per_s") or {}).get("state") or 0) > 0, 30),
+              "uptime and analysed frames per second have values")  # fmt: skip
+        check((ha.state(f"sensor.{E}_last_error") or {}).get("state") not in (None, "unknown", "unavailable"),
+              "last error has a value (`none`, or the last error line)", ha.state(f"sensor.{E}_last_error"))  # fmt: skip
+        ha.request("POST", "/api/services/button/press", {"entity_id": f"button.{E}_reload_models"})
+        check(wait(lambda: "models reloaded:" in (tmp / "daemon.log").read_text(errors="replace"), 20),
+              "the Reload models button reloads the models")  # fmt: skip
         analysis = f"switch.{E}_analysis"
         check(wait(lambda: (ha.state(analysis) or {}).get("state") == "on", 60), "analysis switch shows on")
         check(wait(lambda: (ha.state(f"binary_sensor.{E}_camera_connected") or {}).get("state") == "on", 60),
@@ -409,6 +440,22 @@ def main() -> int:
         )
         daemon = None
 
+        # --- 3b. remote control off: the switches and buttons leave Home Assistant ----------------------------
+        daemon = subprocess.Popen(emotion_edge("--config", str(daemon_config(tmp, broker.port, commands=False)), "run"),
+                                  cwd=ROOT, stdout=dlog, stderr=subprocess.STDOUT)  # fmt: skip
+        gone = {f"switch.{E}_analysis", f"switch.{E}_camera", f"switch.{E}_microphone", f"button.{E}_reload_models",
+                f"button.{E}_purge_history"}  # fmt: skip
+
+        def registered() -> set[str]:
+            return {e["entity_id"] for e in ws_call(args.hass, ha, "config/entity_registry/list")}
+
+        check(wait(lambda: not (gone & registered()), 30, step=2), "mqtt.commands: false removed the switches and buttons",
+              sorted(gone & registered()))  # fmt: skip
+        check(ha.state(emotion) is not None, "and kept the rest")
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(10)
+        daemon = None
+
         # --- 4. forget --------------------------------------------------------------------------------------
         forget = subprocess.run(
             emotion_edge("--config", str(cfg), "forget"), cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -422,6 +469,7 @@ def main() -> int:
         check(
             wait(lambda: not (ENTITIES & set(ha.states())), 20), "and every entity", sorted(ENTITIES & set(ha.states()))
         )
+        check(wait(lambda: ha.state(f"sensor.{R}_emotion") is None, 20), "and the replay's device")
 
         # --- 5. Home Assistant's log ----------------------------------------------------------------------
         log = (tmp / "ha" / "home-assistant.log").read_text(errors="replace")

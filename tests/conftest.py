@@ -25,6 +25,23 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("EMOTION_EDGE_TEST_MODELS", ROOT / "models_tflite"))
 CLIP_VIDEO = ROOT / "tests" / "fixtures" / "av" / "clip.mp4"
 CLIP_AUDIO = ROOT / "tests" / "fixtures" / "av" / "clip.wav"
+# The project's data sets (FER2013 sample, ...): ../shared/data beside the clone on development and CI machines, absent
+# from a user's clone. Tests that need them skip there, saying so; CI (CI=true, set by .ci/run) must run them all.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_SKIP = "needs ../shared/data beside the clone"
+
+
+def shared_data(relative: str) -> Path:
+    """A file of ../shared/data: skips the test where it is missing, fails it in CI (which has the data)."""
+    path = SHARED_DATA / relative
+    if not path.is_file():
+        why = f"{SHARED_SKIP} ({relative} not found at {path})"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail(f"{why}; CI must run every test, so the data must be there", pytrace=False)
+        pytest.skip(why)
+    return path
+
+
 # The fixture's segments (see tests/fixtures/av/ATTRIBUTION.md): media seconds -> the emotion shown and spoken.
 SEGMENTS = [(0.0, 6.0, "happy"), (6.0, 12.0, "angry"), (12.0, 18.0, "surprise")]
 

@@ -57,7 +57,8 @@ def unique_seqs(sub: Subscriber) -> list[int]:
 def test_broker_down_for_30s_mid_realtime_replay_loses_no_event(
     tmp_path: Path, broker: LocalBroker, subscribe: Any
 ) -> None:
-    sub: Subscriber = subscribe("emotion-edge/faults/events", persistent=True)
+    # A replay speaks under <base>/replay/, never on the service's topics.
+    sub: Subscriber = subscribe("emotion-edge/faults/replay/events", persistent=True)
     cfg = daemon_config(tmp_path, broker.port, reconnect_s=3)
     replay = subprocess.Popen(
         [sys.executable, "-m", "edge_daemon", "--config", str(cfg), "replay", "--realtime", "--video", str(CLIP_VIDEO),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from datetime import datetime, timezone
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,16 @@ import numpy as np
 from edge_daemon.config import load_config
 from edge_daemon.daemon import load_detector
 from edge_daemon.fusion import FaceResult, FusionRule, Prediction, StateTracker, Windower, faces_of
+from edge_daemon.history import HistoryReader
 from edge_daemon.labels import CANONICAL, NO_ONE
 from edge_daemon.pipeline import FusionLoop
 
-from .conftest import CLIP_VIDEO, Subscriber, run_cli, start_daemon, stop_daemon, write_config
+from .conftest import CLIP_VIDEO, MODELS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
 BASE = "emotion-edge/ha"
 DEVICE_TOPIC = "homeassistant/device/emotion_edge_ha/config"
+REPLAY_DEVICE_TOPIC = "homeassistant/device/emotion_edge_ha_replay/config"
+STATES = [*CANONICAL, "uncertain", "no_one", "paused"]
 
 
 def ha_config(tmp_path: Path, port: int, **extra: Any) -> Path:
@@ -102,17 +107,36 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
         assert {k: v["p"] for k, v in cmps.items()} == {
             "emotion": "sensor", "confidence": "sensor", "people": "sensor", "window": "event",
             "camera_connected": "binary_sensor", "microphone_connected": "binary_sensor", "drops": "sensor",
+            "uptime": "sensor", "frames_per_s": "sensor", "last_error": "sensor",
             "last_event_age": "sensor", "face_detect_ms": "sensor", "face_track_ms": "sensor",
             "face_emotion_ms": "sensor", "speech_emotion_ms": "sensor", "analysis": "switch", "camera": "switch",
-            "microphone": "switch",
+            "microphone": "switch", "reload_models": "button", "purge_history": "button",
+            **{f"became_{s}": "device_automation" for s in STATES},
         }  # fmt: skip
+        entities = {k: v for k, v in cmps.items() if v["p"] != "device_automation"}
+        # Current Home Assistant reads default_entity_id (object_id is ignored from 2026.4); 2025.4 reads object_id.
+        # Both name the same entity id, the one docs/homeassistant.md lists.
+        for key, v in entities.items():
+            assert v["default_entity_id"] == f"{v['p']}.emotion_edge_ha_{key}" and v["object_id"] == v["unique_id"]
+        assert cmps["emotion"]["default_entity_id"] == "sensor.emotion_edge_ha_emotion"
+        # One device trigger per state, on the topic that carries each change once (never a retained copy).
+        for state in STATES:
+            t = cmps[f"became_{state}"]
+            assert (t["automation_type"], t["type"], t["subtype"], t["payload"]) == ("trigger", "emotion", state, state)
+            assert t["topic"] == f"{BASE}/state_changed" and t["value_template"] == "{{ value_json.emotion }}"
+            assert t["unique_id"] and "default_entity_id" not in t and "object_id" not in t  # a trigger has no id
+        assert cmps["reload_models"]["command_topic"] == f"{BASE}/reload_models/set"
+        assert cmps["purge_history"]["payload_press"] == "PRESS"
         assert set(cmps["emotion"]["options"]) == {*CANONICAL, "uncertain", "no_one", "paused"}
         assert "unknown" not in cmps["emotion"]["options"], "Home Assistant's own 'no data' word"
         assert cmps["window"]["state_topic"] == f"{BASE}/events"
         assert set(cmps["window"]["event_types"]) == {*CANONICAL, "uncertain"}
         assert cmps["confidence"]["unit_of_measurement"] == "%"
         diagnostic = {k for k, v in cmps.items() if v.get("entity_category") == "diagnostic"}
-        assert diagnostic == {k for k in cmps if k.endswith(("_connected", "_ms")) or k in ("drops", "last_event_age")}
+        assert diagnostic == {
+            k for k in cmps
+            if k.endswith(("_connected", "_ms")) or k in ("drops", "last_event_age", "uptime", "frames_per_s", "last_error")
+        }  # fmt: skip
         assert {k for k, v in cmps.items() if v.get("enabled_by_default") is False} == {
             "last_event_age", "face_detect_ms", "face_track_ms", "face_emotion_ms", "speech_emotion_ms"
         }  # fmt: skip
@@ -126,6 +150,11 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
         stats = last_json(sub, "/stats")
         assert stats is not None and set(stats["paused_s"]) == {"camera", "microphone"}
         assert {"face_detect", "face_track", "face_emotion"} <= set(stats["inference_ms"])  # what the _ms sensors read
+        # What Uptime, Analysed frames per second and Last error read (no error yet: null, shown as "none").
+        assert sub.wait_for(lambda: (last_json(sub, "/stats") or {}).get("frames_analysed_per_s"), timeout=10)
+        stats = last_json(sub, "/stats")
+        assert stats is not None and stats["uptime_s"] > 0 and stats["last_error"] is None
+        assert 0 < stats["frames_analysed_per_s"] <= 5.5, stats  # face.rate_hz 5
         before = len(sub.payloads(DEVICE_TOPIC))
         sub.client.publish("homeassistant/status", "online", qos=1)  # Home Assistant restarted and forgot it
         assert sub.wait_for(lambda: len(sub.payloads(DEVICE_TOPIC)) > before, timeout=10), "not announced again"
@@ -134,7 +163,7 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
     assert sub.wait_for(lambda: sub.payloads(f"{BASE}/availability")[-1:] == ["stopped"], timeout=5)
 
 
-def test_discovery_false_clears_the_earlier_announcement_at_the_next_start_and_commands_false_ignores_set(
+def test_commands_false_removes_switches_and_buttons_and_discovery_false_clears_once_then_says_nothing(
     tmp_path: Path, broker: Any, subscribe: Any
 ) -> None:
     sub: Subscriber = subscribe("#")
@@ -143,19 +172,43 @@ def test_discovery_false_clears_the_earlier_announcement_at_the_next_start_and_c
         assert sub.wait_for(lambda: sub.payloads(DEVICE_TOPIC), timeout=30)
     finally:
         stop_daemon(proc)
-    assert DEVICE_TOPIC in retained(broker.port, "homeassistant/#")
-    cfg = ha_config(tmp_path, broker.port, mqtt={"commands": False, "homeassistant": {"discovery": False}})
-    proc = start_daemon(cfg)
+    assert {v["p"] for v in json.loads(sub.payloads(DEVICE_TOPIC)[-1])["components"].values()} >= {"switch", "button"}
+    # Remote control off: Home Assistant removes a component of a device only when it comes with its `p` key alone.
+    proc = start_daemon(ha_config(tmp_path, broker.port, mqtt={"commands": False}))
     try:
-        assert sub.wait_for(lambda: sub.payloads(DEVICE_TOPIC)[-1:] == [""], timeout=30), "discovery not cleared"
+        assert sub.wait_for(lambda: len(sub.payloads(DEVICE_TOPIC)) >= 2, timeout=30)
         assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], timeout=10)
-        sub.client.publish(f"{BASE}/analysis/set", "OFF", qos=1)
+        for name in ("analysis", "reload_models"):
+            sub.client.publish(f"{BASE}/{name}/set", "OFF" if name == "analysis" else "PRESS", qos=1)
         time.sleep(1.0)  # a daemon that obeyed would have echoed OFF by now (it does within 0.1 s)
         assert sub.payloads(f"{BASE}/analysis/state")[-1:] == ["ON"], "remote control was off"
     finally:
         stderr = stop_daemon(proc)
+    assert "analysis switched off" not in stderr and "reload models pressed" not in stderr
+    cmps = json.loads(sub.payloads(DEVICE_TOPIC)[-1])["components"]
+    for name, platform in [("analysis", "switch"), ("camera", "switch"), ("microphone", "switch"),
+                           ("reload_models", "button"), ("purge_history", "button")]:  # fmt: skip
+        assert cmps[name] == {"p": platform}, cmps[name]
+    assert not [k for k, v in cmps.items() if "command_topic" in v], "nothing that takes commands may stay"
+    assert cmps["emotion"]["default_entity_id"] == "sensor.emotion_edge_ha_emotion"  # the rest stays as it was
+    # Discovery off: the retained announcement is cleared once...
+    cfg = ha_config(tmp_path, broker.port, mqtt={"homeassistant": {"discovery": False}})
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: sub.payloads(DEVICE_TOPIC)[-1:] == [""], timeout=30), "discovery not cleared"
+    finally:
+        stop_daemon(proc)
     assert retained(broker.port, "homeassistant/#") == {}
-    assert "analysis switched off" not in stderr
+    # ... and then nothing at all: an empty message at every connect makes Home Assistant log "No device
+    # components to cleanup" each time.
+    said = len([m for m in sub.messages if m.topic.startswith("homeassistant/")])
+    stats = len(sub.payloads("/stats"))
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: len(sub.payloads("/stats")) >= stats + 2, timeout=30)  # connected for a while
+    finally:
+        stop_daemon(proc)
+    assert [m.topic for m in sub.messages if m.topic.startswith("homeassistant/")][said:] == []
 
 
 # ----------------------------------------------------------------------------------------------- control
@@ -178,6 +231,12 @@ def test_camera_off_releases_the_device_pauses_face_events_and_on_brings_them_ba
         assert sub.wait_for(lambda: (last_json(sub, f"{BASE}/state") or {}).get("emotion") == NO_ONE, timeout=20)
         state = last_json(sub, f"{BASE}/state")
         assert state is not None and state["confidence"] is None and state["people"] == 0
+        # The device triggers' topic said each change once, with what came before: "emotion became no_one".
+        changes = [json.loads(p) for p in sub.payloads(f"{BASE}/state_changed")]
+        assert changes and changes[-1]["emotion"] == NO_ONE and changes[-1]["previous"] not in (NO_ONE, None)
+        assert all(b["previous"] == a["emotion"] != b["emotion"] for a, b in pairwise(changes)), changes
+        assert len(changes) <= len(sub.payloads(f"{BASE}/state"))  # a new people count is no new state
+        assert retained(broker.port, f"{BASE}/state_changed") == {}, "a retained change would fire again"
         late = face_events_since(sub, paused_at)  # windows that began before the switch may still close after it
         assert late == [], f"face events while the camera was off: {[e['window_start'] for e in late]}"
         stats = last_json(sub, "/stats")
@@ -257,6 +316,73 @@ def test_garbage_and_retained_commands_are_ignored_with_one_log_line_each(
     assert json.loads((tmp_path / "state" / "controls.json").read_text()) == {
         "analysis": False, "camera": True, "microphone": True
     }  # fmt: skip
+
+
+def test_buttons_reload_the_models_and_purge_the_history_and_a_failed_reload_is_the_last_error(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models)  # a copy of its own: this test breaks one model file
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    cfg = ha_config(tmp_path, broker.port, models={"dir": str(models)}, microphone={"enabled": False})
+    history = HistoryReader(tmp_path / "state")
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: history.exists() and history.count() >= 3, timeout=60), "no history to purge"
+        before = history.count()
+        sub.client.publish(f"{BASE}/purge_history/set", "PRESS", qos=1)
+        assert sub.wait_for(lambda: history.count() < before, timeout=10), "the history was not purged"
+        sub.client.publish(f"{BASE}/reload_models/set", "PRESS", qos=1)
+        time.sleep(2.0)  # the main loop reloads within a second; the log says so at the end
+        assert (last_json(sub, "/stats") or {}).get("last_error") is None
+        (models / "face_emotion.tflite").write_bytes(b"not a model")
+        sub.client.publish(f"{BASE}/reload_models/set", "PRESS", qos=1)
+        assert sub.wait_for(lambda: (last_json(sub, "/stats") or {}).get("last_error"), timeout=15)
+        error = last_json(sub, "/stats")["last_error"]  # type: ignore[index]
+        assert "model reload rejected" in error["message"] and "face_emotion" in error["message"], error
+        assert error["at"].endswith("Z")
+        assert len(sub.events()) >= 1 and (last_json(sub, f"{BASE}/state") or {}).get("emotion") is not None
+    finally:
+        stderr = stop_daemon(proc)
+    assert "purge history pressed (from mqtt)" in stderr and "history purged:" in stderr
+    assert "reload models pressed (from mqtt)" in stderr and "models reloaded:" in stderr, stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------- replay
+
+
+def test_a_replay_is_a_device_of_its_own_and_never_speaks_on_the_services_topics(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe("#")
+    cfg = ha_config(tmp_path, broker.port)
+    proc = run_cli("--config", str(cfg), "replay", "--video", str(CLIP_VIDEO))
+    assert proc.returncode == 0, proc.stderr
+    replay = f"{BASE}/replay"
+    assert sub.wait_for(lambda: sub.payloads(f"{replay}/availability")[-1:] == ["stopped"], timeout=10)
+    topics = {m.topic for m in sub.messages}
+    # Nothing on the service's topics (its availability, state, events; its Home Assistant device): a replay beside
+    # the service neither flips its emotion nor makes it unavailable nor fires its users' automations.
+    assert {t for t in topics if t.startswith(f"{BASE}/") and not t.startswith(f"{replay}/")} == set(), topics
+    assert DEVICE_TOPIC not in topics
+    assert len(sub.payloads(f"{replay}/events")) == 9 and sub.payloads(f"{replay}/state")
+    c = json.loads(sub.payloads(REPLAY_DEVICE_TOPIC)[-1])
+    assert c["device"]["identifiers"] == ["emotion-edge-ha-replay"] and c["device"]["name"] == "emotion-edge ha replay"
+    assert c["availability_topic"] == f"{replay}/availability"
+    cmps = c["components"]
+    assert not [k for k, v in cmps.items() if v["p"] in ("switch", "button")], "a replay obeys no commands"
+    assert "camera_connected" not in cmps and cmps["video_file"]["name"] == f"Video {CLIP_VIDEO.name}"  # its file
+    assert cmps["emotion"]["default_entity_id"] == "sensor.emotion_edge_ha_replay_emotion"
+    used = [v for cmp in cmps.values() for k, v in cmp.items() if k.endswith("topic")]
+    assert used and all(t.startswith(f"{replay}/") for t in used), used
+    # Its outbox (and history) are its own: the service would otherwise publish what the replay queued, as its own.
+    assert (tmp_path / "state" / "replay" / "outbox.sqlite3").exists()
+    assert not (tmp_path / "state" / "outbox.sqlite3").exists()
+    # `forget` removes the replay's device and topics with the service's.
+    assert REPLAY_DEVICE_TOPIC in retained(broker.port, "homeassistant/#")
+    done = run_cli("--config", str(cfg), "forget", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert retained(broker.port, "#") == {}, "the replay's device or topics were left behind"
 
 
 # ----------------------------------------------------------------------------------------------- forget
@@ -363,8 +489,9 @@ def test_replay_of_two_people_reports_each_face_with_its_box_and_label(tmp_path:
         assert left["box"][0] + left["box"][2] <= 330 and right["box"][0] >= 310, e["faces"]  # one in each half
         assert all(80 <= f["box"][1] < 400 for f in e["faces"]), e["faces"]
         assert (left["label"], right["label"]) == ("happy", "angry")  # each face its own label
-        # Fusion stays on the largest face (the right one).
-        assert right["box"][2] > left["box"][2] and e["modalities"]["face"]["label"] == right["label"]
+        # Every face votes (pipeline.room_vote), the far one as much as the near one: both emotions lead the window.
+        probs = e["modalities"]["face"]["probs"]
+        assert right["box"][2] > left["box"][2] and set(sorted(probs, key=probs.get)[-2:]) == {"happy", "angry"}, probs
 
 
 def test_the_device_page_is_the_devices_configuration_url(tmp_path: Path) -> None:

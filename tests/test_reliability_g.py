@@ -213,7 +213,7 @@ def test_an_event_over_the_brokers_message_size_limit_is_kept_and_does_not_block
     tmp_path: Path,
 ) -> None:
     # Mosquitto 2.0 closes an MQTT 5 connection that sends a message over message_size_limit (3.1.1: acks, drops).
-    # over the Home Assistant discovery message (about 7 KB), under this event's
+    # over the Home Assistant discovery message (about 13 KB), under this event's
     broker = LocalBroker(extra_conf="message_size_limit 16000\n").start()
     try:
         sub = Subscriber(broker.port, "emotion-edge/#")

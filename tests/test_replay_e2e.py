@@ -101,27 +101,27 @@ def test_a_replay_beside_the_live_daemon_of_the_same_device_does_not_knock_it_of
         camera={"source": str(CLIP_VIDEO)},
         microphone={"enabled": False},
     )
+    service = "emotion-edge/e2e/availability"
     live = start_daemon(cfg)
     try:
-        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], timeout=30)
+        assert sub.wait_for(lambda: sub.payloads(service)[-1:] == ["online"], timeout=30)
         proc = run_cli("--config", str(cfg), "replay", "--audio", str(CLIP_AUDIO), "--state-dir", str(tmp_path / "r"))
         assert proc.returncode == 0, proc.stderr
-        assert "stopped" in sub.payloads("/availability")  # the replay's own end
-        late: Subscriber = subscribe("emotion-edge/e2e/availability")
-        assert late.wait_for(lambda: late.payloads("/availability")[-1:] == ["online"], timeout=10), late.payloads(
-            "/availability"
-        )
+        # The replay speaks under <base>/replay/ (its own device in Home Assistant): its `stopped` is its own.
+        assert sub.payloads("emotion-edge/e2e/replay/availability") == ["online", "stopped"]
+        assert sub.wait_for(lambda: len(sub.payloads("emotion-edge/e2e/replay/events")) >= 1, timeout=5)
+        late: Subscriber = subscribe(service)
+        assert late.wait_for(lambda: late.payloads(service) == ["online"], timeout=10), late.payloads(service)
     finally:
         log = stop_daemon(live)
     assert "connection lost" not in log, "the replay took over the live daemon's MQTT session"
-    assert "offline" not in sub.payloads("/availability"), sub.payloads("/availability")
-    # The replay ended with `stopped`; the service, still running, said `online` again (retained), so a subscriber
-    # that comes later, Home Assistant included, sees the device online.
-    assert sub.payloads("/availability")[-2:] == ["online", "stopped"]  # the service's own clean stop
+    # The service's availability never moved while the replay ran: online until its own clean stop.
+    assert sub.payloads(service) == ["online", "stopped"], sub.payloads(service)
+    assert "was set to" not in log, "the replay wrote on the service's availability"
 
 
 def test_one_modality_still_yields_events_that_say_which(tmp_path: Path, broker: Any, subscribe: Any) -> None:
-    sub: Subscriber = subscribe("emotion-edge/e2e/events")
+    sub: Subscriber = subscribe("emotion-edge/e2e/replay/events")  # a replay speaks under <base>/replay/
     _, written = replay(tmp_path, broker.port, "--audio", str(CLIP_AUDIO))
     assert written and all(e["used"] == ["speech"] and e["modalities"]["face"] is None for e in written)
     assert sub.wait_for(lambda: len(sub.events()) == len(written))

@@ -15,6 +15,8 @@ from training.common import DatasetError
 from training.face_data import load_fer_csv, load_folder_tree, load_many, prepare_all
 from training.speech_data import grouped_folds, load_corpus, load_sources, make_split
 
+from .conftest import shared_data
+
 SR = 16_000
 
 
@@ -120,12 +122,7 @@ def test_fer_csv(tmp_path: Path) -> None:
 
 
 def test_real_fer_csv_sample_matches_label_order() -> None:
-    # ../shared/data beside the checkout, as on every development and CI machine of this project.
-    sample = (
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013_csv_sample" / "fer2013_first_200_rows.csv"
-    )
-    if not sample.is_file():
-        pytest.skip("FER2013 CSV sample not available")
+    sample = shared_data("fer2013_csv_sample/fer2013_first_200_rows.csv")
     fs = load_fer_csv(sample)
     assert len(fs.labels) == 200 and not fs.rejected
     assert fs.images[0].shape == (48, 48)

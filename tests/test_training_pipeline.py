@@ -27,6 +27,8 @@ from edge_daemon.vision.preprocess import FacePreprocess
 from training.speech import build_eval_windows, cv_features, features_from_cv, speaker_streams
 from training.speech_data import clip_windows, default_gate, load_corpus, read_wav
 
+from .conftest import shared_data
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -354,7 +356,7 @@ def test_the_shipped_model_as_teacher_scores_a_batch_as_the_daemon_scores_each_f
     from training.face import load_teacher
     from training.face_data import load_fer_csv, prepare_all
 
-    sample = ROOT.parent / "shared" / "data" / "fer2013_csv_sample" / "fer2013_first_200_rows.csv"
+    sample = shared_data("fer2013_csv_sample/fer2013_first_200_rows.csv")
     x, _ = prepare_all(load_fer_csv(sample), FacePreprocess())
     x = x[:24].astype(np.float32)
     shipped = ROOT / "models_tflite" / "face_emotion.tflite"
