@@ -343,6 +343,8 @@ def docs_screenshot(out: Path, seconds: float) -> None:
     file camera starts over when it ends) and a real Mosquitto; no sound card, as on the machine that takes it."""
     import tempfile
 
+    from PIL import Image
+
     from edge_daemon.devbroker import LocalBroker
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,11 +365,15 @@ def docs_screenshot(out: Path, seconds: float) -> None:
             wait_until(lambda: _count(driver, "#history rect.hour") and windows(driver) >= 2, 20, "the charts")
             wait_until(lambda: text(driver, "state-label") not in ("", "–"), 20, "the settled state")
             time.sleep(3)
-            _hover(driver, "#timeline rect.window")  # one tooltip in the picture, to show there are some
+            # The whole page in one picture: a viewport as tall as the page (a window's size includes its frame).
             height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(1280, height)
+            metrics = {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
             time.sleep(0.5)
+            _hover(driver, "#timeline rect.window")  # one tooltip in the picture, to show there are some
             driver.save_screenshot(str(out))
+            # 256 colours (octree keeps the emotions' colours apart): a third of the size for the docs
+            Image.open(out).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(out, optimize=True)
         finally:
             driver.quit()
             d.stop()
