@@ -336,7 +336,9 @@ def _as_uint8_image(frame: np.ndarray) -> np.ndarray | None:
 
 
 class BlazeFaceDetector:
-    """MediaPipe BlazeFace on TFLite, over the whole frame or `tiles` overlapping squares of it. Not thread-safe (one interpreter); make one per thread."""
+    """MediaPipe BlazeFace on TFLite, over the whole frame or `tiles` overlapping squares of it.
+
+    Not thread-safe (one interpreter); make one per thread."""
 
     def __init__(
         self,
@@ -370,6 +372,10 @@ class BlazeFaceDetector:
     @property
     def spec(self) -> BlazeFaceSpec:
         return self._spec
+
+    @property
+    def min_face_px(self) -> int:
+        return self._filter.min_face_px
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         frame = _as_uint8_image(frame_bgr)
@@ -585,10 +591,10 @@ TYPICAL_HFOV_DEG = 70.0  # a typical USB webcam's horizontal field of view
 
 def smallest_face_px(detector: FaceDetector, width: int, height: int) -> float:
     """The narrowest face, in frame pixels, that this detector finds in a `width` x `height` frame."""
-    floor = float(detector._filter.min_face_px)
     if isinstance(detector, HaarDetector):
-        return max(floor, float(_HAAR_WINDOW))
+        return float(max(detector.min_face_px, _HAAR_WINDOW))
     assert isinstance(detector, BlazeFaceDetector)
+    floor = float(detector.min_face_px)
     in_px = SMALLEST_FACE_INPUT_PX.get(detector.meta.name, 19.0)  # an unknown model: assume short-range's reach
     region = max(width, height) if len(tile_regions(width, height, detector.tiles)) == 1 else min(width, height)
     return max(floor, in_px * region / max(detector.spec.input_size))
