@@ -89,6 +89,8 @@ class Daemon:
         state = state_dir or config.path(config.state_dir)
         h = config.history
         self.history = History(state, h.max_days, h.max_mb) if h.enabled else None
+        if self.history:
+            self.outbox.make_room = self.history.give_way  # state_dir's space is the outbox's first
         # The page: for the service, and for a real-time replay (demos); a fast replay is over before anyone looks.
         self.web = self._web_server(state) if config.web.enabled and (replay is None or replay.realtime) else None
         host, port = broker or resolve_broker(config)
