@@ -233,7 +233,7 @@ class History:
                 return 0
             n = min(count, max(100, math.ceil(2 * nbytes * count / max(used, 1))))
             db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY ts LIMIT ?)", (n,))
-            db.execute("PRAGMA incremental_vacuum")
+            db.executescript("PRAGMA incremental_vacuum;")  # to the end: execute() would free a single page
             self._file.checkpoint()
         except sqlite3.Error as exc:
             self._failed(exc)
@@ -327,6 +327,11 @@ class History:
             return
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
         need = n * EVENT_BYTES - db.execute("PRAGMA freelist_count").fetchone()[0] * page_size
+        try:  # the WAL may still grow to its checkpoint size: that room is taken too
+            wal = Path(f"{self.path}-wal").stat().st_size
+        except OSError:
+            wal = 0
+        need += max(0, SETTINGS.wal_pages * (page_size + 24) - wal)
         floor = storage.history_floor(self.path.parent)
         if need <= 0 or free - need >= floor:
             return
@@ -335,7 +340,7 @@ class History:
             raise NoRoom(f"state_dir has less than {floor >> 10} KiB free, which the history leaves to the outbox")
         gone = db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY ts LIMIT ?)", (2 * n,))
         with self._lock:
-            self.gave_way += gone.rowcount
+            self.purged_size += gone.rowcount
 
     def _put_back(self, batch: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -534,7 +539,7 @@ class HistoryReader:
         try:
             where, args = self._range(None, before)
             n = db.execute(f"DELETE FROM events{where}", args).rowcount
-            db.execute("PRAGMA incremental_vacuum")  # the space back to state_dir (files of schema 2)
+            db.executescript("PRAGMA incremental_vacuum;")  # the space back to state_dir (files of schema 2)
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return int(n)
         finally:
