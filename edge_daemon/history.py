@@ -6,7 +6,7 @@ Unlike the outbox, whose rows go once the broker has them, the history keeps eve
 
 Off the hot path, and easy on an SD card: the fusion thread only adds the event to a bounded list
 in memory (`record`); one writer thread commits what has gathered in one transaction every
-`FLUSH_EVERY_S` (and at a clean stop), so a day at 2 s windows is 1,440 small commits, not 43,200.
+`FLUSH_EVERY_S` (and at a clean stop), so a day at 2 s windows is 480 small commits, not 43,200.
 A power cut costs the history at most the events of one interval (each commit is synced; the
 outbox, synced per store, loses nothing by it). New files use 1 KiB pages and a single index that
 only grows at its end (the window's time), so a commit touches a handful of pages: see
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 FILENAME = "history.sqlite3"
 QUEUE_MAX = 2000  # events waiting in memory for a commit (over an hour of 2 s windows); more are counted as dropped
-FLUSH_EVERY_S = 60.0  # one commit per interval: what a power cut can cost the history
+FLUSH_EVERY_S = 180.0  # one commit per interval: what a power cut can cost the history (measured: docs/storage.md)
 REOPEN_AFTER_S = 30.0  # a commit that failed (locked, full, read-only, cannot open) is tried again this soon
 PURGE_EVERY_S = 3600.0
 BUSY_TIMEOUT_S = 5.0  # how long a commit waits for another process's lock (`history purge`) before it is retried
