@@ -219,6 +219,20 @@ class History:
                 "queued": len(self._pending),
             }
 
+    def waiting(self, since: float | None = None, until: float | None = None) -> list[tuple[float, dict[str, Any]]]:
+        """The events recorded but not committed yet, in [since, until): (ts, row as the reader gives it)."""
+        with self._lock:
+            pending = list(self._pending)
+        out = []
+        for e in pending:
+            try:
+                ts, *stored = row_of(e)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if (since is None or ts >= since) and (until is None or ts < until):
+                out.append((ts, _as_dict(tuple(stored))))
+        return out
+
     def give_way(self, nbytes: int) -> int:
         """The outbox needs `nbytes` more of state_dir: delete the oldest events (at least that much, at least 100)
         and hand their pages back to the file system. Returns the bytes freed. Called from the outbox's thread."""
@@ -464,10 +478,15 @@ def _reading(empty: Any) -> Any:
 
 
 class HistoryReader:
-    """Queries on the history file; each call opens its own short-lived connection (safe from any thread)."""
+    """Queries on the history file; each call opens its own short-lived connection (safe from any thread). With the
+    daemon's `writer`, the events that wait for its next commit are included (the page is never minutes behind)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, writer: History | None = None) -> None:
         self.path = Path(state_dir) / FILENAME
+        self._writer = writer
+
+    def _waiting(self, since: float | None, until: float | None) -> list[tuple[float, dict[str, Any]]]:
+        return self._writer.waiting(since, until) if self._writer is not None else []
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -483,6 +502,15 @@ class HistoryReader:
     def iter_events(
         self, since: float | None = None, until: float | None = None, limit: int | None = None
     ) -> Iterator[dict[str, Any]]:
+        waiting = [row for _, row in self._waiting(since, until)]
+        if not waiting:
+            yield from self._iter_stored(since, until, limit)
+            return
+        rows = [*self._iter_stored(since, until, limit), *waiting]
+        rows.sort(key=lambda r: r["window_start"])  # stable: stored rows keep their order
+        yield from rows if limit is None else rows[-limit:] if limit > 0 else []
+
+    def _iter_stored(self, since: float | None, until: float | None, limit: int | None) -> Iterator[dict[str, Any]]:
         if not self.exists():
             return
         where, args = self._range(since, until)
@@ -502,20 +530,28 @@ class HistoryReader:
     @_reading([])
     def hourly(self, since: float, until: float) -> list[dict[str, Any]]:
         """Counts per emotion for each UTC hour in [since, until): [{"hour": ISO, "counts": {emotion: n}}]."""
-        if not self.exists():
-            return []
-        db = self._connect()
+        rows: list[tuple[int, str, int]] = []
+        db = self._connect() if self.exists() else None
         try:
-            rows = db.execute(
-                "SELECT CAST(ts / 3600 AS INTEGER) AS h, emotion, COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
-                " GROUP BY h, emotion ORDER BY h",
-                (since, until),
-            ).fetchall()
+            rows = (
+                []
+                if db is None
+                else db.execute(
+                    "SELECT CAST(ts / 3600 AS INTEGER) AS h, emotion, COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
+                    " GROUP BY h, emotion ORDER BY h",
+                    (since, until),
+                ).fetchall()
+            )
         finally:
-            db.close()
+            if db is not None:
+                db.close()
         hours: dict[int, dict[str, int]] = {}
         for h, emotion, n in rows:
             hours.setdefault(h, {})[emotion] = n
+        for ts, row in self._waiting(since, until):
+            counts = hours.setdefault(int(ts // 3600), {})
+            counts[row["emotion"]] = counts.get(row["emotion"], 0) + 1
+        hours = dict(sorted(hours.items()))
         return [
             {"hour": datetime.fromtimestamp(h * 3600, timezone.utc).strftime("%Y-%m-%dT%H:00Z"), "counts": c}
             for h, c in hours.items()
@@ -523,11 +559,12 @@ class HistoryReader:
 
     @_reading(0)
     def count(self) -> int:
+        waiting = len(self._waiting(None, None))
         if not self.exists():
-            return 0
+            return waiting
         db = self._connect()
         try:
-            return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return waiting + int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         finally:
             db.close()
 
