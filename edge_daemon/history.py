@@ -179,8 +179,12 @@ class History:
         with self._lock:
             if len(self._pending) >= QUEUE_MAX:
                 self.dropped += 1
-            else:
-                self._pending.append(event)
+                return
+            self._pending.append(event)
+            first = len(self._pending) == 1
+        if first:  # the writer sleeps while nothing waits; it commits at once if the last commit is long ago
+            with self._wake:
+                self._wake.notify_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Commit what is waiting now rather than at the end of the interval; True once the writer has tried."""
@@ -267,12 +271,16 @@ class History:
     # ------------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        next_flush = time.monotonic() + FLUSH_EVERY_S
+        next_flush = 0.0  # an event after a quiet interval (the first one) is committed at once, the rest wait
         while True:
             with self._wake:
-                self._wake.wait_for(
-                    lambda: self._stopping or self._asked > self._done, max(0.0, next_flush - time.monotonic())
-                )
+                while not (self._stopping or self._asked > self._done):
+                    with self._lock:
+                        waiting = bool(self._pending)
+                    now = time.monotonic()
+                    if waiting and now >= next_flush:
+                        break
+                    self._wake.wait(next_flush - now if waiting else None)  # `record` wakes it
                 asked, stopping = self._asked, self._stopping
             ok = self._flush_now()
             next_flush = time.monotonic() + (FLUSH_EVERY_S if ok else min(FLUSH_EVERY_S, REOPEN_AFTER_S))

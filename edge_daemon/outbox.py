@@ -182,8 +182,97 @@ def _rebase_earlier_boots(db: sqlite3.Connection, boot: str) -> None:
     )
 
 
+class OutboxTable:
+    """The outbox's SQLite file: the events and their meta (`last_seq`, `dropped`, `holding`). SQL only: the Outbox
+    holds the lock and decides what an error means (sqlite3.Error and OSError reach it)."""
+
+    def __init__(self, path: Path, boot: str) -> None:
+        self.file = storage.SqliteFile(path, SETTINGS, _schema, "outbox", "the events it queued")
+        self.boot = boot
+        self.count = 0  # events on disk
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.file.db is None:
+            raise sqlite3.ProgrammingError("the outbox is not open")
+        return self.file.db
+
+    def open(self) -> tuple[int, int, int, bool]:
+        """Open (storage moves a corrupt file aside): (last_seq, highest seq stored, dropped, holding)."""
+        self.file.open()
+        db = self.db
+        _rebase_earlier_boots(db, self.boot)
+        top = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+        self.count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return self._meta("last_seq"), top, self._meta("dropped"), bool(self._meta("holding"))
+
+    def close(self) -> None:
+        self.file.close()
+
+    def set_holding(self) -> None:
+        with self.db:
+            self.db.execute("UPDATE meta SET value = 1 WHERE key='holding'")
+
+    def insert(self, events: dict[int, _Held], exact: bool, keep: int, max_age_s: float) -> int:
+        """Store the events in one synced transaction, then the bounds (at most `keep` events, none older than
+        `max_age_s`); returns how many the bounds dropped. `exact`: the database now knows every seq handed out."""
+        db = self.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR REPLACE INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
+                [(seq, h.created, h.payload, self.boot, h.mono) for seq, h in sorted(events.items())],
+            )
+            db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key='last_seq'", (max(events),))
+            if exact:
+                db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+            old = db.execute("DELETE FROM events WHERE mono < ?", (time.monotonic() - max_age_s,)).rowcount
+            over = db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                (max(0, keep),),
+            ).rowcount
+            if old or over:
+                db.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (old + over,))
+        self.count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return old + over
+
+    def after(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        return self.db.execute(
+            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ).fetchall()
+
+    def some(self, seqs: list[int]) -> list[tuple[int, str]]:
+        marks = ",".join("?" * len(seqs))
+        return self.db.execute(f"SELECT seq, payload FROM events WHERE seq IN ({marks})", seqs).fetchall()
+
+    def delete(self, seqs: list[int]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            deleted = self.db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs]).rowcount
+        self.count = max(0, self.count - max(deleted, 0))
+
+    def record_last(self, last: int) -> None:
+        """A clean close: the database knows every seq handed out."""
+        with self.db:
+            self.db.execute("UPDATE meta SET value = ? WHERE key='last_seq'", (last,))
+            self.db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+
+    def free(self) -> int | None:
+        """Bytes a store may use: free space in state_dir, and the pages that deleted events left in the file
+        (reused before it grows)."""
+        free = storage.free_bytes(self.file.path.parent)
+        if free is None:
+            return None
+        pages = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return free + pages * int(self.db.execute("PRAGMA page_size").fetchone()[0])
+
+    def _meta(self, key: str) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+
 class Outbox:
-    """Thread-safe: the fusion thread appends, the MQTT thread reads and acknowledges."""
+    """The queue's policy: seqs, held events, bounds, degrading on storage errors. Thread-safe: the fusion thread
+    appends, the MQTT thread reads and acknowledges."""
 
     def __init__(
         self, state_dir: Path, max_events: int = 100_000, max_age_s: float = 7 * 86400, hold_s: float = HOLD_S
@@ -197,8 +286,7 @@ class Outbox:
         self.make_room: Callable[[int], int] | None = None
         self._lock = threading.RLock()
         self._held: dict[int, _Held] = {}
-        self._file = storage.SqliteFile(self.path, SETTINGS, _schema, "outbox", "the events it queued")
-        self._disk_count = 0
+        self._table = OutboxTable(self.path, boot_id())
         self._holding = True  # the database may not know the last seq handed out (see the module doc)
         self._dropped = 0
         self._unlogged_drops = 0
@@ -206,7 +294,6 @@ class Outbox:
         self._error_log = Throttle()
         self._reopen = Throttle(REOPEN_S)
         self.storage_error = ""  # the last storage failure, for stats; empty while all is well
-        self._boot = boot_id()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # the directory cannot be made (a file, /proc, no rights)
@@ -231,39 +318,24 @@ class Outbox:
 
     @property
     def _db(self) -> sqlite3.Connection | None:
-        return self._file.db
+        return self._table.file.db
 
     # ------------------------------------------------------------------ opening
 
     def _open(self, first: bool = False) -> bool:
         """Open (or reopen) the database (storage moves a corrupt one aside). False if it cannot be opened now."""
         try:
-            self._file.open()
-            self._after_open()
+            stored_last, top, dropped, holding = self._table.open()
         except (sqlite3.Error, OSError) as exc:
-            self._file.close()
+            self._table.close()
             if first and storage.is_permission_problem(exc, self.path):
                 raise UserError(
                     f"{self.path}: cannot open the outbox ({exc}); check state_dir and its permissions"
                 ) from None
             self._storage_failed("open the outbox", exc)
             return False
-        if self._file.moved_aside is not None:
-            logger.info("outbox: seq continues above %d", self._last)
-        self.storage_error = ""
-        return True
-
-    def _after_open(self) -> None:
-        """Take the queue's state from a database just opened."""
-        db = self._file.db
-        assert db is not None
-        _rebase_earlier_boots(db, self._boot)
-        stored_last = self._meta("last_seq")
-        top = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
-        self._disk_count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-        self._dropped = max(self._dropped, self._meta("dropped"))
-        holding = bool(self._meta("holding"))
         with self._lock:
+            self._dropped = max(self._dropped, dropped)
             if holding or self._held:
                 # Seqs may have been handed out beyond what the database knows: continue above the mark.
                 self._last = max(self._last, stored_last, top, self._mark_value)
@@ -271,19 +343,23 @@ class Outbox:
                 self._last = max(stored_last, top) if self._last == self._mark_value else max(self._last, top)
             self._reserved = max(self._reserved, self._last)
             self._holding = holding
+        if self._table.file.moved_aside is not None:
+            logger.info("outbox: seq continues above %d", self._last)
+        self.storage_error = ""
+        return True
 
     def _usable(self) -> bool:
         """The database is open (reopened if its file was deleted or replaced), or could be opened again just now
         (tried once a minute)."""
         if self._db is not None:
-            if not self._file.replaced():
+            if not self._table.file.replaced():
                 return True
             logger.warning(
                 "outbox %s was deleted or replaced while open: the events it held (%d) are gone with it; a new "
                 "outbox starts at that path, seq continues above %d",
-                self.path, self._disk_count, self._last,
+                self.path, self._table.count, self._last,
             )  # fmt: skip
-            self._file.close()
+            self._table.close()
             return self._open()
         return self._reopen.ready() and self._open()
 
@@ -336,8 +412,7 @@ class Outbox:
         if not self._usable():
             return False
         try:
-            with self._db:  # type: ignore[union-attr]
-                self._db.execute("UPDATE meta SET value = 1 WHERE key='holding'")  # type: ignore[union-attr]
+            self._table.set_holding()
         except sqlite3.Error as exc:
             self._storage_failed("record that events are held", exc)
             return False
@@ -355,11 +430,9 @@ class Outbox:
         """The oldest kept events with seq > after_seq, in order (stored and held)."""
         with self._lock:
             rows: list[tuple[int, str]] = []
-            if self._disk_count and self._usable():
+            if self._table.count and self._usable():
                 try:
-                    rows = self._db.execute(  # type: ignore[union-attr]
-                        "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-                    ).fetchall()
+                    rows = self._table.after(after_seq, limit)
                 except sqlite3.Error as exc:
                     self._storage_failed("read the outbox", exc)
             held = sorted((s, h.payload) for s, h in self._held.items() if s > after_seq)[:limit]
@@ -372,14 +445,9 @@ class Outbox:
         with self._lock:
             found = {s: self._held[s].payload for s in wanted if s in self._held}
             rest = [s for s in wanted if s not in found]
-            if rest and self._disk_count and self._usable():
+            if rest and self._table.count and self._usable():
                 try:
-                    marks = ",".join("?" * len(rest))
-                    found.update(
-                        self._db.execute(  # type: ignore[union-attr]
-                            f"SELECT seq, payload FROM events WHERE seq IN ({marks})", rest
-                        ).fetchall()
-                    )
+                    found.update(self._table.some(rest))
                 except sqlite3.Error as exc:
                     self._storage_failed("read the outbox", exc)
         return [Pending(s, found[s]) for s in sorted(found)]
@@ -397,12 +465,7 @@ class Outbox:
             if not self._usable():
                 return False
             try:
-                with self._db:  # type: ignore[union-attr]
-                    self._db.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-                    deleted = self._db.executemany(  # type: ignore[union-attr]
-                        "DELETE FROM events WHERE seq = ?", [(s,) for s in stored]
-                    ).rowcount
-                self._disk_count = max(0, self._disk_count - max(deleted, 0))
+                self._table.delete(stored)
                 return True
             except sqlite3.Error as exc:
                 self._storage_failed("record acknowledgements", exc)
@@ -410,7 +473,7 @@ class Outbox:
 
     def depth(self) -> int:
         with self._lock:
-            return self._disk_count + len(self._held)
+            return self._table.count + len(self._held)
 
     @property
     def held(self) -> int:
@@ -442,13 +505,11 @@ class Outbox:
             clean = True
             if self._db is not None:
                 try:
-                    with self._db:
-                        self._db.execute("UPDATE meta SET value = ? WHERE key='last_seq'", (self._last,))
-                        self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+                    self._table.record_last(self._last)
                 except sqlite3.Error as exc:
                     self._storage_failed("record the last seq", exc)
                     clean = False
-                self._file.close()
+                self._table.close()
             else:
                 clean = False
             if clean and self._mark_value != self._last:
@@ -473,72 +534,35 @@ class Outbox:
 
     def _write(self, events: dict[int, _Held], exact: bool) -> None:
         """`exact`: after this write the database knows every seq handed out (nothing else is held)."""
-        assert self._db is not None
         try:
             self._insert(events, exact)
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            if storage.error_code(exc) != sqlite3.SQLITE_FULL:
                 raise
             # A full disk: a WAL that a checkpoint can reset may be what fills it. Once more after truncating it.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._table.file.checkpoint()
             self._insert(events, exact)
         self.storage_error = ""
 
     def _insert(self, events: dict[int, _Held], exact: bool) -> None:
-        assert self._db is not None
         need = HEADROOM_BYTES + sum(len(h.payload) for h in events.values())
-        free = self._free()
+        free = self._table.free()
         if free is not None and free < need and self.make_room is not None:
             self.make_room(need - free + MAKE_ROOM_EXTRA)  # the history gives way first
-            free = self._free()
+            free = self._table.free()
         if free is not None and free < need:
             raise _NearlyFull(f"state_dir nearly full (less than {HEADROOM_BYTES >> 10} KiB free, kept for "
                               "acknowledgements)")  # fmt: skip
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
-                [(seq, h.created, h.payload, self._boot, h.mono) for seq, h in sorted(events.items())],
-            )
-            self._db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key='last_seq'", (max(events),))
-            if exact:
-                self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
-            dropped = self._enforce_bounds()
+        dropped = self._table.insert(events, exact, self.max_events - len(self._held), self.max_age_s)
         if exact:
             self._holding = False
-        self._disk_count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         self._count_drops(dropped)
-
-    def _free(self) -> int | None:
-        """Bytes a store may use: free space in state_dir, and the pages that deleted events left in the file
-        (reused before it grows)."""
-        assert self._db is not None
-        free = storage.free_bytes(self.path.parent)
-        if free is None:
-            return None
-        pages = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        return free + pages * int(self._db.execute("PRAGMA page_size").fetchone()[0])
-
-    def _meta(self, key: str) -> int:
-        assert self._db is not None
-        return int(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
-
-    def _enforce_bounds(self) -> int:
-        assert self._db is not None
-        old = self._db.execute("DELETE FROM events WHERE mono < ?", (time.monotonic() - self.max_age_s,)).rowcount
-        over = self._db.execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq DESC LIMIT -1 OFFSET ?)",
-            (max(0, self.max_events - len(self._held)),),
-        ).rowcount
-        if old or over:
-            self._db.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (old + over,))
-        return old + over
 
     def _bound_held(self) -> None:
         """Held events that cannot be written down (a broken disk) are bounded like stored ones."""
         now = time.monotonic()
         stale = [s for s, h in self._held.items() if h.mono < now - self.max_age_s]
-        over = sorted(self._held)[: max(0, len(self._held) + self._disk_count - self.max_events)]
+        over = sorted(self._held)[: max(0, len(self._held) + self._table.count - self.max_events)]
         gone = set(stale) | set(over)
         for s in gone:
             del self._held[s]
@@ -569,5 +593,5 @@ class Outbox:
             )  # fmt: skip
         broken = storage.is_corrupt(exc) or storage.is_io_error(exc) or isinstance(exc, sqlite3.ProgrammingError)
         if self._db is not None and broken:
-            self._file.close()
+            self._table.close()
             self._reopen.ready()  # not at once: the next minute
