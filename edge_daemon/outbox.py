@@ -182,6 +182,27 @@ def _rebase_earlier_boots(db: sqlite3.Connection, boot: str) -> None:
     )
 
 
+def _read_mark(mark: SeqMark) -> tuple[int, OSError | None]:
+    """Make state_dir and read the seq mark: (the mark or 0, the error that kept it from being read). What the user
+    must fix (no rights, a file where the folder should be) is a UserError."""
+    state_dir = mark.path.parent
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the directory cannot be made (a file, /proc, no rights)
+        raise UserError(
+            f"{state_dir / FILENAME}: cannot open the outbox ({exc.strerror or exc}); check state_dir and its "
+            "permissions"
+        ) from None
+    try:
+        return mark.read() or 0, None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR):
+            raise UserError(
+                f"{mark.path}: cannot read the outbox's seq mark ({exc.strerror}); check state_dir and its permissions"
+            ) from None
+        return 0, exc
+
+
 class OutboxTable:
     """The outbox's SQLite file: the events and their meta (`last_seq`, `dropped`, `holding`). SQL only: the Outbox
     holds the lock and decides what an error means (sqlite3.Error and OSError reach it)."""
@@ -294,24 +315,11 @@ class Outbox:
         self._error_log = Throttle()
         self._reopen = Throttle(REOPEN_S)
         self.storage_error = ""  # the last storage failure, for stats; empty while all is well
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # the directory cannot be made (a file, /proc, no rights)
-            raise UserError(
-                f"{self.path}: cannot open the outbox ({exc.strerror or exc}); check state_dir and its permissions"
-            ) from None
         self._mark = SeqMark(self.path.parent / MARK_FILENAME)
-        try:
-            mark = self._mark.read()
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR):
-                raise UserError(
-                    f"{self._mark.path}: cannot read the outbox's seq mark ({exc.strerror}); check state_dir "
-                    "and its permissions"
-                ) from None
-            mark = None
-            self._storage_failed("read the seq mark", exc)
-        self._mark_value = mark or 0
+        mark, failed = _read_mark(self._mark)
+        if failed is not None:
+            self._storage_failed("read the seq mark", failed)
+        self._mark_value = mark
         self._last = self._mark_value  # the last seq handed out
         self._reserved = self._mark_value  # every seq up to here may have been handed out
         self._open(first=True)
