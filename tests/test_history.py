@@ -244,3 +244,20 @@ def test_a_damaged_history_is_unavailable_to_readers_not_a_crash(tmp_path: Path)
     with pytest.raises(history_mod.HistoryUnavailable):
         HistoryReader(tmp_path).events()
     assert_clean_error(export(tmp_path), "cannot read the history")
+
+
+def test_the_page_sees_the_events_that_wait_for_the_next_commit(tmp_path: Path) -> None:
+    h = History(tmp_path)
+    h.start()
+    now = datetime.now(timezone.utc)
+    h.record(_event(1, now - timedelta(seconds=10)))
+    _drain(h, 1)
+    h.record(_event(2, now - timedelta(seconds=8)))
+    h.record(_event(3, now - timedelta(seconds=6)))  # committed only at the end of the interval
+    page = HistoryReader(tmp_path, h)
+    assert h.stats()["queued"] == 2 and [r["seq"] for r in HistoryReader(tmp_path).events()] == [1]
+    assert [r["seq"] for r in page.events()] == [1, 2, 3] and page.count() == 3
+    assert [r["seq"] for r in page.events(limit=2)] == [2, 3]
+    assert sum(sum(x["counts"].values()) for x in page.hourly(0, 2e9)) == 3
+    h.close()
+    assert [r["seq"] for r in HistoryReader(tmp_path).events()] == [1, 2, 3]
