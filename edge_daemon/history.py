@@ -50,6 +50,7 @@ QUEUE_MAX = 2000  # events waiting in memory for a commit (over an hour of 2 s w
 FLUSH_EVERY_S = 180.0  # one commit per interval: what a power cut can cost the history (measured: docs/storage.md)
 REOPEN_AFTER_S = 30.0  # a commit that failed (locked, full, read-only, cannot open) is tried again this soon
 PURGE_EVERY_S = 3600.0
+READ_COMMIT_EVERY_S = 10.0  # a read by the page commits what waits (so that `history export` agrees), this seldom
 BUSY_TIMEOUT_S = 5.0  # how long a commit waits for another process's lock (`history purge`) before it is retried
 EVENT_BYTES = 400  # about what one stored event takes (row, index, WAL frame): for the space check before a commit
 SCHEMA_VERSION = 2  # 2: 1 KiB pages, incremental vacuum, no unique index on the random event_id
@@ -166,6 +167,7 @@ class History:
         self._asked = self._done = 0  # flushes asked for and done
         self._stopping = False
         self._next_purge = 0.0
+        self._next_read_commit = 0.0
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ the daemon's side
@@ -222,6 +224,15 @@ class History:
                 "commits": self.commits,
                 "queued": len(self._pending),
             }
+
+    def commit_for_reader(self) -> None:
+        """The page is about to read: commit what waits (at most every READ_COMMIT_EVERY_S: a page that is read
+        all the time must not bring back a commit per event), so that `history export` shows the same events."""
+        with self._lock:
+            if not self._pending or time.monotonic() < self._next_read_commit:
+                return
+            self._next_read_commit = time.monotonic() + READ_COMMIT_EVERY_S
+        self.flush(timeout_s=2.0)
 
     def waiting(self, since: float | None = None, until: float | None = None) -> list[tuple[float, dict[str, Any]]]:
         """The events recorded but not committed yet, in [since, until): (ts, row as the reader gives it)."""
@@ -494,7 +505,11 @@ class HistoryReader:
         self._writer = writer
 
     def _waiting(self, since: float | None, until: float | None) -> list[tuple[float, dict[str, Any]]]:
-        return self._writer.waiting(since, until) if self._writer is not None else []
+        """Call before reading the file: the writer commits what waits (mostly), the rest is returned."""
+        if self._writer is None:
+            return []
+        self._writer.commit_for_reader()
+        return self._writer.waiting(since, until)
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -538,6 +553,7 @@ class HistoryReader:
     @_reading([])
     def hourly(self, since: float, until: float) -> list[dict[str, Any]]:
         """Counts per emotion for each UTC hour in [since, until): [{"hour": ISO, "counts": {emotion: n}}]."""
+        waiting = self._waiting(since, until)
         rows: list[tuple[int, str, int]] = []
         db = self._connect() if self.exists() else None
         try:
@@ -556,7 +572,7 @@ class HistoryReader:
         hours: dict[int, dict[str, int]] = {}
         for h, emotion, n in rows:
             hours.setdefault(h, {})[emotion] = n
-        for ts, row in self._waiting(since, until):
+        for ts, row in waiting:
             counts = hours.setdefault(int(ts // 3600), {})
             counts[row["emotion"]] = counts.get(row["emotion"], 0) + 1
         hours = dict(sorted(hours.items()))

@@ -246,18 +246,21 @@ def test_a_damaged_history_is_unavailable_to_readers_not_a_crash(tmp_path: Path)
     assert_clean_error(export(tmp_path), "cannot read the history")
 
 
-def test_the_page_sees_the_events_that_wait_for_the_next_commit(tmp_path: Path) -> None:
+def test_the_page_sees_the_events_that_wait_for_the_next_commit_and_export_agrees(tmp_path: Path) -> None:
     h = History(tmp_path)
     h.start()
     now = datetime.now(timezone.utc)
     h.record(_event(1, now - timedelta(seconds=10)))
     _drain(h, 1)
     h.record(_event(2, now - timedelta(seconds=8)))
-    h.record(_event(3, now - timedelta(seconds=6)))  # committed only at the end of the interval
-    page = HistoryReader(tmp_path, h)
-    assert h.stats()["queued"] == 2 and [r["seq"] for r in HistoryReader(tmp_path).events()] == [1]
-    assert [r["seq"] for r in page.events()] == [1, 2, 3] and page.count() == 3
-    assert [r["seq"] for r in page.events(limit=2)] == [2, 3]
-    assert sum(sum(x["counts"].values()) for x in page.hourly(0, 2e9)) == 3
+    h.record(_event(3, now - timedelta(seconds=6)))  # these wait for the end of the writer's interval
+    page, export = HistoryReader(tmp_path, h), HistoryReader(tmp_path)
+    assert h.stats()["queued"] == 2 and [r["seq"] for r in export.events()] == [1]
+    assert [r["seq"] for r in page.events()] == [1, 2, 3]  # the page's read commits what waits...
+    assert [r["seq"] for r in export.events()] == [1, 2, 3]  # ...so `history export` shows the same
+    h.record(_event(4, now - timedelta(seconds=4)))  # within 10 s of that commit: shown from memory, not committed
+    assert [r["seq"] for r in page.events()] == [1, 2, 3, 4] and page.count() == 4 and h.stats()["queued"] == 1
+    assert [r["seq"] for r in page.events(limit=2)] == [3, 4]
+    assert sum(sum(x["counts"].values()) for x in page.hourly(0, 2e9)) == 4
     h.close()
-    assert [r["seq"] for r in HistoryReader(tmp_path).events()] == [1, 2, 3]
+    assert [r["seq"] for r in export.events()] == [1, 2, 3, 4]
