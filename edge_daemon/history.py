@@ -226,27 +226,14 @@ class History:
             }
 
     def commit_for_reader(self) -> None:
-        """The page is about to read: commit what waits (at most every READ_COMMIT_EVERY_S: a page that is read
-        all the time must not bring back a commit per event), so that `history export` shows the same events."""
+        """The page is about to read: commit what waits, so that it shows it and a `history export` after it shows
+        the same; at most every READ_COMMIT_EVERY_S (an API polled all the time must not bring back a commit per
+        event)."""
         with self._lock:
             if not self._pending or time.monotonic() < self._next_read_commit:
                 return
             self._next_read_commit = time.monotonic() + READ_COMMIT_EVERY_S
         self.flush(timeout_s=2.0)
-
-    def waiting(self, since: float | None = None, until: float | None = None) -> list[tuple[float, dict[str, Any]]]:
-        """The events recorded but not committed yet, in [since, until): (ts, row as the reader gives it)."""
-        with self._lock:
-            pending = list(self._pending)
-        out = []
-        for e in pending:
-            try:
-                ts, *stored = row_of(e)
-            except (KeyError, TypeError, ValueError):
-                continue
-            if (since is None or ts >= since) and (until is None or ts < until):
-                out.append((ts, _as_dict(tuple(stored))))
-        return out
 
     def give_way(self, nbytes: int) -> int:
         """The outbox needs `nbytes` more of state_dir: delete the oldest events (at least that much, at least 100)
@@ -498,18 +485,16 @@ def _reading(empty: Any) -> Any:
 
 class HistoryReader:
     """Queries on the history file; each call opens its own short-lived connection (safe from any thread). With the
-    daemon's `writer`, the events that wait for its next commit are included (the page is never minutes behind)."""
+    daemon's `writer` (the page), a query first has it commit what waits: the page is not minutes behind, and a
+    `history export` after it shows the same events."""
 
     def __init__(self, state_dir: Path, writer: History | None = None) -> None:
         self.path = Path(state_dir) / FILENAME
         self._writer = writer
 
-    def _waiting(self, since: float | None, until: float | None) -> list[tuple[float, dict[str, Any]]]:
-        """Call before reading the file: the writer commits what waits (mostly), the rest is returned."""
-        if self._writer is None:
-            return []
-        self._writer.commit_for_reader()
-        return self._writer.waiting(since, until)
+    def _commit_waiting(self) -> None:
+        if self._writer is not None:
+            self._writer.commit_for_reader()
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -525,15 +510,7 @@ class HistoryReader:
     def iter_events(
         self, since: float | None = None, until: float | None = None, limit: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        waiting = [row for _, row in self._waiting(since, until)]
-        if not waiting:
-            yield from self._iter_stored(since, until, limit)
-            return
-        rows = [*self._iter_stored(since, until, limit), *waiting]
-        rows.sort(key=lambda r: r["window_start"])  # stable: stored rows keep their order
-        yield from rows if limit is None else rows[-limit:] if limit > 0 else []
-
-    def _iter_stored(self, since: float | None, until: float | None, limit: int | None) -> Iterator[dict[str, Any]]:
+        self._commit_waiting()
         if not self.exists():
             return
         where, args = self._range(since, until)
@@ -553,29 +530,21 @@ class HistoryReader:
     @_reading([])
     def hourly(self, since: float, until: float) -> list[dict[str, Any]]:
         """Counts per emotion for each UTC hour in [since, until): [{"hour": ISO, "counts": {emotion: n}}]."""
-        waiting = self._waiting(since, until)
-        rows: list[tuple[int, str, int]] = []
-        db = self._connect() if self.exists() else None
+        self._commit_waiting()
+        if not self.exists():
+            return []
+        db = self._connect()
         try:
-            rows = (
-                []
-                if db is None
-                else db.execute(
-                    "SELECT CAST(ts / 3600 AS INTEGER) AS h, emotion, COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
-                    " GROUP BY h, emotion ORDER BY h",
-                    (since, until),
-                ).fetchall()
-            )
+            rows = db.execute(
+                "SELECT CAST(ts / 3600 AS INTEGER) AS h, emotion, COUNT(*) FROM events WHERE ts >= ? AND ts < ?"
+                " GROUP BY h, emotion ORDER BY h",
+                (since, until),
+            ).fetchall()
         finally:
-            if db is not None:
-                db.close()
+            db.close()
         hours: dict[int, dict[str, int]] = {}
         for h, emotion, n in rows:
             hours.setdefault(h, {})[emotion] = n
-        for ts, row in waiting:
-            counts = hours.setdefault(int(ts // 3600), {})
-            counts[row["emotion"]] = counts.get(row["emotion"], 0) + 1
-        hours = dict(sorted(hours.items()))
         return [
             {"hour": datetime.fromtimestamp(h * 3600, timezone.utc).strftime("%Y-%m-%dT%H:00Z"), "counts": c}
             for h, c in hours.items()
@@ -583,12 +552,12 @@ class HistoryReader:
 
     @_reading(0)
     def count(self) -> int:
-        waiting = len(self._waiting(None, None))
+        self._commit_waiting()
         if not self.exists():
-            return waiting
+            return 0
         db = self._connect()
         try:
-            return waiting + int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         finally:
             db.close()
 
