@@ -293,6 +293,8 @@ class History:
         with self._db_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
+            if not batch and self._file.db is None:
+                return True  # nothing to store: no file is made for it
             try:
                 db = self._connection()
                 if batch:
