@@ -185,7 +185,7 @@ class Daemon:
             ["face_detector"] if self.config.face.detector == "blazeface" else []
         )
         cards = {n: self.config.model_path(n).with_suffix(".md") for n in names}
-        history = HistoryReader(state_dir, self.history) if self.history else None  # with what waits to be committed
+        history = HistoryReader(state_dir, self.history) if self.history else None  # its reads commit what waits
         # A replay obeys no switches (its file sources run to the end): its page offers none rather than one that lies.
         controls = self.controls if self.replay is None else None
         return WebServer(self.config, state_dir, self.snapshot, controls, history, cards)
