@@ -91,6 +91,8 @@ class Daemon:
         state = state_dir or config.path(config.state_dir)
         h = config.history
         self.history = History(state, h.max_days, h.max_mb) if h.enabled else None
+        if self.history:
+            self.outbox.make_room = self.history.give_way  # state_dir's space is the outbox's first
         # The page: for the service, and for a real-time replay (demos); a fast replay is over before anyone looks.
         self.web = self._web_server(state) if config.web.enabled and (replay is None or replay.realtime) else None
         host, port = broker or resolve_broker(config)
@@ -193,7 +195,7 @@ class Daemon:
             ["face_detector"] if self.config.face.detector == "blazeface" else []
         )
         cards = {n: self.config.model_path(n).with_suffix(".md") for n in names}
-        history = HistoryReader(state_dir) if self.history else None
+        history = HistoryReader(state_dir, self.history) if self.history else None  # its reads commit what waits
         # A replay obeys no switches (its file sources run to the end): its page offers none rather than one that lies.
         controls = self.controls if self.replay is None else None
         return WebServer(self.config, state_dir, self.snapshot, controls, history, cards)

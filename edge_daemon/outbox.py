@@ -14,9 +14,12 @@ as it does when the database itself had to be replaced. A crash while the broker
 
 No storage error ends the process. A call that cannot read or write the database logs (once a minute) and degrades:
 counts come from memory, held events stay in memory and still go to the broker, acknowledgements that cannot be
-recorded are sent again later (at least once). A database that is corrupt when it is opened is moved aside (kept,
-named with the time) and a fresh one starts; one that cannot be opened for another reason than permissions (an I/O
-error) is tried again every minute while events are counted as unstorable.
+recorded are sent again later (at least once). Opening, checking and recovering the file is `storage.SqliteFile`'s:
+only a corrupt file is moved aside (kept, named with the time) and a fresh one starts; one that cannot be opened
+for another reason than permissions (an I/O error) is tried again every minute while events are counted as
+unstorable; one deleted or replaced under the daemon is reopened. When state_dir runs short, `make_room` (the
+history's `give_way`, wired by the daemon) is asked for space before an event is refused: the history gives way
+first.
 
 Age is counted on the monotonic clock, not the wall clock: a board without a real-time clock may queue events at a
 stale time and have NTP step the clock by days once the network (and the broker) is back, exactly when the backlog
@@ -33,12 +36,12 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .errors import UserError
 from .throttle import Throttle
 
@@ -55,9 +58,15 @@ REOPEN_S = 60.0  # how often an outbox that could not be opened is tried again
 # it never grows until the disk is full (SQLite's default lets it reach 4 MiB and keeps it at its largest size).
 WAL_PAGES = 100
 WAL_LIMIT_BYTES = 512 << 10
-# Stores stop while state_dir has less than this free: acknowledgements (deletes) and checkpoints need room too, and
-# a queue that filled the disk to the last block could never shrink again.
-HEADROOM_BYTES = 256 << 10
+HEADROOM_BYTES = storage.OUTBOX_RESERVE_BYTES  # stores stop while state_dir has less than this free
+MAKE_ROOM_EXTRA = 64 << 10  # asked of the history beyond what one store lacks, so that it is not asked every event
+SETTINGS = storage.Settings(
+    # FULL: every commit is synced, so a written event survives a power cut. Commits are rare: held events are
+    # written only when the broker has not acknowledged them in time (an outage), in batches.
+    synchronous="FULL",
+    wal_pages=WAL_PAGES,
+    wal_limit_bytes=WAL_LIMIT_BYTES,
+)
 
 
 class _NearlyFull(sqlite3.OperationalError):
@@ -143,8 +152,148 @@ class SeqMark:
         self._gen, self._slot = gen, 1 - self._slot
 
 
+def _schema(db: sqlite3.Connection) -> None:
+    """Create or migrate the outbox's tables (storage.SqliteFile calls it on every open)."""
+    db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
+    with db:  # one transaction: a migration cut short by a kill is rolled back, not left half done
+        db.execute("BEGIN IMMEDIATE")  # and a second process waits instead of adding a column twice
+        columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        # Queues written before ages were monotonic lack these.
+        if "boot" not in columns:
+            db.execute("ALTER TABLE events ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
+        if "mono" not in columns:
+            db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
+        db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
+        fresh = not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
+        # A new database knows no seq (the mark does); one written before `holding` existed knew them all.
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('holding', ?)", (1 if fresh else 0,))
+
+
+def _rebase_earlier_boots(db: sqlite3.Connection, boot: str) -> None:
+    """Give events from an earlier boot a monotonic time of this boot that keeps their age by the wall clock; an age
+    that the wall clock cannot tell (a clock that was not set, or one that went back) counts from now."""
+    wall, mono = time.time(), time.monotonic()
+    db.execute(
+        "UPDATE events SET boot = ?, mono = ? - CASE WHEN created < ? OR created > ? THEN 0 ELSE ? - created END"
+        " WHERE boot != ?",
+        (boot, mono, PLAUSIBLE_SINCE, wall, wall, boot),
+    )
+
+
+def _read_mark(mark: SeqMark) -> tuple[int, OSError | None]:
+    """Make state_dir and read the seq mark: (the mark or 0, the error that kept it from being read). What the user
+    must fix (no rights, a file where the folder should be) is a UserError."""
+    state_dir = mark.path.parent
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the directory cannot be made (a file, /proc, no rights)
+        raise UserError(
+            f"{state_dir / FILENAME}: cannot open the outbox ({exc.strerror or exc}); check state_dir and its "
+            "permissions"
+        ) from None
+    try:
+        return mark.read() or 0, None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR):
+            raise UserError(
+                f"{mark.path}: cannot read the outbox's seq mark ({exc.strerror}); check state_dir and its permissions"
+            ) from None
+        return 0, exc
+
+
+class OutboxTable:
+    """The outbox's SQLite file: the events and their meta (`last_seq`, `dropped`, `holding`). SQL only: the Outbox
+    holds the lock and decides what an error means (sqlite3.Error and OSError reach it)."""
+
+    def __init__(self, path: Path, boot: str) -> None:
+        self.file = storage.SqliteFile(path, SETTINGS, _schema, "outbox", "the events it queued")
+        self.boot = boot
+        self.count = 0  # events on disk
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.file.db is None:
+            raise sqlite3.ProgrammingError("the outbox is not open")
+        return self.file.db
+
+    def open(self) -> tuple[int, int, int, bool]:
+        """Open (storage moves a corrupt file aside): (last_seq, highest seq stored, dropped, holding)."""
+        self.file.open()
+        db = self.db
+        _rebase_earlier_boots(db, self.boot)
+        top = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+        self.count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return self._meta("last_seq"), top, self._meta("dropped"), bool(self._meta("holding"))
+
+    def close(self) -> None:
+        self.file.close()
+
+    def set_holding(self) -> None:
+        with self.db:
+            self.db.execute("UPDATE meta SET value = 1 WHERE key='holding'")
+
+    def insert(self, events: dict[int, _Held], exact: bool, keep: int, max_age_s: float) -> int:
+        """Store the events in one synced transaction, then the bounds (at most `keep` events, none older than
+        `max_age_s`); returns how many the bounds dropped. `exact`: the database now knows every seq handed out."""
+        db = self.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR REPLACE INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
+                [(seq, h.created, h.payload, self.boot, h.mono) for seq, h in sorted(events.items())],
+            )
+            db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key='last_seq'", (max(events),))
+            if exact:
+                db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+            old = db.execute("DELETE FROM events WHERE mono < ?", (time.monotonic() - max_age_s,)).rowcount
+            over = db.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq DESC LIMIT -1 OFFSET ?)",
+                (max(0, keep),),
+            ).rowcount
+            if old or over:
+                db.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (old + over,))
+        self.count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return old + over
+
+    def after(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        return self.db.execute(
+            "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ).fetchall()
+
+    def some(self, seqs: list[int]) -> list[tuple[int, str]]:
+        marks = ",".join("?" * len(seqs))
+        return self.db.execute(f"SELECT seq, payload FROM events WHERE seq IN ({marks})", seqs).fetchall()
+
+    def delete(self, seqs: list[int]) -> None:
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            deleted = self.db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs]).rowcount
+        self.count = max(0, self.count - max(deleted, 0))
+
+    def record_last(self, last: int) -> None:
+        """A clean close: the database knows every seq handed out."""
+        with self.db:
+            self.db.execute("UPDATE meta SET value = ? WHERE key='last_seq'", (last,))
+            self.db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+
+    def free(self) -> int | None:
+        """Bytes a store may use: free space in state_dir, and the pages that deleted events left in the file
+        (reused before it grows)."""
+        free = storage.free_bytes(self.file.path.parent)
+        if free is None:
+            return None
+        pages = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return free + pages * int(self.db.execute("PRAGMA page_size").fetchone()[0])
+
+    def _meta(self, key: str) -> int:
+        return int(self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+
 class Outbox:
-    """Thread-safe: the fusion thread appends, the MQTT thread reads and acknowledges."""
+    """The queue's policy: seqs, held events, bounds, degrading on storage errors. Thread-safe: the fusion thread
+    appends, the MQTT thread reads and acknowledges."""
 
     def __init__(
         self, state_dir: Path, max_events: int = 100_000, max_age_s: float = 7 * 86400, hold_s: float = HOLD_S
@@ -153,10 +302,12 @@ class Outbox:
         self.max_events = max_events
         self.max_age_s = max_age_s
         self.hold_s = hold_s
+        # Asked for (at least) this many bytes of state_dir when a store would leave less than the reserve; returns
+        # what it freed. The daemon wires the history's `give_way` here.
+        self.make_room: Callable[[int], int] | None = None
         self._lock = threading.RLock()
         self._held: dict[int, _Held] = {}
-        self._db: sqlite3.Connection | None = None
-        self._disk_count = 0
+        self._table = OutboxTable(self.path, boot_id())
         self._holding = True  # the database may not know the last seq handed out (see the module doc)
         self._dropped = 0
         self._unlogged_drops = 0
@@ -164,98 +315,35 @@ class Outbox:
         self._error_log = Throttle()
         self._reopen = Throttle(REOPEN_S)
         self.storage_error = ""  # the last storage failure, for stats; empty while all is well
-        self._boot = boot_id()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # the directory cannot be made (a file, /proc, no rights)
-            raise UserError(
-                f"{self.path}: cannot open the outbox ({exc.strerror or exc}); check state_dir and its permissions"
-            ) from None
         self._mark = SeqMark(self.path.parent / MARK_FILENAME)
-        try:
-            mark = self._mark.read()
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR):
-                raise UserError(
-                    f"{self._mark.path}: cannot read the outbox's seq mark ({exc.strerror}); check state_dir "
-                    "and its permissions"
-                ) from None
-            mark = None
-            self._storage_failed("read the seq mark", exc)
-        self._mark_value = mark or 0
+        mark, failed = _read_mark(self._mark)
+        if failed is not None:
+            self._storage_failed("read the seq mark", failed)
+        self._mark_value = mark
         self._last = self._mark_value  # the last seq handed out
         self._reserved = self._mark_value  # every seq up to here may have been handed out
         self._open(first=True)
 
+    @property
+    def _db(self) -> sqlite3.Connection | None:
+        return self._table.file.db
+
     # ------------------------------------------------------------------ opening
 
     def _open(self, first: bool = False) -> bool:
-        """Open (or reopen) the database; a corrupt one is moved aside. False if it cannot be opened now."""
+        """Open (or reopen) the database (storage moves a corrupt one aside). False if it cannot be opened now."""
         try:
-            self._db = self._connect()
-        except sqlite3.DatabaseError as exc:
-            if _permission_problem(exc, self.path):
-                if first:
-                    raise UserError(
-                        f"{self.path}: cannot open the outbox ({exc}); check state_dir and its permissions"
-                    ) from None
-                self._storage_failed("open the outbox", exc)
-                return False
-            if not _corrupt(exc):
-                self._storage_failed("open the outbox", exc)
-                return False
-            try:
-                aside = self._move_aside()
-                self._db = self._connect()
-            except (sqlite3.Error, OSError) as again:
-                self._storage_failed("replace the corrupt outbox", again)
-                return False
-            logger.error(
-                "outbox %s was unreadable (%s): moved aside to %s with whatever it held; a fresh outbox starts, "
-                "seq continues above %d",
-                self.path, exc, aside.name, self._last,
-            )  # fmt: skip
-        self.storage_error = ""
-        return True
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("database disk image is malformed (quick_check)")
-            db.execute("PRAGMA journal_mode=WAL")
-            # FULL: every commit is synced, so a written event survives a power cut. Commits are rare: held events
-            # are written only when the broker has not acknowledged them in time (an outage), in batches.
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-            db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, created REAL, payload TEXT)")
-            with db:  # one transaction: a migration cut short by a kill is rolled back, not left half done
-                db.execute("BEGIN IMMEDIATE")  # and a second process waits instead of adding a column twice
-                columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
-                # Queues written before ages were monotonic lack these.
-                if "boot" not in columns:
-                    db.execute("ALTER TABLE events ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
-                if "mono" not in columns:
-                    db.execute("ALTER TABLE events ADD COLUMN mono REAL NOT NULL DEFAULT 0")
-                db.execute("CREATE INDEX IF NOT EXISTS events_mono ON events (mono)")
-                fresh = not db.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
-                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER)")
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('last_seq', 0), ('dropped', 0)")
-                # A new database knows no seq (the mark does); one written before `holding` existed knew them all.
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('holding', ?)", (1 if fresh else 0,))
-            self._db = db
-            self._rebase_earlier_boots()
-            stored_last = self._meta("last_seq")
-            top = db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
-            self._disk_count = int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-            self._dropped = max(self._dropped, self._meta("dropped"))
-            holding = bool(self._meta("holding"))
-        except BaseException:
-            self._db = None
-            db.close()
-            raise
+            stored_last, top, dropped, holding = self._table.open()
+        except (sqlite3.Error, OSError) as exc:
+            self._table.close()
+            if first and storage.is_permission_problem(exc, self.path):
+                raise UserError(
+                    f"{self.path}: cannot open the outbox ({exc}); check state_dir and its permissions"
+                ) from None
+            self._storage_failed("open the outbox", exc)
+            return False
         with self._lock:
+            self._dropped = max(self._dropped, dropped)
             if holding or self._held:
                 # Seqs may have been handed out beyond what the database knows: continue above the mark.
                 self._last = max(self._last, stored_last, top, self._mark_value)
@@ -263,25 +351,24 @@ class Outbox:
                 self._last = max(stored_last, top) if self._last == self._mark_value else max(self._last, top)
             self._reserved = max(self._reserved, self._last)
             self._holding = holding
-        return db
-
-    def _move_aside(self) -> Path:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        aside = self.path.with_name(f"{FILENAME}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.path.with_name(f"{FILENAME}.corrupt-{stamp}-{n}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                src.rename(f"{aside}{suffix}")
-        return aside
+        if self._table.file.moved_aside is not None:
+            logger.info("outbox: seq continues above %d", self._last)
+        self.storage_error = ""
+        return True
 
     def _usable(self) -> bool:
-        """The database is open, or could be opened again just now (tried once a minute)."""
+        """The database is open (reopened if its file was deleted or replaced), or could be opened again just now
+        (tried once a minute)."""
         if self._db is not None:
-            return True
+            if not self._table.file.replaced():
+                return True
+            logger.warning(
+                "outbox %s was deleted or replaced while open: the events it held (%d) are gone with it; a new "
+                "outbox starts at that path, seq continues above %d",
+                self.path, self._table.count, self._last,
+            )  # fmt: skip
+            self._table.close()
+            return self._open()
         return self._reopen.ready() and self._open()
 
     # ------------------------------------------------------------------ the queue
@@ -333,8 +420,7 @@ class Outbox:
         if not self._usable():
             return False
         try:
-            with self._db:  # type: ignore[union-attr]
-                self._db.execute("UPDATE meta SET value = 1 WHERE key='holding'")  # type: ignore[union-attr]
+            self._table.set_holding()
         except sqlite3.Error as exc:
             self._storage_failed("record that events are held", exc)
             return False
@@ -352,11 +438,9 @@ class Outbox:
         """The oldest kept events with seq > after_seq, in order (stored and held)."""
         with self._lock:
             rows: list[tuple[int, str]] = []
-            if self._disk_count and self._usable():
+            if self._table.count and self._usable():
                 try:
-                    rows = self._db.execute(  # type: ignore[union-attr]
-                        "SELECT seq, payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-                    ).fetchall()
+                    rows = self._table.after(after_seq, limit)
                 except sqlite3.Error as exc:
                     self._storage_failed("read the outbox", exc)
             held = sorted((s, h.payload) for s, h in self._held.items() if s > after_seq)[:limit]
@@ -369,14 +453,9 @@ class Outbox:
         with self._lock:
             found = {s: self._held[s].payload for s in wanted if s in self._held}
             rest = [s for s in wanted if s not in found]
-            if rest and self._disk_count and self._usable():
+            if rest and self._table.count and self._usable():
                 try:
-                    marks = ",".join("?" * len(rest))
-                    found.update(
-                        self._db.execute(  # type: ignore[union-attr]
-                            f"SELECT seq, payload FROM events WHERE seq IN ({marks})", rest
-                        ).fetchall()
-                    )
+                    found.update(self._table.some(rest))
                 except sqlite3.Error as exc:
                     self._storage_failed("read the outbox", exc)
         return [Pending(s, found[s]) for s in sorted(found)]
@@ -394,12 +473,7 @@ class Outbox:
             if not self._usable():
                 return False
             try:
-                with self._db:  # type: ignore[union-attr]
-                    self._db.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
-                    deleted = self._db.executemany(  # type: ignore[union-attr]
-                        "DELETE FROM events WHERE seq = ?", [(s,) for s in stored]
-                    ).rowcount
-                self._disk_count = max(0, self._disk_count - max(deleted, 0))
+                self._table.delete(stored)
                 return True
             except sqlite3.Error as exc:
                 self._storage_failed("record acknowledgements", exc)
@@ -407,7 +481,7 @@ class Outbox:
 
     def depth(self) -> int:
         with self._lock:
-            return self._disk_count + len(self._held)
+            return self._table.count + len(self._held)
 
     @property
     def held(self) -> int:
@@ -439,18 +513,11 @@ class Outbox:
             clean = True
             if self._db is not None:
                 try:
-                    with self._db:
-                        self._db.execute("UPDATE meta SET value = ? WHERE key='last_seq'", (self._last,))
-                        self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
+                    self._table.record_last(self._last)
                 except sqlite3.Error as exc:
                     self._storage_failed("record the last seq", exc)
                     clean = False
-                if self._db is not None:  # an I/O error above has closed it already
-                    try:
-                        self._db.close()
-                    except sqlite3.Error:
-                        pass
-                self._db = None
+                self._table.close()
             else:
                 clean = False
             if clean and self._mark_value != self._last:
@@ -475,81 +542,35 @@ class Outbox:
 
     def _write(self, events: dict[int, _Held], exact: bool) -> None:
         """`exact`: after this write the database knows every seq handed out (nothing else is held)."""
-        assert self._db is not None
         try:
             self._insert(events, exact)
         except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            if storage.error_code(exc) != sqlite3.SQLITE_FULL:
                 raise
             # A full disk: a WAL that a checkpoint can reset may be what fills it. Once more after truncating it.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._table.file.checkpoint()
             self._insert(events, exact)
         self.storage_error = ""
 
     def _insert(self, events: dict[int, _Held], exact: bool) -> None:
-        assert self._db is not None
-        try:
-            st = os.statvfs(self.path.parent)
-        except OSError:
-            pass
-        else:
-            # Pages that deleted events left in the database file are reused before the file grows.
-            free = (
-                st.f_bavail * st.f_frsize + self._db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size()
-            )
-            if free < HEADROOM_BYTES + sum(len(h.payload) for h in events.values()):
-                raise _NearlyFull(f"state_dir nearly full (less than {HEADROOM_BYTES >> 10} KiB free, kept for "
-                                  "acknowledgements)")  # fmt: skip
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO events (seq, created, payload, boot, mono) VALUES (?, ?, ?, ?, ?)",
-                [(seq, h.created, h.payload, self._boot, h.mono) for seq, h in sorted(events.items())],
-            )
-            self._db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key='last_seq'", (max(events),))
-            if exact:
-                self._db.execute("UPDATE meta SET value = 0 WHERE key='holding'")
-            dropped = self._enforce_bounds()
+        need = HEADROOM_BYTES + sum(len(h.payload) for h in events.values())
+        free = self._table.free()
+        if free is not None and free < need and self.make_room is not None:
+            self.make_room(need - free + MAKE_ROOM_EXTRA)  # the history gives way first
+            free = self._table.free()
+        if free is not None and free < need:
+            raise _NearlyFull(f"state_dir nearly full (less than {HEADROOM_BYTES >> 10} KiB free, kept for "
+                              "acknowledgements)")  # fmt: skip
+        dropped = self._table.insert(events, exact, self.max_events - len(self._held), self.max_age_s)
         if exact:
             self._holding = False
-        self._disk_count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         self._count_drops(dropped)
-
-    def _page_size(self) -> int:
-        assert self._db is not None
-        return int(self._db.execute("PRAGMA page_size").fetchone()[0])
-
-    def _meta(self, key: str) -> int:
-        assert self._db is not None
-        return int(self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
-
-    def _rebase_earlier_boots(self) -> None:
-        """Give events from an earlier boot a monotonic time of this boot that keeps their age by the wall clock;
-        an age that the wall clock cannot tell (a clock that was not set, or one that went back) counts from now."""
-        assert self._db is not None
-        wall, mono = time.time(), time.monotonic()
-        self._db.execute(
-            "UPDATE events SET boot = ?, mono = ? - CASE WHEN created < ? OR created > ? THEN 0 ELSE ? - created END"
-            " WHERE boot != ?",
-            (self._boot, mono, PLAUSIBLE_SINCE, wall, wall, self._boot),
-        )
-
-    def _enforce_bounds(self) -> int:
-        assert self._db is not None
-        old = self._db.execute("DELETE FROM events WHERE mono < ?", (time.monotonic() - self.max_age_s,)).rowcount
-        over = self._db.execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq DESC LIMIT -1 OFFSET ?)",
-            (max(0, self.max_events - len(self._held)),),
-        ).rowcount
-        if old or over:
-            self._db.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (old + over,))
-        return old + over
 
     def _bound_held(self) -> None:
         """Held events that cannot be written down (a broken disk) are bounded like stored ones."""
         now = time.monotonic()
         stale = [s for s, h in self._held.items() if h.mono < now - self.max_age_s]
-        over = sorted(self._held)[: max(0, len(self._held) + self._disk_count - self.max_events)]
+        over = sorted(self._held)[: max(0, len(self._held) + self._table.count - self.max_events)]
         gone = set(stale) | set(over)
         for s in gone:
             del self._held[s]
@@ -567,43 +588,18 @@ class Outbox:
             self._unlogged_drops = 0
 
     def _storage_failed(self, what: str, exc: BaseException) -> None:
-        """One line a minute; the database is reopened (once a minute) after an error that may have broken it."""
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self.storage_error = f"cannot {what}: {reason}"
+        """One line a minute. After an error that may have broken the connection (an I/O error, a damaged file, a
+        connection closed under it) it is closed and reopened once a minute: the reopen checks the file, and only a
+        corrupt one is moved aside. A lock or a full disk leaves the connection as it is."""
+        why = storage.reason(exc)
+        self.storage_error = f"cannot {what}: {why}"
         if self._error_log.ready():
             logger.error(
                 "outbox %s: cannot %s (%s); events are kept in memory while the broker takes them, "
                 "free space in state_dir or check its file system",
-                self.path, what, reason,
+                self.path, what, why,
             )  # fmt: skip
-        if isinstance(exc, sqlite3.DatabaseError) and self._db is not None and (_corrupt(exc) or _io_error(exc)):
-            try:
-                self._db.close()
-            except sqlite3.Error:
-                pass
-            self._db = None  # reopened once a minute; a corrupt file is then moved aside
+        broken = storage.is_corrupt(exc) or storage.is_io_error(exc) or isinstance(exc, sqlite3.ProgrammingError)
+        if self._db is not None and broken:
+            self._table.close()
             self._reopen.ready()  # not at once: the next minute
-
-
-def _code(exc: sqlite3.Error) -> int:
-    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-
-
-def _corrupt(exc: sqlite3.Error) -> bool:
-    return _code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or "malformed" in str(exc)
-
-
-def _io_error(exc: sqlite3.Error) -> bool:
-    return _code(exc) in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN)
-
-
-def _permission_problem(exc: sqlite3.Error, path: Path) -> bool:
-    """A mistake the user fixes (ownership, a read-only state_dir), as opposed to a broken file or disk."""
-    if _code(exc) in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
-        return True
-    if _code(exc) == sqlite3.SQLITE_CANTOPEN:
-        d = path.parent
-        return not (d.is_dir() and os.access(d, os.W_OK | os.X_OK)) or (
-            path.exists() and not os.access(path, os.R_OK | os.W_OK)
-        )
-    return False
