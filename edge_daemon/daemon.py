@@ -26,11 +26,11 @@ from .capture.files import VideoFileSource, WavFileSource
 from .capture.microphone import MicrophoneSource
 from .config import Config
 from .control import Controls
+from .devicestate import DeviceState
 from .errors import UserError
 from .events import Clock, build_event, iso_utc
-from .fusion import FusionRule, StateTracker, Windower, WindowResult
+from .fusion import FusionRule, Windower, WindowResult
 from .history import History, HistoryReader
-from .labels import NO_ONE, PAUSED
 from .lasterror import LastError
 from .models import FileWatch, Models, load_detector, load_face_model, load_models, load_speech_model, model_files
 from .mqtt import MqttSession, client_id_of, resolve_broker
@@ -87,7 +87,6 @@ class Daemon:
         self._controls_changed = threading.Event()
         self.controls.subscribe(lambda switches: self._controls_changed.set())
         self._last_event_at: float | None = None  # monotonic time of the last event, for stats
-        self._published_state: dict[str, Any] | None = None
         state = state_dir or config.path(config.state_dir)
         h = config.history
         self.history = History(state, h.max_days, h.max_mb) if h.enabled else None
@@ -117,6 +116,13 @@ class Daemon:
             self.session.configuration_url = config.web.public_base_url()
         self.started = time.monotonic()
         self.clock = Clock(self.started, datetime.now(timezone.utc) if replay is not None else None)
+        # The one owner of `state`: MQTT (and so Home Assistant) and the page are its listeners, nobody else writes it.
+        self.state = DeviceState(
+            config.fusion.state_after_windows,
+            stamp=lambda t: iso_utc(self.clock.wall(t)),
+            last_seq=lambda: self.outbox.last_seq,
+        )
+        self.state.subscribe(self._publish_state)
         self.fusion = FusionLoop(
             Windower(
                 config.fusion.window_s,
@@ -127,9 +133,8 @@ class Daemon:
                     config.fusion.min_confidence,
                 ),
             ),
-            StateTracker(config.fusion.state_after_windows),
+            self.state,
             self._on_window,
-            self._on_state,
             absent_after_s=config.fusion.absent_after_s,
         )
         if self.session is not None and replay is None:
@@ -215,6 +220,9 @@ class Daemon:
     def run(self) -> int:
         """Block until stopped (service) or until the inputs end (replay). Returns the exit code."""
         logging.getLogger("edge_daemon").addHandler(self.errors)
+        # Before the broker hears from us: the first retained state it gets from this run is `starting`, published
+        # ahead of `online`, so no one takes the previous run's emotion for current.
+        self.state.start()
         if self.session:
             self.session.start()
         if self.history:
@@ -401,6 +409,8 @@ class Daemon:
         for t in [*self.sources, *self.workers]:
             t.join(timeout=2)
         self.fusion.flush()
+        if self.replay is None:  # a replay's last state stays: it says what the file showed at its end
+            self.state.stop(time.monotonic() - self.started)  # before `stopped` on availability
         self.publish_status()  # the sources' last word (a replay's inputs `ended`)
         if self.session and self.replay is not None:
             self._wait_drained(self.drain_timeout_s + self.outbox.depth() / self.config.outbox.drain_rate_per_s)
@@ -468,9 +478,6 @@ class Daemon:
         )
         if self.session:
             self.session.notify_event()
-        state = self._published_state
-        if state is not None and state["people"] != len(result.faces) and state["emotion"] not in (NO_ONE, PAUSED):
-            self._publish_state({**state, "people": len(result.faces)})  # people come and go within one emotion
 
     def _store_failed(self, exc: OutboxWriteError) -> None:
         """An event that cannot be stored cannot be sent either (it would have no durable seq): count it, say so
@@ -483,20 +490,8 @@ class Daemon:
                 exc, self.store_failures,
             )  # fmt: skip
 
-    def _on_state(self, emotion: str, result: WindowResult | None) -> None:
-        """A new state: from windows (`result`), or `no_one` / `paused`, which no window decides (`result` None)."""
-        self._publish_state(
-            {
-                "emotion": emotion,
-                "confidence": round(result.confidence, 4) if result is not None else None,
-                "since": iso_utc(self.clock.wall(self.fusion.state.since)),
-                "seq": self.outbox.last_seq,
-                "people": len(result.faces) if result is not None else 0,
-            }
-        )
-
     def _publish_state(self, state: dict[str, Any]) -> None:
-        self._published_state = state
+        """DeviceState's listener: the retained `state` topic (Home Assistant reads it) and the page."""
         if self.session:
             self.session.publish_retained("state", state)
         if self.web:

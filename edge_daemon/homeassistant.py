@@ -37,12 +37,12 @@ from typing import Any
 from . import __version__
 from .config import Config
 from .control import NAMES as SWITCHES
-from .labels import CANONICAL, NO_ONE, PAUSED, UNCERTAIN
+from .labels import CANONICAL, NO_ONE, PAUSED, STARTING, STOPPED, UNCERTAIN
 
 ONLINE, OFFLINE = "online", "offline"
 ORIGIN = {"name": "emotion-edge", "sw": __version__}
 # Every value the Emotion sensor can take, in one list for the enum sensor, the triggers and the docs.
-STATE_VALUES = [*CANONICAL, UNCERTAIN, NO_ONE, PAUSED]
+STATE_VALUES = [*CANONICAL, UNCERTAIN, NO_ONE, PAUSED, STARTING, STOPPED]
 EVENT_TYPES = [*CANONICAL, UNCERTAIN]
 INFERENCE_STAGES = {
     "face_detect": "Face detection",

@@ -22,6 +22,9 @@ UNCERTAIN = "uncertain"
 NO_ONE = "no_one"
 # The `state` while analysis (or every enabled modality) is switched off.
 PAUSED = "paused"
+# The `state` from a start until the first decision, and after a clean stop (edge_daemon/devicestate.py decides).
+STARTING = "starting"
+STOPPED = "stopped"
 
 # One emoji per label, for the device page and the events' `emoji` field (the page and subscribers show the same one).
 EMOJI: dict[str, str] = {

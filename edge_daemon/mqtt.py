@@ -291,7 +291,7 @@ class MqttSession:
             client.subscribe(self.commands.command_filter, qos=1)
         with self._foreign_lock:
             self._answer_due.clear()  # what follows is the answer to everything postponed
-        self._answer(self.topics.availability)  # `online`, and the retained state after it
+        self._answer(self.topics.availability)  # the retained state, then `online`
         ha = self.config.mqtt.homeassistant
         if ha.discovery:
             client.subscribe(f"{ha.prefix}/status", qos=1)
@@ -492,9 +492,11 @@ class MqttSession:
         if topic == self.topics.availability:
             if self._stop.is_set():
                 return  # stopping: `stopped` is the last word
-            self._client.publish(topic, ONLINE, qos=1, retain=True)
+            # The retained topics first: Home Assistant shows an entity's last value the moment it reads `online`,
+            # and that must be this run's `state` (`starting` at first), not what a previous run left there.
             for retained, payload in list(self._retained.items()):
                 self._client.publish(retained, payload, qos=1, retain=True)
+            self._client.publish(topic, ONLINE, qos=1, retain=True)
         else:
             self._announce_to_home_assistant()
 

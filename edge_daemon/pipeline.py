@@ -31,8 +31,9 @@ from .audio.features import SAMPLE_RATE, pcm16_to_float
 from .audio.vad import Gate
 from .capture.buffers import AudioRing, LatestSlot
 from .capture.sampling import FrameSampler
-from .fusion import FaceResult, Prediction, StateTracker, Windower, WindowResult
-from .labels import CANONICAL, NO_ONE, PAUSED
+from .devicestate import DeviceState
+from .fusion import FaceResult, Prediction, Windower, WindowResult
+from .labels import CANONICAL
 from .vision.tracking import FaceTracker
 
 logger = logging.getLogger(__name__)
@@ -257,16 +258,14 @@ class SpeechWorker(Worker):
 
 @dataclass
 class FusionLoop:
-    """Turns predictions into closed windows, events in the outbox, and state changes."""
+    """Turns predictions into closed windows (events) and tells the device's state owner what happened."""
 
     windower: Windower
-    state: StateTracker
+    state: DeviceState  # decides the state; the loop only reports windows, absence and the pause switch
     on_window: Callable[[WindowResult], None]
-    on_state: Callable[[str, WindowResult | None], None]  # None: a state no window decided (no one, paused)
     predictions: queue.Queue[Prediction] = field(default_factory=lambda: queue.Queue(PREDICTION_QUEUE))
     absent_after_s: float = math.inf  # this long without a face or voiced speech: the state becomes `no_one`
     last_seen: float = 0.0  # stream time: the end of the last window that had a prediction
-    paused: bool = False  # every modality switched off: the state says `paused`, the room is not "empty"
 
     def pump(self, watermark: float, wait_s: float = 0.1) -> int:
         """Take the queued predictions, close windows up to `watermark`; returns how many windows closed."""
@@ -279,18 +278,16 @@ class FusionLoop:
         closed = self._emit(self.windower.close_until(watermark))
         # Windows without predictions produce nothing; only time passing can tell that everyone has left.
         # (An infinite watermark is the end of a replay, not an empty room.)
-        if not self.paused and math.isfinite(watermark) and watermark - self.last_seen >= self.absent_after_s:
-            if self.state.force(NO_ONE, self.last_seen):
-                self.on_state(NO_ONE, None)
+        if math.isfinite(watermark) and watermark - self.last_seen >= self.absent_after_s:
+            self.state.absent(self.last_seen)
         return closed
 
     def set_paused(self, paused: bool, now: float) -> None:
-        """Every modality off (or one back on): `paused` is the state until a window or the absence timer decides."""
-        self.paused = paused
+        """Every modality off (or one back on): the state owner holds `paused` until a window or absence decides."""
         if paused:
-            if self.state.force(PAUSED, now):
-                self.on_state(PAUSED, None)
+            self.state.pause(now)
         else:
+            self.state.resume(now)
             self.last_seen = max(self.last_seen, now)  # the absence timer starts again from the resume
 
     def flush(self) -> int:
@@ -304,7 +301,6 @@ class FusionLoop:
     def _emit(self, results: list[WindowResult]) -> int:
         for r in results:
             self.last_seen = max(self.last_seen, r.end)
-            self.on_window(r)
-            if self.state.update(r.emotion, r.start):
-                self.on_state(r.emotion, r)
+            self.on_window(r)  # first: the state then carries this window's seq
+            self.state.window(r)
         return len(results)

@@ -21,10 +21,9 @@ import numpy as np
 
 from edge_daemon.config import load_config
 from edge_daemon.daemon import load_detector
-from edge_daemon.fusion import FaceResult, FusionRule, Prediction, StateTracker, Windower, faces_of
+from edge_daemon.fusion import FaceResult, Prediction, faces_of
 from edge_daemon.history import HistoryReader
 from edge_daemon.labels import CANONICAL, NO_ONE
-from edge_daemon.pipeline import FusionLoop
 
 from .conftest import CLIP_VIDEO, MODELS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 
@@ -426,26 +425,6 @@ def _face(t: float, label: str = "happy", n: int = 1) -> Prediction:
     probs[CANONICAL.index(label)] = 1.0
     faces = tuple(FaceResult((10 * i, 0, 50, 50), label, 1.0) for i in range(n))
     return Prediction("face", t, probs, faces)
-
-
-def test_the_state_becomes_no_one_after_absent_after_s_and_returns_at_the_next_real_window() -> None:
-    states: list[str] = []
-    loop = FusionLoop(
-        Windower(2.0, FusionRule()), StateTracker(2), lambda r: None, lambda e, r: states.append(e), absent_after_s=10
-    )
-    for t in (0.5, 2.5):
-        loop.predictions.put(_face(t))
-    loop.pump(4.0, wait_s=0)
-    assert states == ["happy"]
-    loop.pump(13.9, wait_s=0)  # 9.9 s after the last window with anyone in it
-    assert states == ["happy"]
-    loop.pump(14.0, wait_s=0)
-    assert states == ["happy", NO_ONE] and loop.state.since == 4.0  # since the last window someone was seen in
-    loop.pump(30.0, wait_s=0)
-    assert states == ["happy", NO_ONE], "said once, not at every pump"
-    loop.predictions.put(_face(30.5, "sad"))
-    loop.pump(32.0, wait_s=0)
-    assert states == ["happy", NO_ONE, "sad"], "one real window ends the empty room (no state_after_windows wait)"
 
 
 def test_a_window_reports_the_typical_face_count_not_one_spurious_detection() -> None:
