@@ -71,7 +71,10 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     daemon = Daemon(config)
     _stop_on_signals(daemon)
-    return daemon.run()
+    code = daemon.run()
+    _ignore_stop_signals()
+    # Ctrl-C: 130, as a shell reports a process ended by SIGINT. SIGTERM is how systemd stops the service: 0.
+    return 128 + signal.SIGINT if code == 0 and daemon.stopped_by == signal.SIGINT else code
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
@@ -90,11 +93,12 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
             publish=not args.no_mqtt,
             drain_timeout_s=args.drain_timeout,
         )
-        stopped_by = _stop_on_signals(daemon)
+        _stop_on_signals(daemon)
         code = daemon.run()
-        if daemon.stop_signalled.is_set():
+        _ignore_stop_signals()
+        if daemon.stopped_by is not None:
             # Not a complete replay: a script must be able to tell, so exit as a shell reports a killed process.
-            signum = stopped_by.get("signal", signal.SIGINT)
+            signum = daemon.stopped_by
             logger.warning(
                 "replay interrupted by %s: %d event(s) before the stop, last seq %d; %s",
                 signal.Signals(signum).name,
@@ -268,22 +272,26 @@ def _expand(paths: list[str], suffixes: set[str]) -> list[Path]:
     return out
 
 
-def _stop_on_signals(daemon: Any) -> dict[str, int]:
-    """SIGTERM/SIGINT stop the daemon cleanly; returns {"signal": number} once one has arrived (the first one)."""
-    received: dict[str, int] = {}
+def _stop_on_signals(daemon: Any) -> None:
+    """SIGTERM/SIGINT stop the daemon cleanly (the first one counts; more change nothing); SIGHUP reloads the models
+    after checking the new files (systemctl reload emotion-edge).
+
+    The handler only records the signal: no logging (a write to stderr may be half done on this very thread), no
+    Event.set or lock (the main thread may be inside that lock's code). The daemon's main loop acts on it.
+    """
     if threading.current_thread() is not threading.main_thread():
-        return received
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, frame: daemon.note_signal(signum))
 
-    def stop(signum: int, frame: Any) -> None:
-        logger.info("%s received: stopping", signal.Signals(signum).name)
-        received.setdefault("signal", signum)
-        daemon.request_stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    # SIGHUP: reload the models after checking the new files (systemctl reload emotion-edge).
-    signal.signal(signal.SIGHUP, lambda signum, frame: daemon.reload.set())
-    return received
+def _ignore_stop_signals() -> None:
+    """The daemon has stopped: more SIGINT/SIGTERM must not change the exit code. Python puts the default action
+    back while the interpreter exits (the process would die "killed by SIGINT", a failure to systemd), but it
+    leaves an ignored signal ignored."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _positive_int(text: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import threading
@@ -73,6 +74,11 @@ class Daemon:
         self.replay = replay
         self.stop_event = threading.Event()
         self.stop_signalled = threading.Event()  # SIGTERM/SIGINT, as opposed to the end of a replay
+        # Signals as they arrive, appended by the handler and acted on by the main loop. A handler must not set an
+        # Event or take a lock: it runs on the main thread between two bytecodes, possibly inside Event.set or
+        # Event.wait holding that very lock, and a second Ctrl-C would wait on it for ever.
+        self.signals: list[int] = []
+        self.stopped_by: int | None = None  # the first SIGINT/SIGTERM, for the exit code
         self.timings = Timings()
         self.events_out = events_out
         self.events = 0
@@ -239,6 +245,9 @@ class Daemon:
         self._controls_changed.set()  # a state saved as paused is published as such
         try:
             while not self.stop_event.is_set():
+                self.take_signals()
+                if self.stop_event.is_set():
+                    break
                 if self._controls_changed.is_set():  # set from the MQTT thread; fusion belongs to this one
                     self._controls_changed.clear()
                     self._apply_controls()
@@ -279,9 +288,27 @@ class Daemon:
             exit_code = 1
         return exit_code
 
+    def note_signal(self, signum: int) -> None:
+        """The whole of a signal handler: record the signal. Safe in a handler (list.append takes no lock) and from
+        any thread; the main loop acts on it within a tenth of a second."""
+        self.signals.append(signum)
+
     def request_stop(self) -> None:
-        self.stop_signalled.set()
-        self.stop_event.set()
+        """Stop as SIGTERM would (from any thread)."""
+        self.note_signal(signal.SIGTERM)
+
+    def take_signals(self) -> None:
+        """Main thread: act on the signals recorded since the last call. SIGHUP reloads the models; the first
+        SIGINT/SIGTERM stops, and any number more change nothing."""
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGHUP:
+                self.reload.set()
+            elif self.stopped_by is None:
+                self.stopped_by = signum
+                logger.info("%s received: stopping", signal.Signals(signum).name)
+                self.stop_signalled.set()
+                self.stop_event.set()
 
     def reload_models(self) -> bool:
         """Load and check the model files again; switch the workers over only if all of them are good."""
@@ -438,7 +465,10 @@ class Daemon:
         deadline = time.monotonic() + timeout_s
         if self.outbox.depth() and not self.session.connected.is_set():
             logger.info("waiting up to %.0f s for MQTT broker %s:%d", timeout_s, self.session.host, self.session.port)
-        while self.outbox.depth() and time.monotonic() < deadline and not self.stop_signalled.is_set():
+        while self.outbox.depth() and time.monotonic() < deadline:
+            self.take_signals()
+            if self.stop_signalled.is_set():
+                break
             time.sleep(0.05)
 
     # ------------------------------------------------------------------ outputs

@@ -346,3 +346,40 @@ def test_a_model_copied_over_in_place_does_not_crash_the_running_daemon(
         assert sub.wait_for(lambda: len(sub.events()) >= seen + 3, timeout=30), "the daemon stopped producing events"
     finally:
         stop_daemon(proc)
+
+
+@pytest.mark.parametrize(
+    "rhythm, code",
+    [
+        ([(signal.SIGINT, 0.0)] * 50, 130),  # a burst: Ctrl-C held down, or hit twice in one breath
+        ([(signal.SIGINT, 0.05), (signal.SIGTERM, 0.3), (signal.SIGINT, 0.0)], 130),  # the first decides the code
+        ([(signal.SIGTERM, 0.0)] * 20, 0),  # systemd's stop, repeated by an impatient operator
+        ([(signal.SIGINT, 0.002)] * 1500, 130),  # every 2 ms for 3 s: signals land all through the shutdown
+    ],
+    ids=["sigint-burst", "mixed", "sigterm-burst", "sigint-all-through-shutdown"],
+)
+def test_any_number_of_stop_signals_in_any_rhythm_end_run_cleanly(
+    tmp_path: Path, broker: Any, subscribe: Any, rhythm: list[tuple[int, float]], code: int
+) -> None:
+    _, cfg = with_own_models(tmp_path, broker.port)
+    sub: Subscriber = subscribe("emotion-edge/life/#")
+    proc = start_daemon(cfg)
+    try:
+        assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["online"], timeout=30)
+        t0 = time.monotonic()
+        for signum, pause_s in rhythm:
+            if proc.poll() is not None:
+                break
+            proc.send_signal(signum)
+            time.sleep(pause_s)
+        proc.wait(timeout=15)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == code and "Traceback" not in stderr, (proc.returncode, stderr)
+    assert elapsed < 6, f"stopping took {elapsed:.1f} s"
+    assert stderr.count("received: stopping") == 1, "the first signal stops; the others change nothing"
+    assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["stopped"], timeout=5)
+    assert json.loads(sub.payloads("life/state")[-1])["emotion"] == "stopped"
