@@ -16,10 +16,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from .throttle import Throttle
+
 logger = logging.getLogger(__name__)
 
 NAMES = ("analysis", "camera", "microphone")
 FILENAME = "controls.json"
+LOG_EVERY_S = 5.0  # switch changes are logged at most this often; a flood of commands is summed up in the next line
 
 Listener = Callable[[dict[str, bool]], None]
 
@@ -32,6 +35,8 @@ class Controls:
         self._lock = threading.Lock()
         self._on = dict.fromkeys(NAMES, True)
         self._listeners: list[Listener] = []
+        self._log = Throttle(LOG_EVERY_S)
+        self._unlogged = 0  # changes not logged since the last line
         self._load()
 
     def _load(self) -> None:
@@ -69,7 +74,13 @@ class Controls:
             snapshot = dict(self._on)
             self._save(snapshot)
             listeners = list(self._listeners)
-        logger.info("%s switched %s (from %s)", name, "on" if on else "off", source)
+            log, unlogged = self._log.ready(), self._unlogged
+            self._unlogged = 0 if log else unlogged + 1
+        if log:
+            logger.info(
+                "%s switched %s (from %s)%s", name, "on" if on else "off", source,
+                f"; {unlogged} more change(s) since the last such line" if unlogged else "",
+            )  # fmt: skip
         for fn in listeners:
             fn(snapshot)
         return True

@@ -31,6 +31,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from . import homeassistant
 from .commands import CommandDispatcher
@@ -139,6 +140,7 @@ class MqttSession:
         self._foreign_ignored: dict[str, int] = {}  # topic -> messages folded into a later answer
         self._foreign_log: dict[str, Throttle] = {}  # topic -> once a minute, the count of folded messages
         self._overwritten_log = Throttle()
+        self._retained_command_log = Throttle(5.0)  # a client that floods retained commands must not flood the log
         self._connected_at = 0.0  # monotonic
         self._ever_connected = False
         self._short_lived = 0  # connections in a row that the broker closed within SHORT_LIVED_S
@@ -286,9 +288,13 @@ class MqttSession:
             )  # fmt: skip
         self._ever_connected = True
         logger.info("MQTT connected to %s:%d", self.host, self.port)
+        v5 = client._protocol == mqtt.MQTTv5  # pinned paho<3
         if self.commands is not None and self.commands.accept_commands:
             # Before `online` and the switch states: whoever sees them can send a command and be heard.
-            client.subscribe(self.commands.command_filter, qos=1)
+            # A broker forwards a live message with the retain flag cleared; MQTT 5's retain-as-published keeps it,
+            # so a retained command is refused on arrival, not only when a reconnect replays it.
+            opts = SubscribeOptions(qos=1, retainAsPublished=True) if v5 else None
+            client.subscribe(self.commands.command_filter, **({"options": opts} if opts else {"qos": 1}))
         with self._foreign_lock:
             self._answer_due.clear()  # what follows is the answer to everything postponed
         self._answer(self.topics.availability)  # the retained state, then `online`
@@ -305,6 +311,13 @@ class MqttSession:
             client.subscribe(homeassistant.legacy_filter(self.config), qos=1)
         if self.owns_availability:
             client.subscribe(self.topics.availability, qos=1)  # after our `online`: its retained copy is ours
+            # Our retained state topics, to put ours back at once when another client overwrites one. No-local:
+            # the broker does not echo our own publications, which would read as foreign after a quick change.
+            for state_filter in (self.topics.state, self.topics.status, f"{self.topics.base}/+/state"):
+                if v5:
+                    client.subscribe(state_filter, options=SubscribeOptions(qos=1, noLocal=True))
+                else:
+                    client.subscribe(state_filter, qos=1)
         self.connected.set()
         self._wake.set()
 
@@ -412,9 +425,19 @@ class MqttSession:
                 client.publish(msg.topic, b"", qos=1, retain=True)
         elif self.commands is not None and msg.topic.endswith("/set") and msg.topic.startswith(self.topics.base + "/"):
             if msg.retain:  # a retained command would undo every later change at each reconnect
-                logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
+                if self._retained_command_log.ready():
+                    logger.warning(
+                        "ignored a retained command on %s: publish commands without the retain flag", msg.topic
+                    )
             else:
                 self.commands.handle(msg.topic, msg.payload)
+        elif self._is_foreign_state(msg):
+            logger.log(
+                logging.WARNING if self._overwritten_log.ready() else logging.DEBUG,
+                "%s was set to %r by another client; putting this daemon's value back",
+                msg.topic, msg.payload.decode("utf-8", "replace")[:40],
+            )  # fmt: skip
+            self._foreign(msg.topic)
         elif msg.topic in homeassistant.legacy_topics(self.config) and msg.payload:
             # Cleared only when seen: an empty message on them at every start makes Home Assistant warn about a
             # conflicting discovery message. Then announced again, for the entities that clearing removed.
@@ -449,7 +472,8 @@ class MqttSession:
     def _press(self, msg: mqtt.MQTTMessage) -> None:
         name = self._action_of(msg.topic)
         if msg.retain:  # a retained press would run again at every reconnect
-            logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
+            if self._retained_command_log.ready():
+                logger.warning("ignored a retained command on %s: publish commands without the retain flag", msg.topic)
         elif msg.payload.strip().upper() != homeassistant.PRESS.encode():
             logger.warning(
                 "ignored %r on %s: expected %s", msg.payload.decode("utf-8", "replace")[:40], msg.topic,
@@ -458,6 +482,14 @@ class MqttSession:
         else:
             logger.info("%s pressed (from mqtt)", name.replace("_", " "))
             self.actions[name]()
+
+    def _is_foreign_state(self, msg: mqtt.MQTTMessage) -> bool:
+        """Another client's value on one of the retained topics this service owns (`state`, `status`, the switches'
+        `…/<name>/state`): the page, MQTT and Home Assistant must show one value, ours."""
+        if not self.owns_availability or self._stop.is_set() or msg.topic == self.topics.availability:
+            return False
+        ours = self._retained.get(msg.topic)
+        return ours is not None and msg.payload != ours.encode()
 
     def _foreign(self, topic: str) -> bool:
         """Answer a message on `topic` now (True), or when FOREIGN_ANSWER_S has passed since the last answer there: a
@@ -497,6 +529,9 @@ class MqttSession:
             for retained, payload in list(self._retained.items()):
                 self._client.publish(retained, payload, qos=1, retain=True)
             self._client.publish(topic, ONLINE, qos=1, retain=True)
+        elif topic in self._retained:  # another client's value on a retained topic of ours
+            if not self._stop.is_set():
+                self._client.publish(topic, self._retained[topic], qos=1, retain=True)
         else:
             self._announce_to_home_assistant()
 

@@ -1,8 +1,10 @@
-"""The broker session's own threads heal: the outbox drain survives outbox errors, paho's network thread is restarted."""
+"""The broker session: its own threads heal (the outbox drain survives outbox errors, paho's network thread is
+restarted); commands are obeyed only when they should be, and the retained state topics stay ours."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 
 from edge_daemon.config import load_config
+from edge_daemon.control import Controls
 from edge_daemon.mqtt import MqttSession
 from edge_daemon.outbox import Outbox
 
@@ -83,6 +86,100 @@ def test_a_network_thread_that_died_is_started_again(tmp_path: Path, broker: Any
         assert sub.wait_for(lambda: seq in seqs(sub), timeout=10)
         session.ensure_network_loop()  # while the thread runs: nothing happens
         assert len(calls) == 2
+    finally:
+        session.stop()
+        box.close()
+
+
+BASE = "emotion-edge/sess"
+
+
+def commanded_session(tmp_path: Path, port: int) -> tuple[MqttSession, Outbox, Controls]:
+    session, box = session_for(tmp_path, port)
+    controls = Controls(None)
+    session.attach_commands(controls)
+    session.start()
+    assert session.connected.wait(10)
+    return session, box, controls
+
+
+def wait_until(predicate: Any, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_retained_command_published_while_connected_is_not_obeyed(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    session, box, controls = commanded_session(tmp_path, broker.port)
+    try:
+        sub.client.publish(f"{BASE}/camera/set", "OFF", qos=1, retain=True).wait_for_publish(5)
+        sub.client.publish(f"{BASE}/microphone/set", "OFF", qos=1).wait_for_publish(5)  # read after the retained one
+        assert wait_until(lambda: controls.get()["microphone"] is False), "the plain command was not obeyed"
+        time.sleep(0.2)
+        assert controls.get()["camera"] is True, "a retained command was obeyed"
+    finally:
+        sub.client.publish(f"{BASE}/camera/set", b"", qos=1, retain=True).wait_for_publish(5)
+        session.stop()
+        box.close()
+
+
+@pytest.mark.parametrize("payload, on", [("off", False), (" OFF \n", False), ("On", True)])
+def test_commands_accept_any_case_and_surrounding_whitespace(
+    tmp_path: Path, broker: Any, subscribe: Any, payload: str, on: bool
+) -> None:
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    session, box, controls = commanded_session(tmp_path, broker.port)
+    try:
+        if on:
+            controls.set("analysis", False, source="test")
+        sub.client.publish(f"{BASE}/analysis/set", payload, qos=1).wait_for_publish(5)
+        assert wait_until(lambda: controls.get()["analysis"] is on), f"{payload!r} was not taken as {on}"
+        assert sub.wait_for(lambda: sub.payloads("/analysis/state")[-1:] == ["ON" if on else "OFF"], timeout=5)
+    finally:
+        session.stop()
+        box.close()
+
+
+def test_a_flood_of_switch_commands_logs_a_few_lines_not_one_each(
+    tmp_path: Path, broker: Any, subscribe: Any, caplog: Any
+) -> None:
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    session, box, controls = commanded_session(tmp_path, broker.port)
+    caplog.set_level(logging.INFO, logger="edge_daemon")
+    try:
+        for i in range(200):
+            sub.client.publish(f"{BASE}/analysis/set", "OFF" if i % 2 == 0 else "ON", qos=1)
+        sub.client.publish(f"{BASE}/analysis/set", "OFF", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda: sub.payloads("/analysis/state")[-1:] == ["OFF"], timeout=10)
+        assert wait_until(lambda: controls.get()["analysis"] is False)
+    finally:
+        session.stop()
+        box.close()
+    lines = [r.getMessage() for r in caplog.records if "switched" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, lines  # the first change at once, then at most one line per 5 s
+
+
+@pytest.mark.parametrize("topic", ["state", "analysis/state"])
+def test_another_clients_retained_state_is_corrected_at_once(
+    tmp_path: Path, broker: Any, subscribe: Any, topic: str
+) -> None:
+    sub: Subscriber = subscribe(f"{BASE}/#")
+    session, box, _controls = commanded_session(tmp_path, broker.port)
+    ours = {"emotion": "starting", "confidence": None, "since": "2026-12-06T00:00:00Z", "seq": None, "people": 0}
+    session.publish_retained("state", ours)
+    expected = json.dumps(ours, separators=(",", ":")) if topic == "state" else "ON"
+    try:
+        assert sub.wait_for(lambda: sub.payloads(f"sess/{topic}")[-1:] == [expected], timeout=5)
+        sub.client.publish(f"{BASE}/{topic}", '{"emotion":"happy"}', qos=1, retain=True).wait_for_publish(5)
+        t0 = time.monotonic()
+        assert sub.wait_for(lambda: sub.payloads(f"sess/{topic}")[-1:] == [expected], timeout=5)
+        assert time.monotonic() - t0 < 2, "not corrected at once"
+        late: Subscriber = subscribe(f"{BASE}/{topic}")  # what Home Assistant reads when it starts
+        assert late.wait_for(lambda: late.payloads(topic) == [expected], timeout=5)
     finally:
         session.stop()
         box.close()
