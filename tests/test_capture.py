@@ -75,6 +75,42 @@ def test_audio_ring_in_replay_blocks_the_writer_until_read() -> None:
     assert seen == list(range(300)) and ring.dropped == 0
 
 
+def test_audio_ring_does_not_count_overwritten_padding_as_dropped() -> None:
+    ring = AudioRing(100)
+    ring.write(np.zeros(150, dtype=np.int16), padding=True)  # a microphone away: silence keeps stream time
+    assert ring.dropped == 0, "silence nobody read is no lost audio"
+    ring.write(np.ones(60, dtype=np.int16))  # captured, never read
+    ring.write(np.zeros(100, dtype=np.int16), padding=True)
+    assert ring.dropped == 60, "captured samples overwritten unread are still counted"
+
+
+ABSENT_MICROPHONE_FOR_A_WHILE = """
+import threading, time
+from edge_daemon.capture.buffers import AudioRing
+from edge_daemon.capture.microphone import MicrophoneSource
+from edge_daemon.config import MicrophoneConfig
+
+stop, ring = threading.Event(), AudioRing(16000)  # a 1 s ring that nobody reads, as while the speech stage is busy
+mic = MicrophoneSource(MicrophoneConfig(reconnect_min_s=0.1, reconnect_max_s=0.2), ring, time.monotonic(), stop)
+mic.start()
+time.sleep(2.5)
+stop.set()
+mic.join(timeout=5)
+print(ring.dropped, mic.padded, ring.total)
+"""
+
+
+def test_silence_padded_in_while_the_microphone_is_offline_is_not_counted_as_overwritten() -> None:
+    # In a child process: PortAudio answers some mistakes with SIGSEGV (see the test above).
+    proc = subprocess.run(
+        [sys.executable, "-c", ABSENT_MICROPHONE_FOR_A_WHILE], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    dropped, padded, total = map(int, proc.stdout.split())
+    assert padded > 16000 and padded == total, proc.stdout  # more silence than the ring holds, and nothing else
+    assert dropped == 0, f"{dropped} samples of padding counted as audio_samples_overwritten"
+
+
 def test_wav_is_downmixed_and_resampled_to_16k_mono(tmp_path: Path) -> None:
     p = tmp_path / "stereo44k.wav"
     t = np.arange(44100) / 44100

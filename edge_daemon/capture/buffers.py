@@ -9,6 +9,7 @@ frame and sample is processed: the same code path, minus the dropping.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,26 +71,43 @@ class AudioRing:
         self.lossless = lossless
         self.total = 0  # samples written so far
         self.consumed = 0  # the reader no longer needs samples before this index (lossless waits on it)
-        self.dropped = 0  # samples overwritten before anyone read them
+        self.dropped = 0  # captured samples overwritten before anyone read them
+        # [start, end) of the silence written to keep stream time while the microphone was away, not yet consumed:
+        # silence that nobody read before it was overwritten is no lost audio, so it is not counted in `dropped`.
+        self._padding: deque[list[int]] = deque()
         self._closed = False
 
-    def write(self, samples: np.ndarray) -> None:
+    def write(self, samples: np.ndarray, padding: bool = False) -> None:
+        """Append samples; `padding`: silence standing in for time without a microphone (never counted as dropped)."""
         samples = np.asarray(samples, dtype=np.int16).ravel()
         for start in range(0, len(samples), self.capacity // 2):
-            self._write(samples[start : start + self.capacity // 2])
+            self._write(samples[start : start + self.capacity // 2], padding)
 
-    def _write(self, part: np.ndarray) -> None:
+    def _write(self, part: np.ndarray, padding: bool) -> None:
         with self._cond:
             if self.lossless:
                 self._cond.wait_for(lambda: self.total + len(part) - self.consumed <= self.capacity or self._closed)
             idx = (self.total + np.arange(len(part))) % self.capacity
             self._buf[idx] = part
+            if padding and len(part):
+                if self._padding and self._padding[-1][1] == self.total:
+                    self._padding[-1][1] += len(part)
+                else:
+                    self._padding.append([self.total, self.total + len(part)])
             self.total += len(part)
             overwritten = self.total - self.capacity - self.consumed
             if overwritten > 0:
-                self.dropped += overwritten
+                self.dropped += overwritten - self._padding_between(self.consumed, self.consumed + overwritten)
                 self.consumed += overwritten
+                self._forget_padding()
             self._cond.notify_all()
+
+    def _padding_between(self, start: int, end: int) -> int:
+        return sum(max(0, min(end, e) - max(start, s)) for s, e in self._padding)
+
+    def _forget_padding(self) -> None:
+        while self._padding and self._padding[0][1] <= self.consumed:
+            self._padding.popleft()
 
     def read(self, start: int, n: int, timeout: float) -> np.ndarray | None:
         """Samples [start, start+n) once written; None on timeout or if they were overwritten or will never come."""
@@ -103,6 +121,7 @@ class AudioRing:
         """The reader is done with samples before `upto`."""
         with self._cond:
             self.consumed = max(self.consumed, min(upto, self.total))
+            self._forget_padding()
             self._cond.notify_all()
 
     def close(self) -> None:

@@ -177,7 +177,7 @@ class MicrophoneSource(threading.Thread):
         """Fill a capture gap with silence so that sample index / rate keeps meaning stream time."""
         gap = min(self._expected() - ahead - self.ring.total, self.ring.capacity)
         if gap > TOLERANCE:
-            self.ring.write(np.zeros(gap, dtype=np.int16))
+            self.ring.write(np.zeros(gap, dtype=np.int16), padding=True)  # not a drop if nobody reads it in time
             self.padded += gap
 
     def _trim_to_now(self, samples: np.ndarray) -> np.ndarray:
