@@ -383,3 +383,63 @@ def test_any_number_of_stop_signals_in_any_rhythm_end_run_cleanly(
     assert stderr.count("received: stopping") == 1, "the first signal stops; the others change nothing"
     assert sub.wait_for(lambda: sub.payloads("/availability")[-1:] == ["stopped"], timeout=5)
     assert json.loads(sub.payloads("life/state")[-1])["emotion"] == "stopped"
+
+
+def state_config(tmp_path: Path, port: int) -> Path:
+    """A file camera with faces (the clip), no microphone; a state after one window, so tests need not wait long."""
+    return write_config(
+        tmp_path / "config.yaml",
+        device_id="life",
+        camera={"source": str(CLIP_VIDEO)},
+        microphone={"enabled": False},
+        fusion={"state_after_windows": 1},
+        mqtt={"host": "127.0.0.1", "port": port},
+    )
+
+
+def states(sub: Subscriber) -> list[str]:
+    return [json.loads(p)["emotion"] for p in sub.payloads("life/state")]
+
+
+def test_paused_stays_paused_when_the_window_open_at_the_pause_closes(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    sub: Subscriber = subscribe("emotion-edge/life/#")
+    proc = start_daemon(state_config(tmp_path, broker.port))
+    try:
+        assert sub.wait_for(lambda: states(sub)[-1:] not in ([], ["starting"]), timeout=30), states(sub)
+        seen = len(sub.events())
+        sub.client.publish("emotion-edge/life/analysis/set", "OFF", qos=1)
+        assert sub.wait_for(lambda: states(sub)[-1:] == ["paused"], timeout=10)
+        # The window open at the pause closes about 2 s later (the live lag) and goes out as an event.
+        assert sub.wait_for(lambda: len(sub.events()) > seen, timeout=10), "the open window was not an event"
+        time.sleep(1.0)
+        after = states(sub)[states(sub).index("paused") :]
+        assert set(after) == {"paused"}, f"a window overwrote paused: {after}"
+        late: Subscriber = subscribe("emotion-edge/life/state")  # what Home Assistant and a fresh page read
+        assert late.wait_for(lambda: states(late) == ["paused"], timeout=5), states(late)
+    finally:
+        stop_daemon(proc)
+
+
+def test_a_restart_replaces_the_previous_runs_emotion_before_it_says_online(
+    tmp_path: Path, broker: Any, subscribe: Any
+) -> None:
+    # What a crashed run leaves: its emotion retained, and its will.
+    sub: Subscriber = subscribe("emotion-edge/life/#")
+    stale = {"emotion": "happy", "confidence": 0.9, "since": "2026-12-01T00:00:00Z", "seq": 7, "people": 1}
+    sub.client.publish("emotion-edge/life/state", json.dumps(stale), qos=1, retain=True).wait_for_publish(5)
+    sub.client.publish("emotion-edge/life/availability", "offline", qos=1, retain=True).wait_for_publish(5)
+    assert sub.wait_for(lambda: states(sub) == ["happy"], timeout=5)
+    sub.messages.clear()
+    proc = start_daemon(state_config(tmp_path, broker.port))
+    try:
+        assert sub.wait_for(lambda: "online" in sub.payloads("/availability") and states(sub), timeout=30)
+        order = [m.topic.rsplit("/", 1)[1] + ":" + m.payload.decode()[:24] for m in sub.messages]
+        first_state = next(i for i, m in enumerate(sub.messages) if m.topic.endswith("life/state"))
+        online = next(i for i, m in enumerate(sub.messages) if m.payload == b"online")
+        assert states(sub)[0] == "starting" and first_state < online, order
+    finally:
+        stop_daemon(proc)
+    # A clean stop leaves `stopped`, not the last emotion, for whoever looks before the next start.
+    assert sub.wait_for(lambda: states(sub)[-1:] == ["stopped"], timeout=5), states(sub)
