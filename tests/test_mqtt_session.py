@@ -94,12 +94,15 @@ def test_a_network_thread_that_died_is_started_again(tmp_path: Path, broker: Any
 BASE = "emotion-edge/sess"
 
 
-def commanded_session(tmp_path: Path, port: int) -> tuple[MqttSession, Outbox, Controls]:
+def commanded_session(tmp_path: Path, port: int, sub: Subscriber) -> tuple[MqttSession, Outbox, Controls]:
+    """A connected session that obeys commands. `sub` has seen its switch states, which it publishes after it
+    subscribed to the command topics: from then on the broker delivers every command to it."""
     session, box = session_for(tmp_path, port)
     controls = Controls(None)
     session.attach_commands(controls)
     session.start()
     assert session.connected.wait(10)
+    assert sub.wait_for(lambda: bool(sub.payloads("/analysis/state")), timeout=10)
     return session, box, controls
 
 
@@ -114,7 +117,7 @@ def test_a_retained_command_published_while_connected_is_not_obeyed(
     tmp_path: Path, broker: Any, subscribe: Any
 ) -> None:
     sub: Subscriber = subscribe(f"{BASE}/#")
-    session, box, controls = commanded_session(tmp_path, broker.port)
+    session, box, controls = commanded_session(tmp_path, broker.port, sub)
     try:
         sub.client.publish(f"{BASE}/camera/set", "OFF", qos=1, retain=True).wait_for_publish(5)
         sub.client.publish(f"{BASE}/microphone/set", "OFF", qos=1).wait_for_publish(5)  # read after the retained one
@@ -132,7 +135,7 @@ def test_commands_accept_any_case_and_surrounding_whitespace(
     tmp_path: Path, broker: Any, subscribe: Any, payload: str, on: bool
 ) -> None:
     sub: Subscriber = subscribe(f"{BASE}/#")
-    session, box, controls = commanded_session(tmp_path, broker.port)
+    session, box, controls = commanded_session(tmp_path, broker.port, sub)
     try:
         if on:
             controls.set("analysis", False, source="test")
@@ -148,7 +151,7 @@ def test_a_flood_of_switch_commands_logs_a_few_lines_not_one_each(
     tmp_path: Path, broker: Any, subscribe: Any, caplog: Any
 ) -> None:
     sub: Subscriber = subscribe(f"{BASE}/#")
-    session, box, controls = commanded_session(tmp_path, broker.port)
+    session, box, controls = commanded_session(tmp_path, broker.port, sub)
     caplog.set_level(logging.INFO, logger="edge_daemon")
     try:
         for i in range(200):
@@ -168,7 +171,7 @@ def test_another_clients_retained_state_is_corrected_at_once(
     tmp_path: Path, broker: Any, subscribe: Any, topic: str
 ) -> None:
     sub: Subscriber = subscribe(f"{BASE}/#")
-    session, box, _controls = commanded_session(tmp_path, broker.port)
+    session, box, _controls = commanded_session(tmp_path, broker.port, sub)
     ours = {"emotion": "starting", "confidence": None, "since": "2026-12-06T00:00:00Z", "seq": None, "people": 0}
     session.publish_retained("state", ours)
     expected = json.dumps(ours, separators=(",", ":")) if topic == "state" else "ON"
