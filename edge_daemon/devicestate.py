@@ -103,8 +103,10 @@ class DeviceState:
             self._publish(result.emotion, result.confidence, len(result.faces))
             return
         current = self.current
-        if current is not None and current["emotion"] not in NOT_FROM_WINDOWS and current["people"] != len(
-            result.faces
+        if (
+            current is not None
+            and current["emotion"] not in NOT_FROM_WINDOWS
+            and current["people"] != len(result.faces)
         ):
             self._publish(current["emotion"], current["confidence"], len(result.faces))  # people come and go
 

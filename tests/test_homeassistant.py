@@ -30,7 +30,7 @@ from .conftest import CLIP_VIDEO, MODELS, Subscriber, run_cli, start_daemon, sto
 BASE = "emotion-edge/ha"
 DEVICE_TOPIC = "homeassistant/device/emotion_edge_ha/config"
 REPLAY_DEVICE_TOPIC = "homeassistant/device/emotion_edge_ha_replay/config"
-STATES = [*CANONICAL, "uncertain", "no_one", "paused"]
+STATES = [*CANONICAL, "uncertain", "no_one", "paused", "starting", "stopped"]
 
 
 def ha_config(tmp_path: Path, port: int, **extra: Any) -> Path:
@@ -126,7 +126,7 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
             assert t["unique_id"] and "default_entity_id" not in t and "object_id" not in t  # a trigger has no id
         assert cmps["reload_models"]["command_topic"] == f"{BASE}/reload_models/set"
         assert cmps["purge_history"]["payload_press"] == "PRESS"
-        assert set(cmps["emotion"]["options"]) == {*CANONICAL, "uncertain", "no_one", "paused"}
+        assert set(cmps["emotion"]["options"]) == {*CANONICAL, "uncertain", "no_one", "paused", "starting", "stopped"}
         assert "unknown" not in cmps["emotion"]["options"], "Home Assistant's own 'no data' word"
         assert cmps["window"]["state_topic"] == f"{BASE}/events"
         assert set(cmps["window"]["event_types"]) == {*CANONICAL, "uncertain"}
