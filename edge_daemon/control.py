@@ -32,12 +32,14 @@ class Controls:
 
     def __init__(self, state_dir: Path | None) -> None:
         self.path = Path(state_dir) / FILENAME if state_dir is not None else None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # taken by the capture threads per frame (`active`): held only for dict work
+        self._save_lock = threading.Lock()  # one writer of controls.json at a time; the fsync happens under it
         self._on = dict.fromkeys(NAMES, True)
         self._listeners: list[Listener] = []
         self._log = Throttle(LOG_EVERY_S)
         self._unlogged = 0  # changes not logged since the last line
         self._load()
+        self._saved = dict(self._on)  # what controls.json holds (or would, had it been written)
 
     def _load(self) -> None:
         if self.path is None or not self.path.exists():
@@ -72,7 +74,6 @@ class Controls:
                 return False
             self._on[name] = on
             snapshot = dict(self._on)
-            self._save(snapshot)
             listeners = list(self._listeners)
             log, unlogged = self._log.ready(), self._unlogged
             self._unlogged = 0 if log else unlogged + 1
@@ -81,9 +82,19 @@ class Controls:
                 "%s switched %s (from %s)%s", name, "on" if on else "off", source,
                 f"; {unlogged} more change(s) since the last such line" if unlogged else "",
             )  # fmt: skip
+        self._sync()
         for fn in listeners:
             fn(snapshot)
         return True
+
+    def _sync(self) -> None:
+        """Write the latest switches to controls.json, outside the lock the capture threads take per frame: an SD
+        card's fsync can take a second. Each writer writes what is current, so the file ends as the switches end."""
+        with self._save_lock:
+            current = self.get()
+            if current != self._saved:
+                self._save(current)
+                self._saved = current
 
     def subscribe(self, fn: Listener) -> None:
         with self._lock:

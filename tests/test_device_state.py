@@ -1,4 +1,5 @@
-"""The device's state has one owner (edge_daemon/devicestate.py): fast unit tests, no broker, no subprocess.
+"""The device's state has one owner (edge_daemon/devicestate.py), and the switches one object (edge_daemon/control.py):
+fast unit tests, no broker, no subprocess.
 
 The fusion loop reports windows and absence, the daemon reports the pause switch, start and stop; what the owner
 hands its listeners is what MQTT, Home Assistant and the page all show.
@@ -6,10 +7,16 @@ hands its listeners is what MQTT, Home Assistant and the page all show.
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_daemon.control import Controls
 from edge_daemon.devicestate import DeviceState
 from edge_daemon.fusion import FaceResult, FusionRule, Prediction, Windower
 from edge_daemon.labels import CANONICAL, NO_ONE, PAUSED, STARTING, STOPPED
@@ -108,3 +115,24 @@ def test_stopped_is_the_last_word() -> None:
     loop.set_paused(True, 2.0)
     loop.pump(60.0, wait_s=0)
     assert emotions(published) == [STARTING, STOPPED]
+
+
+def test_a_slow_save_of_the_switches_does_not_hold_up_the_capture_threads(tmp_path: Path, monkeypatch: Any) -> None:
+    controls = Controls(tmp_path)
+    real_fsync = os.fsync
+
+    def slow_card_fsync(fd: int) -> None:  # fault injection: an SD card that takes a second to sync
+        time.sleep(1.0)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_card_fsync)
+    switching = threading.Thread(target=controls.set, args=("camera", False), kwargs={"source": "test"})
+    switching.start()
+    time.sleep(0.2)  # the save is under way
+    t0 = time.monotonic()
+    controls.active("microphone")  # what each capture thread asks per frame
+    waited = time.monotonic() - t0
+    switching.join()
+    assert waited < 0.1, f"a frame waited {waited:.2f} s for controls.json to be synced"
+    assert json.loads((tmp_path / "controls.json").read_text())["camera"] is False
+    assert Controls(tmp_path).get() == {"analysis": True, "camera": False, "microphone": True}, "saved for a restart"
