@@ -15,11 +15,13 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from . import daemonstats
 from .audio.features import SAMPLE_RATE
 from .capture.buffers import AudioRing, LatestSlot
 from .capture.camera import CameraSource
@@ -37,6 +39,7 @@ from .models import FileWatch, Models, load_detector, load_face_model, load_mode
 from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox, OutboxWriteError
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
+from .supervisor import Supervisor, workers_alive
 from .systemd import notify, watchdog_interval_s
 from .throttle import Throttle
 
@@ -44,11 +47,6 @@ logger = logging.getLogger(__name__)
 
 
 MODEL_CHECK_S = 5.0  # how often `run` looks for changed model files
-STALL_S = 30.0  # a perception stage that has not looped for this long is stuck and gets replaced
-# A stage replaced this many times within RESTART_WINDOW_S is not helped by more of the same: the process exits
-# non-zero, and systemd (Restart=on-failure) or another supervisor starts it afresh.
-MAX_RESTARTS = 3
-RESTART_WINDOW_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class Daemon:
         self.controls = Controls(self.outbox.path.parent if replay is None else None)
         self._controls_changed = threading.Event()
         self.controls.subscribe(lambda switches: self._controls_changed.set())
-        self._last_event_at: float | None = None  # monotonic time of the last event, for stats
+        self.last_event_at: float | None = None  # monotonic time of the last event, for stats
         state = state_dir or config.path(config.state_dir)
         h = config.history
         self.history = History(state, h.max_days, h.max_mb) if h.enabled else None
@@ -160,8 +158,18 @@ class Daemon:
         self.inputs_done = False  # replay: every input was read to its end
         self.store_failures = 0  # events that could not be written to the outbox
         self._store_failure_log = Throttle()
-        self.restarts: Counter[str] = Counter()  # stage name -> times replaced, for stats
-        self._restarted_at: dict[str, list[float]] = {}
+        self.supervisor = Supervisor(self.stop_event, self._replacement)
+        # Where each event goes once the outbox has given it its seq (the outbox is the store, not a sink: an event
+        # it cannot keep goes nowhere). Each sink only queues or writes a line: none may block the fusion loop.
+        self.sinks: list[Callable[[dict[str, Any]], None]] = []
+        if self.history:
+            self.sinks.append(self.history.record)  # the writer thread stores it
+        if self.web:
+            self.sinks.append(self.web.on_event)  # one queue per stream client
+        if events_out is not None:
+            self.sinks.append(self._write_event_line)
+        if self.session:
+            self.sinks.append(lambda event: self.session.notify_event())  # type: ignore[union-attr]  # drain now
         self._build_pipeline()
         if self.session is not None and replay is not None:  # a replay's device shows its files as its sources
             self.session.replay_sources = {s.name: s.status.name for s in self.sources}
@@ -360,62 +368,15 @@ class Daemon:
             self._last_status = status
 
     def workers_alive(self, stall_s: float) -> bool:
-        """Every worker thread runs and has looped recently (they wake at least every 0.5 s even without input)."""
-        now = time.monotonic()
-        return all(w.error is None and now - w.heartbeat <= stall_s for w in self.workers if not w.finished.is_set())
+        return workers_alive(self.workers, stall_s)
 
     def supervise(self) -> bool:
-        """Live: replace a thread that died, or a perception stage that hung, with a fresh one.
+        """Replace a capture or perception thread that died or hung (supervisor.py); False: give up."""
+        return self.supervisor.check(self.workers, self.sources)
 
-        A hung thread cannot be killed from Python; a stage's is retired (it exits quietly if its call ever
-        returns) and its models are left to it, since an interpreter must not be used by two threads: the fresh
-        stage loads its own. Returns False when replacing is not enough: models that no longer load, or a thread
-        that keeps failing.
-        """
-        now = time.monotonic()
-        for threads in (self.workers, self.sources):
-            for i, t in enumerate(threads):
-                if not t.is_alive() or getattr(t, "error", None) is not None:
-                    error = getattr(t, "error", None)
-                    why = f"failed ({type(error).__name__})" if error else "ended unexpectedly"
-                elif isinstance(t, Worker) and now - t.heartbeat > STALL_S:
-                    why = f"stuck for {now - t.heartbeat:.0f} s"
-                else:
-                    continue
-                if self.stop_event.is_set():  # threads end when asked to: checked after seeing one gone, no race
-                    return True
-                if not self._restart(threads, i, why, now):
-                    return False
-        return True
-
-    def _restart(self, threads: list[Any], i: int, why: str, now: float) -> bool:
-        old = threads[i]
-        recent = [t for t in self._restarted_at.get(old.name, []) if now - t < RESTART_WINDOW_S]
-        if len(recent) >= MAX_RESTARTS and not isinstance(old, Worker):
-            # A capture thread that keeps failing costs only its own modality: it rests (offline) until the hour
-            # allows another try, and the other modality goes on. A new process would not fix a device.
-            reason = f"capture thread {why}, {len(recent)} times within the hour; next try later"
-            if old.status.snapshot()["reason"] != reason:  # said once, not every supervision round
-                old.status.offline(reason)
-            return True
-        if len(recent) >= MAX_RESTARTS:
-            logger.error(
-                "%s thread %s after %d restarts within %.0f min: stopping so that systemd (or another "
-                "supervisor) starts the daemon afresh",
-                old.name, why, len(recent), RESTART_WINDOW_S / 60,
-            )  # fmt: skip
-            return False
-        try:
-            fresh = self._replacement(old)
-        except UserError as exc:
-            logger.error("%s thread %s and its models do not load again (%s): stopping", old.name, why, exc)
-            return False
-        threads[i] = fresh
-        fresh.start()
-        self._restarted_at[old.name] = [*recent, now]
-        self.restarts[old.name] += 1
-        logger.error("%s thread %s: replaced it with a fresh one (restart %d)", old.name, why, len(recent) + 1)
-        return True
+    @property
+    def restarts(self) -> Counter[str]:
+        return self.supervisor.restarts
 
     def _replacement(self, old: Any) -> Any:
         if isinstance(old, Worker):
@@ -490,14 +451,9 @@ class Daemon:
         if self.session is None:
             self.outbox.ack(seq)  # --no-mqtt: nothing will ever send it; keep the seq, not the event
         self.events += 1
-        self._last_event_at = time.monotonic()
-        if self.history:
-            self.history.record(event)  # a queue put: the writer thread stores it
-        if self.web:
-            self.web.on_event(event)  # a queue put per stream client
-        if self.events_out is not None:
-            self.events_out.write(json.dumps(event) + "\n")
-            self.events_out.flush()
+        self.last_event_at = time.monotonic()
+        for sink in self.sinks:
+            sink(event)
         logger.debug(
             "window %s–%s: %s (%.2f) from %s",
             event["window_start"],
@@ -506,8 +462,11 @@ class Daemon:
             event["confidence"],
             "+".join(event["used"]),
         )
-        if self.session:
-            self.session.notify_event()
+
+    def _write_event_line(self, event: dict[str, Any]) -> None:
+        assert self.events_out is not None
+        self.events_out.write(json.dumps(event) + "\n")
+        self.events_out.flush()
 
     def _store_failed(self, exc: OutboxWriteError) -> None:
         """An event that cannot be stored cannot be sent either (it would have no durable seq): count it, say so
@@ -528,65 +487,12 @@ class Daemon:
             self.web.on_state(state)
 
     def stats(self) -> dict[str, Any]:
-        fw, sw = self.face_worker, self.speech_worker
-        return {
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "frames_analysed": fw.frames_analysed if fw else 0,
-            "frames_with_face": fw.faces_seen if fw else 0,
-            "face_detections": fw.face_detections if fw else 0,  # the other analysed frames followed their faces
-            # Captured audio only: the silence that keeps stream time while the microphone is away does not count.
-            "audio_s": round((self.ring.total - sum(m.padded for m in self._microphones())) / SAMPLE_RATE, 1),
-            "speech_windows": sw.windows if sw else 0,
-            "speech_windows_voiced": sw.voiced if sw else 0,
-            "inference_ms": self.timings.medians(),
-            "drops": {
-                "frames_replaced": self.slot.dropped,
-                "audio_samples_overwritten": self.ring.dropped,
-                "audio_samples_trimmed": sum(m.trimmed for m in self._microphones()),
-                "late_predictions": self.fusion.windower.late,
-                "outbox_dropped": self.outbox.dropped,
-                "outbox_write_failed": self.store_failures,
-            },
-            "queue_depth": {"predictions": self.fusion.predictions.qsize(), "outbox": self.outbox.depth()},
-            "events": self.events,
-            "last_seq": self.outbox.last_seq,
-            "events_published": self.session.published if self.session else 0,
-            "restarts": {t.name: self.restarts[t.name] for t in [*self.sources, *self.workers]},
-            "sources": {s.name: s.status.snapshot() for s in self.sources},
-            "paused_s": {s.name: s.status.snapshot()["paused_s"] for s in self.sources},
-            "last_event_age_s": (
-                round(time.monotonic() - self._last_event_at, 1) if self._last_event_at is not None else None
-            ),
-            "mqtt": self.session.stats() if self.session else None,
-            "outbox": {"held": self.outbox.held, "storage_error": self.outbox.storage_error or None},
-            "history": self.history.stats() if self.history else None,
-            "last_error": self.errors.last(),
-        }
+        """The counters published on `stats` (daemonstats.py)."""
+        return daemonstats.collect(self)
 
     def snapshot(self) -> dict[str, Any]:
-        """Read-only view for the device page (called from its threads): counters and states, nothing it could
-        change, no call into a perception thread."""
-        stats = self.stats()
-        video = (CameraSource, VideoFileSource)
-        return {
-            "device_id": self.config.device_id,
-            "started": iso_utc(self.clock.wall(0.0)),
-            "replay": self.replay is not None,
-            "perception_ok": not self.stop_event.is_set() and self.workers_alive(stall_s=STALL_S),
-            "sources": {
-                s.name: {**s.status.snapshot(), "kind": "camera" if isinstance(s, video) else "microphone"}
-                for s in self.sources
-            },
-            "broker": {
-                "state": "off" if self.session is None else "online" if self.session.connected.is_set() else "offline"
-            },
-            "controls": self.controls.get(),
-            "models": self.models.versions(),
-            "stats": stats,
-        }
-
-    def _microphones(self) -> list[MicrophoneSource]:
-        return [s for s in self.sources if isinstance(s, MicrophoneSource)]
+        """Read-only view for the device page, called from its threads (daemonstats.py)."""
+        return daemonstats.page_snapshot(self)
 
     def publish_stats(self) -> None:
         stats = self.stats()

@@ -176,11 +176,13 @@ class FailingDetector:
 def live_face_daemon(tmp_path: Path, monkeypatch: Any, **limits: float) -> Any:
     """The real daemon in this process (file camera, no mic, no broker), with short supervision intervals."""
     from edge_daemon import daemon as daemon_module
+    from edge_daemon import supervisor
     from edge_daemon.config import load_config
 
     # STALL_S: long enough that a fresh stage's first inference on a loaded CI machine is not taken for a hang.
-    for name, value in {"STALL_S": 5.0, "MODEL_CHECK_S": 0.5, **limits}.items():
-        monkeypatch.setattr(daemon_module, name, value)
+    monkeypatch.setattr(daemon_module, "MODEL_CHECK_S", 0.5)
+    for name, value in {"STALL_S": 5.0, **limits}.items():
+        monkeypatch.setattr(supervisor, name, value)
     cfg = write_config(tmp_path / "config.yaml", camera={"source": str(CLIP_VIDEO)}, microphone={"enabled": False})
     return daemon_module.Daemon(load_config(cfg), publish=False, events_out=io.StringIO())
 
