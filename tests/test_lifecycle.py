@@ -387,7 +387,7 @@ def test_any_number_of_stop_signals_in_any_rhythm_end_run_cleanly(
     assert json.loads(sub.payloads("life/state")[-1])["emotion"] == "stopped"
 
 
-def state_config(tmp_path: Path, port: int) -> Path:
+def state_config(tmp_path: Path, port: int, **extra: Any) -> Path:
     """A file camera with faces (the clip), no microphone; a state after one window, so tests need not wait long."""
     return write_config(
         tmp_path / "config.yaml",
@@ -396,6 +396,7 @@ def state_config(tmp_path: Path, port: int) -> Path:
         microphone={"enabled": False},
         fusion={"state_after_windows": 1},
         mqtt={"host": "127.0.0.1", "port": port},
+        **extra,
     )
 
 
@@ -403,23 +404,34 @@ def states(sub: Subscriber) -> list[str]:
     return [json.loads(p)["emotion"] for p in sub.payloads("life/state")]
 
 
+@pytest.mark.parametrize("door", ["mqtt", "api"])
 def test_paused_stays_paused_when_the_window_open_at_the_pause_closes(
-    tmp_path: Path, broker: Any, subscribe: Any
+    tmp_path: Path, broker: Any, subscribe: Any, door: str
 ) -> None:
+    from .webtools import PASSWORD, admin, free_port, wait_until
+
+    page = free_port()
+    cfg = state_config(tmp_path, broker.port, web={"enabled": True, "host": "127.0.0.1", "port": page})
     sub: Subscriber = subscribe("emotion-edge/life/#")
-    proc = start_daemon(state_config(tmp_path, broker.port))
+    proc = start_daemon(cfg, env={"EMOTION_EDGE_WEB_PASSWORD": PASSWORD})
     try:
         assert sub.wait_for(lambda: states(sub)[-1:] not in ([], ["starting"]), timeout=30), states(sub)
         seen = len(sub.events())
-        sub.client.publish("emotion-edge/life/analysis/set", "OFF", qos=1)
+        if door == "mqtt":
+            sub.client.publish("emotion-edge/life/analysis/set", "OFF", qos=1)
+        else:  # the page's button (HTTP Basic: a script, no session cookie, so no CSRF token)
+            r = admin(page, "/api/controls", method="POST", body='{"analysis": false}')
+            assert r.status == 200, r.text
         assert sub.wait_for(lambda: states(sub)[-1:] == ["paused"], timeout=10)
         # The window open at the pause closes about 2 s later (the live lag) and goes out as an event.
         assert sub.wait_for(lambda: len(sub.events()) > seen, timeout=10), "the open window was not an event"
         time.sleep(1.0)
         after = states(sub)[states(sub).index("paused") :]
         assert set(after) == {"paused"}, f"a window overwrote paused: {after}"
-        late: Subscriber = subscribe("emotion-edge/life/state")  # what Home Assistant and a fresh page read
+        late: Subscriber = subscribe("emotion-edge/life/state")  # what Home Assistant reads
         assert late.wait_for(lambda: states(late) == ["paused"], timeout=5), states(late)
+        on_page = wait_until(lambda: admin(page, "/api/state").json()["state"], 10, "the page's state")
+        assert {k: v for k, v in on_page.items() if k != "emoji"} == json.loads(late.payloads("life/state")[0])
     finally:
         stop_daemon(proc)
 
