@@ -266,7 +266,11 @@ class MqttSession:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            if str(reason_code) != self._last_refusal:  # one line per new reason, not one per retry
+            fallback = not self._ever_connected and getattr(reason_code, "value", None) in UNSUPPORTED_PROTOCOL
+            if fallback and self.config.mqtt.protocol == "auto" and client._protocol == mqtt.MQTTv5:
+                logger.info("MQTT broker %s:%d refuses MQTT 5; trying 3.1.1", self.host, self.port)
+                self._last_refusal = str(reason_code)
+            elif str(reason_code) != self._last_refusal:  # one line per new reason, not one per retry
                 logger.error(
                     "MQTT broker %s:%d refused the connection: %s; retrying with back-off",
                     self.host,
@@ -276,7 +280,7 @@ class MqttSession:
                 self._last_refusal = str(reason_code)
             self.last_error = f"refused the connection: {reason_code}"
             self._refused_attempt = True  # paho reports the same attempt's end to on_disconnect too
-            if not self._ever_connected and getattr(reason_code, "value", None) in UNSUPPORTED_PROTOCOL:
+            if fallback:
                 _try_other_protocol(self.config, client)
             self._jittered_backoff()
             return

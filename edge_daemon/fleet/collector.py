@@ -50,6 +50,7 @@ class Collector:
         self._generation = 0  # one per connection: acknowledgements go to the connection that received the message
         self._lock = threading.Lock()
         self._ever_connected = False
+        self._refused = False
         self.connected = threading.Event()
         self.stored = 0  # new event rows, for the log and the tests
         self.duplicates = 0
@@ -101,10 +102,15 @@ class Collector:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         if reason_code.is_failure:
+            self._refused = True  # paho reports the end of this attempt to on_disconnect as well
+            if not self._ever_connected and getattr(reason_code, "value", None) in UNSUPPORTED_PROTOCOL:
+                if str(self.config.mqtt.protocol) == "auto" and client._protocol == mqtt.MQTTv5:
+                    logger.info("broker %s:%d refuses MQTT 5; trying 3.1.1", self.config.mqtt.host,
+                                self.config.mqtt.port)  # fmt: skip
+                    self._other_protocol()
+                    return
             logger.error("broker %s:%d refused the collector: %s", self.config.mqtt.host, self.config.mqtt.port,
                          reason_code)  # fmt: skip
-            if not self._ever_connected and getattr(reason_code, "value", None) in UNSUPPORTED_PROTOCOL:
-                self._other_protocol()
             return
         with self._lock:
             self._generation += 1
@@ -120,7 +126,9 @@ class Collector:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         self.connected.clear()
-        if not self._ever_connected:
+        if self._refused:
+            self._refused = False
+        elif not self._ever_connected:
             self._other_protocol()  # a 3.1.1-only broker may simply close an MQTT 5 CONNECT
         elif not getattr(self, "_stopping", False):
             logger.warning("collector lost the broker (%s); reconnecting, the broker keeps the session", reason_code)
