@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -40,7 +39,7 @@ def run_devices(ids: list[str], port: int, seconds: float, state: Path, out: Pat
     from ..outbox import Outbox
 
     sessions = []
-    for n, device_id in enumerate(ids):
+    for device_id in ids:
         mqtt_cfg = MqttConfig(host="127.0.0.1", port=port, homeassistant=HomeAssistantConfig(discovery=False),
                               commands=False, reconnect_max_s=5.0, stats_interval_s=30.0)  # fmt: skip
         cfg = dataclasses.replace(Config(), device_id=device_id, mqtt=mqtt_cfg)
