@@ -3,8 +3,9 @@ gateway, the collector, PostgreSQL; ends with one line of figures counted from t
 
 Each simulated device is the daemon's own delivery path — an `Outbox` and an `MqttSession` — fed synthetic windows
 (2 s cadence, every tenth device 0.5 s) instead of models. Devices run in a few worker processes, spread over the
-cluster's nodes. `--faults` kills one broker node and brings it back (its devices keep events in their outboxes),
-kills the collector with SIGKILL and restarts it, and crashes and restarts PostgreSQL.
+cluster's nodes. `--faults` cuts five devices per worker off the network for a while, kills one broker node and
+brings it back (its devices keep events in their outboxes), kills the collector with SIGKILL and restarts it, and
+crashes and restarts PostgreSQL.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 logger = logging.getLogger("fleet-sim")
 ROLE, ROLE_PASSWORD = "emotion_edge_collector", "fleet-sim"
 PER_WORKER = 50
+CUT_DEVICES = 5  # per worker, behind a link that --faults cuts for a while
 
 
 # ------------------------------------------------------------------ a worker process: some devices
@@ -37,14 +39,21 @@ def run_devices(ids: list[str], port: int, seconds: float, state: Path, out: Pat
     from ..events import iso_utc
     from ..mqtt import MqttSession
     from ..outbox import Outbox
+    from .netcut import CuttableLink
 
+    # The first CUT_DEVICES devices of each worker reach their node through a link the driver can cut (SIGUSR1 cuts,
+    # SIGUSR2 restores): off the network for a while, as a site whose uplink fails.
+    link = CuttableLink(port)
+    signal.signal(signal.SIGUSR1, lambda *_: link.cut(True))
+    signal.signal(signal.SIGUSR2, lambda *_: link.cut(False))
     sessions = []
-    for device_id in ids:
-        mqtt_cfg = MqttConfig(host="127.0.0.1", port=port, homeassistant=HomeAssistantConfig(discovery=False),
+    for n, device_id in enumerate(ids):
+        port_of_device = link.port if n < CUT_DEVICES else port
+        mqtt_cfg = MqttConfig(host="127.0.0.1", port=port_of_device, homeassistant=HomeAssistantConfig(discovery=False),
                               commands=False, reconnect_max_s=5.0, stats_interval_s=30.0)  # fmt: skip
         cfg = dataclasses.replace(Config(), device_id=device_id, mqtt=mqtt_cfg)
         box = Outbox(state / device_id)
-        session = MqttSession(cfg, box, "127.0.0.1", port)
+        session = MqttSession(cfg, box, "127.0.0.1", port_of_device)
         session.start()
         cadence = 0.5 if int(device_id.rsplit("-", 1)[1]) % 10 == 0 else 2.0
         sessions.append((session, box, cadence, random.uniform(0, cadence)))
@@ -86,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     if args.worker:
-        logging.getLogger().setLevel(logging.ERROR)
+        # Devices' own logs (every reconnect of 200 devices) only when asked: FLEET_SIM_DEVICE_LOG=warning.
+        logging.getLogger().setLevel(os.environ.get("FLEET_SIM_DEVICE_LOG", "error").upper())
         ids, port, seconds, state, out = args.worker
         run_devices(ids.split(","), int(port), float(seconds), Path(state), Path(out))
         return 0
@@ -146,12 +156,16 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
                                            str(port), str(seconds), str(work / "state"), str(out)]))  # fmt: skip
         t0 = time.monotonic()
         if faults:
-            plan = [(0.2, "kill node n3"), (0.35, "start node n3"), (0.45, "kill collector"),
-                    (0.55, "start collector"), (0.65, "crash postgresql"), (0.72, "start postgresql")]  # fmt: skip
+            plan = [(0.15, "cut devices"), (0.2, "kill node n3"), (0.35, "start node n3"), (0.4, "restore devices"),
+                    (0.45, "kill collector"), (0.55, "start collector"), (0.65, "crash postgresql"),
+                    (0.72, "start postgresql")]  # fmt: skip
             for at, what in plan:
                 time.sleep(max(0.0, t0 + at * seconds - time.monotonic()))
                 logger.info("fault: %s", what)
-                if what == "kill node n3":
+                if what in ("cut devices", "restore devices"):
+                    for proc in procs:
+                        proc.send_signal(signal.SIGUSR1 if what == "cut devices" else signal.SIGUSR2)
+                elif what == "kill node n3":
                     nats.kill(2)
                 elif what == "start node n3":
                     nats.start_node(2)
