@@ -101,10 +101,11 @@ def wait_until(predicate: Any, timeout: float = 30.0) -> bool:
 class Device:
     """A publisher that numbers its events as the daemon's outbox does (seq, event_id)."""
 
-    def __init__(self, port: int, device_id: str) -> None:
+    def __init__(self, port: int, device_id: str, v5: bool = True) -> None:
         self.device_id = device_id
         self.seq = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=mqtt.MQTTv5)
+        protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=protocol)
         self.client.max_inflight_messages_set(100)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -178,19 +179,18 @@ def test_device_status_is_kept_current(setup: Path, pg: LocalPostgres, db: str, 
         dev.close()
 
 
-def test_a_collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
-    setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
-) -> None:
-    log = setup.parent / "collector.log"
+def kill_mid_stream_and_restart(cfg: Path, port: int, pg: LocalPostgres, db: str, total: int, v5: bool) -> str:
+    """Publish `total` events from 4 devices; SIGKILL the collector a third of the way, start it again at two thirds.
+    Returns the collector's log."""
+    log = cfg.parent / "collector.log"
 
     def start() -> subprocess.Popen[str]:
         with open(log, "a") as err:
-            return subprocess.Popen([sys.executable, "-m", "edge_daemon", "collect", "--config", str(setup)],
+            return subprocess.Popen([sys.executable, "-m", "edge_daemon", "collect", "--config", str(cfg)],
                                     cwd=ROOT, stderr=err, text=True)  # fmt: skip
 
     proc = start()
-    devices = [Device(broker.port, f"room{i}") for i in range(4)]
-    total = 1200
+    devices = [Device(port, f"room{i}", v5) for i in range(4)]
     try:
         assert wait_until(lambda: "collector connected" in log.read_text(), 30), log.read_text()
         time.sleep(0.5)  # its subscriptions
@@ -218,6 +218,31 @@ def test_a_collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
         proc.wait(10)
         for d in devices:
             d.close()
+    return log.read_text()
+
+
+def test_a_collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
+    setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    log = kill_mid_stream_and_restart(setup, broker.port, pg, db, 1200, v5=True)
+    assert "MQTT 5," in log
+
+
+def test_through_nats_a_killed_collector_falls_back_to_3_1_1_and_resumes_its_session(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster, nats_server
+
+    try:
+        nats_server()
+    except Exception as exc:
+        pytest.skip(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+    with NatsCluster(1) as nats:
+        folder = tmp_path / "nats-collector"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, nats.mqtt_ports[0])  # protocol auto: NATS refuses 5
+        log = kill_mid_stream_and_restart(cfg, nats.mqtt_ports[0], pg, db, 400, v5=False)
+    assert "MQTT 3.1.1, session resumed" in log
 
 
 def test_events_wait_with_the_broker_while_the_database_is_down(
