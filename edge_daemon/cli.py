@@ -415,9 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     fc = sub.add_parser(
-        "collect", help="store every device's events and status in PostgreSQL (--config collector.yaml)", parents=common
+        "collect",
+        help="store every device's events and status in PostgreSQL (--config collector.yaml)",
+        description="Here --config is the collector's file: default $EMOTION_EDGE_COLLECTOR_CONFIG, ./collector.yaml, "
+        "/etc/emotion-edge/collector.yaml (docs/fleet.md).",
+        parents=common,
     )
-    fc.add_argument("--init-db", metavar="ADMIN_DSN", help="create the tables and grant the collector's role, then exit")
+    fc.add_argument(
+        "--init-db", metavar="ADMIN_DSN", help="create the tables and grant the collector's role, then exit"
+    )
     fc.set_defaults(func=cmd_collect, own_config=True)
 
     d = sub.add_parser(

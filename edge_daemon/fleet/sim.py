@@ -119,6 +119,7 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
     (work / "nats").mkdir()
     nats = NatsCluster(3, folder=work / "nats").start()
     procs: list[subprocess.Popen[bytes]] = []
+    ok = False
     collector: subprocess.Popen[bytes] | None = None
     try:
         with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
@@ -213,8 +214,6 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
             flush=True,
         )
         ok = events == stored and rows == stored
-        if ok:
-            shutil.rmtree(work / "state", ignore_errors=True)  # the devices' outboxes; logs stay for a look
         return 0 if ok else 1
     finally:
         for proc in procs:
@@ -225,6 +224,10 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
             collector.wait(10)
         nats.close()
         pg.close()
+        if ok:  # the devices' outboxes and the brokers' stores go; the logs stay for a look
+            shutil.rmtree(work / "state", ignore_errors=True)
+            for node in nats.nodes:
+                shutil.rmtree(nats.dir / node.name, ignore_errors=True)
 
 
 def _read(path: Path) -> bytes:
