@@ -16,6 +16,7 @@ order; the outbox covers what paho's memory cannot: a restart.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -757,6 +758,10 @@ def probe_broker(config: Config, host: str, port: int, timeout_s: float = 5.0) -
         client.loop_stop()
     if kind == "closed":
         return closed_without_answer(config)
+    if reason.is_failure and getattr(reason, "value", None) in UNSUPPORTED_PROTOCOL and config.mqtt.protocol == "auto":
+        # What the daemon does next: try MQTT 3.1.1 (NATS, RabbitMQ).
+        v311 = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, protocol="3.1.1"))
+        return probe_broker(v311, host, port, timeout_s)
     return f"refused the connection: {reason}" if reason.is_failure else None
 
 

@@ -319,3 +319,13 @@ def test_a_bad_collector_config_is_one_line_with_exit_code_2(tmp_path: Path) -> 
     cfg = tmp_path / "collector.yaml"
     cfg.write_text("database:\n  batch_size: 0\n")
     assert_clean_error(run_cli("collect", "--config", str(cfg)), "database.batch_size", "collector.yaml:2")
+
+
+def test_collector_example_yaml_lists_every_field_with_its_default() -> None:
+    from edge_daemon.fleet.settings import render_collector_yaml
+
+    assert (ROOT / "collector.example.yaml").read_text() == render_collector_yaml(), (
+        "regenerate: python -c 'from edge_daemon.fleet.settings import render_collector_yaml as r; "
+        'print(r(), end="")\' > collector.example.yaml'
+    )
+    assert load_collector_config(ROOT / "collector.example.yaml").database.batch_size == 500

@@ -112,3 +112,14 @@ def test_a_3_1_1_client_is_what_nats_accepts() -> None:
             time.sleep(0.05)
         client.loop_stop()
         assert answers and answers[0].is_failure and answers[0].value == 0x84
+
+
+def test_check_probes_a_3_1_1_broker_as_the_daemon_will_connect(tmp_path: Path) -> None:
+    from edge_daemon.mqtt import probe_broker
+
+    with nats_or_skip() as nats:
+        port = nats.mqtt_ports[0]
+        for protocol, expected in (("auto", None), ("3.1.1", None), ("5", "Unsupported protocol version")):
+            cfg = load_config(write_config(tmp_path / f"{protocol}.yaml", mqtt={"protocol": protocol}))
+            problem = probe_broker(cfg, "127.0.0.1", port)
+            assert problem == expected if expected is None else expected in (problem or ""), (protocol, problem)

@@ -8,7 +8,7 @@ file and line). Passwords never live here: the broker's comes from `mqtt.passwor
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import TlsConfig, _f, _host_problem, load_yaml_as, render_default_yaml
@@ -108,8 +108,6 @@ class CollectorConfig:
 def load_collector_config(path: Path | str) -> CollectorConfig:
     path = Path(path)
     config = load_yaml_as(CollectorConfig, path)
-    from dataclasses import replace
-
     return replace(config, base_dir=path.resolve().parent)
 
 
