@@ -329,3 +329,21 @@ def test_collector_example_yaml_lists_every_field_with_its_default() -> None:
         'print(r(), end="")\' > collector.example.yaml'
     )
     assert load_collector_config(ROOT / "collector.example.yaml").database.batch_size == 500
+
+
+def test_the_collector_unit_verifies_and_is_confined(tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (part of systemd)")
+    text = (ROOT / "systemd" / "emotion-edge-collector.service").read_text()
+    unit = tmp_path / "emotion-edge-collector.service"
+    unit.write_text(text.replace("/opt/emotion-edge/.venv/bin/emotion-edge", str(Path(sys.executable).resolve())))
+    proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    proc = subprocess.run([tool, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60)
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout).group(1))
+    assert score <= 2.5, proc.stdout[-3000:]
+    assert "LoadCredential=collector_db_password:" in text and "Restart=always" in text
