@@ -101,11 +101,13 @@ def wait_until(predicate: Any, timeout: float = 30.0) -> bool:
 class Device:
     """A publisher that numbers its events as the daemon's outbox does (seq, event_id)."""
 
-    def __init__(self, port: int, device_id: str, v5: bool = True) -> None:
+    def __init__(self, port: int, device_id: str, v5: bool = True, password: str | None = None) -> None:
         self.device_id = device_id
         self.seq = 0
         protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=protocol)
+        if password is not None:
+            self.client.username_pw_set(device_id, password)
         self.client.max_inflight_messages_set(100)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -313,6 +315,51 @@ def test_a_shared_group_splits_events_between_collectors_and_stores_each_once(
             stop.set()
             thread.join(10)
         dev.close()
+
+
+def test_with_per_device_credentials_a_device_cannot_write_another_devices_rows(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster, authorization, nats_server
+
+    try:
+        nats_server()
+    except Exception as exc:
+        pytest.skip(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+    auth = authorization({"kitchen": "pw-kitchen", "hall": "pw-hall"}, ("collector", "pw-collector"))
+    with NatsCluster(1, authorization=auth) as nats:
+        port = nats.mqtt_ports[0]
+        folder = tmp_path / "acl"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, port, username="collector")
+        os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"] = "pw-collector"
+        try:
+            collector, stop, thread = run_collector(cfg)
+        finally:
+            del os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"]
+        kitchen = Device(port, "kitchen", v5=False, password="pw-kitchen")
+        try:
+            kitchen.publish(kitchen.event()).wait_for_publish(5)
+            forged = kitchen.event() | {"device_id": "hall"}
+            # NATS drops it (and, MQTT 3.1.1, still acknowledges it: the refusal is invisible to the sender).
+            kitchen.client.publish("emotion-edge/hall/events", json.dumps(forged), qos=1).wait_for_publish(5)
+            assert wait_until(lambda: count(pg, db) >= 1)
+            time.sleep(1.0)
+            with admin(pg, db) as conn:
+                assert conn.execute("SELECT device_id, count(*) FROM events GROUP BY 1").fetchall() == [("kitchen", 1)]
+            answers: list[Any] = []
+            intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv311)
+            intruder.username_pw_set("hall", "guessed")
+            intruder.on_connect = lambda c, u, f, rc, p: answers.append(rc)
+            intruder.connect("127.0.0.1", port)
+            intruder.loop_start()
+            assert wait_until(lambda: bool(answers), 5)
+            intruder.loop_stop()
+            assert answers[0].is_failure, answers
+        finally:
+            stop.set()
+            thread.join(10)
+            kitchen.close()
 
 
 def test_a_bad_collector_config_is_one_line_with_exit_code_2(tmp_path: Path) -> None:

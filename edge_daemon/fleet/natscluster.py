@@ -38,7 +38,9 @@ class Node:
 class NatsCluster:
     """`start()` every node; `kill(i)`/`restart(i)` one; `close()` all. `mqtt_ports` are where devices connect."""
 
-    def __init__(self, nodes: int = 3, folder: Path | None = None, extra_mqtt: str = "") -> None:
+    def __init__(
+        self, nodes: int = 3, folder: Path | None = None, extra_mqtt: str = "", authorization: str = ""
+    ) -> None:
         self._tmp = None if folder else tempfile.TemporaryDirectory(prefix="emotion-edge-nats-")
         self.dir = Path(folder or self._tmp.name)  # type: ignore[union-attr]
         self.nodes = [
@@ -56,7 +58,7 @@ class NatsCluster:
                 f"jetstream {{ store_dir: '{self.dir / n.name}' }}\n{cluster}"
                 f"mqtt {{ listen: 127.0.0.1:{n.mqtt_port}\n"
                 f"  stream_replicas: {min(3, nodes)}\n  consumer_replicas: {min(3, nodes)}\n"
-                f"  max_ack_pending: 1000\n  {extra_mqtt}\n}}\n"
+                f"  max_ack_pending: 1000\n  {extra_mqtt}\n}}\n{authorization}"
             )
 
     @property
@@ -97,3 +99,19 @@ class NatsCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def authorization(devices: dict[str, str], collector: tuple[str, str], prefix: str = "emotion-edge") -> str:
+    """NATS users: each device may publish and subscribe only under `<prefix>/<its id>/`, the collector may only
+    subscribe to every device's topics. The MQTT gateway maps topic `a/b/c` to subject `a.b.c`. Plain-text
+    passwords are for a throwaway cluster; a real one stores bcrypt hashes (`nats server passwd`)."""
+    base = prefix.replace("/", ".")
+    users = []
+    for d, pw in devices.items():
+        # Its own Home Assistant discovery topics too (homeassistant.py: <prefix>/<kind>/emotion_edge_<id>/...).
+        own = f'"{base}.{d}.>", "homeassistant.*.emotion_edge_{d}.>"'
+        perms = f'publish: [{own}], subscribe: [{own}, "homeassistant.status"]'
+        users.append(f'{{ user: "{d}", password: "{pw}", permissions: {{ {perms} }} }}')
+    user, pw = collector
+    users.append(f'{{ user: "{user}", password: "{pw}", permissions: {{ publish: [], subscribe: ["{base}.*.*"] }} }}')
+    return "authorization { users = [\n  " + "\n  ".join(users) + "\n] }\n"

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import hmac
 import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,6 +37,11 @@ CUT_DEVICES = 5  # per worker, behind a link that --faults cuts for a while
 # ------------------------------------------------------------------ a worker process: some devices
 
 
+def device_password(device_id: str) -> str:
+    """Each device's broker password, derived from the run's secret (FLEET_SIM_SECRET, shared with the workers)."""
+    return hmac.new(os.environ["FLEET_SIM_SECRET"].encode(), device_id.encode(), hashlib.sha256).hexdigest()[:24]
+
+
 def run_devices(ids: list[str], port: int, seconds: float, state: Path, out: Path) -> None:
     from ..config import Config, HomeAssistantConfig, MqttConfig
     from ..events import iso_utc
@@ -49,8 +57,11 @@ def run_devices(ids: list[str], port: int, seconds: float, state: Path, out: Pat
     sessions = []
     for n, device_id in enumerate(ids):
         port_of_device = link.port if n < CUT_DEVICES else port
+        # Each device its own credentials; the cluster lets it publish only under its own topics.
+        os.environ[f"FLEET_SIM_PW_{n}"] = device_password(device_id)
         mqtt_cfg = MqttConfig(host="127.0.0.1", port=port_of_device, homeassistant=HomeAssistantConfig(discovery=False),
-                              commands=False, reconnect_max_s=5.0, stats_interval_s=30.0)  # fmt: skip
+                              commands=False, reconnect_max_s=5.0, stats_interval_s=30.0, username=device_id,
+                              password_env=f"FLEET_SIM_PW_{n}")  # fmt: skip
         cfg = dataclasses.replace(Config(), device_id=device_id, mqtt=mqtt_cfg)
         box = Outbox(state / device_id)
         session = MqttSession(cfg, box, "127.0.0.1", port_of_device)
@@ -110,14 +121,18 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
 
     from .collector import init_db
     from .localpg import LocalPostgres
-    from .natscluster import NatsCluster
+    from .natscluster import NatsCluster, authorization
     from .settings import CollectorConfig, CollectorMqttConfig, DatabaseConfig
 
     work = Path(tempfile.mkdtemp(prefix="emotion-edge-fleet-"))
     logger.info("work folder %s", work)
     pg = LocalPostgres().start()
     (work / "nats").mkdir()
-    nats = NatsCluster(3, folder=work / "nats").start()
+    os.environ["FLEET_SIM_SECRET"] = secrets.token_hex(16)  # the workers inherit it
+    ids = [f"dev-{i:04d}" for i in range(devices)]
+    collector_pw = secrets.token_hex(12)
+    auth = authorization({d: device_password(d) for d in ids}, ("collector", collector_pw))
+    nats = NatsCluster(3, folder=work / "nats", authorization=auth).start()
     procs: list[subprocess.Popen[bytes]] = []
     ok = False
     collector: subprocess.Popen[bytes] | None = None
@@ -133,10 +148,14 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
         init_db(cfg, admin_dsn)
         cfg_path = work / "collector.yaml"
         cfg_path.write_text(
-            f"mqtt:\n  host: 127.0.0.1\n  port: {nats.mqtt_ports[0]}\n  client_id: collector-1\n"
+            f"mqtt:\n  host: 127.0.0.1\n  port: {nats.mqtt_ports[0]}\n  client_id: collector-1\n  username: collector\n"
             f'database:\n  dsn: "{pg.dsn(ROLE, "fleet")}"\n  batch_wait_ms: 50\n'
         )
-        env = {**os.environ, "EMOTION_EDGE_COLLECTOR_DB_PASSWORD": ROLE_PASSWORD}
+        env = {
+            **os.environ,
+            "EMOTION_EDGE_COLLECTOR_DB_PASSWORD": ROLE_PASSWORD,
+            "EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD": collector_pw,
+        }
 
         def start_collector() -> subprocess.Popen[bytes]:
             log = open(work / "collector.log", "ab")  # noqa: SIM115
@@ -147,7 +166,6 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
         deadline = time.monotonic() + 30
         while b"collector connected" not in _read(work / "collector.log") and time.monotonic() < deadline:
             time.sleep(0.2)
-        ids = [f"dev-{i:04d}" for i in range(devices)]
         # Devices go to nodes 2 and 3 (node 1 carries the collector), so that killing node 3 leaves the rest up.
         for w in range(0, devices, PER_WORKER):
             chunk = ids[w : w + PER_WORKER]
