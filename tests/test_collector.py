@@ -362,6 +362,26 @@ def test_with_per_device_credentials_a_device_cannot_write_another_devices_rows(
             kitchen.close()
 
 
+def test_retention_deletes_old_events_while_no_events_arrive(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    with admin(pg, db) as conn:
+        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES "
+                     "('a', 'old', now() - interval '40 days', '{}'), ('a', 'recent', now() - interval '2 days', '{}')")  # fmt: skip
+    folder = tmp_path / "retention"
+    folder.mkdir()
+    cfg = collector_yaml(folder, pg, db, broker.port)
+    data = yaml.safe_load(cfg.read_text()) | {"retention": {"days": 30, "interval_s": 10}}
+    cfg.write_text(yaml.safe_dump(data))
+    collector, stop, thread = run_collector(cfg)
+    try:
+        assert wait_until(lambda: count(pg, db) == 1, 20)
+        assert count(pg, db, "SELECT event_id FROM events") == "recent"
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 def test_a_bad_collector_config_is_one_line_with_exit_code_2(tmp_path: Path) -> None:
     cfg = tmp_path / "collector.yaml"
     cfg.write_text("database:\n  batch_size: 0\n")

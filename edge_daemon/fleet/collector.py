@@ -51,6 +51,7 @@ class Collector:
         self._lock = threading.Lock()
         self._ever_connected = False
         self._refused = False
+        self._stopping = False
         self.connected = threading.Event()
         self.stored = 0  # new event rows, for the log and the tests
         self.duplicates = 0
@@ -130,7 +131,7 @@ class Collector:
             self._refused = False
         elif not self._ever_connected:
             self._other_protocol()  # a 3.1.1-only broker may simply close an MQTT 5 CONNECT
-        elif not getattr(self, "_stopping", False):
+        elif not self._stopping:
             logger.warning("collector lost the broker (%s); reconnecting, the broker keeps the session", reason_code)
 
     def _other_protocol(self) -> None:
@@ -167,6 +168,9 @@ class Collector:
             if m.qos and m.generation == current:
                 self._client.ack(m.mid, m.qos)
 
+    def _purge_due(self, next_purge: float) -> bool:
+        return bool(self.config.retention.days) and time.monotonic() >= next_purge
+
     def run(self, stop: threading.Event) -> int:
         """Until `stop` is set: receive, store in batches, acknowledge what is stored."""
         c, db = self.config.mqtt, self.config.database
@@ -187,7 +191,8 @@ class Collector:
                     try:
                         batch.append(self._inbox.get(timeout=0.2))
                     except queue.Empty:
-                        continue
+                        if not self._purge_due(next_purge):
+                            continue  # otherwise on to the database with an empty batch: retention runs when idle too
                 deadline = time.monotonic() + db.batch_wait_ms / 1000
                 while len(batch) < db.batch_size:
                     left = deadline - time.monotonic()
@@ -202,12 +207,16 @@ class Collector:
                         written = store.write_batch(conn, batch)
                     except (psycopg.DataError, psycopg.IntegrityError):
                         written = store.write_each(conn, batch)
-                    if time.monotonic() >= next_purge and self.config.retention.days:
+                    # Committed: the broker may forget them. Never acknowledged twice (a mid is reused by the broker
+                    # once acknowledged), so the batch is emptied before anything else can fail.
+                    self._ack(batch)
+                    batch = []
+                    if self._purge_due(next_purge):
+                        next_purge = time.monotonic() + self.config.retention.interval_s
                         purged = store.purge(conn, self.config.retention.days)
                         if purged:
                             logger.info("retention: deleted %d event(s) older than %d days", purged,
                                         self.config.retention.days)  # fmt: skip
-                        next_purge = time.monotonic() + self.config.retention.interval_s
                 except psycopg.Error as exc:
                     # The batch stays unacknowledged and is written again once the database answers (or an
                     # administrator has fixed the grants: the error says which).
@@ -226,8 +235,6 @@ class Collector:
                 if written.rejected:
                     logger.warning("%d message(s) were not readable events; kept in the rejected table",
                                    written.rejected)  # fmt: skip
-                self._ack(batch)
-                batch = []
         finally:
             self._stopping = True
             self._client.disconnect()  # unacknowledged messages stay with the broker's session
