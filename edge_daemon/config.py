@@ -238,6 +238,14 @@ class MqttConfig:
         lo=1,
         hi=3600,
     )
+    # `5` unquoted is an integer in YAML: accepted as well as "5".
+    protocol: str | int = _f(
+        "auto",
+        "MQTT version: auto tries 5 and falls back to 3.1.1 when the broker refuses 5 (3.1.1 cannot report a "
+        "refused event)",
+        choices=("auto", "5", "3.1.1"),
+        check=lambda v: None if v in ("auto", "5", "3.1.1", 5) else f"must be one of auto, 5, 3.1.1, got {v!r}",
+    )
     tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig, metadata={"doc": "Home Assistant"})
     commands: bool = _f(
@@ -529,6 +537,12 @@ def load_config(path: Path | str | None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
+    config = load_yaml_as(Config, path)
+    return _finish(config, path)
+
+
+def load_yaml_as(cls: type, path: Path) -> Any:
+    """Any schema of frozen dataclasses (the daemon's, the collector's) read strictly from a YAML file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -539,7 +553,7 @@ def load_config(path: Path | str | None) -> Config:
         raise UserError(f"{path}: config file unreadable ({exc})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        config = _Reader(path).section(Config, node, "")
+        config = _Reader(path).section(cls, node, "")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -547,6 +561,10 @@ def load_config(path: Path | str | None) -> Config:
         raise UserError(f"{path}{line}: not valid YAML ({problem})") from None
     except RecursionError:
         raise UserError(f"{path}: nested too deeply to be a config file") from None
+    return config
+
+
+def _finish(config: Config, path: Path) -> Config:
     config = dataclasses.replace(config, base_dir=path.resolve().parent)
     tls = config.web.tls
     if (tls.cert_file is None) != (tls.key_file is None):
@@ -597,9 +615,9 @@ def _checked_password(value: str, source: str) -> str:
     return value
 
 
-def render_default_yaml() -> str:
-    """config.yaml as shipped: every field, its default and its description, generated from this schema."""
-    lines = [
+def render_default_yaml(cls: type = Config, header: list[str] | None = None) -> str:
+    """config.yaml as shipped (or another schema's file): every field, its default and its description."""
+    lines = header or [
         "# emotion-edge configuration. Every field is listed with its default; delete what you don't change.",
         "# Unknown keys, wrong types and out-of-range values are errors (file:line: key: what is allowed).",
         "# The MQTT password is never written here: set $EMOTION_EDGE_MQTT_PASSWORD (or mqtt.password_env),",
@@ -624,5 +642,5 @@ def render_default_yaml() -> str:
                 allowed = f" [{_num(m['lo'])}..{_num(m['hi'])}]"
             lines.append(f"{indent}{f.name}: {scalar(f.default)}  # {m['doc']}{allowed}")
 
-    walk(Config, "")
+    walk(cls, "")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ order; the outbox covers what paho's memory cannot: a restart.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -48,6 +49,8 @@ RETRY_REFUSED_S = 60.0  # an event the broker refused (PUBACK reason code) is of
 RETRY_DROPPED_S = 600.0  # one the broker closed the connection for (over its message size limit?), after this long
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: another connection with the same client id
 FOREIGN_ANSWER_S = 5.0  # another client's message on our availability or Home Assistant's status: answered this often
+# CONNACK "unacceptable protocol version": 0x01 from a 3.1.1 broker (paho maps it to 132 for MQTT 5 clients), 0x84.
+UNSUPPORTED_PROTOCOL = (0x01, 0x84)
 SHORT_LIVED_S = 5.0  # a connection the broker closes sooner than this, three times in a row, is a pattern
 
 
@@ -173,7 +176,10 @@ class MqttSession:
     def start(self) -> None:
         logger.info("connecting to MQTT broker %s:%d", self.host, self.port)
         # clean_start: the broker keeps no session for us; the outbox, not the broker, holds what is undelivered.
-        self._client.connect_async(self.host, self.port, keepalive=self.config.mqtt.keepalive_s, clean_start=True)
+        # (3.1.1 says the same with clean_session, set when the client is made; paho refuses clean_start there.)
+        v5 = self._client._protocol == mqtt.MQTTv5  # pinned paho<3
+        start = {"clean_start": True} if v5 else {}
+        self._client.connect_async(self.host, self.port, keepalive=self.config.mqtt.keepalive_s, **start)
         self._client.loop_start()
         self._drainer.start()
 
@@ -263,7 +269,11 @@ class MqttSession:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            if str(reason_code) != self._last_refusal:  # one line per new reason, not one per retry
+            fallback = not self._ever_connected and getattr(reason_code, "value", None) in UNSUPPORTED_PROTOCOL
+            if fallback and self.config.mqtt.protocol == "auto" and client._protocol == mqtt.MQTTv5:
+                logger.info("MQTT broker %s:%d refuses MQTT 5; trying 3.1.1", self.host, self.port)
+                self._last_refusal = str(reason_code)
+            elif str(reason_code) != self._last_refusal:  # one line per new reason, not one per retry
                 logger.error(
                     "MQTT broker %s:%d refused the connection: %s; retrying with back-off",
                     self.host,
@@ -273,6 +283,8 @@ class MqttSession:
                 self._last_refusal = str(reason_code)
             self.last_error = f"refused the connection: {reason_code}"
             self._refused_attempt = True  # paho reports the same attempt's end to on_disconnect too
+            if fallback:
+                _try_other_protocol(self.config, client)
             self._jittered_backoff()
             return
         self._last_refusal = ""
@@ -282,9 +294,9 @@ class MqttSession:
         self._connected_at = time.monotonic()
         if not self._ever_connected and client._protocol != mqtt.MQTTv5:
             logger.warning(
-                "MQTT broker %s:%d speaks only MQTT 3.1.1: it cannot say when it refuses an event (an ACL, a size "
-                "limit), so such an event would count as delivered; use a broker with MQTT 5 (Mosquitto 1.6 or later)",
-                self.host, self.port,
+                "MQTT broker %s:%d is used with MQTT 3.1.1 (mqtt.protocol %s): it cannot say when it refuses an event "
+                "(an ACL, a size limit), so such an event would count as delivered; use MQTT 5 where the broker has it",
+                self.host, self.port, self.config.mqtt.protocol,
             )  # fmt: skip
         self._ever_connected = True
         logger.info("MQTT connected to %s:%d", self.host, self.port)
@@ -398,8 +410,7 @@ class MqttSession:
             return
         if not self._ever_connected:
             # A broker that speaks only MQTT 3.1.1 may close or ignore an MQTT 5 CONNECT: alternate until one works.
-            client._protocol = mqtt.MQTTv311 if client._protocol == mqtt.MQTTv5 else mqtt.MQTTv5  # pinned paho<3
-            client._clean_session = True  # what paho reads for 3.1.1 (it was created for MQTT 5, where it is None)
+            _try_other_protocol(self.config, client)
         # Not in yet: the port took the TCP connection but the MQTT handshake ended (no CONNACK).
         if getattr(reason_code, "value", None) == 0x8D or "keep alive" in str(reason_code).lower():
             reason = (
@@ -709,7 +720,9 @@ def make_client(config: Config, client_id: str) -> mqtt.Client:
     """A paho client with the configured credentials and TLS (UserError if the certificate files are unusable)."""
     c = config.mqtt
     # MQTT 5: a broker says in the PUBACK when it did not take a message (an ACL, a quota); 3.1.1 acknowledges it.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    # `auto` starts with 5; MqttSession switches to 3.1.1 while a broker refuses it (see _try_other_protocol).
+    protocol = mqtt.MQTTv311 if str(c.protocol) == "3.1.1" else mqtt.MQTTv5
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
     if c.username:
         client.username_pw_set(c.username, mqtt_password(config))
     if c.tls.enabled:
@@ -728,6 +741,15 @@ def make_client(config: Config, client_id: str) -> mqtt.Client:
         except (ssl.SSLError, OSError, ValueError) as exc:
             raise UserError(f"mqtt.tls: cannot use the certificate files ({exc})") from None
     return client
+
+
+def _try_other_protocol(config: Config, client: mqtt.Client) -> None:
+    """mqtt.protocol auto, never connected yet: the next attempt uses the other MQTT version."""
+    if config.mqtt.protocol != "auto":
+        return
+    client._protocol = mqtt.MQTTv311 if client._protocol == mqtt.MQTTv5 else mqtt.MQTTv5  # pinned paho<3
+    client._clean_session = True  # what paho reads for 3.1.1 (it was created for MQTT 5, where it is None)
+    logger.info("MQTT: trying protocol %s next", "3.1.1" if client._protocol == mqtt.MQTTv311 else "5")
 
 
 def diagnose(config: Config, host: str, port: int) -> str:
@@ -773,6 +795,10 @@ def probe_broker(config: Config, host: str, port: int, timeout_s: float = 5.0) -
         client.loop_stop()
     if kind == "closed":
         return closed_without_answer(config)
+    if reason.is_failure and getattr(reason, "value", None) in UNSUPPORTED_PROTOCOL and config.mqtt.protocol == "auto":
+        # What the daemon does next: try MQTT 3.1.1 (NATS, RabbitMQ).
+        v311 = dataclasses.replace(config, mqtt=dataclasses.replace(config.mqtt, protocol="3.1.1"))
+        return probe_broker(v311, host, port, timeout_s)
     return f"refused the connection: {reason}" if reason.is_failure else None
 
 

@@ -1,0 +1,416 @@
+"""The fleet collector against a real Mosquitto and a real PostgreSQL: every event stored exactly once.
+
+PostgreSQL comes from Debian's `postgresql` package (scripts/fleet-setup.sh installs it and psycopg); each test
+module starts its own cluster on a free loopback port in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_daemon.devbroker import LocalBroker
+
+from .conftest import ROOT, assert_clean_error, run_cli
+
+psycopg = pytest.importorskip("psycopg", reason="the fleet extra is not installed: run scripts/fleet-setup.sh")
+
+from edge_daemon.fleet.collector import Collector  # noqa: E402
+from edge_daemon.fleet.localpg import LocalPostgres, pg_bindir  # noqa: E402
+from edge_daemon.fleet.settings import load_collector_config  # noqa: E402
+
+if pg_bindir() is None:
+    pytest.skip("PostgreSQL is not installed: run scripts/fleet-setup.sh (apt-get install postgresql)",
+                allow_module_level=True)  # fmt: skip
+
+ROLE, ROLE_PASSWORD = "emotion_edge_collector", "collector-test-pw"
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[LocalPostgres]:
+    with LocalPostgres() as server:
+        with psycopg.connect(server.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
+        yield server
+
+
+@pytest.fixture
+def db(pg: LocalPostgres) -> Iterator[Any]:
+    """A fresh database per test, set up by `collect --init-db` as an administrator would."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield name
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def collector_yaml(tmp_path: Path, pg: LocalPostgres, db: str, port: int, **mqtt_extra: Any) -> Path:
+    data = {
+        "mqtt": {"host": "127.0.0.1", "port": port, "client_id": f"collector-{db}", **mqtt_extra},
+        "database": {"dsn": pg.dsn(ROLE, db), "batch_wait_ms": 200},
+    }
+    path = tmp_path / "collector.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path: Path, pg: LocalPostgres, db: str, broker: LocalBroker) -> Path:
+    cfg = collector_yaml(tmp_path, pg, db, broker.port)
+    proc = run_cli(
+        "collect", "--config", str(cfg), "--init-db", pg.admin_dsn.replace("dbname=postgres", f"dbname={db}")
+    )
+    assert proc.returncode == 0, proc.stderr
+    os.environ["EMOTION_EDGE_COLLECTOR_DB_PASSWORD"] = ROLE_PASSWORD
+    return cfg
+
+
+def admin(pg: LocalPostgres, db: str) -> Any:
+    return psycopg.connect(pg.admin_dsn.replace("dbname=postgres", f"dbname={db}"), autocommit=True)
+
+
+def count(pg: LocalPostgres, db: str, sql: str = "SELECT count(*) FROM events") -> Any:
+    with admin(pg, db) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def wait_until(predicate: Any, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+class Device:
+    """A publisher that numbers its events as the daemon's outbox does (seq, event_id)."""
+
+    def __init__(self, port: int, device_id: str, v5: bool = True, password: str | None = None) -> None:
+        self.device_id = device_id
+        self.seq = 0
+        protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=protocol)
+        if password is not None:
+            self.client.username_pw_set(device_id, password)
+        self.client.max_inflight_messages_set(100)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def event(self, seq: int | None = None) -> dict[str, Any]:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        return {"schema": 2, "event_id": str(uuid.uuid4()), "device_id": self.device_id, "seq": seq,
+                "window_start": "2026-12-06T10:00:00.000Z", "window_end": "2026-12-06T10:00:02.000Z",
+                "emotion": "happy", "confidence": 0.8, "face_count": 1}  # fmt: skip
+
+    def publish(self, event: dict[str, Any], kind: str = "events", retain: bool = False) -> Any:
+        payload = json.dumps(event) if isinstance(event, dict) else event
+        return self.client.publish(f"emotion-edge/{self.device_id}/{kind}", payload, qos=1, retain=retain)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_collector(cfg: Path) -> tuple[Collector, threading.Event, threading.Thread]:
+    collector = Collector(load_collector_config(cfg))
+    stop = threading.Event()
+    thread = threading.Thread(target=collector.run, args=(stop,), daemon=True)
+    thread.start()
+    assert collector.connected.wait(10), "the collector did not connect"
+    time.sleep(0.3)  # its SUBACKs
+    return collector, stop, thread
+
+
+def test_an_event_delivered_again_is_stored_once(setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker) -> None:
+    collector, stop, thread = run_collector(setup)
+    dev = Device(broker.port, "kitchen")
+    try:
+        first = dev.event()
+        for _ in range(3):  # the outbox re-sends after a lost PUBACK: same event_id
+            dev.publish(first).wait_for_publish(5)
+        dev.publish(dev.event()).wait_for_publish(5)
+        assert wait_until(lambda: count(pg, db) == 2)
+        time.sleep(0.5)
+        assert count(pg, db) == 2
+        assert count(pg, db, "SELECT count(DISTINCT event_id) FROM events WHERE device_id = 'kitchen'") == 2
+        assert count(pg, db, "SELECT last_seq FROM devices WHERE device_id = 'kitchen'") == 2
+    finally:
+        stop.set()
+        thread.join(10)
+        dev.close()
+
+
+def test_device_status_is_kept_current(setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker) -> None:
+    dev = Device(broker.port, "hall")
+    dev.publish("online", "availability", retain=True).wait_for_publish(5)  # retained before the collector starts
+    collector, stop, thread = run_collector(setup)
+    try:
+        dev.publish({"emotion": "sad"}, "state", retain=True).wait_for_publish(5)
+        dev.publish({"emotion": "happy"}, "state", retain=True).wait_for_publish(5)
+        dev.publish({"uptime_s": 5}, "stats").wait_for_publish(5)
+        row = "SELECT availability, state->>'emotion', stats->>'uptime_s' FROM devices WHERE device_id = 'hall'"
+
+        def current() -> Any:
+            with admin(pg, db) as conn:
+                return conn.execute(row).fetchone()
+
+        assert wait_until(lambda: current() == ("online", "happy", "5")), current()
+        with admin(pg, db) as conn:
+            assert conn.execute(row).fetchone() == ("online", "happy", "5")
+    finally:
+        stop.set()
+        thread.join(10)
+        dev.close()
+
+
+def kill_mid_stream_and_restart(cfg: Path, port: int, pg: LocalPostgres, db: str, total: int, v5: bool) -> str:
+    """Publish `total` events from 4 devices; SIGKILL the collector a third of the way, start it again at two thirds.
+    Returns the collector's log."""
+    log = cfg.parent / "collector.log"
+
+    def start() -> subprocess.Popen[str]:
+        with open(log, "a") as err:
+            return subprocess.Popen([sys.executable, "-m", "edge_daemon", "collect", "--config", str(cfg)],
+                                    cwd=ROOT, stderr=err, text=True)  # fmt: skip
+
+    proc = start()
+    devices = [Device(port, f"room{i}", v5) for i in range(4)]
+    try:
+        assert wait_until(lambda: "collector connected" in log.read_text(), 30), log.read_text()
+        time.sleep(0.5)  # its subscriptions
+        infos = []
+        for n in range(total):
+            infos.append(devices[n % 4].publish(devices[n % 4].event()))
+            if n == total // 3:
+                # Mid-stream: events are in flight to it and in its batch, some stored and not yet acknowledged.
+                assert wait_until(lambda: count(pg, db) > 0, 20)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            if n == 2 * total // 3:
+                proc = start()
+            time.sleep(0.002)
+        for info in infos:
+            info.wait_for_publish(10)
+        assert wait_until(lambda: count(pg, db) == total, 60), count(pg, db)
+        time.sleep(1.0)  # anything that would be stored twice has had time to arrive
+        assert count(pg, db) == total
+        assert count(pg, db, "SELECT count(DISTINCT (device_id, seq)) FROM events") == total
+        assert count(pg, db, "SELECT sum(last_seq) FROM devices") == total
+        assert "session resumed" in log.read_text()  # the restart picked up what the killed one left
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        for d in devices:
+            d.close()
+    return log.read_text()
+
+
+def test_a_collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
+    setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    log = kill_mid_stream_and_restart(setup, broker.port, pg, db, 1200, v5=True)
+    assert "MQTT 5," in log
+
+
+def test_through_nats_a_killed_collector_falls_back_to_3_1_1_and_resumes_its_session(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster, nats_server
+
+    try:
+        nats_server()
+    except Exception as exc:
+        pytest.skip(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+    with NatsCluster(1) as nats:
+        folder = tmp_path / "nats-collector"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, nats.mqtt_ports[0])  # protocol auto: NATS refuses 5
+        log = kill_mid_stream_and_restart(cfg, nats.mqtt_ports[0], pg, db, 400, v5=False)
+    assert "MQTT 3.1.1, session resumed" in log
+
+
+def test_events_wait_with_the_broker_while_the_database_is_down(
+    setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    collector, stop, thread = run_collector(setup)
+    dev = Device(broker.port, "lab")
+    try:
+        dev.publish(dev.event()).wait_for_publish(5)
+        assert wait_until(lambda: count(pg, db) == 1)
+        pg.stop("immediate")  # a crash, not a clean shutdown
+        for _ in range(50):
+            dev.publish(dev.event()).wait_for_publish(5)
+        time.sleep(1.0)
+        pg.start()
+        assert wait_until(lambda: count(pg, db) == 51, 30)
+    finally:
+        stop.set()
+        thread.join(10)
+        dev.close()
+
+
+def test_the_collectors_role_may_only_insert_and_update(setup: Path, pg: LocalPostgres, db: str) -> None:
+    dsn = pg.dsn(ROLE, db) + f" password={ROLE_PASSWORD}"
+    with admin(pg, db) as conn:
+        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES "
+                     "('a', 'old', now() - interval '40 days', '{}'), ('a', 'new', now(), '{}')")  # fmt: skip
+    denied = [
+        "DELETE FROM events",
+        "TRUNCATE events",
+        "DROP TABLE events",
+        "UPDATE events SET emotion = 'sad'",
+        "SELECT payload FROM events",
+        "CREATE TABLE mine (x int)",
+        "DELETE FROM devices",
+    ]
+    for sql in denied:
+        with psycopg.connect(dsn, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # What it may do: insert, skip what exists, keep devices current, and purge through the owner's function.
+        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES ('a', 'new', now(), "
+                     "'{}') ON CONFLICT (device_id, event_id) DO NOTHING")  # fmt: skip
+        assert conn.execute("SELECT emotion_edge_purge(30)").fetchone()[0] == 1
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute("SELECT emotion_edge_purge(0)")  # never everything at once
+    assert count(pg, db) == 1
+
+
+def test_a_shared_group_splits_events_between_collectors_and_stores_each_once(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    runs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, broker.port, shared_group="collectors", client_id=f"{db}-{name}")
+        runs.append(run_collector(cfg))
+    dev = Device(broker.port, "shop")
+    try:
+        for _ in range(200):
+            dev.publish(dev.event())
+        assert wait_until(lambda: count(pg, db) == 200)
+        assert all(c.stored > 0 for c, _, _ in runs), [c.stored for c, _, _ in runs]
+        assert sum(c.stored for c, _, _ in runs) == 200
+    finally:
+        for _, stop, thread in runs:
+            stop.set()
+            thread.join(10)
+        dev.close()
+
+
+def test_with_per_device_credentials_a_device_cannot_write_another_devices_rows(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster, authorization, nats_server
+
+    try:
+        nats_server()
+    except Exception as exc:
+        pytest.skip(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+    auth = authorization({"kitchen": "pw-kitchen", "hall": "pw-hall"}, ("collector", "pw-collector"))
+    with NatsCluster(1, authorization=auth) as nats:
+        port = nats.mqtt_ports[0]
+        folder = tmp_path / "acl"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, port, username="collector")
+        os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"] = "pw-collector"
+        try:
+            collector, stop, thread = run_collector(cfg)
+        finally:
+            del os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"]
+        kitchen = Device(port, "kitchen", v5=False, password="pw-kitchen")
+        try:
+            kitchen.publish(kitchen.event()).wait_for_publish(5)
+            forged = kitchen.event() | {"device_id": "hall"}
+            # NATS drops it (and, MQTT 3.1.1, still acknowledges it: the refusal is invisible to the sender).
+            kitchen.client.publish("emotion-edge/hall/events", json.dumps(forged), qos=1).wait_for_publish(5)
+            assert wait_until(lambda: count(pg, db) >= 1)
+            time.sleep(1.0)
+            with admin(pg, db) as conn:
+                assert conn.execute("SELECT device_id, count(*) FROM events GROUP BY 1").fetchall() == [("kitchen", 1)]
+            answers: list[Any] = []
+            intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="intruder", protocol=mqtt.MQTTv311)
+            intruder.username_pw_set("hall", "guessed")
+            intruder.on_connect = lambda c, u, f, rc, p: answers.append(rc)
+            intruder.connect("127.0.0.1", port)
+            intruder.loop_start()
+            assert wait_until(lambda: bool(answers), 5)
+            intruder.loop_stop()
+            assert answers[0].is_failure, answers
+        finally:
+            stop.set()
+            thread.join(10)
+            kitchen.close()
+
+
+def test_retention_deletes_old_events_while_no_events_arrive(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    with admin(pg, db) as conn:
+        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES "
+                     "('a', 'old', now() - interval '40 days', '{}'), ('a', 'recent', now() - interval '2 days', '{}')")  # fmt: skip
+    folder = tmp_path / "retention"
+    folder.mkdir()
+    cfg = collector_yaml(folder, pg, db, broker.port)
+    data = yaml.safe_load(cfg.read_text()) | {"retention": {"days": 30, "interval_s": 10}}
+    cfg.write_text(yaml.safe_dump(data))
+    collector, stop, thread = run_collector(cfg)
+    try:
+        assert wait_until(lambda: count(pg, db) == 1, 20)
+        assert count(pg, db, "SELECT event_id FROM events") == "recent"
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_a_bad_collector_config_is_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text("database:\n  batch_size: 0\n")
+    assert_clean_error(run_cli("collect", "--config", str(cfg)), "database.batch_size", "collector.yaml:2")
+
+
+def test_collector_example_yaml_lists_every_field_with_its_default() -> None:
+    from edge_daemon.fleet.settings import render_collector_yaml
+
+    assert (ROOT / "collector.example.yaml").read_text() == render_collector_yaml(), (
+        "regenerate: python -c 'from edge_daemon.fleet.settings import render_collector_yaml as r; "
+        'print(r(), end="")\' > collector.example.yaml'
+    )
+    assert load_collector_config(ROOT / "collector.example.yaml").database.batch_size == 500
+
+
+def test_the_collector_unit_verifies_and_is_confined(tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (part of systemd)")
+    text = (ROOT / "systemd" / "emotion-edge-collector.service").read_text()
+    unit = tmp_path / "emotion-edge-collector.service"
+    unit.write_text(text.replace("/opt/emotion-edge/.venv/bin/emotion-edge", str(Path(sys.executable).resolve())))
+    proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    proc = subprocess.run([tool, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60)
+    score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout).group(1))
+    assert score <= 2.5, proc.stdout[-3000:]
+    assert "LoadCredential=collector_db_password:" in text and "Restart=always" in text
