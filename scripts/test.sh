@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh dev,train
+# The fleet collector's tests need a PostgreSQL server and the `fleet` extra (psycopg, the NATS server binary).
+scripts/fleet-setup.sh
 
 # A real browser for the device page tests (tests/test_web_browser.py), and an emoji font for its screenshot.
 need=()
