@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .audio.features import SAMPLE_RATE, pcm16_to_float
+from .audio.vad import Gate
 from .capture.files import probe_video, read_wav
 from .capture.sampling import sampled_frames
 from .config import Config
@@ -83,7 +84,7 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
     if len(x) < n:
         x = np.pad(x, (0, n - len(x)))
     feats, infer, gated = [], [], []
-    gate = config.speech.gate()
+    gate = Gate.from_config(config.speech)
     stream = speech.new_stream()
     for start in range(0, len(x) - n + 1, SAMPLE_RATE):  # one window per second of audio, as the daemon's default hop
         w = x[start : start + n]
