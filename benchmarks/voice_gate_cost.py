@@ -100,8 +100,9 @@ def room(clips: list[np.ndarray], tmp: Path, seed: int) -> np.ndarray:
     hum = sox_sound(f"synth {ROOM_S} sine 50 sine 150 vol 0.003", tmp)
     x = fan[: ROOM_S * SAMPLE_RATE] + hum[: ROOM_S * SAMPLE_RATE]
     want, placed, at = ROOM_SPEECH_SHARE * len(x), 0, 5 * SAMPLE_RATE
-    for c in rng.permutation(len(clips)):
-        clip = clips[c]
+    order = rng.permutation(len(clips))
+    for i in range(10_000):  # the sample's clips in a random order, again if need be, until the share is placed
+        clip = clips[order[i % len(order)]]
         if placed >= want or at + len(clip) >= len(x):
             break
         x[at : at + len(clip)] += clip
