@@ -49,6 +49,12 @@ def test_history_export_loads_no_numpy_opencv_or_model(tmp_path: Path) -> None:
     assert loaded == []
 
 
+def test_the_daemon_imports_no_scipy() -> None:
+    """scipy (25 MB of RSS, 0.3 s) is only for resampling a wav that is not 16 kHz; the MFCCs need none of it."""
+    loaded, _ = loaded_after("import edge_daemon.daemon, edge_daemon.classify, edge_daemon.bench")
+    assert "scipy" not in loaded and "python_speech_features" not in loaded, loaded
+
+
 @pytest.mark.parametrize("argv", [["forget", "--help"], ["history", "purge", "--help"], ["--version"]])
 def test_help_and_version_load_no_numpy_opencv_or_model(argv: list[str]) -> None:
     loaded, _ = loaded_after(
