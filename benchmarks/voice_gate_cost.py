@@ -47,12 +47,14 @@ MODEL = Path(__file__).resolve().parent.parent / "models_tflite" / "speech_emoti
 # name -> Gate keyword arguments (the config's vad_* settings at their defaults throughout)
 VARIANTS: dict[str, dict] = {
     "Silero on every chunk (before)": dict(pregate=False),
-    "pre-gate, preroll 6": dict(preroll=6),
-    "pre-gate, preroll 16": dict(preroll=16),
-    "pre-gate, preroll 31": dict(preroll=31),
-    "pre-gate, preroll 16, onset 6 dB": dict(preroll=16, onset_db=6.0),
-    "pre-gate, preroll 16, stride 2": dict(preroll=16, stride=2),
-    "pre-gate, preroll 16, stride 3": dict(preroll=16, stride=3),
+    "pre-gate, preroll 6": dict(preroll=6, rest=False),
+    "pre-gate, preroll 16": dict(preroll=16, rest=False),
+    "pre-gate, preroll 31": dict(preroll=31, rest=False),
+    "pre-gate, preroll 16, onset 6 dB": dict(preroll=16, onset_db=6.0, rest=False),
+    "pre-gate, preroll 16, stride 2": dict(preroll=16, stride=2, rest=False),
+    "pre-gate, preroll 16, stride 3": dict(preroll=16, stride=3, rest=False),
+    "pre-gate, preroll 16, rest": dict(preroll=16, rest=True),
+    "pre-gate, preroll 8, hangover 8, rest": dict(preroll=8, hangover=8, rest=True),
 }
 
 # The sounds of tests/test_vad.py, 60 s each.

@@ -8,9 +8,12 @@ of the last `floor_s` seconds. A fan, traffic rumble, hiss or mains hum is stead
 floor has caught up with it; a voice is not (syllables come and go), so its first syllable does. Once woken, Silero
 is reset, hears the `preroll` chunks before the onset (its recurrent state needs context: a stream with its silences
 cut out scored half as much of a shouted RAVDESS sentence as speech), and then scores every chunk until it has heard
-no speech and no new onset for `hangover` chunks. Chunks it did not score count as silence. With `stride` above 1,
-chunks inside speech that Silero has already confirmed are scored only every `stride`-th chunk, the others keeping
-the last score (benchmarks/voice_gate_cost.py measures what each setting costs and hears).
+no speech and no new onset for `hangover` chunks. Chunks it did not score count as silence. With `rest`, once Silero
+has heard enough speech chunks in one second of the stream to voice every window that holds that second
+(`min_speech_fraction` of a 2 s window: 5 chunks), it rests for the rest of that second: what it would say there could
+change no decision. (`stride` above 1 scores only every `stride`-th chunk inside confirmed speech instead; measured,
+not used.) benchmarks/voice_gate_cost.py measures what each setting costs and hears; docs/performance.md has the
+table the defaults were chosen from.
 
 Before Silero, a gain control lifts quiet audio (never attenuates), so a quiet speaker or a far microphone is heard as
 well as a near one; a fixed level threshold, as before, called 19 % of the RAVDESS clips silence. Chunks whose peak is
@@ -23,6 +26,7 @@ chunk by chunk in stream order, whatever block of chunks it arrives in.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,9 +73,10 @@ class Gate:
     pregate: bool = True
     onset_db: float = 9.0
     floor_s: float = 1.0
-    preroll: int = 6
+    preroll: int = 16
     hangover: int = 16
     stride: int = 1
+    rest: bool = True
     _vad: Any = field(default=None, init=False, repr=False)
     _scored: int = field(default=0, init=False, repr=False)  # chunks of the stream scored so far
     _scores: list[float] = field(default_factory=list, init=False, repr=False)
@@ -92,6 +97,9 @@ class Gate:
         self._floor = 10.0 ** (self.floor_db / 20.0)
         self._decay = 10.0 ** (-20.0 / 20.0 / (RELEASE_S * RATE / CHUNK))
         self._floor_n = max(1, round(self.floor_s * RATE / CHUNK))
+        # With `rest`: this many speech chunks in one second of the stream voice every window of 2 s or more that
+        # holds that second, so Silero's verdict on the rest of the second could change no decision.
+        self._enough_per_s = max(1, math.ceil(self.min_speech_fraction * 2 * RATE / CHUNK))
         self.reset()
 
     def reset(self) -> None:
@@ -104,6 +112,8 @@ class Gate:
         self._awake = 0  # chunks Silero keeps scoring before it sleeps again; 0 = asleep
         self._confirmed = 0  # consecutive chunks Silero has called speech (the stride starts after `preroll` of them)
         self._held, self._since = 0.0, 0  # the last Silero score and chunks since it, while striding
+        self._n = 0  # chunks of the stream seen (which second of the stream a chunk is in)
+        self._second, self._heard = -1, 0  # with `rest`: the current second, and its chunks Silero called speech
 
     def _model(self) -> Any:
         if self._vad is None:
@@ -136,6 +146,10 @@ class Gate:
 
     def _score_gated(self, chunk: np.ndarray, peak: float, band_db: float) -> float:
         gained = self._gained(chunk, peak)
+        second = self._n * CHUNK // RATE
+        self._n += 1
+        if second != self._second:
+            self._second, self._heard = second, 0
         audible = peak >= self._floor
         onset = audible and len(self._band) > 0 and band_db - min(self._band) >= self.onset_db
         self._band.append(band_db)
@@ -151,6 +165,10 @@ class Gate:
                 self._silero_score(past)
             self._recent.clear()
             self._confirmed = self._since = 0
+        if self.rest and self._heard >= self._enough_per_s:
+            # This second is speech already: Silero rests until the next one. The chunk counts as silence (so no
+            # window is voiced that scoring every chunk would not voice), and Silero stays awake for the next second.
+            return 0.0
         if self.stride > 1 and self._confirmed >= self.preroll and self._since + 1 < self.stride and not onset:
             self._since += 1  # inside confirmed speech: keep the last score for this chunk
             p = self._held
@@ -158,6 +176,7 @@ class Gate:
             p = self._held = self._silero_score(gained)
             self._since = 0
         speech = p > self.threshold
+        self._heard += speech
         self._confirmed = self._confirmed + 1 if speech else 0
         self._awake = self.hangover if (speech or onset) else self._awake - 1
         if not self._awake:
@@ -184,7 +203,7 @@ class Gate:
         first, end = _chunks_inside(start, len(audio))
         if first > self._scored:  # a gap: the chunks in between were never seen; go on as a fresh stream would
             self.reset()
-            self._scored = first
+            self._scored = self._n = first
         keep = self._scored - first  # scores of this window's chunks that an earlier window already made
         self._scores = self._scores[-keep:] if keep > 0 else []
         if self._scored < end:
