@@ -343,6 +343,7 @@ class Daemon:
         """Delete every event of the local history, as `emotion-edge history purge` does; returns how many."""
         if self.history is None:
             return 0
+        self.history.flush()  # what waits for the next commit goes too (it would be written after the purge)
         try:
             n = HistoryReader(self.history.path.parent).purge(None)
         except sqlite3.Error as exc:
