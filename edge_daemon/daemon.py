@@ -6,6 +6,7 @@ runs the identical pipeline over files instead of devices.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 from .supervisor import Supervisor, workers_alive
 from .systemd import notify, watchdog_interval_s
 from .throttle import Throttle
+from .tuning import Tuning
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,11 @@ class Daemon:
         self.controls = Controls(self.outbox.path.parent if replay is None else None)
         self._controls_changed = threading.Event()
         self.controls.subscribe(lambda switches: self._controls_changed.set())
+        # The fusion settings Home Assistant and the page may change (tuning.py), saved beside the switches; a replay
+        # keeps to its config file.
+        self.tuning = Tuning(config.fusion, self.outbox.path.parent if replay is None else None)
+        self._tuning_changed = threading.Event()
+        self.tuning.subscribe(lambda settings: self._tuning_changed.set())
         self.last_event_at: float | None = None  # monotonic time of the last event, for stats
         state = state_dir or config.path(config.state_dir)
         h = config.history
@@ -143,7 +150,7 @@ class Daemon:
             absent_after_s=config.fusion.absent_after_s,
         )
         if self.session is not None and replay is None:
-            self.session.attach_commands(self.controls)
+            self.session.attach_commands(self.controls, self.tuning)
         self.errors = LastError()  # the last error logged, in stats
         self._fps_mark = (self.started, 0)  # (monotonic time, frames analysed) at the last stats message
         self.sources: list[Any] = []
@@ -218,7 +225,7 @@ class Daemon:
         history = HistoryReader(state_dir, self.history) if self.history else None  # its reads commit what waits
         # A replay obeys no switches (its file sources run to the end): its page offers none rather than one that lies.
         controls = self.controls if self.replay is None else None
-        return WebServer(self.config, state_dir, self.snapshot, controls, history, cards)
+        return WebServer(self.config, state_dir, self.snapshot, controls, history, cards, tuning=self.tuning)
 
     def _face_worker(self, models: Models) -> FaceWorker:
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
@@ -252,6 +259,7 @@ class Daemon:
         notify("READY=1")
         exit_code = 0
         self._controls_changed.set()  # a state saved as paused is published as such
+        self._apply_tuning()  # the saved settings, before the first window
         try:
             while not self.stop_event.is_set():
                 self.take_signals()
@@ -260,6 +268,9 @@ class Daemon:
                 if self._controls_changed.is_set():  # set from the MQTT thread; fusion belongs to this one
                     self._controls_changed.clear()
                     self._apply_controls()
+                if self._tuning_changed.is_set():  # likewise: the MQTT or web thread set it
+                    self._tuning_changed.clear()
+                    self._apply_tuning()
                 if self.replay is not None:
                     self.fusion.pump(min((w.progress for w in self.workers), default=float("inf")))
                     if all(w.finished.is_set() for w in self.workers):
@@ -360,6 +371,14 @@ class Daemon:
         paused = not any(self.controls.active(n) for n, on in enabled.items() if on)
         self.fusion.set_paused(paused, time.monotonic() - self.started)
 
+    def _apply_tuning(self) -> None:
+        """The settings in force, into the rule, the state's window count and the absence timer (main thread)."""
+        s = self.tuning.get()
+        w = self.fusion.windower
+        w.rule = dataclasses.replace(w.rule, method=s["method"], min_confidence=s["min_confidence"])
+        self.state.after = s["state_after_windows"]
+        self.fusion.absent_after_s = s["absent_after_s"]
+
     def publish_status(self) -> None:
         """Each source's online/offline state, retained, whenever it changes."""
         status = {s.name: s.status.snapshot()["state"] for s in self.sources}
@@ -441,7 +460,7 @@ class Daemon:
             result,
             device_id=self.config.device_id,
             clock=self.clock,
-            method=self.config.fusion.method,
+            method=self.fusion.windower.rule.method,  # the method in force (tuning.py)
             models=self.models.versions(),
         )
         try:

@@ -61,6 +61,15 @@ class DeviceState:
             return self._current
 
     @property
+    def after(self) -> int:
+        return self._tracker.after
+
+    @after.setter
+    def after(self, windows: int) -> None:
+        """fusion.state_after_windows changed while running (tuning.py): the windows already agreeing count."""
+        self._tracker.after = windows
+
+    @property
     def emotion(self) -> str | None:
         return self._tracker.current
 

@@ -18,6 +18,8 @@ What Home Assistant sees (docs/homeassistant.md has the entity ids):
 * `switch` Analysis, Camera, Microphone (`…/<name>/set` ON/OFF, retained `…/<name>/state`) and `button` Reload
   models, Purge history (`…/<name>/set` PRESS); with `mqtt.commands: false` each is sent with only its platform
   key, which is how device-based discovery removes a component
+* `number` Minimum confidence, State after windows, Absent after and `select` Fusion method: the fusion settings
+  of tuning.py (`…/<name>/set`, retained `…/<name>/state`), removed like the switches
 * diagnostics (`entity_category: diagnostic`): camera and microphone connectivity (from `status`), drops, uptime,
   analysed frames per second, the last error, last event age and inference ms per model (from `stats`)
 
@@ -38,6 +40,7 @@ from . import __version__
 from .config import Config
 from .control import NAMES as SWITCHES
 from .labels import CANONICAL, NO_ONE, PAUSED, STARTING, STOPPED, UNCERTAIN
+from .tuning import SETTINGS
 
 ONLINE, OFFLINE = "online", "offline"
 ORIGIN = {"name": "emotion-edge", "sw": __version__}
@@ -309,10 +312,45 @@ def _control_components(config: Config, base: str) -> dict[str, dict[str, Any]]:
             "entity_category": "config",
             "icon": icon,
         }
+    cmps.update(_setting_components(base))
     if not config.history.enabled:
         cmps["purge_history"] = {"p": "button"}  # no history to purge
     if not config.mqtt.commands:
         # Remote control off: every component that takes commands goes, switches and buttons alike (and whatever
         # takes commands later), rather than staying in Home Assistant live and ignored.
         cmps = {key: {"p": cmp["p"]} if "command_topic" in cmp else cmp for key, cmp in cmps.items()}
+    return cmps
+
+
+# name, icon, unit (and device class) of each fusion setting's entity; bounds and options come from tuning.SETTINGS
+SETTING_ENTITIES = {
+    "min_confidence": ("Minimum confidence", "mdi:gauge-low", {"step": 0.01}),
+    "state_after_windows": ("State after windows", "mdi:timer-sand", {"unit_of_measurement": "windows"}),
+    "absent_after_s": ("Absent after", "mdi:account-off-outline", {"device_class": "duration",
+                                                                   "unit_of_measurement": "s"}),
+    "method": ("Fusion method", "mdi:call-merge", {}),
+}  # fmt: skip
+
+
+def _setting_components(base: str) -> dict[str, dict[str, Any]]:
+    """Home Assistant's number and select entities for the fusion settings (`…/<name>/set`, `…/<name>/state`)."""
+    cmps: dict[str, dict[str, Any]] = {}
+    for name, (label, icon, extra) in SETTING_ENTITIES.items():
+        setting = SETTINGS[name]
+        cmp: dict[str, Any] = {
+            "p": "select" if setting.choices else "number",
+            "name": label,
+            "command_topic": f"{base}/{name}/set",
+            "state_topic": f"{base}/{name}/state",
+            "entity_category": "config",
+            "icon": icon,
+            **extra,
+        }
+        if setting.choices:
+            cmp["options"] = list(setting.choices)
+        else:
+            # a box, not a slider: 1 to 86,400 s cannot be dragged to the value one wants
+            cmp.update(min=setting.lo, max=setting.hi, mode="box")
+            cmp.setdefault("step", 1)
+        cmps[name] = cmp
     return cmps

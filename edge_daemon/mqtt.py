@@ -238,10 +238,15 @@ class MqttSession:
             payload = json.dumps({**value, "previous": previous}, separators=(",", ":"))
             self._client.publish(self.topics.state_changed, payload, qos=1, retain=False)
 
-    def attach_commands(self, controls: Any) -> CommandDispatcher:
-        """Obey `…/<name>/set` (unless mqtt.commands is false) and keep `…/<name>/state` retained; before start()."""
+    def attach_commands(self, controls: Any, tuning: Any = None) -> CommandDispatcher:
+        """Obey `…/<name>/set` (unless mqtt.commands is false) and keep `…/<name>/state` retained; before start().
+        `tuning`: the fusion settings (tuning.py), which take their `…/<setting>/set` through the same dispatcher."""
         self.commands = CommandDispatcher(
-            controls, self.topics.base, self.publish_retained_topic, accept_commands=self.config.mqtt.commands
+            controls,
+            self.topics.base,
+            self.publish_retained_topic,
+            accept_commands=self.config.mqtt.commands,
+            tuning=tuning,
         )
         self.commands.publish_states()
         return self.commands

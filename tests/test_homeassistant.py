@@ -110,6 +110,7 @@ def test_discovery_is_one_retained_device_message_with_origin_diagnostics_event_
             "last_event_age": "sensor", "face_detect_ms": "sensor", "face_track_ms": "sensor",
             "face_emotion_ms": "sensor", "speech_emotion_ms": "sensor", "analysis": "switch", "camera": "switch",
             "microphone": "switch", "reload_models": "button", "purge_history": "button",
+            "min_confidence": "number", "state_after_windows": "number", "absent_after_s": "number", "method": "select",
             **{f"became_{s}": "device_automation" for s in STATES},
         }  # fmt: skip
         entities = {k: v for k, v in cmps.items() if v["p"] != "device_automation"}
@@ -186,7 +187,8 @@ def test_commands_false_removes_switches_and_buttons_and_discovery_false_clears_
     assert "analysis switched off" not in stderr and "reload models pressed" not in stderr
     cmps = json.loads(sub.payloads(DEVICE_TOPIC)[-1])["components"]
     for name, platform in [("analysis", "switch"), ("camera", "switch"), ("microphone", "switch"),
-                           ("reload_models", "button"), ("purge_history", "button")]:  # fmt: skip
+                           ("reload_models", "button"), ("purge_history", "button"), ("min_confidence", "number"),
+                           ("state_after_windows", "number"), ("absent_after_s", "number"), ("method", "select")]:  # fmt: skip
         assert cmps[name] == {"p": platform}, cmps[name]
     assert not [k for k, v in cmps.items() if "command_topic" in v], "nothing that takes commands may stay"
     assert cmps["emotion"]["default_entity_id"] == "sensor.emotion_edge_ha_emotion"  # the rest stays as it was

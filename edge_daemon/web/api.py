@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..control import NAMES as CONTROL_NAMES
 from ..history import HistoryUnavailable, csv_lines, parse_time
+from ..tuning import SETTINGS
 
 if TYPE_CHECKING:
     from .server import WebServer
@@ -119,16 +120,29 @@ class ApiRoutes:
             wanted = json.loads(body or b"null")
             if not isinstance(wanted, dict) or not wanted:
                 raise ValueError('expected a JSON object such as {"analysis": false}')
+            switches: dict[str, bool] = {}
+            settings: dict[str, Any] = {}
             for k, v in wanted.items():
-                if k not in CONTROL_NAMES or not isinstance(v, bool):
-                    raise ValueError(f"{k!r}: one of {', '.join(CONTROL_NAMES)}, with true or false")
-        except ValueError as exc:  # JSONDecodeError is one
+                if k in SETTINGS and self.web.tuning is not None:
+                    settings[k] = self.web.tuning.check(k, v, source="web")  # all checked before any is applied
+                elif k not in CONTROL_NAMES or not isinstance(v, bool):
+                    raise ValueError(
+                        f"{k!r}: one of {', '.join(CONTROL_NAMES)}, with true or false, or a setting "
+                        f"({', '.join(SETTINGS)})"
+                    )
+                else:
+                    switches[k] = v
+        except ValueError as exc:  # JSONDecodeError and SettingError are ones
             return self._send(400, {"error": str(exc)})
         if self.web.controls is None:
             return self._send(409, {"error": "this run has no switches"})
-        for k, v in wanted.items():
+        for k, v in switches.items():
             self.web.controls.set(k, v, source="web")
-        return self._send(200, {"controls": self.web.controls.get()})
+        if self.web.tuning is not None:
+            for k, v in settings.items():
+                self.web.tuning.set(k, v, source="web")
+        return self._send(200, {"controls": self.web.controls.get(),
+                                "settings": self.web.tuning.get() if self.web.tuning else None})  # fmt: skip
 
     def _stream(self) -> None:
         feed = self.web.feed

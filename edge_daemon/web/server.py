@@ -41,6 +41,7 @@ from ..errors import UserError
 from ..history import HistoryReader
 from ..labels import emoji_of
 from ..throttle import Throttle
+from ..tuning import Tuning
 from .api import ApiRoutes, BadRequest
 from .auth import USER, Auth, Session, client_of
 from .feed import Feed
@@ -140,6 +141,7 @@ class WebServer:
         model_cards: dict[str, Path],
         host: str | None = None,
         port: int | None = None,
+        tuning: Tuning | None = None,
     ) -> None:
         self.config = config
         web = config.web
@@ -148,6 +150,7 @@ class WebServer:
         self.feed = Feed()
         self.health = Health(snapshot)
         self.controls = controls
+        self.tuning = tuning  # the fusion settings: shown always, set only where `controls` are (not in a replay)
         self.history = history
         self.model_cards = model_cards
         self.device_id = config.device_id
@@ -281,6 +284,7 @@ class WebServer:
             "state": self.state or empty,
             "last_event": last,
             "controls": self.controls.get() if self.controls else dict.fromkeys(CONTROL_NAMES, True),
+            "settings": self.tuning.get() if self.tuning else None,
         }
 
 
