@@ -70,15 +70,8 @@ STARTS_SOMETHING = re.compile(
 
 # Tests without any of the above that still take more than about 4 s on a 2-core machine (measured with
 # `--durations=15`): training runs, real-time audio, network time-outs waited out. Marked slow, so integration too.
+SLOW_MODULES = {"test_training_pipeline"}  # trains models; TensorFlow alone takes about 10 s to import
 SLOW_TESTS = {
-    "test_training_pipeline": {
-        "test_face_quick_run_exports_loadable_int8_model", "test_speech_quick_run_cv_and_export",
-        "test_face_trained_in_bfloat16_exports_a_float32_graph_quantised_to_int8",
-        "test_face_training_resumes_from_last_checkpoint",
-        "test_stored_windows_from_an_older_pitch_tracker_are_never_reused",
-        "test_face_swa_averages_the_epochs_after_the_cycle_and_exports_the_average",
-        "test_face_distilled_from_a_teacher_records_it_through_resume_and_export",
-    },
     "test_speech_stream": {"test_the_microphone_worker_carries_one_normaliser_across_its_windows"},
     "test_capture": {"test_a_sound_card_clock_that_runs_fast_does_not_drift_speech_ahead_of_stream_time"},
     "test_reliability": {
@@ -94,7 +87,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = getattr(item, "module", None)
         name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
         function = getattr(item, "function", None)
-        if function is not None and function.__name__ in SLOW_TESTS.get(name, ()):
+        if name in SLOW_MODULES or (function is not None and function.__name__ in SLOW_TESTS.get(name, ())):
             item.add_marker(pytest.mark.slow)
         if _is_integration(item, name, module, function):
             item.add_marker(pytest.mark.integration)
