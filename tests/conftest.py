@@ -55,6 +55,7 @@ INTEGRATION_FIXTURES = {
     "live", "guarded",  # test_web.py: a daemon serving its page
     "replayed",  # test_history.py: the CLI's replay
     "browser",  # test_web_browser.py: Chromium
+    "pg",  # test_collector.py: a PostgreSQL server
 }  # fmt: skip
 # Modules whose every test runs the daemon, the broker or the CLI, some through helpers that the body scan below
 # would not see.
@@ -65,7 +66,7 @@ INTEGRATION_MODULES = {
 # Calls in a test's own body that start a process, a daemon or a broker (conftest's helpers and the stdlib's).
 STARTS_SOMETHING = re.compile(
     r"\b(run_cli|start_daemon|cli|replay|Daemon|LocalBroker|Popen|subprocess\.(run|check_output|call)|"
-    r"run_python|mosquitto)\("
+    r"run_python|mosquitto|nats_or_skip|LocalPostgres|MqttSession)\("
 )
 
 # Tests without any of the above that still take more than about 4 s on a 2-core machine (measured with
