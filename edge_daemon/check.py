@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .config import Config, mqtt_password
+from .config import Config, mqtt_password, state_dir_problem, web_tls_context
 from .errors import UserError
 from .mqtt import probe_broker, resolve_broker
 from .outbox import FILENAME as OUTBOX_FILENAME
@@ -35,19 +35,36 @@ def run_checks(config: Config) -> list[str]:
     if config.microphone.enabled:
         problems.extend(_check_microphone(config))
     problems.extend(_check_broker(config))
+    problems.extend(startup_problems(config))
+    return problems
+
+
+def startup_problems(config: Config) -> list[str]:
+    """What `run` refuses before it starts (it raises the first as a UserError): `check` reports the same lines, so
+    that it never says ok for a config that `run` then refuses."""
+    problems = []
+    if config.web.enabled:
+        try:
+            web_tls_context(config)
+        except UserError as exc:
+            problems.append(str(exc))
     problems.extend(_check_state_dir(config))
     return problems
 
 
+def refuse_startup_problems(config: Config) -> None:
+    problems = startup_problems(config)
+    if problems:
+        raise UserError(problems[0])
+
+
 def _check_state_dir(config: Config) -> list[str]:
-    """Whether the outbox could be written there, without writing anything: `check` may run as another user
-    (root) than the service, and a file it created would then belong to the wrong owner."""
+    """Whether the outbox could be kept there. Nothing is left behind: `check` may run as another user (root) than
+    the service, and a file it created would then belong to the wrong owner."""
     path = config.path(config.state_dir)
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return [f"state_dir: {existing} is not a directory (state_dir)"]
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return [f"state_dir: {existing} is not writable for this user (state_dir; the service's user needs it)"]
+    problem = state_dir_problem(path)
+    if problem:
+        return [problem]
     names = [f"{OUTBOX_FILENAME}{suffix}" for suffix in ("", "-wal", "-shm")] + [MARK_FILENAME]
     for name in names:  # e.g. left behind by a `sudo emotion-edge replay`, then owned by root
         f = path / name
@@ -70,8 +87,8 @@ def _check_broker(config: Config) -> list[str]:
     host, port = resolve_broker(config)
     try:
         problem = probe_broker(config, host, port)
-    except UserError as exc:
-        problem = str(exc)
+    except UserError as exc:  # the config's own files (mqtt.tls.*): `run` says the same, and nothing was probed
+        return [str(exc), *problems]
     if problem:
         problems.insert(0, f"mqtt: broker {host}:{port} (mqtt.host, mqtt.port) {problem}")
     return problems

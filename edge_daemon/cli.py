@@ -67,8 +67,10 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from .check import refuse_startup_problems
     from .daemon import Daemon
 
+    refuse_startup_problems(config)  # the same lines `check` prints, before anything starts
     daemon = Daemon(config)
     _stop_on_signals(daemon)
     code = daemon.run()

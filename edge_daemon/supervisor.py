@@ -20,6 +20,11 @@ from .pipeline import Worker
 logger = logging.getLogger(__name__)
 
 STALL_S = 30.0  # a perception stage that has not looped for this long is stuck and gets replaced
+# A capture thread loops at least every second (a frame, an audio chunk, a back-off or pause poll); one silent this
+# long is inside a call that does not return (a wedged camera driver or stream). It cannot be killed and a fresh one
+# would fight it for the device, so its source is only marked offline; it comes back online by itself if the
+# call ever returns with data.
+CAPTURE_STALL_S = 10.0
 # A stage replaced this many times within RESTART_WINDOW_S is not helped by more of the same: the process exits
 # non-zero, and systemd (Restart=on-failure) or another supervisor starts it afresh.
 MAX_RESTARTS = 3
@@ -49,6 +54,8 @@ class Supervisor:
         """
         now = time.monotonic()
         for threads in groups:
+            for t in threads:
+                _mark_if_stalled(t, now)
             for i, t in enumerate(threads):
                 if not t.is_alive() or getattr(t, "error", None) is not None:
                     error = getattr(t, "error", None)
@@ -91,3 +98,13 @@ class Supervisor:
         self.restarts[old.name] += 1
         logger.error("%s thread %s: replaced it with a fresh one (restart %d)", old.name, why, len(recent) + 1)
         return True
+
+
+def _mark_if_stalled(t: Any, now: float) -> None:
+    """A live capture thread (one with a `heartbeat`) that has not looped for CAPTURE_STALL_S: its status leaves
+    `online`, once, so that MQTT, the page and Home Assistant stop showing a hung camera as working."""
+    beat = getattr(t, "heartbeat", None)
+    if beat is None or isinstance(t, Worker) or not t.is_alive():
+        return
+    if now - beat > CAPTURE_STALL_S and t.status.snapshot()["state"] == "online":
+        t.status.stalled(f"stalled: no {t.name} data for {now - beat:.0f} s (a read that does not return)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +42,81 @@ def shared_data(relative: str) -> Path:
             pytest.fail(f"{why}; CI must run every test, so the data must be there", pytrace=False)
         pytest.skip(why)
     return path
+
+
+# ---------------------------------------------------------------------------- unit and integration tests
+# `pytest -m "not integration"` is the unit run a developer repeats while working (about a minute); `-m integration`
+# the rest. A test is integration when it starts a broker, a subprocess, a daemon, a browser or a real-time replay;
+# it is marked here, from what it asks for and what its body calls, so that a new test is sorted without anyone
+# remembering to mark it.
+INTEGRATION_FIXTURES = {
+    "broker", "subscribe",  # a real Mosquitto
+    "tls_broker", "watcher",  # test_tls.py: a Mosquitto with TLS, a daemon's log
+    "live", "guarded",  # test_web.py: a daemon serving its page
+    "replayed",  # test_history.py: the CLI's replay
+    "browser",  # test_web_browser.py: Chromium
+    "pg",  # test_collector.py: a PostgreSQL server
+}  # fmt: skip
+# Modules whose every test runs the daemon, the broker or the CLI, some through helpers that the body scan below
+# would not see.
+INTEGRATION_MODULES = {
+    "test_faults", "test_homeassistant", "test_lifecycle", "test_mqtt_session", "test_replay_e2e", "test_run_live",
+    "test_systemd", "test_tls", "test_web_browser",
+}  # fmt: skip
+# Calls in a test's own body that start a process, a daemon or a broker (conftest's helpers and the stdlib's).
+STARTS_SOMETHING = re.compile(
+    r"\b(run_cli|start_daemon|cli|replay|Daemon|LocalBroker|Popen|subprocess\.(run|check_output|call)|"
+    r"run_python|mosquitto|nats_or_skip|LocalPostgres|MqttSession)\("
+)
+
+# Tests without any of the above that still take more than about 4 s on a 2-core machine (measured with
+# `--durations=15`): training runs, real-time audio, network time-outs waited out. Marked slow, so integration too.
+SLOW_MODULES = {"test_training_pipeline"}  # trains models; TensorFlow alone takes about 10 s to import
+SLOW_TESTS = {
+    "test_speech_stream": {"test_the_microphone_worker_carries_one_normaliser_across_its_windows"},
+    "test_capture": {"test_a_sound_card_clock_that_runs_fast_does_not_drift_speech_ahead_of_stream_time"},
+    "test_reliability": {
+        "test_a_port_that_closes_or_stays_silent_is_logged_once_with_its_cause",
+        "test_check_names_the_cause_of_a_silent_connection_failure",
+    },
+    "test_fuzz": {"test_any_yamlish_text_as_config_loads_or_raises_user_error"},
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
+        function = getattr(item, "function", None)
+        if name in SLOW_MODULES or (function is not None and function.__name__ in SLOW_TESTS.get(name, ())):
+            item.add_marker(pytest.mark.slow)
+        if _is_integration(item, name, module, function):
+            item.add_marker(pytest.mark.integration)
+
+
+def _is_integration(item: pytest.Item, name: str, module: Any, function: Any) -> bool:
+    if item.get_closest_marker("integration") or item.get_closest_marker("slow"):
+        return True
+    if name in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    return function is not None and _starts_something(function, module, depth=3)
+
+
+def _starts_something(function: Any, module: Any, depth: int) -> bool:
+    """The test's body, or a helper of its module (or conftest's) that it calls, starts a process or a broker."""
+    try:
+        if STARTS_SOMETHING.search(inspect.getsource(function)):
+            return True
+    except (OSError, TypeError):
+        return False
+    if depth == 0:
+        return False
+    for called in function.__code__.co_names:
+        helper = getattr(module, called, None)
+        if inspect.isfunction(helper) and helper is not function and helper.__module__.startswith("tests."):
+            if _starts_something(helper, sys.modules[helper.__module__], depth - 1):
+                return True
+    return False
 
 
 # The fixture's segments (see tests/fixtures/av/ATTRIBUTION.md): media seconds -> the emotion shown and spoken.

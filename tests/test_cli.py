@@ -253,3 +253,53 @@ def test_bench_prints_medians_per_stage(tmp_path: Path) -> None:
     for key in (*keys, "peak_rss_mb"):
         assert report[key] > 0
     assert report["face_detect_every"] == 5  # the daemon's default, timed as the daemon runs it
+
+
+def _check_and_run(cfg: Path) -> tuple[list[str], str]:
+    """`check`'s problem lines (stdout), and the one error line `run` gives, without its `emotion-edge: error: `."""
+    check = run_cli("--config", str(cfg), "check", timeout=60)
+    assert check.returncode == 2 and "Traceback" not in check.stderr, check.stdout + check.stderr
+    run = run_cli("--config", str(cfg), "run", timeout=60)
+    assert_clean_error(run)
+    error = next(line for line in run.stderr.splitlines() if "error" in line.lower())
+    return check.stdout.splitlines(), error.removeprefix("emotion-edge: error: ")
+
+
+@pytest.mark.parametrize("what", ["not-pem", "missing-key"])
+def test_check_refuses_web_tls_files_that_run_cannot_load_with_the_same_line(tmp_path: Path, what: str) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("this is not a certificate\n")  # e.g. a DER file, or the wrong file copied
+    if what == "not-pem":
+        key.write_text("nor is this a key\n")
+    cfg = write_config(
+        tmp_path / "config.yaml", camera={"enabled": False}, microphone={"enabled": False},
+        mqtt={"host": "127.0.0.1", "port": free_port()},
+        web={"enabled": True, "port": free_port(), "tls": {"cert_file": str(cert), "key_file": str(key)}},
+    )  # fmt: skip
+    lines, error = _check_and_run(cfg)
+    assert error.startswith("web.tls:") and str(cert) in error, error
+    assert error in lines, lines  # before: `check` had no web.tls line at all
+
+
+def test_check_refuses_a_state_dir_where_nothing_can_be_created_with_the_same_line(tmp_path: Path) -> None:
+    # /proc is a directory and, for root, os.access says writable: only creating something there tells.
+    cfg = write_config(
+        tmp_path / "config.yaml", camera={"enabled": False}, microphone={"enabled": False},
+        mqtt={"host": "127.0.0.1", "port": free_port()}, state_dir="/proc/emotion-edge",
+    )  # fmt: skip
+    lines, error = _check_and_run(cfg)
+    assert error.startswith("state_dir:") and "/proc" in error, error
+    assert error in lines, lines
+
+
+def test_a_missing_mqtt_ca_file_is_one_line_in_check_as_in_run(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    cfg = write_config(
+        tmp_path / "config.yaml", camera={"enabled": False}, microphone={"enabled": False},
+        mqtt={"host": "127.0.0.1", "port": free_port(), "tls": {"enabled": True, "ca_file": str(missing)}},
+    )  # fmt: skip
+    lines, error = _check_and_run(cfg)
+    assert error == f"mqtt.tls.ca_file: {missing} not found", error
+    # Before: "mqtt: broker 127.0.0.1:PORT (mqtt.host, mqtt.port) mqtt.tls.ca_file: ... not found", two in one.
+    assert error in lines, lines
+    assert not any("mqtt: broker" in line for line in lines), lines

@@ -23,7 +23,7 @@ from edge_daemon import storage
 from edge_daemon.history import History, HistoryReader
 from edge_daemon.outbox import Outbox, OutboxWriteError
 
-from .test_reliability_g import ext4
+from .test_reliability import ext4
 
 
 def _event(i: int) -> dict[str, Any]:

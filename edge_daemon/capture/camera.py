@@ -49,6 +49,12 @@ class CameraSource(threading.Thread):
         self.active = active  # the camera's switch (Controls.active("camera")): off releases the device
         self.status = SourceStatus(f"camera {cfg.source!r}")
         self.frames = 0
+        # time.monotonic() of the thread's last loop (frame, retry, pause poll): the supervisor marks the camera
+        # offline when it grows old, as a read that never returns (a wedged driver or stream) would leave it.
+        self.heartbeat = time.monotonic()
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
 
     def fresh(self) -> CameraSource:
         """A new thread for the same camera and slot, for the supervisor to start if this one died."""
@@ -59,6 +65,7 @@ class CameraSource(threading.Thread):
     def _wait_while_paused(self) -> None:
         self.status.paused()
         while not self.active() and not self.stop_event.is_set():
+            self.beat()
             self.stop_event.wait(PAUSE_POLL_S)
 
     def run(self) -> None:
@@ -70,13 +77,14 @@ class CameraSource(threading.Thread):
             and not self.cfg.source.startswith("/dev/")
         )
         while not self.stop_event.is_set():
+            self.beat()
             if not self.active():  # before every open, so also before the first frame after a start
                 self._wait_while_paused()
                 continue
             cap = open_capture(self.cfg.source, self.cfg)
             if cap is None:
                 self.status.offline("cannot open (unplugged, busy, or not a camera?)")
-                backoff.wait(self.stop_event)
+                backoff.wait(self.stop_event, self.beat)
                 continue
             period = 1.0 / (cap.get(cv2.CAP_PROP_FPS) or self.cfg.fps) if is_file else 0.0
             try:
@@ -91,7 +99,7 @@ class CameraSource(threading.Thread):
                 continue  # the end of a file used as a camera: play it again, nothing went wrong
             self.status.offline("stopped delivering frames (unplugged, stream ended, or read error)")
             if not self.stop_event.is_set():
-                backoff.wait(self.stop_event)
+                backoff.wait(self.stop_event, self.beat)
         self.slot.close()
 
     def _read_until_failure(self, cap: cv2.VideoCapture, period: float, backoff: Backoff) -> int:
@@ -99,6 +107,7 @@ class CameraSource(threading.Thread):
         next_at = time.monotonic()
         delivered = 0
         while not self.stop_event.is_set() and self.active():
+            self.beat()
             ok, image = cap.read()
             if not ok or image is None or image.size == 0:
                 return delivered
@@ -111,4 +120,5 @@ class CameraSource(threading.Thread):
             if period:
                 next_at += period
                 self.stop_event.wait(max(0.0, next_at - time.monotonic()))
+            self.beat()
         return delivered

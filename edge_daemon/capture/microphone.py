@@ -123,6 +123,12 @@ class MicrophoneSource(threading.Thread):
         self.chunk = SAMPLE_RATE * cfg.chunk_ms // 1000
         self.trimmed = 0  # samples dropped because the sound card's clock ran ahead
         self.padded = 0  # samples of silence standing in for time without a microphone
+        # time.monotonic() of the thread's last loop (chunk, retry, pause poll): the supervisor marks the
+        # microphone offline when it grows old, as a read that never returns would leave it.
+        self.heartbeat = time.monotonic()
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
 
     def fresh(self) -> MicrophoneSource:
         """A new thread for the same microphone and ring, for the supervisor to start if this one died."""
@@ -134,12 +140,14 @@ class MicrophoneSource(threading.Thread):
     def _wait_while_paused(self) -> None:
         self.status.paused()
         while not self.active() and not self.stop_event.is_set():
+            self.beat()
             self._pad_to_now()  # silence keeps stream time: the voice gate sees no speech, no events
             self.stop_event.wait(PAUSE_POLL_S)
 
     def run(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         while not self.stop_event.is_set():
+            self.beat()
             if not self.active():  # before every open, so also before the first sample after a start
                 self._wait_while_paused()
                 continue
@@ -150,7 +158,7 @@ class MicrophoneSource(threading.Thread):
             if not self.active():
                 continue  # switched off: the stream is closed, the top of the loop waits
             self._pad_to_now()
-            backoff.wait(self.stop_event)
+            backoff.wait(self.stop_event, self.beat)
         self.ring.close()
 
     def _capture(self, backoff: Backoff) -> None:
@@ -159,6 +167,7 @@ class MicrophoneSource(threading.Thread):
             stream = open_input(pa, self.cfg.device, self.chunk)
             try:
                 while not self.stop_event.is_set() and self.active():
+                    self.beat()
                     samples = np.frombuffer(stream.read(self.chunk, exception_on_overflow=False), dtype=np.int16)
                     self._pad_to_now(ahead=len(samples))
                     self.ring.write(self._trim_to_now(samples))

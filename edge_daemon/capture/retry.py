@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
 
 PAUSE_POLL_S = 0.2  # how soon a paused source notices that its switch is on again
+BEAT_S = 1.0  # a waiting source updates its heartbeat at least this often
 
 
 class SourceStatus:
@@ -41,6 +43,17 @@ class SourceStatus:
             self.failures += 1
             if self.state != "offline" or self.reason != reason:
                 logger.warning("%s offline: %s; retrying with back-off", self.name, reason)
+            self._leave_pause()
+            self.state, self.reason = "offline", reason
+
+    def stalled(self, reason: str) -> None:
+        """The thread has not looped for too long (a read that never returns): not `online`, said once. The thread
+        itself sets `online` again if its call ever returns with data."""
+        with self._lock:
+            if self.state == "offline" and self.reason == reason:
+                return
+            self.failures += 1
+            logger.warning("%s offline: %s", self.name, reason)
             self._leave_pause()
             self.state, self.reason = "offline", reason
 
@@ -79,8 +92,14 @@ class Backoff:
         self.lo, self.hi = lo, hi
         self.delay = lo
 
-    def wait(self, stop: threading.Event) -> None:
-        stop.wait(self.delay)
+    def wait(self, stop: threading.Event, beat: Callable[[], None] | None = None) -> None:
+        """Wait the current delay (or until `stop`), calling `beat` at least every BEAT_S: a source backing off is
+        alive, and the supervisor must be able to tell it from one that hangs."""
+        end = time.monotonic() + self.delay
+        while not stop.is_set() and (left := end - time.monotonic()) > 0:
+            if beat is not None:
+                beat()
+            stop.wait(min(left, BEAT_S))
         self.delay = min(self.hi, self.delay * 2)
 
     def reset(self) -> None:

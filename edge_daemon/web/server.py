@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -34,10 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..config import Config
+from ..config import Config, web_tls_context
 from ..control import NAMES as CONTROL_NAMES
 from ..control import Controls
-from ..errors import UserError
 from ..history import HistoryReader
 from ..labels import emoji_of
 from ..throttle import Throttle
@@ -157,7 +155,7 @@ class WebServer:
         self.trusted_proxies = tuple(ipaddress.ip_network(n) for n in web.trusted_proxies)
         # A proxy that does not pass the Host header on still serves a page whose Origin is web.public_url's
         self.public_netloc = urlsplit(web.public_url).netloc if web.public_url else None
-        self.tls = self._tls_context(config)
+        self.tls = web_tls_context(config)  # the same check as `emotion-edge check`
         self.scheme = "https" if self.tls else "http"
         self._stop = threading.Event()
         self.listener: Listener | None = None
@@ -166,22 +164,6 @@ class WebServer:
         self.state: dict[str, Any] | None = None
         self.last_event: dict[str, Any] | None = None
         self.bound = threading.Event()
-
-    @staticmethod
-    def _tls_context(config: Config) -> ssl.SSLContext | None:
-        tls = config.web.tls
-        if not tls.cert_file:
-            return None
-        cert, key = config.path(tls.cert_file), config.path(tls.key_file or "")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            raise UserError(
-                f"web.tls: cannot load the certificate {cert} with key {key} ({getattr(exc, 'strerror', None) or exc})"
-            ) from None
-        return ctx
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,123 @@
+"""The supervisor watches the capture threads' heartbeats: a camera whose read never returns is not `online`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_daemon import supervisor as supervisor_module
+from edge_daemon.capture.buffers import LatestSlot
+from edge_daemon.capture.camera import CameraSource
+from edge_daemon.capture.retry import Backoff
+from edge_daemon.config import CameraConfig
+from edge_daemon.supervisor import Supervisor
+
+W, H = 64, 48
+
+
+class HangingCamera:
+    """A camera as OpenCV opens it (a path, read by cv2.VideoCapture, as a device or stream is) that delivers
+    `frames` frames and then nothing, without ending: a FIFO whose writer stays open, like a wedged driver or a
+    stream that stops sending. `release()` closes the writer, and the blocked read returns."""
+
+    def __init__(self, path: Path, frames: int) -> None:
+        self.path = path
+        os.mkfifo(path)
+        self._release = threading.Event()
+        self._writer = threading.Thread(target=self._write, args=(frames,), daemon=True)
+        self._writer.start()
+
+    def _write(self, frames: int) -> None:
+        with open(self.path, "wb") as f:  # blocks until the camera thread opens the FIFO
+            f.write(f"YUV4MPEG2 W{W} H{H} F10:1 Ip A1:1 C420jpeg\n".encode())
+            for i in range(frames):
+                f.write(b"FRAME\n" + bytes([i * 7 % 256]) * (W * H * 3 // 2))
+            f.flush()
+            self._release.wait(60)
+
+    def release(self) -> None:
+        self._release.set()
+        self._writer.join(timeout=5)
+
+
+@pytest.fixture
+def hanging_camera(tmp_path: Path) -> Iterator[HangingCamera]:
+    cam = HangingCamera(tmp_path / "camera.y4m", frames=10)  # 1 s at its 10 fps
+    yield cam
+    cam.release()
+
+
+def start_camera(source: str, stop: threading.Event) -> CameraSource:
+    cfg = CameraConfig(source=source, reconnect_min_s=0.1, reconnect_max_s=0.2)
+    cam = CameraSource(cfg, LatestSlot(), time.monotonic(), stop)
+    cam.start()
+    return cam
+
+
+def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_camera_whose_read_hangs_is_marked_offline_once_not_replaced(
+    hanging_camera: HangingCamera, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(supervisor_module, "CAPTURE_STALL_S", 1.0)
+    stop = threading.Event()
+    cam = start_camera(str(hanging_camera.path), stop)
+    sup = Supervisor(stop, replace=lambda old: pytest.fail("a hung capture thread is not replaced"))
+    try:
+        assert wait_until(lambda: cam.status.snapshot()["state"] == "online", 10), cam.status.snapshot()
+        assert wait_until(lambda: cam.frames >= 10, 10), cam.frames  # every frame delivered, then the read hangs
+        # While frames flow, supervision rounds leave it alone.
+        assert sup.check([cam]) and cam.status.snapshot()["state"] == "online"
+        time.sleep(1.5)
+        assert cam.is_alive() and cam.frames == 10  # inside cap.read(), which does not return
+        with caplog.at_level(logging.WARNING, logger="edge_daemon"):
+            for _ in range(3):  # several supervision rounds: one log line
+                assert sup.check([cam])
+        snap = cam.status.snapshot()
+        assert snap["state"] == "offline" and "stalled" in snap["reason"], snap  # before: "online"
+        lines = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+        assert len(lines) == 1, lines
+        assert sup.restarts["camera"] == 0
+    finally:
+        stop.set()  # first: at the end of a file the camera thread would open it again
+        hanging_camera.release()  # the read returns (end of stream), and the thread ends
+        cam.join(timeout=5)
+    assert not cam.is_alive()
+
+
+def test_a_camera_backing_off_keeps_its_heartbeat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source that is retrying (here: a path that is not there) is alive, not stalled, even with long back-offs."""
+    monkeypatch.setattr(supervisor_module, "CAPTURE_STALL_S", 1.0)
+    stop = threading.Event()
+    cfg = CameraConfig(source=str(tmp_path / "absent.mp4"), reconnect_min_s=2.5, reconnect_max_s=2.5)
+    cam = CameraSource(cfg, LatestSlot(), time.monotonic(), stop)
+    cam.start()
+    try:
+        assert wait_until(lambda: cam.status.failures >= 1, 10)
+        time.sleep(1.5)  # inside a 2.5 s back-off, longer than the bound
+        assert time.monotonic() - cam.heartbeat < 1.5
+        Supervisor(stop, replace=lambda old: old).check([cam])
+        assert "stalled" not in cam.status.snapshot()["reason"]
+    finally:
+        stop.set()
+        cam.join(timeout=5)
+
+
+def test_backoff_beats_while_it_waits() -> None:
+    beats: list[float] = []
+    Backoff(1.5, 5.0).wait(threading.Event(), lambda: beats.append(time.monotonic()))
+    assert len(beats) >= 2 and max(b - a for a, b in zip(beats, beats[1:], strict=False)) <= 1.2, beats
