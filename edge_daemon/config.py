@@ -118,7 +118,8 @@ class FaceConfig:
     # 2: at 640x480 two overlapping 480-px squares let BlazeFace full-range find faces from about 40 px (about 1.7 m
     # away) instead of 53 px (1.3 m) for twice the cost of one pass; benchmarks/face_distance.py measures each choice.
     tiles: int = _f(
-        2, "BlazeFace passes per detection over overlapping squares of the frame (1 = the whole frame); more see farther",
+        2,
+        "BlazeFace passes per detection over overlapping squares of the frame (1 = the whole frame); more see farther",
         lo=1,
         hi=8,
     )

@@ -55,7 +55,9 @@ class Prediction:
 
     modality: str  # "face" or "speech"
     t: float  # stream time, seconds (media time in replay)
-    probs: np.ndarray  # shape (len(CANONICAL),), sums to 1; face: every face's, weighted by detector score (pipeline.room_vote)
+    probs: (
+        np.ndarray
+    )  # shape (len(CANONICAL),), sums to 1; face: every face's, weighted by detector score (pipeline.room_vote)
     faces: tuple[FaceResult, ...] = ()  # face: every classified face of the frame, largest first
 
     @property

@@ -375,7 +375,9 @@ def main() -> int:
         check(camera_class == "connectivity", "camera connectivity sensor", camera_class)
         triggers = ws_call(args.hass, ha, "device_automation/trigger/list", device_id=did)
         mine = sorted((t.get("type"), t.get("subtype")) for t in triggers if t.get("domain") == "mqtt")
-        check(mine == sorted(("emotion", s) for s in STATES), "one device trigger per state in the trigger picker", mine)
+        check(
+            mine == sorted(("emotion", s) for s in STATES), "one device trigger per state in the trigger picker", mine
+        )
         check(wait(lambda: (ha.state(f"sensor.{E}_uptime") or {}).get("state") not in (None, "unknown", "unavailable"), 30)
               and wait(lambda: float((ha.state(f"sensor.{E}_frames_per_s") or {}).get("state") or 0) > 0, 30),
               "uptime and analysed frames per second have values")  # fmt: skip
