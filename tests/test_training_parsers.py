@@ -143,3 +143,89 @@ def test_folder_tree_aliases_unknowns_and_daemon_parity(tmp_path: Path) -> None:
     for xi, src in zip(x, fs.sources, strict=True):
         np.testing.assert_array_equal(xi, pre.prepare(cv2.imread(src)))
     assert x.shape[1:] == (48, 48, 1)
+
+
+# ---------------------------------------------------------------- ASED (Amharic, FLAC, 65 speakers)
+
+ASED_FILES = (
+    "01Neutral/n1-01-01-01-09.flac",  # speaker 09, female code
+    "01Neutral/n1-01-02-01-09.flac",
+    "04Sad/s4-01-02-02-09.flac",  # speaker 09 under the male code: one of five slips in the names
+    "04Sad/S4-04-02-01-29.flac",  # the one upper-case name
+    "05Angry/a5-01-01-01-01.flac",
+    "05Angry/a5-01-01-01-03.flac",
+)
+
+
+def _ased_tree(tmp_path: Path) -> Path:
+    """A few real ASED clips, copied into a tree of their own (skips without ../shared/data)."""
+    root = tmp_path / "ased"
+    for rel in ASED_FILES:
+        src = shared_data(f"ased/{rel}")
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(src.read_bytes())
+    return root
+
+
+def test_ased_real_files_labels_speaker_numbers_and_majority_sex(tmp_path: Path) -> None:
+    root = _ased_tree(tmp_path)
+    (root / "05Angry" / "h5-01-01-01-01.flac").write_bytes(b"")  # emotion letter and folder digit disagree
+    (root / "05Angry" / "h3-01-01-01-01.flac").write_bytes(b"")  # a happy clip in the angry folder
+    (root / "05Angry" / "a5-01-01-03-01.flac").write_bytes(b"")  # gender code 03 does not exist
+    c = load_sources([f"ased={root}"])
+    got = sorted((u.path.name, u.label, u.speaker, u.sex, u.corpus) for u in c.items)
+    assert got == [
+        ("S4-04-02-01-29.flac", "sad", "ased:29", "F", "ased"),
+        ("a5-01-01-01-01.flac", "angry", "ased:01", "F", "ased"),
+        ("a5-01-01-01-03.flac", "angry", "ased:03", "F", "ased"),
+        ("n1-01-01-01-09.flac", "neutral", "ased:09", "F", "ased"),
+        ("n1-01-02-01-09.flac", "neutral", "ased:09", "F", "ased"),
+        # grouped by number and given the sex most of the speaker's clips carry, not this file's slip
+        ("s4-01-02-02-09.flac", "sad", "ased:09", "F", "ased"),
+    ]
+    assert sorted(Path(p).name for p, _ in c.rejected) == [
+        "a5-01-01-03-01.flac",
+        "h3-01-01-01-01.flac",
+        "h5-01-01-01-01.flac",
+    ]
+
+
+def test_ased_flac_reads_as_the_16k_mono_samples(tmp_path: Path) -> None:
+    from training.speech_data import read_wav
+
+    path = _ased_tree(tmp_path) / ASED_FILES[0]
+    audio = read_wav(path)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert len(audio) == 48_000  # 3.00 s at 16 kHz, as `soxi` reports the file
+    assert 0.01 < float(np.abs(audio).max()) <= 1.0
+    # the same samples sox decodes from the FLAC (16-bit PCM scaled to [-1, 1))
+    wav = tmp_path / "n1.wav"
+    import subprocess
+
+    if subprocess.run(["sox", str(path), str(wav)], capture_output=True).returncode == 0:
+        sr, ref = wavfile.read(wav)
+        assert sr == SR and np.array_equal(audio, ref.astype(np.float32) / 32768.0)
+
+
+def test_unreadable_flac_is_a_dataset_error(tmp_path: Path) -> None:
+    from training.speech_data import read_wav
+
+    bad = tmp_path / "n1-01-01-01-01.flac"
+    bad.write_bytes(b"fLaC but not really")
+    with pytest.raises(DatasetError, match="unreadable FLAC"):
+        read_wav(bad)
+
+
+def test_ravdess_folds_do_not_move_when_ased_is_merged() -> None:
+    ravdess = [f"ravdess:{a:02d}" for a in range(1, 21) for _ in range(2)]
+    ased = [f"ased:{s:02d}" for s in range(1, 66)]
+    alone = [{ravdess[i] for i in f} for f in grouped_folds(ravdess, 5)]
+    merged_speakers = ased + ravdess
+    merged = grouped_folds(merged_speakers, 5)
+    assert [{merged_speakers[i] for i in f if i >= len(ased)} for f in merged] == alone
+    # every fold holds 13 of ASED's 65 speakers, and no speaker is in two folds
+    assert [len({merged_speakers[i] for i in f if i < len(ased)}) for f in merged] == [13] * 5
+    assert sorted(np.concatenate(merged).tolist()) == list(range(len(merged_speakers)))
+    # corpora too small to fill k folds alone are dealt out together: no empty fold
+    small = ["tess:OAF", "tess:YAF", "savee:DC", "savee:JE", "savee:JK"]
+    assert all(len(f) == 1 for f in grouped_folds(small, 5))

@@ -29,6 +29,7 @@ from edge_daemon.modelmeta import SPEC_ERRORS
 
 from . import common
 from .speech_data import (
+    CORPORA,
     Corpus,
     augment_audio,
     clip_windows,
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data",
         action="append",
         required=True,
-        help="kind=path with kind in ravdess/cremad/tess/savee/emodb (repeat to merge corpora)",
+        help=f"kind=path with kind in {'/'.join(CORPORA)} (repeat to merge corpora)",
     )
     ap.add_argument("--out", type=Path, default=Path("models_tflite/speech_emotion.tflite"))
     ap.add_argument("--run-dir", type=Path, default=Path("runs/speech"))
