@@ -229,3 +229,46 @@ def test_ravdess_folds_do_not_move_when_ased_is_merged() -> None:
     # corpora too small to fill k folds alone are dealt out together: no empty fold
     small = ["tess:OAF", "tess:YAF", "savee:DC", "savee:JE", "savee:JK"]
     assert all(len(f) == 1 for f in grouped_folds(small, 5))
+
+
+# ---------------------------------------------------------------- UAR and scoring on a subset of labels
+
+
+def test_uar_is_mean_per_class_recall_not_accuracy() -> None:
+    from training.common import classification_report, group_scores, scores, uar
+
+    # 90 neutral clips all right, 10 sad clips all called neutral: accuracy 0.9, but half the classes never found
+    truth = np.array([0] * 90 + [1] * 10)
+    always_neutral = np.zeros(100, int)
+    assert scores(truth, always_neutral) == {"accuracy": 0.9, "uar": 0.5, "clips": 100}
+    # 6 of 8 of class 0 and both of class 1: accuracy 8/10, UAR (6/8 + 2/2) / 2
+    t = np.array([0] * 8 + [1] * 2)
+    p = np.array([0] * 6 + [2] * 2 + [1] * 2)
+    assert np.isclose(uar(t, p), 0.875) and np.isclose(np.mean(t == p), 0.8)
+    # class 2 never occurs in the truth: it is not a class of this set (a corpus scored on its own labels)
+    assert classification_report(t, p, ["a", "b", "c"])["uar"] == 0.875
+    # within groups (corpora, sexes): each group's own figures
+    g = np.array(["ased"] * 8 + ["ravdess"] * 2)
+    assert group_scores(t, p, g) == {
+        "ased": {"accuracy": 0.75, "uar": 0.75, "clips": 8},
+        "ravdess": {"accuracy": 1.0, "uar": 1.0, "clips": 2},
+    }
+    assert uar(np.array([], int), np.array([], int)) == 0.0
+
+
+def test_held_out_corpus_is_scored_on_its_own_labels_with_calm_as_neutral() -> None:
+    from training.speech import predict_among
+
+    ased = sorted(SPEECH_LABELS.index(x) for x in ("neutral", "happy", "sad", "angry", "fear"))
+    probs = np.zeros((3, len(SPEECH_LABELS)))
+    probs[0, [SPEECH_LABELS.index("calm"), SPEECH_LABELS.index("neutral"), SPEECH_LABELS.index("sad")]] = [
+        0.4,
+        0.2,
+        0.35,
+    ]  # calm + neutral = 0.6 > sad: neutral, as the daemon maps calm
+    probs[1, [SPEECH_LABELS.index("surprise"), SPEECH_LABELS.index("fear")]] = [0.7, 0.3]  # ASED has no surprise
+    probs[2, SPEECH_LABELS.index("angry")] = 1.0
+    got = [SPEECH_LABELS[i] for i in predict_among(probs, ased)]
+    assert got == ["neutral", "fear", "angry"]
+    # all 8 present (RAVDESS): the plain argmax
+    assert [SPEECH_LABELS[i] for i in predict_among(probs, list(range(8)))] == ["calm", "surprise", "angry"]

@@ -405,3 +405,57 @@ def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_
     r = _run("training.face", *args, "--epochs", "1", "--teacher", str(shipped), "--run-dir", str(tmp_path / "s2"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "s2" / "distill.json").read_text())["mirror"] is True
+
+
+def _ased_tree(root: Path) -> None:
+    """Four ASED speakers (FLAC, ASED's names), five classes with the same tones as `_ravdess_tree` per emotion."""
+    import soundfile
+
+    rng = np.random.default_rng(1)
+    tone = {"n1": 1, "h3": 3, "a5": 5, "f2": 6, "s4": 4}  # the RAVDESS emotion code each ASED class maps onto
+    folders = {"n1": "01Neutral", "f2": "02Fearful", "h3": "03Happy", "s4": "04Sad", "a5": "05Angry"}
+    for spk, gender in ((1, "01"), (2, "02"), (3, "01"), (4, "02")):
+        for code, emo in tone.items():
+            t = np.arange(int(2.6 * SAMPLE_RATE)) / SAMPLE_RATE
+            audio = 0.2 * np.sin(2 * np.pi * (100 + 60 * emo) * t) + 0.01 * rng.standard_normal(t.size)
+            p = root / folders[code] / f"{code}-01-01-{gender}-{spk:02d}.flac"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(p, (audio * 32767).astype(np.int16), SAMPLE_RATE, subtype="PCM_16")
+
+
+def test_speech_leave_one_corpus_out_records_uar_per_corpus_and_sex(tmp_path: Path) -> None:
+    _ravdess_tree(tmp_path / "rav")
+    _ased_tree(tmp_path / "ased")
+    out = tmp_path / "models" / "speech_emotion.tflite"
+    args = ["--data", f"ravdess={tmp_path / 'rav'}", "--data", f"ased={tmp_path / 'ased'}"]
+    r = _run(
+        "training.speech",
+        *args,
+        "--leave-corpus-out",
+        "each",
+        "--quick",
+        "--threads",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    loco = json.loads((tmp_path / "run" / "loco.json").read_text())
+    assert [f["held_out_corpus"] for f in loco["folds"]] == ["ased", "ravdess"]
+    assert loco["folds"][0]["scored_on"] == ["neutral", "happy", "sad", "angry", "fear"]  # ASED's 5, not 8
+    assert loco["folds"][1]["scored_on"] == ["neutral", "happy", "angry", "surprise"]  # what the tree holds
+    assert {h.split(":")[0] for h in loco["folds"][0]["held_out_speakers"]} == {"ased"}
+    assert set(loco["pooled_by_corpus_int8"]) == {"ased", "ravdess"}
+    assert loco["pooled_by_corpus_int8"]["ased"]["clips"] == 20 and set(loco["pooled_by_sex_int8"]) == {"F", "M"}
+    for f in loco["folds"]:
+        assert 0 <= f["clip_uar_int8"] <= 1 and set(f["by_corpus_int8"]) == {f["held_out_corpus"]}
+    assert "leave-one-corpus-out" in loco["protocol"] and "calibration" not in loco
+    assert "| held out: ased |" in r.stdout and "UAR" in r.stdout
+    assert not out.exists()  # nothing ships from a leave-one-corpus-out run
+    # a corpus that is not loaded, or only one corpus: one line, exit code 2, before any featurising
+    bad = _run("training.speech", *args[:2], "--leave-corpus-out", "ased", "--run-dir", str(tmp_path / "r2"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --leave-corpus-out ased")
+    assert "Traceback" not in bad.stderr
