@@ -272,3 +272,97 @@ def test_held_out_corpus_is_scored_on_its_own_labels_with_calm_as_neutral() -> N
     assert got == ["neutral", "fear", "angry"]
     # all 8 present (RAVDESS): the plain argmax
     assert [SPEECH_LABELS[i] for i in predict_among(probs, list(range(8)))] == ["calm", "surprise", "angry"]
+
+
+# ---------------------------------------------------------------- FER+ votes joined to FER2013 by row
+
+FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+FERPLUS_CSV = "ferplus/fer2013new_train_publictest.csv"
+FER_SAMPLE = "fer2013_csv_sample/fer2013_first_200_rows.csv"
+
+
+def test_ferplus_soft_targets_and_majority_on_hand_made_rows(tmp_path: Path) -> None:
+    from training.face_data import load_ferplus
+
+    p = tmp_path / "fer2013new.csv"
+    p.write_text(
+        "\n".join(
+            [
+                FERPLUS_HEADER,
+                "Training,fer0000000.png,4,0,0,1,3,2,0,0,0,0",  # FER+'s first row
+                "Training,fer0000001.png,6,0,0,0,0,0,0,3,1,0",  # contempt and unknown votes dropped, rest renormalised
+                "Training,,0,0,0,0,0,0,0,0,0,10",  # not a face
+                "Training,fer0000003.png,4,0,0,0,0,0,0,0,4,2",  # as many 'unknown' as neutral: no label
+                "PublicTest,fer0000004.png,5,5,0,0,0,0,0,0,0,0",  # a tie: a soft target, no majority
+                "PublicTest,fer0000005.png,1,0,0,0,0,0,0,9,0,0",  # contempt: no class of ours
+                "PublicTest,fer0000006.png,0,2,0,0,0,0,7,0,0,0",  # 9 votes (one row of FER+ has 9)
+            ]
+        )
+        + "\n"
+    )
+    fp = load_ferplus(p)
+    soft, maj = fp.soft(), fp.majority()
+    i = {c: CANONICAL.index(c) for c in CANONICAL}
+    want0 = np.zeros(7)
+    want0[[i["neutral"], i["sad"], i["angry"], i["disgust"]]] = [0.4, 0.1, 0.3, 0.2]
+    np.testing.assert_allclose(soft[0], want0)
+    np.testing.assert_allclose(soft[1], np.eye(7)[i["neutral"]])
+    assert np.isnan(soft[2]).all() and np.isnan(soft[3]).all() and np.isnan(soft[5]).all()
+    np.testing.assert_allclose(soft[4][[i["neutral"], i["happy"]]], [0.5, 0.5])
+    np.testing.assert_allclose(soft[6][[i["happy"], i["fear"]]], [2 / 9, 7 / 9])
+    assert np.allclose(np.nansum(soft, 1)[[0, 1, 4, 6]], 1.0)
+    assert maj.tolist() == [i["neutral"], i["neutral"], -1, -1, -1, -1, i["fear"]]
+    assert fp.usage == ("Training",) * 4 + ("PublicTest",) * 3
+
+
+def test_real_ferplus_csv_counts_match_the_data_readme() -> None:
+    from training.face_data import load_ferplus
+
+    fp = load_ferplus(shared_data(FERPLUS_CSV))
+    assert fp.votes.shape == (32_298, 10) and fp.usage.count("Training") == 28_709
+    assert set(fp.votes.sum(1).tolist()) == {9, 10}
+    # README: 30,336 rows keep one of FER+'s 8 emotions; 186 of them are contempt, which FER2013 lacks
+    assert int(np.sum(fp.majority() >= 0)) == 30_336 - 186
+
+
+def test_ferplus_joins_fer2013_csv_rows_by_position_and_refuses_a_shift(tmp_path: Path) -> None:
+    from training.face_data import join_ferplus, load_ferplus
+
+    fp = load_ferplus(shared_data(FERPLUS_CSV))
+    fs = load_fer_csv(shared_data(FER_SAMPLE))  # the original rows: row i of it is row i of FER+
+    j = join_ferplus(fp, fs.sources, np.asarray(fs.labels), None, "sample")
+    assert j.rows.tolist() == list(range(200)) and j.coverage == 1.0
+    assert 0.55 < j.agreement < 0.7  # FER+ relabels about 40 % of FER2013's faces, but far above chance
+    # one row off: the votes of the neighbouring face; agreement drops to chance and the join is refused
+    shifted = [f"{s.rpartition(':')[0]}:{int(s.rpartition(':')[2]) + 1}" for s in fs.sources]
+    with pytest.raises(DatasetError, match=r"agrees with the FER2013 label on 1\d\.\d%.*not aligned"):
+        join_ferplus(fp, shifted, np.asarray(fs.labels), None, "shifted")
+
+
+def test_ferplus_rows_of_the_kaggle_tree_by_pixels_and_the_alignment_check(tmp_path: Path) -> None:
+    """The tree's `Training_<n>` numbers are random ids, not rows: the rows come from matching pixels against the
+    original CSV (only its first 200 rows are here), and the join checks itself."""
+    from training.face_data import build_rows, join_ferplus, load_ferplus, load_rows_file, write_rows_file
+
+    sample, fp = shared_data(FER_SAMPLE), load_ferplus(shared_data(FERPLUS_CSV))
+    tree = shared_data("fer2013/train/angry/Training_10118481.png").parents[1]
+    mapping, unmatched = build_rows(sample, [tree])
+    assert unmatched == 0 and sorted(mapping.values()) == list(range(200))
+    assert mapping["angry/Training_1426440.png"] == 0 and mapping["sad/Training_18868898.png"] == 3
+    numbers = sorted(mapping, key=mapping.get)
+    ids = [int(k.split("_")[1].split(".")[0]) for k in numbers]
+    assert ids != sorted(ids) and max(ids) > 10 * len(ids)  # no order and no row number in the names
+    write_rows_file(tmp_path / "rows.csv", mapping)
+    rows = load_rows_file(tmp_path / "rows.csv")
+    assert rows == mapping
+    sources = [str(tree / k) for k in mapping]
+    labels = np.array([CANONICAL.index(k.split("/")[0]) for k in mapping])
+    j = join_ferplus(fp, sources, labels, rows, "train")
+    assert j.coverage == 1.0 and j.agreement > 0.55
+    shifted = {k: r + 1 for k, r in rows.items()}
+    with pytest.raises(DatasetError, match="not aligned"):
+        join_ferplus(fp, sources, labels, shifted, "train")
+    # the whole tree with rows for 200 images only: refused, naming what to do
+    more = sources + [str(tree / "happy" / f"Training_{n}.png") for n in range(1000)]
+    with pytest.raises(DatasetError, match=r"only 200 of 1200 images have a FER\+ row.*--ferplus-rows"):
+        join_ferplus(fp, more, np.concatenate([labels, np.full(1000, 3)]), rows, "train")
