@@ -303,8 +303,9 @@ def join_ferplus(
     if join.coverage < FERPLUS_MIN_COVERAGE:
         raise DatasetError(
             f"{what}: only {int(ok.sum())} of {len(r)} images have a FER+ row ({join.coverage:.1%}, need "
-            f"{FERPLUS_MIN_COVERAGE:.0%}): a FER2013 tree's names carry no row number, so give --ferplus-rows (a rows "
-            "file made by `python -m training.face_data rows` from the original fer2013.csv), or train from fer2013.csv"
+            f"{FERPLUS_MIN_COVERAGE:.0%}): a FER2013 tree's names carry no row number, so --ferplus-rows must list these "
+            "images (a rows file made by `python -m training.face_data rows` from the original fer2013.csv), or train "
+            "from fer2013.csv itself"
         )
     if join.agreement < FERPLUS_MIN_AGREEMENT:
         raise DatasetError(
