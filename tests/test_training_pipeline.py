@@ -456,7 +456,11 @@ def test_speech_leave_one_corpus_out_records_uar_per_corpus_and_sex(tmp_path: Pa
         assert 0 <= f["clip_uar_int8"] <= 1 and set(f["by_corpus_int8"]) == {f["held_out_corpus"]}
     assert "leave-one-corpus-out" in loco["protocol"] and "calibration" not in loco
     assert "| held out: ased |" in r.stdout and "UAR" in r.stdout
+    assert set(loco["pooled_by_corpus_sex_int8"]) == {"ased:F", "ased:M", "ravdess:F", "ravdess:M"}
+    assert "| corpus:sex ravdess:F |" in r.stdout
     assert not out.exists()  # nothing ships from a leave-one-corpus-out run
+    # its models are named for the held-out corpus: the CV's fold<k> files (fusion_eval reads them) stay the CV's
+    assert {p.name for p in (tmp_path / "run").glob("*.tflite")} == {"loco-ased.tflite", "loco-ravdess.tflite"}
     # a corpus that is not loaded, or only one corpus: one line, exit code 2, before any featurising
     bad = _run("training.speech", *args[:2], "--leave-corpus-out", "ased", "--run-dir", str(tmp_path / "r2"))
     assert bad.returncode == 2 and bad.stderr.startswith("error: --leave-corpus-out ased")

@@ -497,9 +497,11 @@ def cross_validate(
             (xev[ev], ew.clip[ev], val_clips, y_clip[val_clips]),
             f"fold {k + 1}",
         )
-        tfl = export(model, xtr[tr], args.run_dir / f"fold{k + 1}.tflite", args.seed)
+        # leave-one-corpus-out models have names of their own: fold<k> files are the CV's, which fusion_eval reads
+        name = f"loco-{loco[k]}" if loco else f"fold{k + 1}"
+        tfl = export(model, xtr[tr], args.run_dir / f"{name}.tflite", args.seed)
         if fold_feats.norm_memory:
-            common.write_json(args.run_dir / f"fold{k + 1}.features.json", fold_feats.to_meta())
+            common.write_json(args.run_dir / f"{name}.features.json", fold_feats.to_meta())
         pw = common.tflite_predict(tfl, xev[ev])
         oof_win.append(pw)
         oof_win_y.append(y_clip[ew.clip[ev]])
@@ -572,6 +574,10 @@ def cross_validate(
             "clip_accuracy_int8_pooled": float(np.mean(yt == yp)),
             "pooled_by_corpus_int8": common.group_scores(yt, yp, kinds_all),
             "pooled_by_sex_int8": common.group_scores(yt, yp, sexes_all),
+            # the sex gap within each corpus (the ship rule's RAVDESS gap), keyed "ravdess:F" ...
+            "pooled_by_corpus_sex_int8": common.group_scores(
+                yt, yp, np.char.add(np.char.add(kinds_all, ":"), sexes_all)
+            ),
             "clip_accuracy_int8_mean": float(np.mean(accs)),
             "clip_accuracy_int8_std": float(np.std(accs)),
             "clip_accuracy_int8_each_clip_alone_mean": float(np.mean(alone_accs)),
@@ -714,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
                     "clip_accuracy_int8_pooled",
                     "pooled_by_corpus_int8",
                     "pooled_by_sex_int8",
+                    "pooled_by_corpus_sex_int8",
                 )
                 if k in cv  # cv.json files from before UAR was recorded lack the UAR keys
             }
@@ -790,6 +797,8 @@ def score_table(res: dict[str, Any]) -> str:
     rows = [row("all folds, pooled", pooled)]
     rows += [row(f"corpus {c}", sc) for c, sc in res["pooled_by_corpus_int8"].items()]
     rows += [row(f"sex {g}", sc) for g, sc in res["pooled_by_sex_int8"].items()]
+    if len(res["pooled_by_corpus_int8"]) > 1:
+        rows += [row(f"corpus:sex {g}", sc) for g, sc in res.get("pooled_by_corpus_sex_int8", {}).items()]
     for k, f in enumerate(res["folds"]):
         name = f"held out: {f['held_out_corpus']}" if "held_out_corpus" in f else f"fold {k + 1}"
         fold = {"accuracy": f["clip_accuracy_int8"], "uar": f["clip_uar_int8"]}
