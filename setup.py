@@ -40,7 +40,8 @@ setup(
     ],
     extras_require={
         # Training on a workstation: TensorFlow for Keras, matplotlib/scikit-learn for reports.
-        "train": ["tensorflow-cpu>=2.16", "matplotlib>=3.7", "scikit-learn>=1.3", "tqdm>=4.60"],
+        # soundfile reads ASED's FLAC clips; its aarch64 and x86-64 wheels bundle libsndfile (no system library).
+        "train": ["tensorflow-cpu>=2.16", "matplotlib>=3.7", "scikit-learn>=1.3", "tqdm>=4.60", "soundfile>=0.12"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",

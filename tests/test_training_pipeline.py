@@ -405,3 +405,175 @@ def test_face_distilled_from_a_teacher_records_it_through_resume_and_export(tmp_
     r = _run("training.face", *args, "--epochs", "1", "--teacher", str(shipped), "--run-dir", str(tmp_path / "s2"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "s2" / "distill.json").read_text())["mirror"] is True
+
+
+def _ased_tree(root: Path) -> None:
+    """Four ASED speakers (FLAC, ASED's names), five classes with the same tones as `_ravdess_tree` per emotion."""
+    import soundfile
+
+    rng = np.random.default_rng(1)
+    tone = {"n1": 1, "h3": 3, "a5": 5, "f2": 6, "s4": 4}  # the RAVDESS emotion code each ASED class maps onto
+    folders = {"n1": "01Neutral", "f2": "02Fearful", "h3": "03Happy", "s4": "04Sad", "a5": "05Angry"}
+    for spk, gender in ((1, "01"), (2, "02"), (3, "01"), (4, "02")):
+        for code, emo in tone.items():
+            t = np.arange(int(2.6 * SAMPLE_RATE)) / SAMPLE_RATE
+            audio = 0.2 * np.sin(2 * np.pi * (100 + 60 * emo) * t) + 0.01 * rng.standard_normal(t.size)
+            p = root / folders[code] / f"{code}-01-01-{gender}-{spk:02d}.flac"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(p, (audio * 32767).astype(np.int16), SAMPLE_RATE, subtype="PCM_16")
+
+
+def test_speech_leave_one_corpus_out_records_uar_per_corpus_and_sex(tmp_path: Path) -> None:
+    _ravdess_tree(tmp_path / "rav")
+    _ased_tree(tmp_path / "ased")
+    out = tmp_path / "models" / "speech_emotion.tflite"
+    args = ["--data", f"ravdess={tmp_path / 'rav'}", "--data", f"ased={tmp_path / 'ased'}"]
+    r = _run(
+        "training.speech",
+        *args,
+        "--leave-corpus-out",
+        "each",
+        "--quick",
+        "--threads",
+        "2",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    loco = json.loads((tmp_path / "run" / "loco.json").read_text())
+    assert [f["held_out_corpus"] for f in loco["folds"]] == ["ased", "ravdess"]
+    # each held-out corpus on its own labels that the other corpus taught: the trees share neutral, happy, angry;
+    # ASED's sad and fear, and this RAVDESS tree's surprise, have no teacher (not 8 classes, not their own 5 or 4)
+    assert [f["scored_on"] for f in loco["folds"]] == [["neutral", "happy", "angry"]] * 2
+    assert [f["clips_not_scored"] for f in loco["folds"]] == [8, 4]
+    assert {h.split(":")[0] for h in loco["folds"][0]["held_out_speakers"]} == {"ased"}
+    assert set(loco["pooled_by_corpus_int8"]) == {"ased", "ravdess"}
+    assert loco["pooled_by_corpus_int8"]["ased"]["clips"] == 12 and set(loco["pooled_by_sex_int8"]) == {"F", "M"}
+    for f in loco["folds"]:
+        assert 0 <= f["clip_uar_int8"] <= 1 and set(f["by_corpus_int8"]) == {f["held_out_corpus"]}
+    assert "leave-one-corpus-out" in loco["protocol"] and "calibration" not in loco
+    assert "| held out: ased |" in r.stdout and "UAR" in r.stdout
+    assert set(loco["pooled_by_corpus_sex_int8"]) == {"ased:F", "ased:M", "ravdess:F", "ravdess:M"}
+    assert "| corpus:sex ravdess:F |" in r.stdout
+    assert not out.exists()  # nothing ships from a leave-one-corpus-out run
+    # its models are named for the held-out corpus: the CV's fold<k> files (fusion_eval reads them) stay the CV's
+    assert {p.name for p in (tmp_path / "run").glob("*.tflite")} == {"loco-ased.tflite", "loco-ravdess.tflite"}
+    # a corpus that is not loaded, or only one corpus: one line, exit code 2, before any featurising
+    bad = _run("training.speech", *args[:2], "--leave-corpus-out", "ased", "--run-dir", str(tmp_path / "r2"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --leave-corpus-out ased")
+    assert "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------- FER+ targets and small faces in the face trainer
+
+FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+FERPLUS_COLUMN_OF = {  # CANONICAL class -> FER+ vote column (after Usage and Image name)
+    "angry": 4,
+    "disgust": 5,
+    "fear": 6,
+    "happy": 1,
+    "sad": 3,
+    "surprise": 2,
+    "neutral": 0,
+}
+
+
+def _fer_csv_and_ferplus(root: Path, shift: int = 0) -> tuple[Path, Path]:
+    """An original-format fer2013.csv (Training rows, then PublicTest; row i has class i % 7, brightness by class)
+    and FER+ votes for it: 7 votes for the row's class, 3 for the next class; `shift` moves the votes by rows."""
+    rng = np.random.default_rng(0)
+    usages = ["Training"] * 84 + ["PublicTest"] * 28
+    rows, votes = ["emotion,pixels,Usage"], [FERPLUS_HEADER]
+    for i, usage in enumerate(usages):
+        img = rng.integers(0, 60, 48 * 48) + 25 * (i % 7)
+        rows.append(f"{i % 7},{' '.join(map(str, img))},{usage}")
+    for i, usage in enumerate(usages):
+        c = (i + shift) % 7
+        v = [0] * 10
+        v[FERPLUS_COLUMN_OF[CANONICAL[c]]] += 7
+        v[FERPLUS_COLUMN_OF[CANONICAL[(c + 1) % 7]]] += 3
+        votes.append(f"{usage},fer{i:07d}.png,{','.join(map(str, v))}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "fer2013.csv").write_text("\n".join(rows) + "\n")
+    (root / "ferplus.csv").write_text("\n".join(votes) + "\n")
+    return root / "fer2013.csv", root / "ferplus.csv"
+
+
+def test_face_quick_run_on_ferplus_soft_targets_with_small_faces(tmp_path: Path) -> None:
+    fer, ferplus = _fer_csv_and_ferplus(tmp_path / "data")
+    out = tmp_path / "models" / "face_emotion.tflite"
+    common = ["--train", str(fer), "--val", str(fer), "--quick", "--threads", "2", "--peer-json", "none.json"]
+    r = _run(
+        "training.face",
+        *common,
+        "--ferplus",
+        str(ferplus),
+        "--ferplus-mode",
+        "soft",
+        "--small-faces",
+        "0.5",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (
+        "FER+ joined to 84 of 84 images (100.0%)" in r.stdout and "agrees with the FER2013 label on 100.0%" in r.stdout
+    )
+    meta, _ = load_model(out.with_suffix(".json"), expect_kind="face_emotion")
+    m = meta.raw["metrics"]
+    assert m["val_ferplus_majority_images"] == 28 and 0 <= m["val_accuracy_ferplus_majority_int8"] <= 1
+    assert set(m["per_class_ferplus_majority_int8"]) == set(CANONICAL)
+    assert "soft targets" in meta.raw["training"]["targets"] and "84 of 84" in meta.raw["training"]["targets"]
+    assert "50% of faces per epoch rendered at 16-48 px" in meta.raw["training"]["small_faces"]
+    assert "FER+ labels" in meta.raw["data_licence"] and "MIT" in meta.raw["data_licence"]
+    card = out.with_suffix(".md").read_text()
+    assert "Val against FER+ majority labels (28 faces" in card and "MIT" in card
+    recipe = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert recipe["ferplus_mode"] == "soft" and recipe["small_faces"] == 0.5
+    # a resume that asks for other targets is refused (the run began on soft targets)
+    again = _run(
+        "training.face", *common, "--ferplus", str(ferplus), "--ferplus-mode", "majority", "--resume",
+        "--run-dir", str(tmp_path / "run"), "--out", str(out),
+    )  # fmt: skip
+    assert again.returncode == 2 and "ferplus_mode" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_face_trainer_refuses_ferplus_votes_shifted_by_one_row(tmp_path: Path) -> None:
+    fer, ferplus = _fer_csv_and_ferplus(tmp_path / "data", shift=1)
+    r = _run(
+        "training.face", "--train", str(fer), "--val", str(fer), "--quick", "--ferplus", str(ferplus),
+        "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "m" / "face_emotion.tflite"),
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith("error: --train: FER+ majority agrees with the FER2013 label on 0.0% of 84 images")
+    assert "not aligned" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "last.keras").exists()  # refused before any training
+
+
+def test_small_faces_render_real_faces_smaller_and_keep_the_input_range() -> None:
+    from training.face import small_faces
+    from training.face_data import load_fer_csv, prepare_all
+
+    pre = FacePreprocess()
+    x, _ = prepare_all(load_fer_csv(shared_data("fer2013_csv_sample/fer2013_first_200_rows.csv")), pre)
+    x = x[:64]
+    lo, hi = sorted((pre.offset, 255.0 * pre.scale + pre.offset))
+    got = small_faces(x, 1.0, pre, np.random.default_rng(0))
+    assert got.shape == x.shape and got.dtype == np.float32
+    assert got.min() >= lo and got.max() <= hi
+    assert all(not np.array_equal(a, b) for a, b in zip(got, x, strict=True))  # every face changed
+
+    # fine detail is lost as in a face 16-48 px across: less high-frequency energy in most faces
+    def detail(a: np.ndarray) -> float:
+        return float(cv2.Laplacian(a[..., 0].astype(np.float64), cv2.CV_64F).var())
+
+    assert np.mean([detail(a) < detail(b) for a, b in zip(got, x, strict=True)]) > 0.8
+    assert np.array_equal(small_faces(x, 0.0, pre, np.random.default_rng(0)), x)  # P = 0: untouched
+    half = small_faces(x, 0.5, pre, np.random.default_rng(1))
+    changed = np.mean([not np.array_equal(a, b) for a, b in zip(half, x, strict=True)])
+    assert 0.3 < changed < 0.7

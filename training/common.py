@@ -124,8 +124,37 @@ def time_inference(model_path: Path, x: np.ndarray, runs: int = 300) -> float:
     return float(np.median(ts) * 1000.0)
 
 
+def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Unweighted average recall: the mean of per-class recall over the classes that occur in `y_true`.
+
+    How speech emotion is reported in the field: a class with few clips counts as much as a common one, so a model
+    that always says the majority class scores 1 / (number of classes), whatever the accuracy. Classes absent from
+    `y_true` are left out (their recall is undefined), so a corpus with 5 of the 8 labels is scored on its 5."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    classes = np.unique(y_true)
+    if not len(classes):
+        return 0.0
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | int]:
+    """Accuracy, UAR and the number of items, the figures every speech report gives side by side."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    acc = float(np.mean(y_true == y_pred)) if len(y_true) else 0.0
+    return {"accuracy": acc, "uar": uar(y_true, y_pred), "clips": int(len(y_true))}
+
+
+def group_scores(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, float | int]]:
+    """`scores` within each group (a corpus, a sex), keyed by the group in sorted order."""
+    groups = np.asarray(groups)
+    return {
+        str(g): scores(np.asarray(y_true)[groups == g], np.asarray(y_pred)[groups == g])
+        for g in sorted(set(groups.tolist()))
+    }
+
+
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
+    """Accuracy, UAR, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     idx = list(range(len(labels)))
@@ -133,6 +162,7 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
     cm = confusion_matrix(y_true, y_pred, labels=idx)
     return {
         "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
+        "uar": uar(y_true, y_pred),
         "macro_f1": float(np.mean(f)),
         "per_class": {
             lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}

@@ -3,7 +3,7 @@
     python -m training.cross_corpus --data urdu=../shared/data/urdu --out runs/speech/urdu.json
 
 Each clip is classified as `emotion-edge classify speech` does it (the daemon's voice gate, its windows, mean of
-the calibrated window probabilities), each clip alone; a model that normalises per stream is also run with each
+the calibrated window probabilities), each clip alone, scored by accuracy and UAR (mean per-class recall); a model that normalises per stream is also run with each
 speaker's clips on one stream, as a microphone in front of that person would hear them. The prediction is the most probable of the labels the corpus has (URDU has
 only angry, happy, neutral and sad; calm counts as neutral), so chance is 1 / that many. Clips with no voiced
 window count as wrong and are reported.
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         "clips_without_voiced_window": int(np.sum(pred < 0)),
         "accuracy": float(np.mean(pred == truth)),
         "accuracy_by_sex": by_sex(pred, truth, sexes),
+        # UAR: mean per-class recall over the corpus's own classes (URDU's 4, ASED's 5), as the field reports it
+        "uar": common.uar(truth, pred),
+        "uar_by_sex": {k: v["uar"] for k, v in common.group_scores(truth, pred, sexes).items()},
         "clips_by_sex": dict(Counter(sexes.tolist())),
         "per_class": rep["per_class"],
         **(one_stream_scores(model, corpus, present, config, truth, sexes) if model.features.norm_memory else {}),

@@ -30,7 +30,7 @@ from edge_daemon.modelmeta import sha256_of
 from edge_daemon.vision.preprocess import FacePreprocess
 
 from . import common
-from .face_data import FaceSet, load_many, prepare_all
+from .face_data import FaceSet, join_ferplus, load_ferplus, load_many, load_rows_file, prepare_all
 
 MODEL_NAME = "face_emotion"
 TRIED = (  # the card's account of what was tried for accuracy: keep it current with VERSION
@@ -47,6 +47,12 @@ DATA_LICENCE = (
     "FER2013 (Goodfellow et al., ICML 2013 'Challenges in Representation Learning'): research use as released for "
     "the challenge; no commercial licence is granted for the images."
 )
+FERPLUS_LICENCE = (
+    "FER+ labels (Barsoum et al., 'Training Deep Networks for Facial Expression Recognition with Crowd-Sourced Label "
+    "Distribution', ICMI 2016; microsoft/FERPlus): MIT; the images stay under FER2013's terms."
+)
+# A far face in a webcam frame: the detector's box is this many pixels across before the daemon scales it to 48.
+SMALL_FACE_PX = (16, 48)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -133,7 +139,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         help="the teacher's share of each target, above 0 and at most 0.5 (default 0.5; with --teacher only)",
     )
+    ap.add_argument(
+        "--ferplus",
+        type=Path,
+        help="FER+ votes (fer2013new.csv, microsoft/FERPlus), joined to the images by their row of the original "
+        "fer2013.csv: train on them (--ferplus-mode) and report val against FER+ majority labels too",
+    )
+    ap.add_argument(
+        "--ferplus-mode",
+        choices=("soft", "majority"),
+        default="soft",
+        help="soft: each target is the vote distribution over our 7 classes; majority: FER+'s majority label",
+    )
+    ap.add_argument(
+        "--ferplus-rows",
+        type=Path,
+        help="for --train/--val trees: each image's row of fer2013.csv (python -m training.face_data rows)",
+    )
+    ap.add_argument(
+        "--small-faces",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability per training face per epoch of seeing it as a far face does: rendered at a random "
+        f"{SMALL_FACE_PX[0]}-{SMALL_FACE_PX[1]} px with blur, noise and JPEG, then scaled back as the daemon scales it",
+    )
     args = ap.parse_args(argv)
+    if args.ferplus_rows and not args.ferplus:
+        ap.error("--ferplus-rows needs --ferplus (the FER+ votes to join)")
+    if not 0 <= args.small_faces <= 1:
+        ap.error(f"--small-faces {args.small_faces} must be a probability between 0 and 1")
     if args.swa_epochs < 0 or (args.swa_epochs and args.schedule != "cosine"):
         ap.error("--swa-epochs must be 0 or more, and follows a cosine cycle (--schedule cosine)")
     if args.distill is not None and not args.teacher:
@@ -156,20 +191,23 @@ def _cache_key(paths: list[Path], usages: str, pre: FacePreprocess, quick: bool)
 
 
 def load_split(paths: list[Path], usages: str, pre: FacePreprocess, cache_dir: Path, quick: bool) -> tuple:
-    """Prepared (x, y) for a split, cached as .npz so a resumed run does not re-decode 30 k JPEGs."""
+    """Prepared (x, y, summary, sources) for a split, cached as .npz so a resumed run does not re-decode 30 k JPEGs.
+
+    `sources` (file, or CSV file:line) are what FER+ is joined by; a cache written before they were kept is rebuilt."""
     key = _cache_key(paths, usages, pre, quick)
     cache = cache_dir / f"faces_{key}.npz"
     if cache.is_file():
         d = np.load(cache, allow_pickle=False)
-        return d["x"], d["y"], str(d["summary"])
+        if "sources" in d:
+            return d["x"], d["y"], str(d["summary"]), [str(v) for v in d["sources"]]
     fs = load_many(paths, tuple(u.strip() for u in usages.split(",") if u.strip()))
     if quick:
         fs = _subsample(fs, 40)
     x, y = prepare_all(fs, pre)
     summary = fs.summary()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, x=x, y=y, summary=np.array(summary))
-    return x, y, summary
+    np.savez(cache, x=x, y=y, summary=np.array(summary), sources=np.array(fs.sources))
+    return x, y, summary, list(fs.sources)
 
 
 def _subsample(fs: FaceSet, per_class: int) -> FaceSet:
@@ -299,6 +337,80 @@ def teacher_given(args: argparse.Namespace) -> dict[str, Any] | None:
     return {"teacher": str(args.teacher), "sha256": sha256_of(args.teacher), "share": args.distill, "mirror": True}
 
 
+RECIPE_KEYS = ("ferplus_sha256", "ferplus_mode", "small_faces")
+
+
+def recipe_given(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What --ferplus and --small-faces ask for, as the run dir records it (recipe.json): a --resume goes on with
+    the targets and augmentation it began with, and refuses flags that ask for others."""
+    if not args.ferplus and not args.small_faces:
+        return None
+    if args.ferplus and not args.ferplus.is_file():
+        raise common.DatasetError(f"--ferplus {args.ferplus}: no such file (fer2013new.csv from microsoft/FERPlus)")
+    return {
+        "ferplus": str(args.ferplus) if args.ferplus else None,
+        "ferplus_sha256": sha256_of(args.ferplus) if args.ferplus else None,
+        "ferplus_mode": args.ferplus_mode if args.ferplus else None,
+        "ferplus_rows": str(args.ferplus_rows) if args.ferplus_rows else None,
+        "small_faces": args.small_faces,
+    }
+
+
+def resolve_recipe(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The run's recipe: the flags' for a fresh run, the record's for a --resume (conflicts refused), and for an
+    --export-only the flags' if given, else what the run recorded."""
+    run = args.run_dir
+    if args.export_only:
+        return recipe_given(args) or read_record(run, "recipe")
+    resumed = args.resume and (run / "last.keras").is_file()
+    if not resumed and (run / "last.keras").is_file():  # as train() refuses it, before the record is overwritten
+        raise common.DatasetError(
+            f"{run} holds a run (last.keras): --resume to go on with it, or choose another --run-dir"
+        )
+    return run_record(run, "recipe", recipe_given(args), resumed, RECIPE_KEYS)
+
+
+@dataclasses.dataclass(frozen=True)
+class FerPlusTargets:
+    """The training set after the FER+ join, and what val is scored against besides FER2013's labels."""
+
+    keep: np.ndarray  # training images with a FER+ target (bool)
+    targets: np.ndarray | None  # (kept, 7) soft targets, or None for majority labels (then `labels`)
+    labels: np.ndarray  # (kept,) the label each kept image trains on (FER+ majority, or the soft target's argmax)
+    val_majority: np.ndarray  # (val,) FER+ majority label per val image, -1 where none
+    text: dict[str, str]
+
+
+def ferplus_targets(
+    recipe: dict[str, Any], sources: list[str], y: np.ndarray, vsources: list[str], yv: np.ndarray
+) -> FerPlusTargets:
+    """Join FER+ to train and val (refused when the rows do not line up) and make the training targets."""
+    fp = load_ferplus(Path(recipe["ferplus"]))
+    rows = load_rows_file(Path(recipe["ferplus_rows"])) if recipe.get("ferplus_rows") else None
+    jt = join_ferplus(fp, sources, y, rows, "--train")
+    jv = join_ferplus(fp, vsources, yv, rows, "--val")
+    if recipe["ferplus_mode"] == "soft":
+        keep = ~np.isnan(jt.soft[:, 0])
+        targets = jt.soft[keep].astype(np.float32)
+        labels = targets.argmax(1)
+        how = (
+            "soft targets: each face's FER+ vote distribution over the 7 classes (contempt, unknown and NF votes "
+            "dropped, the rest renormalised; faces whose most votes are unknown, NF or contempt left out)"
+        )
+    else:
+        keep = jt.majority >= 0
+        targets, labels = None, jt.majority[keep]
+        how = "FER+ majority labels (faces with a tie, or most votes on unknown, NF or contempt, left out)"
+    text = {
+        "targets": f"{how}; {int(keep.sum())} of {len(keep)} training faces kept",
+        "train_join": jt.summary(),
+        "val_join": jv.summary(),
+    }
+    for v in text.values():
+        print(v, flush=True)
+    return FerPlusTargets(keep, targets, labels, jv.majority, text)
+
+
 def load_teacher(record: dict[str, Any], pre: FacePreprocess) -> Any:
     """The recorded teacher as a function of a batch of faces (prepared by `pre`), refused if its file changed since
     the run began (a retrained run dir, say)."""
@@ -426,6 +538,29 @@ def degraded_copy(x: np.ndarray, pre: FacePreprocess, seed: int) -> np.ndarray:
     return out.astype(np.float32) * pre.scale + pre.offset
 
 
+def small_faces(x: np.ndarray, p: float, pre: FacePreprocess, rng: np.random.Generator) -> np.ndarray:
+    """With probability `p` per face: the face as a far face in a webcam frame reaches the model. The camera sees it
+    SMALL_FACE_PX across (area-sampled), with a chance of optical blur, with sensor noise and the stream's JPEG;
+    the daemon then scales the crop up to 48 (linear, as `FacePreprocess.prepare` enlarges a small crop)."""
+    import cv2
+
+    out = np.array(x, dtype=np.float32, copy=True)
+    for i in np.flatnonzero(rng.random(len(x)) < p):
+        raw = np.clip(np.rint((x[i] - pre.offset) / pre.scale), 0, 255).astype(np.uint8)
+        g = raw[..., 0] if raw.ndim == 3 and raw.shape[-1] == 1 else raw
+        h, w = g.shape[:2]
+        side = int(rng.integers(SMALL_FACE_PX[0], SMALL_FACE_PX[1] + 1))
+        small = cv2.resize(g, (side, side), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            small = cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.3, 0.8)))
+        small = np.clip(small + rng.normal(0, rng.uniform(1, 5), small.shape), 0, 255).astype(np.uint8)
+        ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 91))])
+        small = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else small
+        big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        out[i] = big.reshape(out[i].shape).astype(np.float32) * pre.scale + pre.offset
+    return out
+
+
 def random_erase(tf: Any, a: Any, p: float, lo: float, hi: float) -> Any:
     """Random erasing (Zhong et al. 2017) on a batch: one rectangle of 2-20 % of the face, random grey, with
     probability p per image; teaches the net not to hang on one region (hands, glasses, masks hide parts)."""
@@ -446,8 +581,16 @@ def random_erase(tf: Any, a: Any, p: float, lo: float, hi: float) -> Any:
 
 
 def train(
-    args: argparse.Namespace, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, pre: FacePreprocess
+    args: argparse.Namespace,
+    x: np.ndarray,
+    y: np.ndarray,
+    xv: np.ndarray,
+    yv: np.ndarray,
+    pre: FacePreprocess,
+    targets: np.ndarray | None = None,
 ) -> dict[str, list[float]]:
+    """`targets`: soft training targets (FER+ votes) instead of one-hot `y`; `y` is then their argmax, which is also
+    how Keras picks each face's class weight."""
     tf = common.setup_tf(args.threads, args.seed)
     import keras
 
@@ -496,7 +639,9 @@ def train(
     mix = make_mix(tf, aug, pre, args, teacher, distill["share"] if distill else 0.0)
     xd = degraded_copy(x, pre, args.seed)
     ds = (
-        tf.data.Dataset.from_tensor_slices((x, xd, keras.utils.to_categorical(y, n).astype(np.float32)))
+        tf.data.Dataset.from_tensor_slices(
+            (x, xd, keras.utils.to_categorical(y, n).astype(np.float32) if targets is None else targets)
+        )
         .cache()
         .shuffle(len(x), seed=args.seed + initial_epoch, reshuffle_each_iteration=True)
         .batch(args.batch, drop_remainder=len(x) > 10 * args.batch)  # no tiny last batch for BN; keep all of a tiny set
@@ -629,13 +774,31 @@ def make_mix(tf: Any, aug: Any, pre: FacePreprocess, args: argparse.Namespace, t
     geometry/photometry, then random erasing; the target is the label, or with a teacher the distillation target."""
     lo, hi = sorted((pre.offset, 255.0 * pre.scale + pre.offset))
 
+    p_small = getattr(args, "small_faces", 0.0)
+    rng = np.random.default_rng(getattr(args, "seed", 0) + 11)
+
     def mix(a: Any, ad: Any, b: Any) -> tuple[Any, Any]:
         pick = tf.random.uniform((tf.shape(a)[0], 1, 1, 1)) < args.degrade
-        a = random_erase(tf, aug(tf.where(pick, ad, a), training=True), args.erase, lo, hi)
+        a = tf.where(pick, ad, a)
+        if p_small > 0:  # rendered in numpy (OpenCV's JPEG and area sampling), a batch at a time
+            shape = a.shape
+            a = tf.numpy_function(lambda z: small_faces(z, p_small, pre, rng), [a], tf.float32)
+            a.set_shape(shape)
+        a = random_erase(tf, aug(a, training=True), args.erase, lo, hi)
         target = b if teacher is None else soft_targets(teacher, a, b, share)
         return a, target
 
     return mix
+
+
+def small_faces_text(p: float) -> str:
+    if not p:
+        return "none"
+    lo, hi = SMALL_FACE_PX
+    return (
+        f"{p:.0%} of faces per epoch rendered at {lo}-{hi} px (area sampling, blur sigma 0.3-0.8 with p 0.5, noise, "
+        "JPEG q40-90) and scaled back to 48 as the daemon scales a far face"
+    )
 
 
 def bf16_in_hardware() -> bool:
@@ -675,6 +838,8 @@ def export_and_report(
     pre: FacePreprocess,
     data_summary: dict[str, str],
     argv: list[str],
+    fp: FerPlusTargets | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import keras
 
@@ -749,6 +914,13 @@ def export_and_report(
     }
     if peer:
         metrics["peer_fer_package_val_accuracy"] = peer.get("accuracy")
+    if fp is not None:  # val against FER+ majority labels: the same faces, labels ten annotators agreed on
+        has = fp.val_majority >= 0
+        rep_fp = common.classification_report(fp.val_majority[has], p_served[has].argmax(1), labels)
+        metrics["val_accuracy_ferplus_majority_int8"] = rep_fp["accuracy"]  # as served
+        metrics["val_ferplus_majority_images"] = int(has.sum())
+        metrics["per_class_ferplus_majority_int8"] = rep_fp["per_class"]
+        metrics["ferplus"] = fp.text
     common.write_json(run / "report.json", metrics)
     common.plot_confusion(rep_q["confusion"], labels, run / "confusion_int8.png", "face int8, FER2013 val")
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}, indent=2), flush=True)
@@ -778,6 +950,8 @@ def export_and_report(
         "optimizer": f"AdamW lr {args.lr} weight decay 1e-4, {args.schedule} schedule, batch {args.batch}",
         "precision": f"{precision} in training (float32 weights), float32 graph quantised for export",
         "distillation": distillation_text(run),
+        "targets": fp.text["targets"] if fp else "FER2013's labels (one-hot)",
+        "small_faces": small_faces_text((recipe or {}).get("small_faces", 0.0)),
     }
     scalar_metrics = {k: v for k, v in metrics.items() if k not in ("confusion_int8",)}
     write_meta(
@@ -791,7 +965,7 @@ def export_and_report(
         metrics=scalar_metrics,
         calibration={"temperature": round(cal["temperature"], 4), "fitted_on": "FER2013 PublicTest (val), int8"},
         licence="model weights: same terms as the training data (research use)",
-        data_licence=DATA_LICENCE,
+        data_licence=DATA_LICENCE + (" " + FERPLUS_LICENCE if fp else ""),
     )
     load_model(out.with_suffix(".json"), expect_kind="face_emotion")  # exactly what the daemon does
     if args.card:
@@ -852,6 +1026,18 @@ def _train_minutes(run: Path) -> float | None:
     return round(float(np.sum(gaps[gaps < 3 * typical]) + typical) / 60.0, 1)
 
 
+def ferplus_card_lines(m: dict[str, Any]) -> str:
+    """The card's FER+ lines: the labels' licence, the joins, and val scored against FER+ majority labels."""
+    if "ferplus" not in m:
+        return ""
+    pc = ", ".join(f"{k} {v['recall']:.2f}" for k, v in m["per_class_ferplus_majority_int8"].items())
+    return (
+        f"- {FERPLUS_LICENCE}\n- Train: {m['ferplus']['train_join']}. Val: {m['ferplus']['val_join']}.\n"
+        f"- Val against FER+ majority labels ({m['val_ferplus_majority_images']} faces with one), as served: "
+        f"**{m['val_accuracy_ferplus_majority_int8']:.4f}**; recall per class: {pc}.\n"
+    )
+
+
 def model_card(m: dict[str, Any], t: dict[str, Any], peer: dict | None, args: argparse.Namespace) -> str:
     pc = m["per_class_int8"]
     rows = "\n".join(
@@ -898,7 +1084,7 @@ scaling by the daemon (`calibration.temperature` in the metadata).
 - Validation: {t["data"].get("val")}
 - Split protocol: {t["split_protocol"]}.
 - {DATA_LICENCE} The model weights are derived from these images; treat them as research-use only.
-
+{ferplus_card_lines(m)}
 ## How it was made
 Trained with the commands in `training/README.md` (Face model), exported with `{t["command"]}` (git {t["git"]},
 {t["date"]}, seed {t["seed"]}); training took {m.get("train_minutes")} min
@@ -906,6 +1092,7 @@ on this project's 2-core x86-64 machine, shared with other work (`{args.run_dir}
 Architecture `{t["arch"]}` ({m["params"]:,} parameters: a strided 3×3 stem on the full 48×48, then three VGG blocks
 at 24, 12 and 6 pixels and a 256-unit dense head), {t["weights"]}. {t["augmentation"]}; {t["degrade"]}; random erasing {t["random_erasing"]}. {t["loss"]}.
 {t["optimizer"]}; {t["precision"]}; distillation: {t["distillation"]}. {t["quantisation"]}.
+Targets: {t.get("targets", "FER2013's labels (one-hot)")}. Small faces: {t.get("small_faces", "none")}.
 
 ## Results on FER2013 val (PublicTest, {m["val_images"]} images) — the checkpoint was chosen on this split
 | model | top-1 accuracy |
@@ -965,16 +1152,21 @@ def main(argv: list[str] | None = None) -> int:
     pre = FacePreprocess()  # crop_margin 0.2 default: the daemon crops detector boxes with it
     cache = args.run_dir / "cache"
     t0 = time.time()
-    x, y, s_train = load_split(args.train, args.usage_train, pre, cache, args.quick)
-    xv, yv, s_val = load_split(args.val, args.usage_val, pre, cache, args.quick)
+    recipe = resolve_recipe(args)  # before the data: a refused --resume costs no loading
+    x, y, s_train, src = load_split(args.train, args.usage_train, pre, cache, args.quick)
+    xv, yv, s_val, vsrc = load_split(args.val, args.usage_val, pre, cache, args.quick)
     print(f"train: {s_train}\nval: {s_val}\nloaded in {time.time() - t0:.0f}s", flush=True)
+    fp = ferplus_targets(recipe, src, y, vsrc, yv) if recipe and recipe.get("ferplus") else None
+    if recipe and recipe.get("small_faces"):
+        args.small_faces = recipe["small_faces"]  # a --resume goes on with the recorded share
+    xt, yt = (x[fp.keep], fp.labels) if fp else (x, y)
     if not args.export_only:
-        train(args, x, y, xv, yv, pre)
+        train(args, xt, yt, xv, yv, pre, fp.targets if fp else None)
     else:
         common.setup_tf(args.threads, args.seed)
     if not weights_to_export(args.run_dir).is_file():
         raise common.DatasetError(f"{weights_to_export(args.run_dir)} not found: nothing to export (train first)")
-    export_and_report(args, x, y, xv, yv, pre, {"train": s_train, "val": s_val}, argv)
+    export_and_report(args, xt, yt, xv, yv, pre, {"train": s_train, "val": s_val}, argv, fp, recipe)
     return 0
 
 

@@ -29,6 +29,7 @@ from edge_daemon.modelmeta import SPEC_ERRORS
 
 from . import common
 from .speech_data import (
+    CORPORA,
     Corpus,
     augment_audio,
     clip_windows,
@@ -47,6 +48,22 @@ DATA_LICENCE = (
     "RAVDESS (Livingstone & Russo 2018, PLoS ONE 13(5): e0196391), CC BY-NC-SA 4.0: attribution, NON-COMMERCIAL "
     "use only, share-alike. A model trained on it inherits these terms: no commercial use."
 )
+# What the card says of each other corpus a model was trained on (RAVDESS: DATA_LICENCE above).
+CORPUS_TERMS = {
+    "ased": 'ASED v1 (Retta et al., "A New Amharic Speech Emotion Dataset and Classification Benchmark", ACM TALLIP '
+    '2022): released for research use ("freely available"), no licence file.',
+    "urdu": "URDU-Dataset (Latif et al. 2018, arXiv:1812.10411): research use only.",
+    "cremad": "CREMA-D (Cao et al. 2014): Open Database License.",
+    "tess": "TESS (Dupuis & Pichora-Fuller 2010): CC BY-NC-ND 4.0.",
+    "savee": "SAVEE (Jackson & Haq 2014): research use.",
+    "emodb": "EmoDB (Burkhardt et al. 2005): research use.",
+}
+
+
+def data_licence(corpora: set[str]) -> str:
+    """The terms of every corpus the model saw, RAVDESS's first."""
+    parts = [DATA_LICENCE] if "ravdess" in corpora else []
+    return " ".join(parts + [CORPUS_TERMS[c] for c in sorted(corpora) if c in CORPUS_TERMS])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data",
         action="append",
         required=True,
-        help="kind=path with kind in ravdess/cremad/tess/savee/emodb (repeat to merge corpora)",
+        help=f"kind=path with kind in {'/'.join(CORPORA)} (repeat to merge corpora)",
     )
     ap.add_argument("--out", type=Path, default=Path("models_tflite/speech_emotion.tflite"))
     ap.add_argument("--run-dir", type=Path, default=Path("runs/speech"))
@@ -84,12 +101,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-cv", action="store_true", help="train the shipped model only (reuses cv.json if any)")
     ap.add_argument("--cv-only", action="store_true", help="cross-validate (and SVM baseline) only")
+    ap.add_argument(
+        "--leave-corpus-out",
+        action="append",
+        default=[],
+        metavar="CORPUS",
+        help="instead of k-fold CV: train on every other --data corpus and test on CORPUS (repeat for several, "
+        "'each' = every corpus in turn); writes loco.json in --run-dir, no model is shipped",
+    )
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 crop, no augmentation")
     args = ap.parse_args(argv)
     if args.quick:
         args.epochs, args.crops = min(args.epochs, 2), 1
     return args
+
+
+def loco_folds(corpus: Corpus, names: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """Leave-one-corpus-out: for each named corpus, the indices of its clips (the held-out set); 'each' = all.
+
+    Refused unless at least two corpora are loaded and every name is one of them (there must be something to train
+    on and something to test)."""
+    present = sorted({u.corpus for u in corpus.items})
+    wanted = present if names == ["each"] else names
+    bad = [c for c in wanted if c not in present]
+    if bad or len(present) < 2:
+        raise UserError(
+            f"--leave-corpus-out {', '.join(bad or wanted)}: needs two or more --data corpora, and names one of them "
+            f"(loaded: {', '.join(present)})"
+        )
+    kinds = np.asarray([u.corpus for u in corpus.items])
+    return wanted, [np.flatnonzero(kinds == c) for c in wanted]
+
+
+def predict_among(probs: np.ndarray, present: list[int]) -> np.ndarray:
+    """The most probable of the labels `present` (SPEECH_LABELS indices), for a corpus that has only those.
+
+    `calm` goes to the label the daemon maps it to (`fusion.calm_as`, neutral by default) when the corpus has no
+    calm, as `training.cross_corpus` scores the shipped model."""
+    from edge_daemon.config import FusionConfig
+
+    p = np.array(probs, dtype=np.float64)
+    calm, calm_as = SPEECH_LABELS.index("calm"), FusionConfig().calm_as
+    if calm not in present and calm_as in SPEECH_LABELS and SPEECH_LABELS.index(calm_as) in present:
+        p[:, SPEECH_LABELS.index(calm_as)] += p[:, calm]
+    keep = np.asarray(sorted(present))
+    return keep[p[:, keep].argmax(1)]
 
 
 def feature_params(args: argparse.Namespace) -> SpeechFeatures:
@@ -381,26 +438,45 @@ def export(model: Any, xw: np.ndarray, path: Path, seed: int) -> Path:
 
 
 def cross_validate(
-    args: argparse.Namespace, corpus: Corpus, y_clip: np.ndarray, tw: Windows, ew: Windows, feats: SpeechFeatures
+    args: argparse.Namespace,
+    corpus: Corpus,
+    y_clip: np.ndarray,
+    tw: Windows,
+    ew: Windows,
+    feats: SpeechFeatures,
+    loco: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Speaker-grouped k-fold CV (`loco` None), or leave-one-corpus-out with one fold per corpus named in `loco`.
+
+    In k-fold CV a clip's prediction is the most probable of all 8 labels, as the daemon serves it; held out whole,
+    a corpus is scored on its own labels (ASED's 5; `predict_among`), since the network cannot know which of the
+    8 a corpus it never heard lacks, and only on those the training corpora taught (RAVDESS held out from a model
+    trained on ASED alone: its calm, disgust and surprise clips are counted as `clips_not_scored`)."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     speakers = [u.speaker for u in corpus.items]
     sexes = np.asarray([u.sex for u in corpus.items])
-    folds = make_split(args.split, speakers, args.folds)
+    kinds = np.asarray([u.corpus for u in corpus.items])
+    folds = loco_folds(corpus, loco)[1] if loco else make_split(args.split, speakers, args.folds)
     n = len(SPEECH_LABELS)
     stats = clip_stats_features(corpus, feats)
     res: dict[str, Any] = {"folds": [], "svm_folds": []}
     all_true, all_pred = [], []
     oof_win: list[np.ndarray] = []  # held-out window probabilities (int8), for the temperature
     oof_win_y: list[np.ndarray] = []
+    scored: list[np.ndarray] = []  # each fold's clips that were scored (all of them, but in leave-one-corpus-out)
     for k, val_clips in enumerate(folds):
         val_set = set(val_clips.tolist())
         train_clips = np.array([i for i in range(len(corpus.items)) if i not in val_set])
         held = sorted({speakers[i] for i in val_clips})
         assert not set(held) & {speakers[i] for i in train_clips}  # speaker-independent by construction
+        unscored = 0
+        if loco:  # a corpus held out whole is scored on the classes the other corpora taught (and it has)
+            taught = np.isin(y_clip[val_clips], np.unique(y_clip[train_clips]))
+            unscored, val_clips = int(np.sum(~taught)), val_clips[taught]
+        scored.append(val_clips)
         tr = np.isin(tw.clip, train_clips)
         ev = np.isin(ew.clip, val_clips)
         yw = y_clip[tw.clip[tr]]
@@ -421,24 +497,40 @@ def cross_validate(
             (xev[ev], ew.clip[ev], val_clips, y_clip[val_clips]),
             f"fold {k + 1}",
         )
-        tfl = export(model, xtr[tr], args.run_dir / f"fold{k + 1}.tflite", args.seed)
+        # leave-one-corpus-out models have names of their own: fold<k> files are the CV's, which fusion_eval reads
+        name = f"loco-{loco[k]}" if loco else f"fold{k + 1}"
+        tfl = export(model, xtr[tr], args.run_dir / f"{name}.tflite", args.seed)
         if fold_feats.norm_memory:
-            common.write_json(args.run_dir / f"fold{k + 1}.features.json", fold_feats.to_meta())
+            common.write_json(args.run_dir / f"{name}.features.json", fold_feats.to_meta())
         pw = common.tflite_predict(tfl, xev[ev])
         oof_win.append(pw)
         oof_win_y.append(y_clip[ew.clip[ev]])
         pq = clip_probs(pw, ew.clip[ev], val_clips)
-        pred = pq.argmax(1)
         yt = y_clip[val_clips]
-        alone = clip_probs(common.tflite_predict(tfl, xev_alone[ev]), ew.clip[ev], val_clips).argmax(1)
+        present = sorted(set(yt.tolist())) if loco else list(range(n))
+        pred = predict_among(pq, present)
+        alone = predict_among(clip_probs(common.tflite_predict(tfl, xev_alone[ev]), ew.clip[ev], val_clips), present)
         sex_acc = group_accuracy(pred, yt, sexes[val_clips])
         spk_acc = group_accuracy(pred, yt, np.asarray(speakers)[val_clips])
         res["folds"].append(
             {
                 "held_out_speakers": held,
                 "clip_accuracy_float_final_epoch": hist["val_clip_accuracy"][-1],
+                **(
+                    {
+                        "held_out_corpus": loco[k],
+                        "scored_on": [SPEECH_LABELS[i] for i in present],
+                        "clips_not_scored": unscored,  # of classes no training corpus has
+                    }
+                    if loco
+                    else {}
+                ),
                 "clip_accuracy_int8": float(np.mean(pred == yt)),
+                "clip_uar_int8": common.uar(yt, pred),
                 "clip_accuracy_int8_each_clip_alone": float(np.mean(alone == yt)),
+                "clip_uar_int8_each_clip_alone": common.uar(yt, alone),
+                "by_corpus_int8": common.group_scores(yt, pred, kinds[val_clips]),
+                "by_sex_int8": common.group_scores(yt, pred, sexes[val_clips]),
                 "clip_accuracy_by_sex_int8": sex_acc,
                 "clip_accuracy_by_speaker_int8": spk_acc,  # ten voices a sex: a group figure hides a wide spread
                 "val_clip_accuracy_curve": hist["val_clip_accuracy"],
@@ -449,9 +541,12 @@ def cross_validate(
         all_pred.append(pred)
         svm = make_pipeline(StandardScaler(), SVC(C=10, gamma="scale"))
         svm.fit(stats[train_clips], y_clip[train_clips])
-        res["svm_folds"].append(float(np.mean(svm.predict(stats[val_clips]) == yt)))
+        dv = svm.decision_function(stats[val_clips])  # one-vs-rest scores over the classes it was trained on
+        svm_keep = np.isin(svm.classes_, present)
+        res["svm_folds"].append(float(np.mean(svm.classes_[svm_keep][dv[:, svm_keep].argmax(1)] == yt)))
         print(
-            f"fold {k + 1} held out {held}: int8 clip acc {res['folds'][-1]['clip_accuracy_int8']:.3f} "
+            f"fold {k + 1} held out {loco[k] if loco else held}: int8 clip acc {res['folds'][-1]['clip_accuracy_int8']:.3f} "
+            f"UAR {res['folds'][-1]['clip_uar_int8']:.3f} "
             f"(each clip alone {res['folds'][-1]['clip_accuracy_int8_each_clip_alone']:.3f}), "
             f"SVM {res['svm_folds'][-1]:.3f}",
             flush=True,
@@ -460,12 +555,29 @@ def cross_validate(
     alone_accs = [f["clip_accuracy_int8_each_clip_alone"] for f in res["folds"]]
     yt, yp = np.concatenate(all_true), np.concatenate(all_pred)
     rep = common.classification_report(yt, yp, list(SPEECH_LABELS))
-    sexes_all = np.concatenate([sexes[f] for f in folds])
+    sexes_all = np.concatenate([sexes[f] for f in scored])
     by_sex = group_accuracy(yp, yt, sexes_all)
+    kinds_all = np.concatenate([kinds[f] for f in scored])
+    protocol = (
+        f"leave-one-corpus-out ({', '.join(loco)} held out in turn; each scored on its own labels), "
+        if loco
+        else f"{args.folds}-fold grouped by speaker (whole speakers held out, each corpus dealt across the folds), "
+    )
     res.update(
         {
-            "protocol": f"{args.folds}-fold grouped by speaker (whole actors held out), fixed {args.epochs} epochs "
-            "(no early stopping on the held-out fold)",
+            "protocol": protocol + f"fixed {args.epochs} epochs (no early stopping on the held-out fold)",
+            # UAR = mean per-class recall; pooled over all folds' clips (each clip predicted by the model that
+            # never heard its speaker), and per fold for the spread
+            "clip_uar_int8_pooled": common.uar(yt, yp),
+            "clip_uar_int8_mean": float(np.mean([f["clip_uar_int8"] for f in res["folds"]])),
+            "clip_uar_int8_std": float(np.std([f["clip_uar_int8"] for f in res["folds"]])),
+            "clip_accuracy_int8_pooled": float(np.mean(yt == yp)),
+            "pooled_by_corpus_int8": common.group_scores(yt, yp, kinds_all),
+            "pooled_by_sex_int8": common.group_scores(yt, yp, sexes_all),
+            # the sex gap within each corpus (the ship rule's RAVDESS gap), keyed "ravdess:F" ...
+            "pooled_by_corpus_sex_int8": common.group_scores(
+                yt, yp, np.char.add(np.char.add(kinds_all, ":"), sexes_all)
+            ),
             "clip_accuracy_int8_mean": float(np.mean(accs)),
             "clip_accuracy_int8_std": float(np.std(accs)),
             "clip_accuracy_int8_each_clip_alone_mean": float(np.mean(alone_accs)),
@@ -478,14 +590,22 @@ def cross_validate(
             "sex_gap_points": (abs(by_sex.get("M", 0) - by_sex.get("F", 0)) * 100) if len(by_sex) > 1 else None,
             # Temperature fitted on held-out windows of every fold (speakers the fold's model never heard); the
             # ECE "after" is cross-fitted. The shipped model (all speakers) takes this temperature.
-            "calibration": common.calibration_report(np.concatenate(oof_win), np.concatenate(oof_win_y), args.seed),
+            **(
+                {}  # the held-out corpora are scored on fewer labels: a temperature over all 8 would mean nothing
+                if loco
+                else {
+                    "calibration": common.calibration_report(
+                        np.concatenate(oof_win), np.concatenate(oof_win_y), args.seed
+                    )
+                }
+            ),
         }
     )
     common.plot_confusion(
         rep["confusion"],
         list(SPEECH_LABELS),
-        args.run_dir / "cv_confusion_int8.png",
-        "speech int8, pooled speaker-independent CV",
+        args.run_dir / f"{'loco' if loco else 'cv'}_confusion_int8.png",
+        f"speech int8, pooled {'leave-one-corpus-out' if loco else 'speaker-independent CV'}",
     )
     curves = np.mean([f["val_clip_accuracy_curve"] for f in res["folds"]], axis=0)
     common.plot_curves(
@@ -493,7 +613,7 @@ def cross_validate(
             "loss": np.mean([f["train_loss_curve"] for f in res["folds"]], axis=0).tolist(),
             "val_accuracy": curves.tolist(),
         },
-        args.run_dir / "cv_curves.png",
+        args.run_dir / f"{'loco' if loco else 'cv'}_curves.png",
         "speech CV: mean train loss / mean val clip accuracy (float)",
     )
     return res
@@ -505,7 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     feats = feature_params(args)
     corpus = load_sources(args.data)
     print(f"data: {corpus.summary()}", flush=True)
-    make_split(args.split, [u.speaker for u in corpus.items], args.folds)  # refuse bad protocols before any work
+    # refuse bad protocols before any work
+    loco = loco_folds(corpus, args.leave_corpus_out)[0] if args.leave_corpus_out else None
+    make_split(args.split, [u.speaker for u in corpus.items], args.folds)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     cache = args.run_dir / "cache"
     y_clip = np.asarray([SPEECH_LABELS.index(u.label) for u in corpus.items])
@@ -514,6 +636,14 @@ def main(argv: list[str] | None = None) -> int:
     tw = build_train_windows(corpus, feats, args.crops, augs, args.seed, cache)
     ew = build_eval_windows(corpus, feats, cache)
     print(f"{len(tw.x)} training windows, {len(ew.x)} evaluation windows ({time.time() - t0:.0f}s)", flush=True)
+
+    if loco:
+        res = cross_validate(args, corpus, y_clip, tw, ew, feats, loco)
+        res["command"] = "python -m training.speech " + shlex.join(argv)
+        res["features"] = cv_features(feats, args)
+        common.write_json(args.run_dir / "loco.json", res)
+        print(score_table(res), flush=True)
+        return 0
 
     cv_path = args.run_dir / "cv.json"
     cv = None
@@ -527,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             f"SVM {cv['svm_mean']:.3f} ± {cv['svm_std']:.3f}; by sex {cv['accuracy_by_sex_int8']}",
             flush=True,
         )
+        print(score_table(cv), flush=True)
     elif cv_path.is_file():
         cv = json.loads(cv_path.read_text())
         if cv.get("features") != cv_features(feats, args):
@@ -583,9 +714,19 @@ def main(argv: list[str] | None = None) -> int:
                     "accuracy_by_sex_int8",
                     "sex_gap_points",
                     "protocol",
+                    "clip_uar_int8_pooled",
+                    "clip_uar_int8_mean",
+                    "clip_uar_int8_std",
+                    "clip_accuracy_int8_pooled",
+                    "pooled_by_corpus_int8",
+                    "pooled_by_sex_int8",
+                    "pooled_by_corpus_sex_int8",
                 )
+                if k in cv  # cv.json files from before UAR was recorded lack the UAR keys
             }
         )
+        if "clip_uar_int8_pooled" in cv:
+            metrics["scores_table_cv_int8"] = score_table(cv)
         metrics["per_fold_int8"] = [f["clip_accuracy_int8"] for f in cv["folds"]]
         metrics["cv_command"] = cv.get("command")
         metrics["held_out_speakers_per_fold"] = [f["held_out_speakers"] for f in cv["folds"]]
@@ -636,12 +777,33 @@ def main(argv: list[str] | None = None) -> int:
             else {}
         ),
         licence="model weights: CC BY-NC-SA 4.0 (inherited from RAVDESS)",
-        data_licence=DATA_LICENCE,
+        data_licence=data_licence({u.corpus for u in corpus.items}),
     )
     load_model(out.with_suffix(".json"), expect_kind="speech_emotion")
-    out.with_suffix(".md").write_text(model_card(metrics, training, served), encoding="utf-8")
+    corpora = {u.corpus for u in corpus.items}
+    out.with_suffix(".md").write_text(model_card(metrics, training, served, corpora), encoding="utf-8")
     print(f"exported {out} ({metrics['model_bytes'] / 1024:.0f} KiB) + .json + .md", flush=True)
     return 0
+
+
+def score_table(res: dict[str, Any]) -> str:
+    """Accuracy and UAR (int8, clips) pooled over all folds, per corpus, per sex and per fold, as printed and carded."""
+
+    def row(name: str, sc: dict[str, Any]) -> str:
+        return f"| {name} | {sc['accuracy']:.3f} | {sc['uar']:.3f} | {sc['clips']} |"
+
+    pooled = {"accuracy": res["clip_accuracy_int8_pooled"], "uar": res["clip_uar_int8_pooled"]}
+    pooled["clips"] = sum(v["clips"] for v in res["pooled_by_sex_int8"].values())
+    rows = [row("all folds, pooled", pooled)]
+    rows += [row(f"corpus {c}", sc) for c, sc in res["pooled_by_corpus_int8"].items()]
+    rows += [row(f"sex {g}", sc) for g, sc in res["pooled_by_sex_int8"].items()]
+    if len(res["pooled_by_corpus_int8"]) > 1:
+        rows += [row(f"corpus:sex {g}", sc) for g, sc in res.get("pooled_by_corpus_sex_int8", {}).items()]
+    for k, f in enumerate(res["folds"]):
+        name = f"held out: {f['held_out_corpus']}" if "held_out_corpus" in f else f"fold {k + 1}"
+        fold = {"accuracy": f["clip_accuracy_int8"], "uar": f["clip_uar_int8"]}
+        rows.append(row(name, {**fold, "clips": sum(v["clips"] for v in f["by_sex_int8"].values())}))
+    return "\n".join([f"{res['protocol']}:", "| set | accuracy | UAR | clips |", "|---|---|---|---|", *rows])
 
 
 def norm_text(feats: SpeechFeatures) -> str:
@@ -675,6 +837,17 @@ def stream_limits(feats: SpeechFeatures) -> str:
     )
 
 
+def uar_text(m: dict[str, Any]) -> str:
+    """The UAR table (mean per-class recall beside accuracy, pooled, per corpus, per sex, per fold), if recorded."""
+    if "scores_table_cv_int8" not in m:
+        return ""
+    return (
+        f"Unweighted average recall (UAR, the mean of per-class recall) over all folds: "
+        f"**{m['clip_uar_int8_pooled']:.3f}** pooled, {m['clip_uar_int8_mean']:.3f} ± {m['clip_uar_int8_std']:.3f} "
+        f"by fold (int8, clips).\n\n{m['scores_table_cv_int8']}\n"
+    )
+
+
 def speaker_spread(m: dict[str, Any]) -> str:
     """The range of per-actor accuracy within each sex, if the CV recorded it."""
     by, sex = m.get("accuracy_by_speaker_int8"), m.get("speaker_sex", {})
@@ -687,7 +860,12 @@ def speaker_spread(m: dict[str, Any]) -> str:
     return f" Per actor: {', '.join(parts)} (every actor's figure is in report.json)."
 
 
-def model_card(m: dict[str, Any], t: dict[str, Any], feats: SpeechFeatures) -> str:
+def model_card(
+    m: dict[str, Any],
+    t: dict[str, Any],
+    feats: SpeechFeatures,
+    corpora: frozenset[str] | set[str] = frozenset({"ravdess"}),
+) -> str:
     if "per_fold_int8" in m:
         folds = ", ".join(f"{a:.3f}" for a in m["per_fold_int8"])
         pc = "\n".join(
@@ -703,6 +881,7 @@ Protocol: {m["protocol"]}. Clip accuracy = mean of window probabilities over the
 | **this CNN, int8** | **{m["clip_accuracy_int8_mean"]:.3f} ± {m["clip_accuracy_int8_std"]:.3f}** (folds: {folds}) |
 | baseline: MFCC mean/std + RBF SVM, same folds | {m["svm_mean"]:.3f} ± {m["svm_std"]:.3f} |
 
+{uar_text(m)}
 Accuracy by speaker sex (pooled over folds, int8): {", ".join(f"{k} {v:.3f}" for k, v in m["accuracy_by_sex_int8"].items())}; gap
 {m["sex_gap_points"]:.1f} points.{speaker_spread(m)}
 
@@ -725,14 +904,14 @@ int8 in and out.
 
 ## Data and licence
 - {t["data"]}
-- {DATA_LICENCE}
+- {data_licence(set(corpora))}
 - Split: {t["split_protocol"]}.
 
 ## How it was made
 `{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}). {m["params"]:,} parameters, {t["epochs"]} epochs.
 Windows: {t["windows"]}. Augmentation: {t["augmentation"]}. {t["quantisation"]}.
 
-## Speaker-independent results (RAVDESS actors 01-20)
+## Speaker-independent results ({", ".join(sorted(corpora))})
 {res}
 Size {m["model_bytes"] / 1024:.0f} KiB. Per window (= per second of audio at the daemon's 1 s hop):
 features {m["features_ms_per_window"]:.1f} ms + model {m["inference_ms_median"]:.2f} ms =

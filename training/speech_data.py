@@ -8,6 +8,8 @@ Parsers map each corpus's naming convention onto `edge_daemon.labels.SPEECH_LABE
 - TESS     `OAF_back_angry.wav`          (speakers OAF/YAF, both female; `ps` = pleasant surprise)
 - SAVEE    `DC_a01.wav` or `DC/a01.wav`  (a/d/f/h/n/sa/su; speakers DC/JE/JK/KL, all male)
 - EmoDB    `03a01Fa.wav`                 (speaker = first two digits; 6th char W/L/E/A/F/T/N)
+- URDU     `SM1_F01_A01.wav`             (S<sex><speaker>_F<file>_<A|H|N|S><index>)
+- ASED     `a5-03-01-02-50.flac`         (<e><folder>-<sentence>-<repetition>-<gender>-<speaker>; FLAC)
 
 Files whose names do not parse are collected in `Corpus.rejected` (and reported), never silently dropped.
 """
@@ -18,7 +20,7 @@ import csv
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +33,8 @@ from edge_daemon.labels import SPEECH_LABELS, normalise
 
 from .common import DatasetError
 
-AUDIO_EXTS = {".wav"}
-CORPORA = ("ravdess", "cremad", "tess", "savee", "emodb", "urdu")
+AUDIO_EXTS = {".wav", ".flac"}  # FLAC: ASED is stored losslessly compressed (read through soundfile)
+CORPORA = ("ravdess", "cremad", "tess", "savee", "emodb", "urdu", "ased")
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,39 @@ def parse_urdu(path: Path) -> tuple[str, str, str]:
     return URDU_EMOTIONS[m.group(4)], f"urdu:{m.group(1)}{int(m.group(2))}", m.group(1)
 
 
+# ASED v1 (Retta et al. 2022): the letter is the emotion, the digit its folder (n1 = 01Neutral ... a5 = 05Angry).
+ASED_EMOTIONS = {"n": ("neutral", "1"), "f": ("fear", "2"), "h": ("happy", "3"), "s": ("sad", "4"), "a": ("angry", "5")}
+ASED_RE = re.compile(r"^([nfhsa])([1-5])-(\d{2})-(\d{2})-(0[12])-(\d{2})$", re.IGNORECASE)
+ASED_SEX = {"01": "F", "02": "M"}
+
+
+def parse_ased(path: Path) -> tuple[str, str, str]:
+    """ASED: `<e><f>-<sentence>-<repetition>-<gender>-<speaker>`; the speaker is its NUMBER alone.
+
+    The sex returned is this file's gender code; `load_corpus` replaces it with the speaker's majority code, because
+    five speaker numbers (09, 15, 21, 23, 25) have one clip under the other code (a slip in the names, not a second
+    person: grouping by number keeps each voice on one side of a split). One file is `S4-...` (upper case)."""
+    m = ASED_RE.match(path.stem)
+    if not m:
+        raise ValueError("not <n|f|h|s|a><1-5>-SS-RR-GG-PP (e.g. a5-03-01-02-50)")
+    label, folder = ASED_EMOTIONS[m.group(1).lower()]
+    if m.group(2) != folder:
+        raise ValueError(f"emotion {m.group(1)!r} with folder digit {m.group(2)} (expected {folder})")
+    in_folder = re.match(r"^0([1-5])", path.parent.name)
+    if in_folder and in_folder.group(1) != folder:
+        raise ValueError(f"a {label} clip in folder {path.parent.name}: the name and the folder disagree")
+    return label, f"ased:{m.group(6)}", ASED_SEX[m.group(5)]
+
+
+def majority_sex(items: list[Utterance]) -> list[Utterance]:
+    """Each speaker's clips under the sex most of them carry (ASED's names slip for five speakers)."""
+    votes: dict[str, Counter[str]] = {}
+    for u in items:
+        votes.setdefault(u.speaker, Counter())[u.sex] += 1
+    sex = {spk: c.most_common(1)[0][0] for spk, c in votes.items()}
+    return [replace(u, sex=sex[u.speaker]) for u in items]
+
+
 def _cremad_sexes(root: Path) -> dict[str, str]:
     """CREMA-D keeps sex in VideoDemographics.csv (ActorID,Age,Sex,...); used when it sits in or above root."""
     for cand in (root / "VideoDemographics.csv", root.parent / "VideoDemographics.csv"):
@@ -187,7 +222,7 @@ def _cremad_sexes(root: Path) -> dict[str, str]:
 
 
 def load_corpus(kind: str, root: Path) -> Corpus:
-    """Every .wav under `root` parsed with `kind`'s convention."""
+    """Every audio file (.wav, .flac) under `root` parsed with `kind`'s convention."""
     root = Path(root)
     if kind not in CORPORA:
         raise DatasetError(f"unknown corpus kind {kind!r}; known: {', '.join(CORPORA)}")
@@ -199,7 +234,7 @@ def load_corpus(kind: str, root: Path) -> Corpus:
     for p in files:
         if p.suffix.lower() not in AUDIO_EXTS:
             if p.suffix.lower() not in (".csv", ".txt", ".md"):
-                out.rejected.append((str(p), "not a .wav file"))
+                out.rejected.append((str(p), "not a .wav or .flac file"))
             continue
         try:
             if kind == "ravdess":
@@ -212,6 +247,8 @@ def load_corpus(kind: str, root: Path) -> Corpus:
                 lab, spk, sex = parse_savee(p)
             elif kind == "urdu":
                 lab, spk, sex = parse_urdu(p)
+            elif kind == "ased":
+                lab, spk, sex = parse_ased(p)
             else:
                 lab, spk, sex = parse_emodb(p)
         except ValueError as exc:
@@ -221,6 +258,8 @@ def load_corpus(kind: str, root: Path) -> Corpus:
             out.rejected.append((str(p), f"label {lab!r} not in SPEECH_LABELS"))
             continue
         out.items.append(Utterance(p, lab, spk, sex, kind))
+    if kind == "ased":
+        out.items = majority_sex(out.items)
     if not out.items:
         raise DatasetError(f"{root}: no {kind} clips found ({len(out.rejected)} files with unparsable names)")
     return out
@@ -245,14 +284,23 @@ def load_sources(specs: list[str]) -> Corpus:
 
 
 def grouped_folds(speakers: list[str], k: int) -> list[np.ndarray]:
-    """k folds of whole speakers (deterministic): fold i holds the sorted speakers with index % k == i.
+    """k folds of whole speakers (deterministic): within each corpus (the id's prefix, "ravdess:" ...), fold i holds
+    that corpus's sorted speakers with index % k == i.
 
-    With RAVDESS actors 01-20 and k=5 each fold gets 4 actors alternating male/female.
+    Dealing each corpus out on its own gives every fold its share of every corpus, and keeps a corpus's folds the
+    same whichever corpora are merged with it: RAVDESS actors 01-20 with k=5 make the same 5 folds of 4 actors
+    (alternating male/female) alone or beside ASED, so CV figures stay comparable. If that would leave a fold
+    empty (only corpora with fewer than k speakers), all speakers are dealt out together instead.
     """
     uniq = sorted(set(speakers))
     if len(uniq) < k:
         raise DatasetError(f"{len(uniq)} speakers cannot make {k} speaker-independent folds")
-    fold_of = {s: i % k for i, s in enumerate(uniq)}
+    by_corpus: dict[str, list[str]] = {}
+    for s in uniq:
+        by_corpus.setdefault(s.split(":", 1)[0] if ":" in s else "", []).append(s)
+    fold_of = {s: i % k for group in by_corpus.values() for i, s in enumerate(group)}
+    if len(set(fold_of.values())) < k:
+        fold_of = {s: i % k for i, s in enumerate(uniq)}
     spk = np.asarray(speakers)
     return [np.flatnonzero(np.vectorize(fold_of.get)(spk) == i) for i in range(k)]
 
@@ -270,12 +318,32 @@ def make_split(protocol: str, speakers: list[str], k: int = 5) -> list[np.ndarra
 # ---------------------------------------------------------------- audio and windows
 
 
-def read_wav(path: Path) -> np.ndarray:
-    """Mono float32 in [-1, 1] at SAMPLE_RATE (down-mixed and resampled if needed)."""
+def _read_flac(path: Path) -> tuple[int, np.ndarray]:
+    """FLAC samples as int16 (what the WAVs they were made from hold), through soundfile (the `train` extra)."""
     try:
-        sr, a = wavfile.read(str(path))
-    except (ValueError, OSError) as exc:
-        raise DatasetError(f"{path}: unreadable WAV ({exc})") from None
+        import soundfile
+    except ImportError:
+        raise DatasetError(
+            f"{path}: reading FLAC needs the soundfile package (pip install -e '.[train]'), or convert the corpus "
+            "with `sox in.flac out.wav`"
+        ) from None
+    try:
+        a, sr = soundfile.read(str(path), dtype="int16", always_2d=False)
+    except (RuntimeError, OSError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+        raise DatasetError(f"{path}: unreadable FLAC ({exc})") from None
+    return int(sr), a
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """Mono float32 in [-1, 1] at SAMPLE_RATE (down-mixed and resampled if needed); WAV or FLAC."""
+    path = Path(path)
+    if path.suffix.lower() == ".flac":
+        sr, a = _read_flac(path)
+    else:
+        try:
+            sr, a = wavfile.read(str(path))
+        except (ValueError, OSError) as exc:
+            raise DatasetError(f"{path}: unreadable WAV ({exc})") from None
     if a.dtype == np.int16:
         a = pcm16_to_float(a)
     elif a.dtype == np.int32:
