@@ -23,15 +23,14 @@ setup(
         ("share/emotion-edge/models_tflite", [str(p) for p in sorted(Path("models_tflite").glob("*")) if p.is_file()])
     ],
     install_requires=[
-        # LiteRT is the maintained TFLite runtime and works with numpy 2; tflite-runtime 2.14 (numpy<2) also works,
-        # see edge_daemon/runtime.py. Wheels exist for aarch64 and x86-64 Linux.
-        "ai-edge-litert>=2.0",
+        # LiteRT is the maintained TFLite runtime; tflite-runtime 2.14 (numpy<2) also works, see edge_daemon/runtime.py.
+        # 1.4 is allowed (and constraints.txt picks it): LiteRT 2.x has no aarch64 Linux wheels, so a Pi needs 1.4.
+        "ai-edge-litert>=1.4",
         # OpenCV 5 removed cv2.CascadeClassifier and the Haar cascades we fall back on.
         "opencv-python-headless>=4.8,<5",
         "numpy>=1.24",
         "pyaudio>=0.2.13",
-        "python_speech_features==0.6",  # features must match training exactly: pin it
-        "scipy>=1.10",  # python_speech_features imports it without declaring it; we resample with it
+        "scipy>=1.10",  # resampling a wav that is not 16 kHz (imported only then)
         "paho-mqtt>=2.0,<3",  # the v2 callback API
         "pyyaml>=6",
         # The voice gate: Silero VAD on ggml, as Rhasspy's Wyoming satellites use it; wheels for aarch64 and x86-64
@@ -45,6 +44,9 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            # The reference tests/test_features.py holds the MFCCs against (the daemon computes them itself, without
+            # the scipy import the library makes: 25 MB of RSS).
+            "python_speech_features==0.6",
             "hypothesis>=6.100",
             "ruff>=0.5",
             "amqtt>=0.11",

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_daemon.audio.emotion import gated_windows  # noqa: E402
 from edge_daemon.audio.features import SpeechFeatures, pcm16_to_float  # noqa: E402
+from edge_daemon.audio.vad import Gate  # noqa: E402
 from edge_daemon.capture.files import read_wav  # noqa: E402
 from edge_daemon.config import load_config  # noqa: E402
 
@@ -34,7 +35,7 @@ def main() -> int:
         missed = []
         for clip in clips:
             audio = pcm16_to_float(read_wav(clip))
-            if not any(g.voiced for g in gated_windows(audio, feats, config.speech.gate(), config.speech.hop_s)):
+            if not any(g.voiced for g in gated_windows(audio, feats, Gate.from_config(config.speech), config.speech.hop_s)):
                 missed.append(clip)
         for clip in missed:
             print(f"  no voiced window: {clip}")

@@ -3,7 +3,8 @@
 The face path is timed on 640×480 frames (the frame is resized to that size,
 as a typical USB camera delivers it), sampled at `face.rate_hz` like the daemon's:
 once with the detector on every frame, once as configured (`face.detect_every`,
-faces followed between detections); the speech path per second of audio.
+faces followed between detections); the speech path per second of audio, and the voice gate alone on a quiet
+room with no voice (where it spends most of its time).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .audio.features import SAMPLE_RATE, pcm16_to_float
+from .audio.vad import Gate
 from .capture.files import probe_video, read_wav
 from .capture.sampling import sampled_frames
 from .config import Config
@@ -69,6 +71,21 @@ def _time_face_path(models: Models, video: Path, n: int, rate_hz: float, detect_
     return t
 
 
+def _time_idle_gate(config: Config, seconds: int = 30) -> tuple[list[float], float]:
+    """Seconds per window of the voice gate on a quiet room (hiss and mains hum, no voice: what a microphone hears
+    most of the day), and its CPU seconds per second of audio (Silero's worker threads included)."""
+    t = np.arange(seconds * SAMPLE_RATE) / SAMPLE_RATE
+    room = 0.003 * np.random.default_rng(0).standard_normal(t.size) + 0.003 * np.sin(2 * np.pi * 50 * t)
+    room = room.astype(np.float32)
+    gate, n, out = Gate.from_config(config.speech), 2 * SAMPLE_RATE, []
+    c0 = time.process_time()
+    for start in range(0, room.size - n + 1, SAMPLE_RATE):
+        t0 = time.perf_counter()
+        gate.voiced(room[start : start + n], start)
+        out.append(time.perf_counter() - t0)
+    return out, (time.process_time() - c0) / seconds
+
+
 def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> dict[str, Any]:
     models = load_models(config)
     probe_video(video)
@@ -83,7 +100,7 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
     if len(x) < n:
         x = np.pad(x, (0, n - len(x)))
     feats, infer, gated = [], [], []
-    gate = config.speech.gate()
+    gate = Gate.from_config(config.speech)
     stream = speech.new_stream()
     for start in range(0, len(x) - n + 1, SAMPLE_RATE):  # one window per second of audio, as the daemon's default hop
         w = x[start : start + n]
@@ -99,6 +116,7 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
         gated.append(t1 - t0)
         feats.append(t2 - t1)
         infer.append(t3 - t2)
+    idle, idle_cpu = _time_idle_gate(config)
     _, runtime = interpreter_class()
     return {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -117,6 +135,9 @@ def run_bench(config: Config, video: Path, audio: Path, frames: int = 200) -> di
         "face_path_tracked_ms": _mean_ms(tracked["total"]),
         "speech_windows": len(feats),
         "voice_gate_ms": _median_ms(gated[1:]),  # the first window scores 2 s of audio, the others 1 s each
+        # on a quiet room with no voice, where the pre-gate lets Silero sleep: per second of audio
+        "voice_gate_idle_ms": _median_ms(idle[1:]),
+        "voice_gate_idle_cpu_ms": round(idle_cpu * 1000, 3),
         "speech_features_ms": _median_ms(feats),
         "speech_model_ms": _median_ms(infer),
         "speech_path_ms_per_audio_s": _median_ms([a + b + c for a, b, c in zip(gated, feats, infer, strict=True)]),

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from .audio.features import pcm16_to_float
+from .audio.vad import Gate
 from .capture.files import read_wav
 from .config import Config
 from .errors import UserError
@@ -59,7 +60,7 @@ def classify_speech(config: Config, paths: list[Path]) -> Iterator[dict[str, Any
         except UserError as exc:
             yield {"path": str(path), "error": str(exc).removeprefix(f"{path}: ")}
             continue
-        probs, voiced = model.classify_voiced(audio, s.gate(), s.hop_s)
+        probs, voiced = model.classify_voiced(audio, Gate.from_config(s), s.hop_s)
         if probs is None:  # like a picture with no face: no voice, so no label rather than a guess about silence
             yield {"path": str(path), "label": None, "confidence": 0.0, "probs": None, "voiced_windows": 0}
             continue

@@ -30,8 +30,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .audio.features import SAMPLE_RATE
-from .audio.vad import Gate
 from .errors import UserError
 
 
@@ -143,10 +141,6 @@ class SpeechConfig:
         lo=-96,
         hi=-20,
     )
-
-    def gate(self) -> Gate:
-        """A fresh voice gate with these settings (one per audio stream: it keeps state)."""
-        return Gate(SAMPLE_RATE, self.vad_threshold, self.vad_min_speech_fraction, self.vad_floor_db)
 
 
 @dataclass(frozen=True)

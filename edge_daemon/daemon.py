@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .audio.features import SAMPLE_RATE
+from .audio.vad import Gate
 from .capture.buffers import AudioRing, LatestSlot
 from .capture.camera import CameraSource
 from .capture.files import VideoFileSource, WavFileSource
@@ -206,7 +207,7 @@ class Daemon:
     def _speech_worker(self, models: Models) -> SpeechWorker:
         s = self.config.speech
         common = {"out": self.fusion.predictions, "stop": self.stop_event, "timings": self.timings}
-        return SpeechWorker(self.ring, models.speech, s.gate(), s.hop_s, **common)
+        return SpeechWorker(self.ring, models.speech, Gate.from_config(s), s.hop_s, **common)
 
     # ------------------------------------------------------------------ running
 

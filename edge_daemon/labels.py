@@ -6,7 +6,10 @@ CANONICAL through `to_canonical` so that fusion compares like with like.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where the matrix is built: `history export` and `forget` need the labels only
+    import numpy as np
 
 # FER2013's order; the face model's outputs use it, and fusion's tie-break follows it.
 CANONICAL: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -85,6 +88,8 @@ def to_canonical(label: str, calm_as: str = "neutral") -> str:
 
 def canonical_matrix(model_labels: tuple[str, ...] | list[str], calm_as: str = "neutral") -> np.ndarray:
     """Matrix M (len(model_labels) × len(CANONICAL)) so that `probs @ M` gives canonical probabilities."""
+    import numpy as np
+
     m = np.zeros((len(model_labels), len(CANONICAL)), dtype=np.float32)
     for i, label in enumerate(model_labels):
         m[i, CANONICAL.index(to_canonical(label, calm_as))] = 1.0

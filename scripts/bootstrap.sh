@@ -17,16 +17,19 @@ for pkg in "${pkgs[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg"); do
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing system packages: ${need[*]}" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  # Wait up to 10 minutes for another apt (unattended-upgrades on a fresh Pi, a second bootstrap) instead of failing.
+  apt=(apt-get -o DPkg::Lock::Timeout=600)
+  $sudo "${apt[@]}" update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo "${apt[@]}" install -y -qq "${need[@]}" >/dev/null
   # Debian starts the system-wide broker on install; the demo and tests start their own on a free port.
 fi
 
-stamp=".venv/.installed-$extras-$(cat setup.py | sha256sum | cut -c1-12)"
+stamp=".venv/.installed-$extras-$(cat setup.py constraints.txt | sha256sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip wheel setuptools
   spec="."; [ -n "$extras" ] && spec=".[$extras]"
-  .venv/bin/python -m pip install -q -e "$spec"
+  # constraints.txt pins the runtime set (each pin's reason is written beside it): every install gets the same.
+  .venv/bin/python -m pip install -q -c constraints.txt -e "$spec"
   touch "$stamp"
 fi

@@ -22,7 +22,9 @@ from .conftest import MODELS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_mfcc_equals_python_speech_features_exactly() -> None:
+def test_mfcc_equals_python_speech_features() -> None:
+    """Equal to the last bits but the DCT's (a matrix product here, scipy's FFT in the library: the daemon imports no
+    scipy, 25 MB of RSS): within 1e-9 on values up to hundreds."""
     f = SpeechFeatures()
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal(f.window_samples) * 0.1
@@ -30,7 +32,7 @@ def test_mfcc_equals_python_speech_features_exactly() -> None:
         ref = psf.mfcc(
             x, f.sample_rate, f.winlen, f.winstep, f.numcep, f.nfilt, f.nfft, 0, None, f.preemph, 22, True, np.hamming
         )
-        assert np.array_equal(f.mfcc(x), ref)
+        assert np.allclose(f.mfcc(x), ref, rtol=1e-12, atol=1e-9)
 
 
 def test_features_have_the_advertised_shape_and_are_level_invariant() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from edge_daemon.audio.emotion import SpeechEmotionModel
 from edge_daemon.audio.features import pcm16_to_float
+from edge_daemon.audio.vad import Gate
 from edge_daemon.capture.buffers import AudioRing
 from edge_daemon.capture.files import read_wav
 from edge_daemon.config import SpeechConfig
@@ -30,7 +31,7 @@ def run_worker(model: SpeechEmotionModel, pcm: np.ndarray) -> tuple[SpeechWorker
     ring.close()
     out: queue.Queue = queue.Queue()
     s = SpeechConfig()
-    worker = SpeechWorker(ring, model, s.gate(), s.hop_s, out=out, stop=threading.Event(), timings=Timings())
+    worker = SpeechWorker(ring, model, Gate.from_config(s), s.hop_s, out=out, stop=threading.Event(), timings=Timings())
     worker.loop()  # in this thread: it returns at the end of the closed ring
     preds = []
     while not out.empty():
@@ -47,7 +48,7 @@ def test_the_microphone_worker_carries_one_normaliser_across_its_windows() -> No
     assert worker.stream is not None
     assert worker.stream.weight == min(model.features.norm_prior_weight + worker.voiced, model.features.norm_memory)
     # The same windows through classify_window with one carried stream give the same answers, in the same order ...
-    audio, gate, n = pcm16_to_float(pcm), SpeechConfig().gate(), model.features.window_samples
+    audio, gate, n = pcm16_to_float(pcm), Gate.from_config(SpeechConfig()), model.features.window_samples
     stream, again, cold = model.new_stream(), [], []
     for start in range(0, len(audio) - n + 1, 16_000):
         w = audio[start : start + n]
@@ -64,7 +65,7 @@ def test_a_replacement_worker_keeps_a_copy_of_the_voice_and_a_reloaded_model_sta
     model = SpeechEmotionModel(MODEL)
     old, _ = run_worker(model, read_wav(VOICES[0]))
     assert old.stream is not None and old.stream.weight > model.features.norm_prior_weight
-    new = SpeechWorker(AudioRing(16_000), model, SpeechConfig().gate(), 1.0, out=queue.Queue(),
+    new = SpeechWorker(AudioRing(16_000), model, Gate.from_config(SpeechConfig()), 1.0, out=queue.Queue(),
                        stop=threading.Event(), timings=Timings())  # fmt: skip
     new.carry_over(old)  # the supervisor replacing a hung thread
     assert new.stream is not None and new.stream is not old.stream  # a copy: the retired thread cannot touch it

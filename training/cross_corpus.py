@@ -21,6 +21,7 @@ import numpy as np
 
 from edge_daemon.audio.emotion import SpeechEmotionModel
 from edge_daemon.audio.features import StreamNorm
+from edge_daemon.audio.vad import Gate
 from edge_daemon.config import Config, load_config
 from edge_daemon.labels import CANONICAL
 
@@ -45,7 +46,7 @@ def predict(
             if u.speaker not in streams:
                 streams[u.speaker] = model.new_stream()
             stream = streams[u.speaker]
-        probs, _ = model.classify_voiced(read_wav(u.path), config.speech.gate(), config.speech.hop_s, stream)
+        probs, _ = model.classify_voiced(read_wav(u.path), Gate.from_config(config.speech), config.speech.hop_s, stream)
         if probs is not None:
             canon = probs @ model.to_canonical
             pred[i] = present[int(np.argmax(canon[present]))]

@@ -31,6 +31,7 @@ import numpy as np
 
 from edge_daemon.audio.emotion import gated_windows
 from edge_daemon.audio.features import SpeechFeatures
+from edge_daemon.audio.vad import Gate
 from edge_daemon.config import Config, load_config
 from edge_daemon.errors import UserError
 from edge_daemon.fusion import FusionRule, Prediction
@@ -120,7 +121,7 @@ def speech_predictions(
     A model that normalises per stream hears each actor's clips one after another in a random order on one stream,
     as training.speech reported it (in file order the stream would hear all of one emotion, then the next)."""
     to_canon = canonical_matrix(SPEECH_LABELS, config.fusion.calm_as)
-    gate = config.speech.gate()
+    gate = Gate.from_config(config.speech)
     rng = np.random.default_rng(args.seed + 1)
     out: list[list[Prediction]] = [[] for _ in corpus.items]
     n_windows = [0] * len(corpus.items)

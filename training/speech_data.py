@@ -295,7 +295,7 @@ def default_gate() -> Gate:
     """The daemon's voice gate with its default settings (`speech.vad_*`)."""
     from edge_daemon.config import SpeechConfig
 
-    return SpeechConfig().gate()
+    return Gate.from_config(SpeechConfig())
 
 
 def pad_to(audio: np.ndarray, n: int) -> np.ndarray:
