@@ -76,7 +76,7 @@ in_root() {
   local log="$root/var/log/arm64-check/$name.log"
   mkdir -p "$(dirname "$log")"
   local start=$SECONDS
-  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb "${proxy_env[@]}" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     /bin/bash -c "cd $proj && $*" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
@@ -150,10 +150,17 @@ fi
 
 # A TLS-inspecting proxy between this machine and PyPI signs with a CA that the host trusts through
 # /usr/local/share/ca-certificates; the root trusts the same ones, or pip could not verify PyPI there.
+# Debian 12's venv starts with pip 23.0.1, which trusts only its own certifi bundle, so pip is pointed at the system
+# bundle (PIP_CERT). A host's proxy settings go in too.
+proxy_env=()
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
   mkdir -p "$root/usr/local/share/ca-certificates"
   cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  proxy_env+=(PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 fi
+for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+  [ -n "${!var:-}" ] && proxy_env+=("$var=${!var}")
+done
 
 # ---------------------------------------------------------------------------- the checkout, fresh each run
 
