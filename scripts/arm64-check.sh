@@ -149,14 +149,12 @@ if [ ! -f "$root/.arm64-check-root" ]; then
 fi
 
 # A TLS-inspecting proxy between this machine and PyPI signs with a CA that the host trusts through
-# /usr/local/share/ca-certificates; the root trusts the same ones, or pip could not verify PyPI there.
-# Debian 12's venv starts with pip 23.0.1, which trusts only its own certifi bundle, so pip is pointed at the system
-# bundle (PIP_CERT). A host's proxy settings go in too.
+# /usr/local/share/ca-certificates; the root trusts the same ones (Debian's pip uses the system bundle), or pip could
+# not verify PyPI there. A host's proxy settings go in too.
 proxy_env=()
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
   mkdir -p "$root/usr/local/share/ca-certificates"
   cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
-  proxy_env+=(PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 fi
 for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
   [ -n "${!var:-}" ] && proxy_env+=("$var=${!var}")
@@ -186,11 +184,16 @@ in_root bootstrap 'scripts/bootstrap.sh ""'
 say "what pip installed (platform tags of the compiled ones; linux_aarch64 = built here from source)"
 in_root wheels ".venv/bin/python - <<'EOF'
 import importlib.metadata as md
+seen = set()
 for d in sorted(md.distributions(), key=lambda d: d.metadata['Name'].lower()):
+    if d.metadata['Name'] in seen:  # the editable install's egg-info in the checkout, beside its dist-info
+        continue
+    seen.add(d.metadata['Name'])
     wheel = d.read_text('WHEEL') or ''
     tags = [l.split(': ', 1)[1] for l in wheel.splitlines() if l.startswith('Tag: ')]
     pure = 'Root-Is-Purelib: true' in wheel
-    print(f\"  {d.metadata['Name']}=={d.version}  {'pure Python' if pure else ' '.join(tags)}\")
+    kind = 'pure Python' if pure else ' '.join(tags) or 'this checkout'
+    print(f\"  {d.metadata['Name']}=={d.version}  {kind}\")
 EOF"
 
 say "self-check of the shipped models: three frames of the bundled clip (happy, angry, surprise) and the speech fixtures"
