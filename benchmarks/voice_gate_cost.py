@@ -55,6 +55,7 @@ VARIANTS: dict[str, dict] = {
     "pre-gate, preroll 16, stride 3": dict(preroll=16, stride=3, rest=False),
     "pre-gate, preroll 16, rest": dict(preroll=16, rest=True),
     "pre-gate, preroll 8, hangover 8, rest": dict(preroll=8, hangover=8, rest=True),
+    "pre-gate, preroll 8, hangover 16, rest (default)": dict(preroll=8, hangover=16, rest=True),
 }
 
 # The sounds of tests/test_vad.py, 60 s each.

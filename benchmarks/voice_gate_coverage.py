@@ -1,9 +1,10 @@
 """How many clips of a speech corpus the daemon's voice gate hears: each clip is gated exactly as
 `emotion-edge classify speech` gates it (the config's `speech.*` settings, 2 s windows at the configured hop).
 
-    .venv/bin/python benchmarks/voice_gate_coverage.py ../shared/data/ravdess ../shared/data/urdu
+    .venv/bin/python benchmarks/voice_gate_coverage.py ../shared/data/ravdess ../shared/data/urdu ../shared/data/ased
 
-Prints the clips with no voiced window and the count per folder; about 7 minutes for the 1,600 clips here.
+Prints the clips with no voiced window and the count per folder. Reads wav and flac (ASED). What each gate setting
+hears and costs, side by side: benchmarks/voice_gate_cost.py.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from voice_gate_cost import read_clip  # noqa: E402 (beside this script)
+
 from edge_daemon.audio.emotion import gated_windows  # noqa: E402
-from edge_daemon.audio.features import SpeechFeatures, pcm16_to_float  # noqa: E402
+from edge_daemon.audio.features import SpeechFeatures  # noqa: E402
 from edge_daemon.audio.vad import Gate  # noqa: E402
-from edge_daemon.capture.files import read_wav  # noqa: E402
 from edge_daemon.config import load_config  # noqa: E402
 
 
@@ -31,11 +33,13 @@ def main() -> int:
     feats = SpeechFeatures()
     t0 = time.time()
     for folder in args.folders:
-        clips = sorted(folder.rglob("*.wav"))
+        clips = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
         missed = []
         for clip in clips:
-            audio = pcm16_to_float(read_wav(clip))
-            if not any(g.voiced for g in gated_windows(audio, feats, Gate.from_config(config.speech), config.speech.hop_s)):
+            audio = read_clip(clip)
+            if not any(
+                g.voiced for g in gated_windows(audio, feats, Gate.from_config(config.speech), config.speech.hop_s)
+            ):
                 missed.append(clip)
         for clip in missed:
             print(f"  no voiced window: {clip}")

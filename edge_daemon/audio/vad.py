@@ -73,7 +73,7 @@ class Gate:
     pregate: bool = True
     onset_db: float = 9.0
     floor_s: float = 1.0
-    preroll: int = 16
+    preroll: int = 8
     hangover: int = 16
     stride: int = 1
     rest: bool = True
