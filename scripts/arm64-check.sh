@@ -34,7 +34,9 @@ proj=/root/emotion-edge  # where the checkout lies inside the root, as a Pi user
 # ---------------------------------------------------------------------------- mounts and clean-up
 
 mounted=()
+owner=0  # 1 once this run holds the root's lock: only then is anything in the root this run's to clean up
 unmount_all() {
+  [ "$owner" -eq 1 ] || return 0
   # Processes still running inside the root (a demo broker left behind by a failure) would keep /dev busy: end them
   # by id, only those whose root is ours.
   local pid
@@ -92,6 +94,11 @@ in_root() {
 
 [ "$(id -u)" -eq 0 ] || fail "needs root for debootstrap, mount and chroot (run: sudo scripts/arm64-check.sh)"
 git -C "$repo" rev-parse --git-dir >/dev/null 2>&1 || fail "$repo is not a git checkout (the check copies its tracked files)"
+# One run at a time on a root: a second would unmount the first's /dev or delete its checkout.
+mkdir -p "$(dirname "$root")"
+exec 9>"$root.lock"
+flock -n 9 || fail "another arm64-check is running on $root"
+owner=1
 
 host_arch=$(uname -m)
 tools=(debootstrap)
