@@ -14,6 +14,7 @@ named by `mqtt.password_env` or from `$CREDENTIALS_DIRECTORY/mqtt_password`
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import math
 import os
@@ -665,6 +666,11 @@ def web_tls_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+# A disk that fails or is full is a fault the daemon rides out (events flow from memory and the outbox retries),
+# never a reason to refuse to start: systemd would restart it in a loop and no event would get out at all.
+_FAILING_DISK = (errno.EIO, errno.ENOSPC, errno.EDQUOT)
+
+
 def state_dir_problem(path: Path) -> str | None:
     """Why the daemon could not keep its files in `path`, or None. A directory is made and removed again in the
     nearest existing folder, because only trying tells: as root, `os.access` says yes for /proc and /sys, where
@@ -677,6 +683,8 @@ def state_dir_problem(path: Path) -> str | None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".emotion-edge-probe-", dir=existing))
     except OSError as exc:
+        if exc.errno in _FAILING_DISK:  # not a wrong setting: the daemon runs on, its outbox in memory (reliability.md)
+            return None
         return (
             f"state_dir: cannot create files in {existing} ({exc.strerror or exc}); "
             "set state_dir to a folder on a writable disk"
