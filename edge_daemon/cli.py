@@ -204,7 +204,11 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
     from .demo import run_demo
 
     return run_demo(
-        config, _path(args.video) or SAMPLE_VIDEO, _path(args.audio) or SAMPLE_AUDIO, realtime=not args.fast
+        config,
+        _path(args.video) or SAMPLE_VIDEO,
+        _path(args.audio) or SAMPLE_AUDIO,
+        realtime=not args.fast,
+        keep=args.keep,
     )
 
 
@@ -442,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--video")
     d.add_argument("--audio")
     d.add_argument("--fast", action="store_true", help="as fast as the CPU allows instead of in real time")
+    d.add_argument(
+        "--keep", action="store_true", help="keep the device page up on 127.0.0.1 after the clip, until Ctrl-C"
+    )
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -70,9 +70,12 @@ class Daemon:
         publish: bool = True,
         broker: tuple[str, int] | None = None,
         drain_timeout_s: float = 30.0,
+        keep_page: bool = False,
     ) -> None:
         self.config = config
         self.replay = replay
+        # `demo --keep`: once the replay's inputs end, the page stays up (its history and last state) until a signal.
+        self.keep_page = keep_page and replay is not None and config.web.enabled
         self.stop_event = threading.Event()
         self.stop_signalled = threading.Event()  # SIGTERM/SIGINT, as opposed to the end of a replay
         # Signals as they arrive, appended by the handler and acted on by the main loop. A handler must not set an
@@ -105,7 +108,8 @@ class Daemon:
         if self.history:
             self.outbox.make_room = self.history.give_way  # state_dir's space is the outbox's first
         # The page: for the service, and for a real-time replay (demos); a fast replay is over before anyone looks.
-        self.web = self._web_server(state) if config.web.enabled and (replay is None or replay.realtime) else None
+        wants_page = replay is None or replay.realtime or self.keep_page
+        self.web = self._web_server(state) if config.web.enabled and wants_page else None
         host, port = broker or resolve_broker(config)
         # A replay may run beside the live daemon of the same device: with the same client id the broker would
         # disconnect one for the other, over and over.
@@ -275,6 +279,8 @@ class Daemon:
                     self.fusion.pump(min((w.progress for w in self.workers), default=float("inf")))
                     if all(w.finished.is_set() for w in self.workers):
                         self.inputs_done = True
+                        if self.keep_page:
+                            self._keep_page_until_signal()
                         break
                 else:
                     # Live windows close this long after they end: a speech prediction is stamped at its window's centre.
@@ -307,6 +313,16 @@ class Daemon:
             logger.error("the %s stage failed; its input was not fully processed", " and ".join(failed))
             exit_code = 1
         return exit_code
+
+    def _keep_page_until_signal(self) -> None:
+        """`demo --keep`: every window of the clip is closed and published; the page keeps serving it (and its
+        history) until Ctrl-C or SIGTERM, so a newcomer can look at it after the 18 s clip."""
+        self.fusion.pump(float("inf"))
+        self.publish_stats()
+        logger.info("the clip is done; the device page stays up until Ctrl-C")
+        while not self.stop_event.is_set():
+            self.take_signals()
+            self.stop_event.wait(0.1)
 
     def note_signal(self, signum: int) -> None:
         """The whole of a signal handler: record the signal. Safe in a handler (list.append takes no lock) and from

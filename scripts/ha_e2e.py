@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_daemon import __version__  # noqa: E402
 from edge_daemon.devbroker import LocalBroker, free_port, wait_for_port  # noqa: E402
+from edge_daemon.homeassistant import STATE_VALUES  # noqa: E402
 
 CLIP_VIDEO = ROOT / "tests" / "fixtures" / "av" / "clip.mp4"
 CLIP_AUDIO = ROOT / "tests" / "fixtures" / "av" / "clip.wav"
@@ -65,8 +66,12 @@ ENTITIES = {
     f"sensor.{E}_uptime",
     f"sensor.{E}_frames_per_s",
     f"sensor.{E}_last_error",
+    f"number.{E}_min_confidence",
+    f"number.{E}_state_after_windows",
+    f"number.{E}_absent_after_s",
+    f"select.{E}_method",
 }
-STATES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "uncertain", "no_one", "paused"]
+STATES = list(STATE_VALUES)  # one device trigger per state the device can report (edge_daemon/homeassistant.py)
 DISABLED = {f"sensor.{E}_last_event_age", f"sensor.{E}_face_detect_ms", f"sensor.{E}_face_track_ms",
             f"sensor.{E}_face_emotion_ms", f"sensor.{E}_speech_emotion_ms"}  # fmt: skip
 
