@@ -124,6 +124,7 @@ def test_the_page_needs_the_password_then_shows_events_timeline_history_and_heal
         wait_until(lambda: text(browser, "state-label") in {*labels, "no one"}, 30, "the settled state")
         assert text(browser, "now-window-len") == "(the last 2 s)"
         assert "windows in a row agree" in text(browser, "now-explain")
+        assert text(browser, "after-n") == "2 now"  # the value in force, from /api/state's settings
         assert "fusion.state_after_windows" in _attr(browser, "now-settled", "title")
         assert "It can change with every window" in _attr(browser, "now-window", "title")
         assert text(browser, "now-state").startswith("since ")

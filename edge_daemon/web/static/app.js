@@ -242,7 +242,16 @@ function why(ev, st) {
   if (st.emotion === "no_one") return "Settled: no one — no face seen and no voice heard for a while; the first window with someone in it sets the state at once.";
   if (st.emotion === "paused") return "The settled state still says paused: the next windows set it.";
   if (ev.emotion === st.emotion) return "";
-  return `This window says ${ev.emotion}; the settled state stays ${nameOf(st.emotion)} until enough windows in a row say the same.`;
+  const n = afterWindows ? `${afterWindows} windows` : "enough windows";
+  return `This window says ${ev.emotion}; the settled state stays ${nameOf(st.emotion)} until ${n} in a row say the same.`;
+}
+
+// fusion.state_after_windows as the device uses it now (the config's value, or one set from Home Assistant or the API)
+let afterWindows = null;
+function showSettings(settings) {
+  if (!settings || !settings.state_after_windows) return;
+  afterWindows = settings.state_after_windows;
+  $("after-n").textContent = `${afterWindows} now`;
 }
 
 // ------------------------------------------------------------------ charts
@@ -557,6 +566,7 @@ async function main() {
   recent.map(normalise).forEach(addWindow);
   if (recent.length) showNow(normalise(recent[recent.length - 1]));
   const st = await api("/api/state");
+  showSettings(st.settings);
   showControls(st.controls);
   showState(st.state);
   if (st.last_event && (!recent.length || st.last_event.seq > recent[recent.length - 1].seq)) {
