@@ -120,7 +120,8 @@ class FaceConfig:
     # away) instead of 53 px (1.3 m) for twice the cost of one pass; benchmarks/face_distance.py measures each choice.
     tiles: int = _f(
         2,
-        "BlazeFace passes per detection over overlapping squares of the frame (1 = the whole frame); more see farther",
+        "BlazeFace passes per detection: 1 = the whole frame; 2 = two overlapping squares as tall as the frame, "
+        "seeing farther at twice the cost (more add overlap, not reach)",
         lo=1,
         hi=8,
     )

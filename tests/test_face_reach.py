@@ -59,6 +59,9 @@ def test_tiles_are_overlapping_squares_along_the_long_side() -> None:
     assert tile_regions(640, 480, 1) == [(0, 0, 640, 480)]
     assert tile_regions(640, 480, 2) == [(0, 0, 480, 480), (160, 0, 640, 480)]
     assert tile_regions(720, 1280, 3) == [(0, 0, 720, 720), (0, 280, 720, 1000), (0, 560, 720, 1280)]
+    wide = tile_regions(1920, 480, 2)  # wider than 2:1: two squares would leave the middle unsearched
+    assert len(wide) == 4 and wide[0][0] == 0 and wide[-1][2] == 1920
+    assert all(a[2] >= b[0] for a, b in zip(wide, wide[1:], strict=False))  # no gap between neighbours
 
 
 @pytest.mark.parametrize("width", [32, 40, 64, 160])  # 32 px: about 2.1 m away, the edge of what it sees

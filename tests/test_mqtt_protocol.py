@@ -17,7 +17,7 @@ from edge_daemon.devbroker import LocalBroker
 from edge_daemon.mqtt import MqttSession
 from edge_daemon.outbox import Outbox
 
-from .conftest import Subscriber, write_config
+from .conftest import Subscriber, skip_or_fail, write_config
 
 
 def session_for(tmp_path: Path, port: int, protocol: str) -> tuple[MqttSession, Outbox]:
@@ -66,7 +66,7 @@ def nats_or_skip() -> Any:
 
         nats_server()
     except Exception as exc:  # the fleet extra is optional on a device
-        pytest.skip(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+        skip_or_fail(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
     return NatsCluster(1)
 
 

@@ -20,7 +20,7 @@ from edge_daemon.devicestate import DeviceState
 from edge_daemon.fusion import FaceResult, FusionRule, Prediction, Windower
 from edge_daemon.labels import CANONICAL, STARTING
 from edge_daemon.pipeline import FusionLoop
-from edge_daemon.tuning import SettingError, Tuning
+from edge_daemon.tuning import SETTINGS, SettingError, Tuning
 
 from .conftest import CLIP_VIDEO, Subscriber, start_daemon, stop_daemon, write_config
 
@@ -80,6 +80,7 @@ def test_a_value_set_overrides_the_config_file_and_survives_a_restart(
         ("min_confidence", 1.2, "a number from 0 to 1"),
         ("min_confidence", True, "a number from 0 to 1"),
         ("absent_after_s", float("nan"), "a number from 1 to 86400"),
+        ("state_after_windows", float("inf"), "a whole number from 1 to 100"),  # JSON's 1e999, MQTT's "inf"
         ("method", "median", "one of vote, average, product"),
     ],
 )
@@ -214,3 +215,14 @@ def test_commands_false_removes_the_setting_entities_and_ignores_their_commands(
         assert cmps[name] == {"p": platform}, cmps[name]  # how device-based discovery removes a component
     assert "1" not in sub.payloads(f"{BASE}/state_after_windows/state") and "set to 1" not in stderr
     assert not (tmp_path / "state" / "settings.json").exists()
+
+
+@pytest.mark.parametrize("text", ["inf", "1e999", "-inf", "nan"])
+def test_an_infinite_value_from_mqtt_is_refused_not_a_traceback(tmp_path: Path, text: str) -> None:
+    with pytest.raises(SettingError, match="fusion.state_after_windows: a whole number from 1 to 100"):
+        SETTINGS["state_after_windows"].parse(text)
+
+
+def test_a_saved_infinite_value_falls_back_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "settings.json").write_text('{"state_after_windows": 1e999}')
+    assert Tuning(FusionConfig(), tmp_path).get()["state_after_windows"] == FusionConfig().state_after_windows

@@ -301,6 +301,7 @@ def tile_regions(width: int, height: int, tiles: int) -> list[tuple[int, int, in
         return [(0, 0, width, height)]
     side = min(width, height)
     span = max(width, height) - side  # how far the last tile's start lies from the first's
+    tiles = max(tiles, math.ceil(max(width, height) / side))  # a frame wider than 2:1 needs more squares to be covered
     starts = [round(span * i / (tiles - 1)) for i in range(tiles)]
     if width > height:
         return [(s, 0, s + side, height) for s in starts]
