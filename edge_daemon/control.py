@@ -8,14 +8,12 @@ next start.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from .storage import read_json_object, write_json_atomically
 from .throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -45,9 +43,7 @@ class Controls:
         if self.path is None or not self.path.exists():
             return
         try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-            if not isinstance(saved, dict):
-                raise ValueError("not a JSON object")
+            saved = read_json_object(self.path)
         except (OSError, ValueError) as exc:
             # Unreadable switches must not keep the daemon down; everything on is what a fresh install does.
             logger.warning("%s: cannot read the saved switches (%s); starting with everything on", self.path, exc)
@@ -93,22 +89,19 @@ class Controls:
         with self._save_lock:
             current = self.get()
             if current != self._saved:
-                self._save(current)
-                self._saved = current
+                if self._save(current):  # a failed save is tried again at the next change
+                    self._saved = current
 
     def subscribe(self, fn: Listener) -> None:
         with self._lock:
             self._listeners.append(fn)
 
-    def _save(self, snapshot: dict[str, bool]) -> None:
+    def _save(self, snapshot: dict[str, bool]) -> bool:
         if self.path is None:
-            return
+            return True
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".controls-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(snapshot, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_json_atomically(self.path, snapshot)
         except OSError as exc:  # a read-only card: the switch still works until the next restart
             logger.warning("%s: cannot save the switches (%s); they hold until the next restart", self.path, exc)
+            return False
+        return True

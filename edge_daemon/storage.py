@@ -20,9 +20,12 @@ history stays above `history_floor()`, leaving the outbox room to keep a broker 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sqlite3
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -250,3 +253,30 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+# ---- small JSON files in state_dir (the switches, the tuned settings) -------------------------------------------------
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object saved by `write_json_atomically`; OSError or ValueError when it cannot be read as one."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(saved, dict):
+        raise ValueError("not a JSON object")
+    return saved
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Replace `path` with `data` so that a power cut leaves the old file or the new one, never half of either;
+    OSError on failure, with no temporary file left behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -11,11 +11,8 @@ schema's own (FusionConfig's field metadata): a value the config file could not 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -23,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import FusionConfig
+from .storage import read_json_object, write_json_atomically
 from .throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -118,9 +116,7 @@ class Tuning:
         if self.path is None or not self.path.exists():
             return
         try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-            if not isinstance(saved, dict):
-                raise ValueError("not a JSON object")
+            saved = read_json_object(self.path)
         except (OSError, ValueError) as exc:
             logger.warning("%s: cannot read the saved settings (%s); using the config file's", self.path, exc)
             return
@@ -203,18 +199,15 @@ class Tuning:
             with self._lock:
                 current = dict(self._overrides)
             if current != self._saved:
-                self._save(current)
-                self._saved = current
+                if self._save(current):  # a failed save is tried again at the next change
+                    self._saved = current
 
-    def _save(self, overrides: dict[str, Any]) -> None:
+    def _save(self, overrides: dict[str, Any]) -> bool:
         if self.path is None:
-            return
+            return True
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".settings-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(overrides, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_json_atomically(self.path, overrides)
         except OSError as exc:  # a read-only card: the value holds until the next restart
             logger.warning("%s: cannot save the settings (%s); they hold until the next restart", self.path, exc)
+            return False
+        return True

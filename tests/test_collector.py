@@ -40,6 +40,16 @@ if pg_bindir() is None:
     skip_or_fail("PostgreSQL is not installed: run scripts/fleet-setup.sh (apt-get install postgresql)",
                  allow_module_level=True)  # fmt: skip
 
+
+def _need_nats_server() -> None:
+    from edge_daemon.fleet.natscluster import nats_server
+
+    try:
+        nats_server()
+    except Exception as exc:  # noqa: BLE001 - whatever stops the binary from being found or run
+        skip_or_fail(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+
+
 ROLE, ROLE_PASSWORD = "emotion_edge_collector", "collector-test-pw"
 
 
@@ -236,12 +246,9 @@ def test_a_collector_killed_mid_stream_loses_nothing_and_stores_nothing_twice(
 def test_through_nats_a_killed_collector_falls_back_to_3_1_1_and_resumes_its_session(
     tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
 ) -> None:
-    from edge_daemon.fleet.natscluster import NatsCluster, nats_server
+    from edge_daemon.fleet.natscluster import NatsCluster
 
-    try:
-        nats_server()
-    except Exception as exc:
-        skip_or_fail(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+    _need_nats_server()
     with NatsCluster(1) as nats:
         folder = tmp_path / "nats-collector"
         folder.mkdir()
@@ -323,12 +330,9 @@ def test_a_shared_group_splits_events_between_collectors_and_stores_each_once(
 def test_with_per_device_credentials_a_device_cannot_write_another_devices_rows(
     tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
 ) -> None:
-    from edge_daemon.fleet.natscluster import NatsCluster, authorization, nats_server
+    from edge_daemon.fleet.natscluster import NatsCluster, authorization
 
-    try:
-        nats_server()
-    except Exception as exc:
-        skip_or_fail(f"nats-server is not installed ({exc}): run scripts/fleet-setup.sh")
+    _need_nats_server()
     auth = authorization({"kitchen": "pw-kitchen", "hall": "pw-hall"}, ("collector", "pw-collector"))
     with NatsCluster(1, authorization=auth) as nats:
         port = nats.mqtt_ports[0]
