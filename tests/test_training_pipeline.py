@@ -145,6 +145,16 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
     assert probs.shape == (len(SPEECH_LABELS),) and abs(float(probs.sum()) - 1) < 0.05
     card = out.with_suffix(".md").read_text()
     assert "NON-COMMERCIAL" in card and "Per actor: F " in card and ", M " in card
+    # A CV stopped part-way resumes: finished folds of the same recipe are taken, not trained again, and give the
+    # same figures; one changed recipe value trains every fold again.
+    (tmp_path / "run" / "fold2.result.json").unlink()
+    again = _run("training.speech", *r.args[3:], "--cv-only")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "fold1: taken from fold1.result.json" in again.stdout and "fold2: taken" not in again.stdout
+    cv2_ = json.loads((tmp_path / "run" / "cv.json").read_text())
+    assert cv2_["folds"][0] == cv["folds"][0] and len(cv2_["folds"]) == 2
+    other = _run("training.speech", *r.args[3:], "--cv-only", "--seed", "7")
+    assert other.returncode == 0 and "taken from" not in other.stdout
 
 
 def test_training_and_daemon_compute_identical_speech_inputs(tmp_path: Path) -> None:

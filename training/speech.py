@@ -437,6 +437,28 @@ def export(model: Any, xw: np.ndarray, path: Path, seed: int) -> Path:
 # ---------------------------------------------------------------- main
 
 
+def fold_key(args: argparse.Namespace, corpus: Corpus, feats: SpeechFeatures, loco: list[str] | None) -> str:
+    """What a finished fold depends on: the clips, the features, the split and the training recipe. A run stopped
+    part-way (a session's end, a reboot) takes the folds whose key matches from `<fold>.result.json` and trains
+    only the rest; anything else changed trains every fold again."""
+    recipe = {
+        "clips": [(u.corpus, u.speaker, u.label, f"{u.path.parent.name}/{u.path.name}") for u in corpus.items],
+        "features": cv_features(feats, args),
+        "loco": loco,
+        **{k: getattr(args, k) for k in ("folds", "split", "epochs", "crops", "seed", "batch", "lr", "quick")
+           if hasattr(args, k)},
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_fold(path: Path, key: str) -> dict[str, Any] | None:
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) and done.get("key") == key else None
+
+
 def cross_validate(
     args: argparse.Namespace,
     corpus: Corpus,
@@ -467,7 +489,20 @@ def cross_validate(
     oof_win: list[np.ndarray] = []  # held-out window probabilities (int8), for the temperature
     oof_win_y: list[np.ndarray] = []
     scored: list[np.ndarray] = []  # each fold's clips that were scored (all of them, but in leave-one-corpus-out)
+    key = fold_key(args, corpus, feats, loco)
     for k, val_clips in enumerate(folds):
+        name = f"loco-{loco[k]}" if loco else f"fold{k + 1}"  # fold<k> files are the CV's, which fusion_eval reads
+        done = load_fold(args.run_dir / f"{name}.result.json", key)
+        if done is not None:  # finished by an earlier, interrupted run of the same recipe on the same clips
+            res["folds"].append(done["fold"])
+            res["svm_folds"].append(done["svm"])
+            all_true.append(np.asarray(done["truth"]))
+            all_pred.append(np.asarray(done["pred"]))
+            scored.append(np.asarray(done["scored"], dtype=int))
+            oof_win.append(np.asarray(done["window_probs"], np.float32).reshape(-1, n))
+            oof_win_y.append(np.asarray(done["window_truth"], dtype=int))
+            print(f"{name}: taken from {name}.result.json (an earlier run of this recipe)", flush=True)
+            continue
         val_set = set(val_clips.tolist())
         train_clips = np.array([i for i in range(len(corpus.items)) if i not in val_set])
         held = sorted({speakers[i] for i in val_clips})
@@ -497,8 +532,6 @@ def cross_validate(
             (xev[ev], ew.clip[ev], val_clips, y_clip[val_clips]),
             f"fold {k + 1}",
         )
-        # leave-one-corpus-out models have names of their own: fold<k> files are the CV's, which fusion_eval reads
-        name = f"loco-{loco[k]}" if loco else f"fold{k + 1}"
         tfl = export(model, xtr[tr], args.run_dir / f"{name}.tflite", args.seed)
         if fold_feats.norm_memory:
             common.write_json(args.run_dir / f"{name}.features.json", fold_feats.to_meta())
@@ -550,6 +583,19 @@ def cross_validate(
             f"(each clip alone {res['folds'][-1]['clip_accuracy_int8_each_clip_alone']:.3f}), "
             f"SVM {res['svm_folds'][-1]:.3f}",
             flush=True,
+        )
+        common.write_json(
+            args.run_dir / f"{name}.result.json",
+            {
+                "key": key,
+                "fold": res["folds"][-1],
+                "svm": res["svm_folds"][-1],
+                "truth": yt.tolist(),
+                "pred": pred.tolist(),
+                "scored": val_clips.tolist(),
+                "window_probs": pw.astype(float).round(6).tolist(),
+                "window_truth": oof_win_y[-1].tolist(),
+            },
         )
     accs = [f["clip_accuracy_int8"] for f in res["folds"]]
     alone_accs = [f["clip_accuracy_int8_each_clip_alone"] for f in res["folds"]]
