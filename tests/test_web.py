@@ -842,3 +842,41 @@ def test_https_with_the_configured_certificate_serves_the_page_with_a_secure_coo
     finally:
         d.stop()
     assert d.proc.returncode == 0 and "Traceback" not in d.log
+
+
+def test_a_large_max_connections_raises_the_open_file_limit_it_needs() -> None:
+    """256 waiting connections plus web.max_connections (up to 1000) would pass a service's default 1024 open
+    files: the listener raises the soft limit instead of failing to accept (or to open the outbox) under load."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource\n"
+        "from edge_daemon.web.listener import Listener, MAX_WAITING, OWN_DESCRIPTORS\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))\n"
+        "Listener(('127.0.0.1', 0), None, 1000, 10.0, 1024, lambda *a: False)\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= MAX_WAITING + 1000 + OWN_DESCRIPTORS)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr[-1500:]
+
+
+def test_a_failing_handler_answers_500_and_logs_the_trace(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in a route (here: a page whose parts are missing) answers 500 in JSON and closes, rather than
+    dropping the connection with no answer; the trace goes to the device's log, not to the client."""
+    from edge_daemon.web.listener import Request
+    from edge_daemon.web.server import _Handler
+
+    class Broken:  # no device_id, no auth, nothing: every route that touches a part fails as a bug would
+        pass
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        handler = _Handler(Request(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n"), ours, ("127.0.0.1", 1), Broken())
+        ours.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: theirs.recv(65536), b"")).decode()
+    assert answer.startswith("HTTP/1.1 500 ") and handler.close_connection
+    body = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert "log" in body["error"] and "Traceback" not in answer and "AttributeError" not in answer
+    assert any("error while serving GET /login" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -37,9 +37,11 @@ SOCKET_TIMEOUT_S = 10.0  # once served: a write (an answer, a stream) that makes
 ACCEPTS_PER_ROUND = 64  # so that a burst of new connections cannot starve the reading of those already open
 # Connections waiting for their request: each costs a file descriptor and a buffer of at most MAX_HEAD + the body
 # (32 KiB, 8 MiB for all in the worst case, nothing like a thread); with the served ones and the daemon's own files
-# this stays well under the 1024 descriptors a service gets by default. 80 slow clients fit with room to spare; when
+# this stays under the 1024 descriptors a service gets by default at the default web.max_connections (64); a larger
+# setting raises the process's soft limit (`_enough_descriptors`). 80 slow clients fit with room to spare; when
 # more come, the oldest make room, so the deadline, not the attacker, decides how long a seat is held.
 MAX_WAITING = 256
+OWN_DESCRIPTORS = 128  # the daemon's own: models, SQLite files and their WALs, the broker, the camera, pipes
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
@@ -93,6 +95,7 @@ class Listener:
     ) -> None:
         self.tls, self.max_served, self.deadline_s, self.max_body = tls, max_served, deadline_s, max_body
         self._serve = serve
+        _enough_descriptors(MAX_WAITING + max_served + OWN_DESCRIPTORS)
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -376,6 +379,26 @@ class Listener:
             except (OSError, ssl.SSLError):
                 pass
         _close_quietly(conn.sock)
+
+
+def _enough_descriptors(needed: int) -> None:
+    """Raise the soft limit on open files to what a full waiting room and web.max_connections need. Running out
+    would not break the page alone: the broker's reconnect and the outbox's SQLite file need descriptors too."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "web: the open-file limit (%d) is below the %d that web.max_connections and the waiting room can use; "
+            "lower web.max_connections or raise LimitNOFILE in the service unit",
+            target,
+            needed,
+        )
 
 
 def _close_quietly(sock: Any) -> None:

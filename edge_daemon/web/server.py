@@ -277,8 +277,11 @@ class _Writer:
         self._sock = sock
 
     def write(self, data: bytes) -> int:
+        self.sent = True
         self._sock.sendall(data)
         return len(data)
+
+    sent = False  # whether any byte of an answer went out: until then a failed handler can still answer 500
 
     def flush(self) -> None:
         pass
@@ -310,7 +313,15 @@ class _Handler(ApiRoutes, BaseHTTPRequestHandler):
 
     def handle(self) -> None:
         self.close_connection = True
-        self.handle_one_request()  # one request per call: the listener keeps the connection between them
+        try:
+            self.handle_one_request()  # one request per call: the listener keeps the connection between them
+        except (ConnectionError, TimeoutError):
+            raise  # the client went away: nobody to answer
+        except Exception:  # a bug of ours: the client gets a 500 rather than a closed connection, the log the trace
+            logger.exception("web: error while serving %s %s", self.command, self.path)
+            self.close_connection = True
+            if not self.wfile.sent:  # type: ignore[attr-defined]
+                self._send(500, {"error": "internal error; the device's log has the details"})
 
     def finish(self) -> None:
         pass
