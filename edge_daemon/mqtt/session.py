@@ -42,7 +42,6 @@ class MqttSession:
         # Home Assistant (homeassistant.py), so that nothing it says reaches the service's entities or automations.
         self.replay = replay
         self.topics = Topics(homeassistant.base_topic(config, replay))
-        self.outbox = outbox
         self.host, self.port = host, port
         self.drain_rate_per_s = drain_rate_per_s
         self.owns_availability = owns_availability
@@ -138,6 +137,14 @@ class MqttSession:
             self.incoming.actions = dict(actions)
 
     # ------------------------------------------------------------------ what the daemon reads and sets
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.delivery.outbox
+
+    @outbox.setter
+    def outbox(self, outbox: Outbox) -> None:
+        self.delivery.outbox = outbox  # a reopened outbox (the tests' restart): delivery drains that one
 
     @property
     def commands(self) -> CommandDispatcher | None:
