@@ -8,6 +8,7 @@ test_mqtt_session.py prove the same against a real Mosquitto.
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import threading
@@ -373,3 +374,19 @@ def test_connections_the_broker_closes_at_once_three_times_read_as_a_second_clie
     assert "another client with client id 'emotion-edge-u'" in conn.last_error
     assert lines(caplog, "keeps dropping this connection") == 1
     assert conn.stats()["connected"] is False
+
+
+# ---------------------------------------------------------------------------- the package's shape
+
+
+def test_the_sessions_parts_never_import_the_session_and_stay_small() -> None:
+    """Imports point one way (session -> parts), and no class outgrows a room a newcomer can hold."""
+    package = Path(__file__).resolve().parents[1] / "edge_daemon" / "mqtt"
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        if path.name not in ("session.py", "__init__.py"):
+            imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+            assert "session" not in imported, f"{path.name} imports the session"
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                assert node.end_lineno is not None and node.end_lineno - node.lineno < 300, (path.name, node.name)
