@@ -669,7 +669,7 @@ def test_reconnect_back_off_defaults_to_at_most_10_s_with_jitter(tmp_path: Path)
     for _ in range(20):
         session._client._reconnect_delay = None
         for _ in range(6):
-            session._jittered_backoff()
+            session.connection.jittered_backoff()
             nxt = min(session._client._reconnect_delay * 2, session._client._reconnect_max_delay)
             session._client._reconnect_delay = nxt
         delays.add(round(nxt, 2))
@@ -764,7 +764,7 @@ def test_a_flapping_broker_is_connected_while_it_is_up_for_2_s(tmp_path: Path) -
     box = Outbox(tmp_path / "state")
     session = MqttSession(cfg, box, "127.0.0.1", port)  # the default back-off
     connects: list[float] = []
-    real = session._on_connect
+    real = session.connection.on_connect
 
     def counting(*args: Any) -> None:
         real(*args)
