@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
-from .config import Config, mqtt_password, state_dir_problem, web_tls_context
+from .config import Config, mqtt_password
 from .errors import UserError
 from .mqtt import probe_broker, resolve_broker
 from .outbox import FILENAME as OUTBOX_FILENAME
 from .outbox import MARK_FILENAME
+from .storage import state_dir_problem
+from .web.tls import web_tls_context
 
 
 def run_checks(config: Config) -> list[str]:

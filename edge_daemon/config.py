@@ -14,15 +14,12 @@ named by `mqtt.password_env` or from `$CREDENTIALS_DIRECTORY/mqtt_password`
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import math
 import os
 import re
 import socket
-import ssl
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Callable
@@ -643,51 +640,3 @@ def render_default_yaml(cls: type = Config, header: list[str] | None = None) -> 
 
     walk(cls, "")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------- checks on the files a config names
-# Used by both `check` and `run` (and the device page), so that `check` never says ok for what `run` refuses.
-
-
-def web_tls_context(config: Config) -> ssl.SSLContext | None:
-    """The device page's HTTPS context from web.tls (None: plain HTTP); UserError when the files do not load."""
-    tls = config.web.tls
-    if not tls.cert_file:
-        return None
-    cert, key = config.path(tls.cert_file), config.path(tls.key_file or "")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise UserError(
-            f"web.tls: cannot load the certificate {cert} with key {key} ({getattr(exc, 'strerror', None) or exc}); "
-            "both must be PEM files readable by this user"
-        ) from None
-    return ctx
-
-
-# A disk that fails or is full is a fault the daemon rides out (events flow from memory and the outbox retries),
-# never a reason to refuse to start: systemd would restart it in a loop and no event would get out at all.
-_FAILING_DISK = (errno.EIO, errno.ENOSPC, errno.EDQUOT)
-
-
-def state_dir_problem(path: Path) -> str | None:
-    """Why the daemon could not keep its files in `path`, or None. A directory is made and removed again in the
-    nearest existing folder, because only trying tells: as root, `os.access` says yes for /proc and /sys, where
-    nothing can be created. Nothing is left behind, so `check` run as root leaves no file the service cannot own."""
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        return f"state_dir: {existing} is not a directory (state_dir)"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"state_dir: {existing} is not writable for this user (state_dir; the service's user needs it)"
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".emotion-edge-probe-", dir=existing))
-    except OSError as exc:
-        if exc.errno in _FAILING_DISK:  # not a wrong setting: the daemon runs on, its outbox in memory (reliability.md)
-            return None
-        return (
-            f"state_dir: cannot create files in {existing} ({exc.strerror or exc}); "
-            "set state_dir to a folder on a writable disk"
-        )
-    return None

@@ -203,6 +203,15 @@ def _read_mark(mark: SeqMark) -> tuple[int, OSError | None]:
         return 0, exc
 
 
+def continue_seq(last: int, mark: int, stored_last: int, top: int, holding: bool) -> int:
+    """The last seq handed out, once the database is (re)opened: `last` so far (the mark itself at the first open),
+    the synced `mark`, the database's `last_seq` and highest stored seq. `holding`: seqs may have been handed out
+    beyond what the database knows (held events), so it continues above the mark: a gap, never a repeat."""
+    if holding:
+        return max(last, stored_last, top, mark)
+    return max(stored_last, top) if last == mark else max(last, top)
+
+
 class OutboxTable:
     """The outbox's SQLite file: the events and their meta (`last_seq`, `dropped`, `holding`). SQL only: the Outbox
     holds the lock and decides what an error means (sqlite3.Error and OSError reach it)."""
@@ -291,6 +300,28 @@ class OutboxTable:
         return int(self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
 
 
+class Drops:
+    """Events the outbox's bounds dropped (oldest first): a total for stats, and a warning once a minute with how many
+    since the last one, since an outbox at its bound drops on every append."""
+
+    def __init__(self, max_events: int, max_age_s: float) -> None:
+        self.max_events, self.max_age_s = max_events, max_age_s  # named in the warning: the settings to change
+        self.total = 0
+        self._unlogged = 0
+        self._log = Throttle()
+
+    def add(self, n: int) -> None:
+        self.total += n
+        self._unlogged += n
+        if self._unlogged and self._log.ready():
+            logger.warning(
+                "outbox full: dropped %d oldest undelivered event(s) since the last such line (bounds: "
+                "outbox.max_events %d, outbox.max_age_s %.0f); see stats.drops.outbox_dropped",
+                self._unlogged, self.max_events, self.max_age_s,
+            )  # fmt: skip
+            self._unlogged = 0
+
+
 class Outbox:
     """The queue's policy: seqs, held events, bounds, degrading on storage errors. Thread-safe: the fusion thread
     appends, the MQTT thread reads and acknowledges."""
@@ -309,9 +340,7 @@ class Outbox:
         self._held: dict[int, _Held] = {}
         self._table = OutboxTable(self.path, boot_id())
         self._holding = True  # the database may not know the last seq handed out (see the module doc)
-        self._dropped = 0
-        self._unlogged_drops = 0
-        self._drop_log = Throttle()  # an outbox at its bound drops on every append: once a minute, with the count
+        self._drops = Drops(max_events, max_age_s)
         self._error_log = Throttle()
         self._reopen = Throttle(REOPEN_S)
         self.storage_error = ""  # the last storage failure, for stats; empty while all is well
@@ -343,12 +372,8 @@ class Outbox:
             self._storage_failed("open the outbox", exc)
             return False
         with self._lock:
-            self._dropped = max(self._dropped, dropped)
-            if holding or self._held:
-                # Seqs may have been handed out beyond what the database knows: continue above the mark.
-                self._last = max(self._last, stored_last, top, self._mark_value)
-            else:
-                self._last = max(stored_last, top) if self._last == self._mark_value else max(self._last, top)
+            self._drops.total = max(self._drops.total, dropped)  # the database's count, and any held since
+            self._last = continue_seq(self._last, self._mark_value, stored_last, top, holding or bool(self._held))
             self._reserved = max(self._reserved, self._last)
             self._holding = holding
         if self._table.file.moved_aside is not None:
@@ -491,7 +516,7 @@ class Outbox:
     @property
     def dropped(self) -> int:
         with self._lock:
-            return self._dropped
+            return self._drops.total
 
     @property
     def last_seq(self) -> int:
@@ -564,7 +589,7 @@ class Outbox:
         dropped = self._table.insert(events, exact, self.max_events - len(self._held), self.max_age_s)
         if exact:
             self._holding = False
-        self._count_drops(dropped)
+        self._drops.add(dropped)
 
     def _bound_held(self) -> None:
         """Held events that cannot be written down (a broken disk) are bounded like stored ones."""
@@ -574,18 +599,7 @@ class Outbox:
         gone = set(stale) | set(over)
         for s in gone:
             del self._held[s]
-        self._count_drops(len(gone))
-
-    def _count_drops(self, n: int) -> None:
-        self._dropped += n
-        self._unlogged_drops += n
-        if self._unlogged_drops and self._drop_log.ready():
-            logger.warning(
-                "outbox full: dropped %d oldest undelivered event(s) since the last such line (bounds: "
-                "outbox.max_events %d, outbox.max_age_s %.0f); see stats.drops.outbox_dropped",
-                self._unlogged_drops, self.max_events, self.max_age_s,
-            )  # fmt: skip
-            self._unlogged_drops = 0
+        self._drops.add(len(gone))
 
     def _storage_failed(self, what: str, exc: BaseException) -> None:
         """One line a minute. After an error that may have broken the connection (an I/O error, a damaged file, a

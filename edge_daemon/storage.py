@@ -21,6 +21,7 @@ history stays above `history_floor()`, leaving the outbox room to keep a broker 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -280,3 +281,32 @@ def write_json_atomically(path: Path, data: dict) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# ---------------------------------------------------------------------------- state_dir itself
+# Probed by both `check` and `run` (check.py), so that `check` never says ok for a state_dir that `run` refuses.
+
+# A disk that fails or is full is a fault the daemon rides out (events flow from memory and the outbox retries),
+# never a reason to refuse to start: systemd would restart it in a loop and no event would get out at all.
+_FAILING_DISK = (errno.EIO, errno.ENOSPC, errno.EDQUOT)
+
+
+def state_dir_problem(path: Path) -> str | None:
+    """Why the daemon could not keep its files in `path`, or None. A directory is made and removed again in the
+    nearest existing folder, because only trying tells: as root, `os.access` says yes for /proc and /sys, where
+    nothing can be created. Nothing is left behind, so `check` run as root leaves no file the service cannot own."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"state_dir: {existing} is not a directory (state_dir)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"state_dir: {existing} is not writable for this user (state_dir; the service's user needs it)"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".emotion-edge-probe-", dir=existing))
+    except OSError as exc:
+        if exc.errno in _FAILING_DISK:  # not a wrong setting: the daemon runs on, its outbox in memory (reliability.md)
+            return None
+        return (
+            f"state_dir: cannot create files in {existing} ({exc.strerror or exc}); "
+            "set state_dir to a folder on a writable disk"
+        )
+    return None

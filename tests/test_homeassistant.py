@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 
 from edge_daemon.config import load_config
-from edge_daemon.daemon import load_detector
 from edge_daemon.fusion import FaceResult, Prediction, faces_of
 from edge_daemon.history import HistoryReader
 from edge_daemon.labels import CANONICAL, NO_ONE
+from edge_daemon.models import load_detector
 
 from .conftest import CLIP_VIDEO, MODELS, Subscriber, run_cli, start_daemon, stop_daemon, write_config
 

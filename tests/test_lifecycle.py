@@ -303,7 +303,7 @@ def test_a_camera_thread_that_keeps_dying_rests_offline_and_the_daemon_goes_on(
 
 
 def test_a_stage_that_keeps_hanging_ends_the_process_for_its_supervisor(tmp_path: Path, monkeypatch: Any) -> None:
-    from edge_daemon import daemon as daemon_module
+    from edge_daemon import wiring
 
     hung: list[HangingDetector] = []
 
@@ -312,7 +312,7 @@ def test_a_stage_that_keeps_hanging_ends_the_process_for_its_supervisor(tmp_path
         return hung[-1]
 
     d = live_face_daemon(tmp_path, monkeypatch, MAX_RESTARTS=2, STALL_S=2.0)
-    monkeypatch.setattr(daemon_module, "load_detector", hanging_detector)  # every fresh stage hangs too
+    monkeypatch.setattr(wiring, "load_detector", hanging_detector)  # every fresh stage hangs too
     d.face_worker.use_models(hanging_detector(d.config), d.models.face)
     t0 = time.monotonic()
     try:

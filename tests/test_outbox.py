@@ -48,6 +48,39 @@ def test_size_bound_drops_oldest_first_and_counts(tmp_path: Path) -> None:
     assert box.dropped == 15
 
 
+def test_drops_are_said_once_a_minute_with_the_count_since_the_last_line(
+    monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the Throttle's clock
+    drops = outbox.Drops(max_events=10, max_age_s=60)
+    with caplog.at_level("WARNING", logger="edge_daemon.outbox"):
+        for _ in range(30):  # an outbox at its bound drops on every append
+            drops.add(1)
+        now[0] += 61
+        drops.add(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert drops.total == 32 and len(lines) == 2, lines
+    assert lines[0].startswith("outbox full: dropped 1 ") and lines[1].startswith("outbox full: dropped 31 ")
+    assert "outbox.max_events 10, outbox.max_age_s 60" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "last, mark, stored_last, top, holding, expected",
+    [
+        (1000, 1000, 40, 40, False, 40),  # a clean close: continue right after what the database knows
+        (1000, 1000, 40, 40, True, 1000),  # events were held at a crash: above the mark, a gap and no repeat
+        (1000, 1000, 40, 1200, False, 1200),  # a stored seq above the mark (an older mark file) still counts
+        (57, 1000, 0, 0, False, 57),  # a reopen while running (a replaced file): never back to a lower seq
+        (57, 1000, 0, 0, True, 1000),  # a reopen with events still held in memory
+    ],
+)
+def test_seq_continues_after_an_open_never_below_what_was_handed_out(
+    last: int, mark: int, stored_last: int, top: int, holding: bool, expected: int
+) -> None:
+    assert outbox.continue_seq(last, mark, stored_last, top, holding) == expected
+
+
 def test_age_bound_drops_stale_events(tmp_path: Path) -> None:
     box = Outbox(tmp_path, max_age_s=60)
     box.append({"n": 0})

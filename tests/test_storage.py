@@ -291,3 +291,18 @@ def test_give_way_never_waits_long_for_a_writer_stuck_on_a_lock(tmp_path: Path) 
         t.start()
         t.join(5)
     assert result == [0] and time.monotonic() - t0 < 3
+
+
+# ---------------------------------------------------------------------------- state_dir itself (check and run)
+
+
+def test_a_state_dir_where_nothing_can_be_made_is_named_with_what_to_do(tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    assert storage.state_dir_problem(a_file / "state") == f"state_dir: {a_file} is not a directory (state_dir)"
+    # As root `os.access` says yes for /proc: only trying to create something there tells.
+    problem = storage.state_dir_problem(Path("/proc/emotion-edge"))
+    assert problem is not None and problem.startswith("state_dir: cannot create files in /proc (")
+    assert problem.endswith("set state_dir to a folder on a writable disk")
+    assert storage.state_dir_problem(tmp_path / "new" / "state") is None, "a folder that can be made is fine"
+    assert list(tmp_path.iterdir()) == [a_file], "the probe leaves nothing behind"

@@ -1,4 +1,5 @@
-"""The supervisor watches the capture threads' heartbeats: a camera whose read never returns is not `online`."""
+"""The supervisor watches the capture threads' heartbeats: a camera or microphone whose read never returns is not
+`online`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from edge_daemon import supervisor as supervisor_module
-from edge_daemon.capture.buffers import LatestSlot
+from edge_daemon.capture.buffers import AudioRing, LatestSlot
 from edge_daemon.capture.camera import CameraSource
 from edge_daemon.capture.retry import Backoff
-from edge_daemon.config import CameraConfig
+from edge_daemon.config import CameraConfig, MicrophoneConfig
 from edge_daemon.supervisor import Supervisor
 
 W, H = 64, 48
@@ -70,6 +72,18 @@ def wait_until(predicate: Any, timeout: float) -> bool:
     return predicate()
 
 
+def assert_marked_stalled_once(sup: Supervisor, source: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Several supervision rounds over a capture thread stuck in a read: offline, `stalled`, said once, not replaced."""
+    with caplog.at_level(logging.WARNING, logger="edge_daemon"):
+        for _ in range(3):
+            assert sup.check([source])
+    snap = source.status.snapshot()
+    assert snap["state"] == "offline" and f"stalled: no {source.name} data" in snap["reason"], snap
+    lines = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert sup.restarts[source.name] == 0
+
+
 def test_a_camera_whose_read_hangs_is_marked_offline_once_not_replaced(
     hanging_camera: HangingCamera, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -84,14 +98,7 @@ def test_a_camera_whose_read_hangs_is_marked_offline_once_not_replaced(
         assert sup.check([cam]) and cam.status.snapshot()["state"] == "online"
         time.sleep(1.5)
         assert cam.is_alive() and cam.frames == 10  # inside cap.read(), which does not return
-        with caplog.at_level(logging.WARNING, logger="edge_daemon"):
-            for _ in range(3):  # several supervision rounds: one log line
-                assert sup.check([cam])
-        snap = cam.status.snapshot()
-        assert snap["state"] == "offline" and "stalled" in snap["reason"], snap  # before: "online"
-        lines = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
-        assert len(lines) == 1, lines
-        assert sup.restarts["camera"] == 0
+        assert_marked_stalled_once(sup, cam, caplog)  # before: "online"
     finally:
         stop.set()  # first: at the end of a file the camera thread would open it again
         hanging_camera.release()  # the read returns (end of stream), and the thread ends
@@ -121,3 +128,65 @@ def test_backoff_beats_while_it_waits() -> None:
     beats: list[float] = []
     Backoff(1.5, 5.0).wait(threading.Event(), lambda: beats.append(time.monotonic()))
     assert len(beats) >= 2 and max(b - a for a, b in zip(beats, beats[1:], strict=False)) <= 1.2, beats
+
+
+class StallingSoundCard:
+    """Stands in for a sound card (this machine has none), opened where the microphone thread opens PyAudio's
+    stream: it delivers `reads` chunks in real time, then a read that does not return (a wedged USB audio driver)
+    until `resume()`, after which audio flows again."""
+
+    def __init__(self, reads: int) -> None:
+        self.left = reads
+        self.reads = 0
+        self.flowing = threading.Event()
+
+    def read(self, n: int, exception_on_overflow: bool = False) -> bytes:
+        if self.left > 0:
+            self.left -= 1
+        else:
+            self.flowing.wait(60)
+        time.sleep(n / 16000)
+        self.reads += 1
+        return np.full(n, 100, dtype=np.int16).tobytes()
+
+    def resume(self) -> None:
+        self.left = 10**9
+        self.flowing.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_microphone_whose_read_hangs_is_marked_offline_once_and_online_again_when_audio_flows(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edge_daemon.capture import microphone
+
+    class NoPortAudio:
+        def terminate(self) -> None:
+            pass
+
+    card = StallingSoundCard(reads=5)
+    monkeypatch.setattr(microphone, "pyaudio_instance", NoPortAudio)
+    monkeypatch.setattr(microphone, "open_input", lambda pa, device, chunk: card)
+    monkeypatch.setattr(supervisor_module, "CAPTURE_STALL_S", 1.0)
+    stop = threading.Event()
+    cfg = MicrophoneConfig(reconnect_min_s=0.1, reconnect_max_s=0.2)
+    mic = microphone.MicrophoneSource(cfg, AudioRing(16000 * 4), time.monotonic(), stop)
+    sup = Supervisor(stop, replace=lambda old: pytest.fail("a hung capture thread is not replaced"))
+    mic.start()
+    try:
+        assert wait_until(lambda: card.reads >= 5, 10), card.reads  # every chunk delivered, then the read hangs
+        assert mic.status.snapshot()["state"] == "online"
+        assert sup.check([mic]) and mic.status.snapshot()["state"] == "online"  # frames flowed just now
+        time.sleep(1.5)
+        assert mic.is_alive() and card.reads == 5  # inside stream.read(), which does not return
+        assert_marked_stalled_once(sup, mic, caplog)
+        card.resume()  # the read returns with audio: the thread itself says online again
+        assert wait_until(lambda: mic.status.snapshot()["state"] == "online", 5), mic.status.snapshot()
+        assert sup.check([mic]) and mic.status.snapshot()["state"] == "online"
+    finally:
+        stop.set()
+        card.resume()
+        mic.join(timeout=5)
+    assert not mic.is_alive()

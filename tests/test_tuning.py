@@ -47,7 +47,7 @@ def test_fewer_windows_to_agree_set_while_running_let_the_next_window_decide() -
         loop.predictions.put(_face(2 * i + 0.5, label))
     loop.pump(6.0, wait_s=0)
     assert published == [STARTING, "happy"], "two sad windows of three needed do not change it"
-    state.after = 1  # what Daemon._apply_tuning does when fusion.state_after_windows is set to 1
+    state.after = 1  # what Actions.apply_tuning does when fusion.state_after_windows is set to 1
     loop.predictions.put(_face(6.5, "angry"))
     loop.pump(8.0, wait_s=0)
     assert published == [STARTING, "happy", "angry"], "one window decides now"

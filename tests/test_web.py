@@ -600,6 +600,24 @@ def test_a_bad_trusted_proxy_is_one_line_naming_the_field(tmp_path: Path, value:
     assert f"{cfg}:2: web.trusted_proxies: " in r.stderr and needle in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("content", [b"", b"not a certificate\n", b"\x00\x01binary"])
+def test_web_tls_files_that_are_not_pem_are_one_user_error_naming_the_setting(tmp_path: Path, content: bytes) -> None:
+    from edge_daemon.config import load_config
+    from edge_daemon.errors import UserError
+    from edge_daemon.web.tls import web_tls_context
+
+    from .conftest import write_config
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(content)
+    key.write_bytes(content)
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    config = load_config(write_config(tmp_path / "c.yaml", web={"enabled": True, "tls": tls}))
+    with pytest.raises(UserError, match=rf"^web.tls: cannot load the certificate {cert} with key {key} \(.*PEM"):
+        web_tls_context(config)
+    assert web_tls_context(load_config(write_config(tmp_path / "plain.yaml", web={"enabled": True}))) is None
+
+
 @pytest.mark.parametrize(
     "value", ["emotion.example.org", "ftp://emotion.example.org/", "https://example.org/emotion/", "https://:80/"]
 )

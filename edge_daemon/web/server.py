@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..config import Config, web_tls_context
+from ..config import Config
 from ..control import NAMES as CONTROL_NAMES
 from ..control import Controls
 from ..history import HistoryReader
@@ -44,6 +44,7 @@ from .api import ApiRoutes, BadRequest
 from .auth import USER, Auth, Session, client_of
 from .feed import Feed
 from .listener import Listener, Request
+from .tls import web_tls_context
 
 logger = logging.getLogger(__name__)
 
