@@ -358,8 +358,9 @@ def _lifter(cepstra: np.ndarray, L: int = 22) -> np.ndarray:  # noqa: N803 (the 
 def _delta(feat: np.ndarray, N: int) -> np.ndarray:  # noqa: N803
     """Delta coefficients over ±N frames, the edges repeated."""
     denominator = 2 * sum([i**2 for i in range(1, N + 1)])
-    delta_feat = np.empty_like(feat)
     padded = np.pad(feat, ((N, N), (0, 0)), mode="edge")
-    for t in range(len(feat)):
-        delta_feat[t] = np.dot(np.arange(-N, N + 1), padded[t : t + 2 * N + 1]) / denominator
-    return delta_feat
+    T = len(feat)  # noqa: N806
+    # python_speech_features' sum over the 2N+1 neighbours of each frame, one shifted slice per offset instead of a
+    # dot product per frame (400 small calls per window).
+    delta_feat = sum(k * (padded[N + k : N + k + T] - padded[N - k : N - k + T]) for k in range(1, N + 1))
+    return np.asarray(delta_feat, dtype=feat.dtype) / denominator
