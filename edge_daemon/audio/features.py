@@ -321,8 +321,8 @@ def _framesig(sig: np.ndarray, frame_len: float, frame_step: float) -> np.ndarra
     numframes = 1 if slen <= frame_len else 1 + int(math.ceil((1.0 * slen - frame_len) / frame_step))
     padlen = int((numframes - 1) * frame_step + frame_len)
     padsignal = np.concatenate((sig, np.zeros((padlen - slen,))))
-    # The library's frames, as a strided view of the signal instead of a gather through a tiled index array (the
-    # speech path's largest cost after the model): the same samples times the same window, bit for bit.
+    # The library's frames, as a strided view of the signal instead of a gather through a tiled index array built
+    # on every call: the same samples times the same window, bit for bit.
     frames = np.lib.stride_tricks.sliding_window_view(padsignal, frame_len)[::frame_step][:numframes]
     return frames * np.hamming(frame_len)
 
@@ -356,9 +356,9 @@ def _lifter(cepstra: np.ndarray, L: int = 22) -> np.ndarray:  # noqa: N803 (the 
 def _delta(feat: np.ndarray, N: int) -> np.ndarray:  # noqa: N803
     """Delta coefficients over ±N frames, the edges repeated."""
     denominator = 2 * sum([i**2 for i in range(1, N + 1)])
-    padded = np.pad(feat, ((N, N), (0, 0)), mode="edge")
+    padded = np.pad(np.asarray(feat, dtype=np.float64), ((N, N), (0, 0)), mode="edge")
     T = len(feat)  # noqa: N806
     # python_speech_features' sum over the 2N+1 neighbours of each frame, one shifted slice per offset instead of a
-    # dot product per frame (400 small calls per window).
+    # dot product per frame (400 small calls per window); in float64 like the dot product, then the input's type.
     delta_feat = sum(k * (padded[N + k : N + k + T] - padded[N - k : N - k + T]) for k in range(1, N + 1))
-    return np.asarray(delta_feat, dtype=feat.dtype) / denominator
+    return (delta_feat / denominator).astype(feat.dtype, copy=False)
