@@ -135,6 +135,7 @@ class FaceWorker(Worker):
     ) -> None:
         super().__init__("face", **kw)
         self.slot, self.rate_hz, self.detect_every = slot, rate_hz, detect_every
+        slot.analyse_at(rate_hz)  # the sources convert only the frames this worker's sampler will take
         self.use_models(detector, model)
         self.frames_analysed = 0
         self.faces_seen = 0

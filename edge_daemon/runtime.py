@@ -7,7 +7,10 @@ have), then `tensorflow.lite` (a workstation with TensorFlow installed).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +51,38 @@ RUNTIME_NAME = ""
 def interpreter_class() -> tuple[Any, str]:
     global _INTERPRETER, RUNTIME_NAME
     if _INTERPRETER is None:
+        limit_malloc()  # the first model loads before the daemon starts its threads
         _INTERPRETER, RUNTIME_NAME = _import_interpreter()
     return _INTERPRETER, RUNTIME_NAME
+
+
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters (malloc.h)
+# Blocks up to 1 MB (a 640x480 BGR frame is 0.9 MB, an MFCC window's frames 0.6 MB) reuse the heap: at glibc's own
+# starting value of 128 KB each of them was a fresh mapping to fault in, 0.8 ms more per speech window here. Larger
+# ones (a wav being converted, the audio ring, XNNPACK's buffers) are mapped and given back whole.
+MMAP_THRESHOLD = 1024 * 1024
+
+
+def limit_malloc() -> None:
+    """glibc malloc settings for a process that runs models on a stream (the daemon, replay, bench, classify).
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MB) and its trim threshold to
+    twice that: once a replay's wav (2.3 MB as float64) or any large buffer is freed, later blocks up to that size
+    come from the heap, and that much free space at the heap's top is kept instead of given back. A threshold set
+    once stops both (the trim threshold stays at 128 KB). And one malloc arena for all threads instead of one per
+    thread that allocates under contention (capture, perception, history, the page). Measured together: a fast
+    replay of the bundled clip peaks about 6 MB lower (docs/performance.md). A no-op off glibc; $MALLOC_ARENA_MAX
+    or $MALLOC_MMAP_THRESHOLD_, if set, win.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    if not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    if not os.environ.get("MALLOC_ARENA_MAX"):
+        mallopt(M_ARENA_MAX, 1)
 
 
 @dataclass(frozen=True)

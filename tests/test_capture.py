@@ -217,3 +217,50 @@ def test_a_sound_card_clock_that_runs_fast_does_not_drift_speech_ahead_of_stream
         mic.join(timeout=5)
     assert abs(lead_s) <= 0.15, f"audio leads stream time by {lead_s:.2f} s"
     assert mic.trimmed > 0
+
+
+def _every_frame_sampled(rate_hz: float) -> list[tuple[int, np.ndarray]]:
+    """The reference: every frame of the clip decoded and converted (`read`), the face stage's sampler on top."""
+    import cv2
+
+    from edge_daemon.capture.sampling import FrameSampler
+
+    cap = cv2.VideoCapture(str(CLIP_VIDEO))
+    fps, sampler, index, taken = cap.get(cv2.CAP_PROP_FPS), FrameSampler(rate_hz), 0, []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        if sampler.take(index / fps):
+            taken.append((index, image))
+        index += 1
+    cap.release()
+    return taken
+
+
+def test_video_file_source_converts_only_the_frames_the_face_stage_takes() -> None:
+    """A replay hands the face stage exactly the frames its sampler would have taken from all of them, pixel for pixel,
+    and turns no other frame into an image (grab only): at 5 Hz of the 10 fps clip, every second one."""
+    from edge_daemon.capture.files import VideoFileSource
+
+    expected = _every_frame_sampled(5.0)
+    slot = LatestSlot(lossless=True)
+    slot.analyse_at(5.0)  # as the face worker does
+    source = VideoFileSource(CLIP_VIDEO, slot, threading.Event())
+    source.start()
+    got = []
+    while (f := slot.get(timeout=5)) is not None:
+        got.append(f)
+    source.join(timeout=5)
+    assert source.frames == 180  # every frame was read from the file
+    assert [f.index for f in got] == [i for i, _ in expected] and len(got) == 90
+    assert all(np.array_equal(f.image, image) for f, (_, image) in zip(got, expected, strict=True))
+
+
+def test_sampled_frames_are_the_frames_the_face_stage_takes() -> None:
+    from edge_daemon.capture.sampling import sampled_frames
+
+    expected = _every_frame_sampled(5.0)
+    got = list(sampled_frames(CLIP_VIDEO, 5.0))
+    assert len(got) == len(expected) == 90
+    assert all(np.array_equal(a, b) for a, (_, b) in zip(got, expected, strict=True))

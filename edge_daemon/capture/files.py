@@ -13,14 +13,13 @@ import time
 import wave
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..audio.features import SAMPLE_RATE
 from ..errors import UserError
 from .buffers import AudioRing, Frame, LatestSlot
 from .retry import SourceStatus
-from .sampling import video_fps
+from .sampling import open_video, video_fps
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def probe_video(path: Path) -> float:
     _check_file(path, "video")
     if not path.is_file():  # a pipe or device: OpenCV could block on it, or read a camera
         raise UserError(f"{path}: not a regular file, expected a video file")
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(path)
     try:
         ok, frame = cap.read() if cap.isOpened() else (False, None)
         if not ok or frame is None:
@@ -113,19 +112,24 @@ class VideoFileSource(threading.Thread):
         self.frames = 0
 
     def run(self) -> None:
-        cap = cv2.VideoCapture(str(self.path))
+        cap = open_video(self.path)
         start = time.monotonic()
         self.status.online()
         try:
             while not self.stop_event.is_set():
-                ok, image = cap.read()
-                if not ok:
+                if not cap.grab():  # decoded, not yet converted: only the frames the face stage takes are (`due`)
                     break
                 t = self.frames / self.fps
+                index = self.frames
+                self.frames += 1
+                if not self.slot.due(t):
+                    continue
+                ok, image = cap.retrieve()
+                if not ok or image is None:
+                    break
                 if self.realtime:
                     self.stop_event.wait(max(0.0, start + t - time.monotonic()))
-                self.slot.put(Frame(image, t, self.frames))
-                self.frames += 1
+                self.slot.put(Frame(image, t, index))
         finally:
             cap.release()
             self.status.set("ended")

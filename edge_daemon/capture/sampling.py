@@ -18,6 +18,20 @@ import numpy as np
 DEFAULT_FPS = 25.0  # when a container does not say
 
 
+def open_video(path: Path | str) -> cv2.VideoCapture:
+    """A video file opened for decoding on the calling thread only.
+
+    FFmpeg's default decodes with a thread per core plus one, each holding its own frames: about 2.7 MB more memory
+    and two more threads for a clip the face stage reads a few frames a second of (docs/performance.md). The frames
+    are the same. A backend that does not take the setting (a build without FFmpeg) opens the file as before.
+    """
+    cap = cv2.VideoCapture(str(path), cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
+    if not cap.isOpened():
+        cap.release()
+        cap = cv2.VideoCapture(str(path))
+    return cap
+
+
 def video_fps(cap: cv2.VideoCapture) -> float:
     """The frame rate an opened video file declares, or DEFAULT_FPS when it declares none."""
     fps = cap.get(cv2.CAP_PROP_FPS)
@@ -25,7 +39,11 @@ def video_fps(cap: cv2.VideoCapture) -> float:
 
 
 class FrameSampler:
-    """Feed it every frame's stream time in order; `take(t)` says whether that frame is analysed."""
+    """Feed it every frame's stream time in order; `take(t)` says whether that frame is analysed.
+
+    Fed only the frames it took, a second sampler on the same grid takes all of them: so a producer that hands on
+    only the frames its sampler takes (capture/buffers.LatestSlot.due) changes nothing for the reader's own.
+    """
 
     def __init__(self, rate_hz: float) -> None:
         self.rate_hz = rate_hz
@@ -44,14 +62,15 @@ def sampled_frames(
     """The frames of a video file the face stage would analyse at `rate_hz`, resized to `size` (w, h) if given.
 
     `loop` plays a short clip again and again (stream time goes on, so the grid does too) until `limit` frames;
-    a file that yields no frame at all yields nothing, looped or not.
+    a file that yields no frame at all yields nothing, looped or not. Skipped frames are only decoded (`grab`), never
+    converted to BGR or copied out (`retrieve`), as the daemon's sources do.
     """
-    cap = cv2.VideoCapture(str(path))
+    cap = open_video(path)
     fps = video_fps(cap)
     sampler, read, given, read_this_pass = FrameSampler(rate_hz), 0, 0, 0
     try:
         while limit is None or given < limit:
-            ok, img = cap.read()
+            ok = cap.grab()
             if not ok:
                 if not loop or not read_this_pass:
                     return
@@ -62,6 +81,9 @@ def sampled_frames(
             read += 1
             read_this_pass += 1
             if sampler.take(t):
+                ok, img = cap.retrieve()
+                if not ok or img is None:
+                    return
                 given += 1
                 yield img if size is None else cv2.resize(img, size)
     finally:
