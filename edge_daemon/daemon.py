@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from . import daemonstats, wiring
+from . import daemonstats, runtime, wiring
 from .actions import Actions
 from .config import Config
 from .control import Controls
@@ -60,6 +60,9 @@ class Daemon:
         drain_timeout_s: float = 30.0,
         keep_page: bool = False,
     ) -> None:
+        # Before any thread starts or model loads: one malloc arena and a fixed mmap threshold (runtime.limit_malloc
+        # says why); the page's threads, one per connection, would otherwise each keep an arena of their own.
+        runtime.limit_malloc()
         self.config = config
         self.replay = replay
         # `demo --keep`: once the replay's inputs end, the page stays up (its history and last state) until a signal.

@@ -151,9 +151,7 @@ def web_server(
     """The device page. `controls` None: a replay, which obeys no switches (its file sources run to the end), so its
     page offers none rather than one that lies."""
     from .history import HistoryReader
-    from .web.server import WebServer, limit_malloc_arenas  # only when the page is on: its imports cost memory
-
-    limit_malloc_arenas()  # before any thread starts: the page's threads would each keep a malloc arena
+    from .web.server import WebServer  # only when the page is on: its imports cost memory
 
     names = ["face_emotion", "speech_emotion"] + (["face_detector"] if config.face.detector == "blazeface" else [])
     cards = {n: config.model_path(n).with_suffix(".md") for n in names}

@@ -13,14 +13,11 @@ queues.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import io
 import ipaddress
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -59,20 +56,6 @@ CSP = (
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".json": "application/json"}  # fmt: skip
 PUBLIC_STATIC = {"style.css", "favicon.svg"}  # what the login page itself needs
-
-
-def limit_malloc_arenas(n: int = 2) -> None:
-    """glibc gives each thread that allocates under contention a malloc arena of its own (up to 8 per core) and keeps
-    what those arenas once held: with a thread per connection, 20 stream clients added about 9 MB of RSS to a
-    replay (166 MB peak, against 157 MB with 2 arenas). Called before the daemon starts any thread; a no-op off
-    glibc, and $MALLOC_ARENA_MAX, if set, wins."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, n)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def _static(name: str) -> bytes:
