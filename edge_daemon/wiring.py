@@ -24,12 +24,12 @@ from .control import Controls
 from .devicestate import DeviceState
 from .fusion import FusionRule, Prediction, Windower, WindowResult
 from .models import Models, load_detector, load_face_model, load_speech_model
-from .mqtt import MqttSession, client_id_of, resolve_broker
 from .outbox import Outbox
 from .pipeline import FaceWorker, FusionLoop, SpeechWorker, Timings, Worker
 
 if TYPE_CHECKING:
     from .history import History
+    from .mqtt import MqttSession
     from .tuning import Tuning
 
 
@@ -124,6 +124,10 @@ def fusion_loop(f: FusionConfig, state: DeviceState, on_window: Callable[[Window
 
 
 def mqtt_session(config: Config, outbox: Outbox, broker: tuple[str, int] | None, replay: bool) -> MqttSession:
+    # paho (and with it urllib, http.client, email: about 2 MB) only when there is a broker to talk to: a replay
+    # with --no-mqtt, classify and bench never load it
+    from .mqtt import MqttSession, client_id_of, resolve_broker
+
     """The broker session that delivers from `outbox`. A replay may run beside the live daemon of the same device:
     with the same client id the broker would disconnect one for the other, over and over, so it takes its own."""
     host, port = broker or resolve_broker(config)

@@ -55,6 +55,16 @@ def test_the_daemon_imports_no_scipy() -> None:
     assert "scipy" not in loaded and "python_speech_features" not in loaded, loaded
 
 
+def test_without_a_broker_nothing_loads_paho() -> None:
+    """paho brings urllib, http.client and email (about 2 MB): a replay with --no-mqtt, classify and bench don't."""
+    probe = (
+        "import sys, edge_daemon.daemon, edge_daemon.classify, edge_daemon.bench\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'paho' or m.startswith('edge_daemon.mqtt')))"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr[-1000:]
+
+
 @pytest.mark.parametrize("argv", [["forget", "--help"], ["history", "purge", "--help"], ["--version"]])
 def test_help_and_version_load_no_numpy_opencv_or_model(argv: list[str]) -> None:
     loaded, _ = loaded_after(
