@@ -118,7 +118,9 @@ class Device:
         self.device_id = device_id
         self.seq = 0
         protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=protocol)
+        # As the daemon does: a persistent session, so that what was in flight is sent again after a reconnect.
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=protocol,
+                                  clean_session=None if v5 else False)  # fmt: skip
         if password is not None:
             self.client.username_pw_set(device_id, password)
         self.client.max_inflight_messages_set(100)
@@ -142,12 +144,12 @@ class Device:
         self.client.loop_stop()
 
 
-def run_collector(cfg: Path) -> tuple[Collector, threading.Event, threading.Thread]:
+def run_collector(cfg: Path, timeout: float = 10) -> tuple[Collector, threading.Event, threading.Thread]:
     collector = Collector(load_collector_config(cfg))
     stop = threading.Event()
     thread = threading.Thread(target=collector.run, args=(stop,), daemon=True)
     thread.start()
-    assert collector.connected.wait(10), "the collector did not connect"
+    assert collector.connected.wait(timeout), "the collector did not connect"
     time.sleep(0.3)  # its SUBACKs
     return collector, stop, thread
 
@@ -255,6 +257,41 @@ def test_through_nats_a_killed_collector_falls_back_to_3_1_1_and_resumes_its_ses
         cfg = collector_yaml(folder, pg, db, nats.mqtt_ports[0])  # protocol auto: NATS refuses 5
         log = kill_mid_stream_and_restart(cfg, nats.mqtt_ports[0], pg, db, 400, v5=False)
     assert "MQTT 3.1.1, session resumed" in log
+
+
+def test_on_a_nats_cluster_the_collector_moves_to_the_next_node_when_its_node_is_killed(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster
+
+    _need_nats_server()
+    with NatsCluster(3) as nats:
+        ports = nats.mqtt_ports
+        folder = tmp_path / "failover"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, 1, hosts=[f"127.0.0.1:{p}" for p in ports])
+        collector, stop, thread = run_collector(cfg, timeout=60)  # a new cluster elects its JetStream leaders first
+        dev = Device(ports[2], "lounge", v5=False)
+        total = 600
+        try:
+            used = collector.source.node
+            infos = []
+            for n in range(total):
+                infos.append(dev.publish(dev.event()))
+                if n == total // 3:
+                    assert wait_until(lambda: count(pg, db) > 0, 20)
+                    nats.kill(used)  # the node the collector is connected to, with events in flight to it
+                time.sleep(0.005)
+            for info in infos:
+                info.wait_for_publish(60)
+            assert wait_until(lambda: count(pg, db) == total, 90), count(pg, db)
+            time.sleep(1.0)  # anything that would be stored twice has had time to arrive
+            assert count(pg, db, "SELECT count(DISTINCT seq) FROM events") == count(pg, db) == total
+            assert collector.connected.is_set() and collector.source.node != used
+        finally:
+            stop.set()
+            thread.join(10)
+            dev.close()
 
 
 def test_events_wait_with_the_broker_while_the_database_is_down(

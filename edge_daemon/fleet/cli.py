@@ -34,7 +34,7 @@ def collect(args: argparse.Namespace) -> int:
         raise UserError(
             f"collect needs the fleet extra ({exc.name} missing): pip install 'emotion-edge[fleet]'"
         ) from None
-    from ..cli import setup_logging
+    from ..logsetup import setup_logging
 
     config = load_collector_config(find_collector_config(args.config))
     setup_logging(args.log_level or config.log_level)
