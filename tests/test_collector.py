@@ -458,3 +458,54 @@ def test_the_collector_unit_verifies_and_is_confined(tmp_path: Path) -> None:
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout).group(1))
     assert score <= 2.5, proc.stdout[-3000:]
     assert "LoadCredential=collector_db_password:" in text and "Restart=always" in text
+
+
+def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses_nothing(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster, authorization
+
+    _need_nats_server()
+    # The collectors' NATS user may use only their consumer of JetStream's API (natscluster.authorization).
+    auth = authorization({"atrium": "pw-atrium"}, ("collector", "pw-collector"), consumer="emotion-edge-collectors")
+    os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"] = "pw-collector"
+    with NatsCluster(1, authorization=auth) as nats:
+        # The first MQTT connection creates $MQTT_msgs.
+        dev = Device(nats.mqtt_ports[0], "atrium", v5=False, password="pw-atrium")
+        js = {"enabled": True, "servers": [f"127.0.0.1:{nats.nodes[0].client_port}"], "ack_wait_s": 2}
+        configs = []
+        for name in ("a", "b"):
+            folder = tmp_path / f"js-{name}"
+            folder.mkdir()
+            cfg = collector_yaml(folder, pg, db, nats.mqtt_ports[0], username="collector")
+            cfg.write_text(yaml.safe_dump(yaml.safe_load(cfg.read_text()) | {"jetstream": js}))
+            configs.append(cfg)
+        log = configs[0].parent / "collector.log"
+        with open(log, "w") as err:
+            killed = subprocess.Popen([sys.executable, "-m", "edge_daemon", "collect", "--config", str(configs[0])],
+                                      cwd=ROOT, stderr=err)  # fmt: skip
+        try:
+            assert wait_until(lambda: "collector reading JetStream" in log.read_text(), 30), log.read_text()
+            other, stop, thread = run_collector(configs[1], timeout=30)
+            total = 1000
+            infos = []
+            for n in range(total):
+                infos.append(dev.publish(dev.event()))
+                if n == total // 2:
+                    killed.send_signal(signal.SIGKILL)  # with events fetched, some stored and not acknowledged
+                    killed.wait(10)
+                time.sleep(0.004)
+            for info in infos:
+                info.wait_for_publish(30)
+            assert wait_until(lambda: count(pg, db) == total, 60), count(pg, db)
+            time.sleep(3.0)  # past ack_wait_s: anything that would be stored twice has come again
+            assert count(pg, db, "SELECT count(DISTINCT seq) FROM events") == count(pg, db) == total
+            # Both took a share: the killed one stored what the other did not.
+            assert 0 < other.stored < total, other.stored
+            stop.set()
+            thread.join(10)
+        finally:
+            del os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"]
+            if killed.poll() is None:
+                killed.kill()
+            dev.close()

@@ -3,9 +3,9 @@ gateway, the collector, PostgreSQL; ends with one line of figures counted from t
 
 Each simulated device is the daemon's own delivery path — an `Outbox` and an `MqttSession` — fed synthetic windows
 (2 s cadence, every tenth device 0.5 s) instead of models. Devices run in a few worker processes, spread over the
-cluster's nodes. `--faults` cuts five devices per worker off the network for a while, kills one broker node and
-brings it back (its devices keep events in their outboxes), kills the collector with SIGKILL and restarts it, and
-crashes and restarts PostgreSQL.
+cluster's nodes. `--faults` cuts five devices per worker off the network for a while, kills the broker node the
+collector is connected to and brings it back (the collector moves to another node; the devices on the killed node keep
+events in their outboxes), kills the collector with SIGKILL and restarts it, and crashes and restarts PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -142,13 +143,16 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
             conn.execute("CREATE DATABASE fleet")
         admin_dsn = pg.admin_dsn.replace("dbname=postgres", "dbname=fleet")
         cfg = CollectorConfig(
-            mqtt=CollectorMqttConfig(host="127.0.0.1", port=nats.mqtt_ports[0], client_id="collector-1"),
+            mqtt=CollectorMqttConfig(client_id="collector-1"),
             database=DatabaseConfig(dsn=pg.dsn(ROLE, "fleet"), batch_wait_ms=50),
         )
         init_db(cfg, admin_dsn)
+        # The collector knows every node and starts on node 3, where half the devices are: killing its node takes
+        # the collector's connection and those devices' at once.
+        hosts = ", ".join(f"127.0.0.1:{nats.mqtt_ports[i]}" for i in (2, 0, 1))
         cfg_path = work / "collector.yaml"
         cfg_path.write_text(
-            f"mqtt:\n  host: 127.0.0.1\n  port: {nats.mqtt_ports[0]}\n  client_id: collector-1\n  username: collector\n"
+            f"mqtt:\n  hosts: [{hosts}]\n  client_id: collector-1\n  username: collector\n"
             f'database:\n  dsn: "{pg.dsn(ROLE, "fleet")}"\n  batch_wait_ms: 50\n'
         )
         env = {
@@ -166,7 +170,7 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
         deadline = time.monotonic() + 30
         while b"collector connected" not in _read(work / "collector.log") and time.monotonic() < deadline:
             time.sleep(0.2)
-        # Devices go to nodes 2 and 3 (node 1 carries the collector), so that killing node 3 leaves the rest up.
+        # Devices go to nodes 2 and 3, so that node 1 stays for the collector to move to.
         for w in range(0, devices, PER_WORKER):
             chunk = ids[w : w + PER_WORKER]
             port = nats.mqtt_ports[1 + (w // PER_WORKER) % 2]
@@ -175,7 +179,9 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
                                            str(port), str(seconds), str(work / "state"), str(out)]))  # fmt: skip
         t0 = time.monotonic()
         if faults:
-            plan = [(0.15, "cut devices"), (0.2, "kill node n3"), (0.35, "start node n3"), (0.4, "restore devices"),
+            killed = 0
+            plan = [(0.15, "cut devices"), (0.2, "kill the collector's node"), (0.35, "start the node again"),
+                    (0.4, "restore devices"),
                     (0.45, "kill collector"), (0.55, "start collector"), (0.65, "crash postgresql"),
                     (0.72, "start postgresql")]  # fmt: skip
             for at, what in plan:
@@ -184,10 +190,12 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
                 if what in ("cut devices", "restore devices"):
                     for proc in procs:
                         proc.send_signal(signal.SIGUSR1 if what == "cut devices" else signal.SIGUSR2)
-                elif what == "kill node n3":
-                    nats.kill(2)
-                elif what == "start node n3":
-                    nats.start_node(2)
+                elif what == "kill the collector's node":
+                    killed = collector_node(work / "collector.log", nats.mqtt_ports)
+                    logger.info("fault: the collector is on node n%d: killing it", killed + 1)
+                    nats.kill(killed)
+                elif what == "start the node again":
+                    nats.start_node(killed)
                 elif what == "kill collector":
                     collector.send_signal(signal.SIGKILL)
                     collector.wait()
@@ -246,6 +254,14 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
             shutil.rmtree(work / "state", ignore_errors=True)
             for node in nats.nodes:
                 shutil.rmtree(nats.dir / node.name, ignore_errors=True)
+
+
+def collector_node(log: Path, ports: list[int]) -> int:
+    """Which node the collector is connected to now: its log's last "collector connected to HOST:PORT"."""
+    found = re.findall(rb"collector connected to \S+:(\d+) ", _read(log))
+    if not found or int(found[-1]) not in ports:
+        raise RuntimeError(f"{log}: no line says which node the collector is connected to")
+    return ports.index(int(found[-1]))
 
 
 def _read(path: Path) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -52,6 +52,7 @@ class Message:
     mid: int = 0
     qos: int = 0
     generation: int = 0
+    handle: Any = field(default=None, compare=False)  # JetStream: the message to acknowledge
 
 
 @dataclass
