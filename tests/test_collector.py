@@ -509,3 +509,55 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
             if killed.poll() is None:
                 killed.kill()
             dev.close()
+
+
+def test_through_the_nats_mqtt_gateway_with_tls_a_device_and_the_collector_deliver(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    """TLS on NATS' MQTT listener, certificates made here; the device is the daemon's own Outbox and MqttSession."""
+    import dataclasses
+
+    from edge_daemon.config import Config, HomeAssistantConfig, MqttConfig, TlsConfig
+    from edge_daemon.fleet.natscluster import NatsCluster
+    from edge_daemon.mqtt import MqttSession
+    from edge_daemon.outbox import Outbox
+
+    from .test_tls import make_ca, make_server_cert
+
+    _need_nats_server()
+    pki = tmp_path / "pki"
+    ca, ca_key = make_ca(pki, "fleet-ca")
+    crt, key = make_server_cert(pki, ca, ca_key)
+    with NatsCluster(1, extra_mqtt=f"tls {{ cert_file: '{crt}', key_file: '{key}' }}") as nats:
+        port = nats.mqtt_ports[0]
+        plain: list[Any] = []  # the listener speaks TLS only: a plain-text client gets no CONNACK
+        probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain", protocol=mqtt.MQTTv311)
+        probe.on_connect = lambda c, u, f, rc, p: plain.append(rc)
+        probe.connect("127.0.0.1", port)
+        probe.loop_start()
+        folder = tmp_path / "tls-collector"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, port, tls={"enabled": True, "ca_file": str(ca)})
+        collector, stop, thread = run_collector(cfg, timeout=30)
+        mqtt_cfg = MqttConfig(host="127.0.0.1", port=port, tls=TlsConfig(enabled=True, ca_file=str(ca)),
+                              homeassistant=HomeAssistantConfig(discovery=False), commands=False)  # fmt: skip
+        device = dataclasses.replace(Config(), device_id="vault", mqtt=mqtt_cfg)
+        box = Outbox(tmp_path / "outbox")
+        session = MqttSession(device, box, "127.0.0.1", port)
+        session.start()
+        try:
+            assert session.connected.wait(30), "the device did not connect over TLS"
+            for i in range(20):
+                box.append({"schema": 2, "event_id": str(uuid.uuid4()), "device_id": "vault", "emotion": "happy",
+                            "window_start": f"2026-12-06T10:00:{i:02d}.000Z", "confidence": 0.9}, hold=True)  # fmt: skip
+                session.notify_event()
+            assert wait_until(lambda: count(pg, db) == 20, 30), count(pg, db)
+            assert wait_until(lambda: box.depth() == 0, 10)  # acknowledged through the gateway: the outbox is empty
+            assert count(pg, db, "SELECT count(DISTINCT seq) FROM events WHERE device_id = 'vault'") == 20
+            assert plain == []
+        finally:
+            session.stop(1.0)
+            box.close()
+            stop.set()
+            thread.join(10)
+            probe.loop_stop()
