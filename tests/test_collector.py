@@ -317,8 +317,10 @@ def test_events_wait_with_the_broker_while_the_database_is_down(
 def test_the_collectors_role_may_only_insert_and_update(setup: Path, pg: LocalPostgres, db: str) -> None:
     dsn = pg.dsn(ROLE, db) + f" password={ROLE_PASSWORD}"
     with admin(pg, db) as conn:
+        conn.execute("SELECT emotion_edge_partition(now() - interval '40 days')")  # what the collector would do
+        new = conn.execute("SELECT now()").fetchone()[0]  # one event: the same window_start when sent again
         conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES "
-                     "('a', 'old', now() - interval '40 days', '{}'), ('a', 'new', now(), '{}')")  # fmt: skip
+                     "('a', 'old', now() - interval '40 days', '{}'), ('a', 'new', %s, '{}')", (new,))  # fmt: skip
     denied = [
         "DELETE FROM events",
         "TRUNCATE events",
@@ -333,8 +335,8 @@ def test_the_collectors_role_may_only_insert_and_update(setup: Path, pg: LocalPo
             conn.execute(sql)
     with psycopg.connect(dsn, autocommit=True) as conn:
         # What it may do: insert, skip what exists, keep devices current, and purge through the owner's function.
-        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES ('a', 'new', now(), "
-                     "'{}') ON CONFLICT (device_id, event_id) DO NOTHING")  # fmt: skip
+        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES ('a', 'new', %s, "
+                     "'{}') ON CONFLICT (device_id, event_id, window_start) DO NOTHING", (new,))  # fmt: skip
         assert conn.execute("SELECT emotion_edge_purge(30)").fetchone()[0] == 1
         with pytest.raises(psycopg.errors.RaiseException):
             conn.execute("SELECT emotion_edge_purge(0)")  # never everything at once
@@ -410,6 +412,8 @@ def test_retention_deletes_old_events_while_no_events_arrive(
     tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
 ) -> None:
     with admin(pg, db) as conn:
+        for days in (40, 2):  # what the collector would do for events of those days
+            conn.execute(f"SELECT emotion_edge_partition(now() - interval '{days} days')")
         conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES "
                      "('a', 'old', now() - interval '40 days', '{}'), ('a', 'recent', now() - interval '2 days', '{}')")  # fmt: skip
     folder = tmp_path / "retention"
@@ -561,3 +565,36 @@ def test_through_the_nats_mqtt_gateway_with_tls_a_device_and_the_collector_deliv
             stop.set()
             thread.join(10)
             probe.loop_stop()
+
+
+def test_events_go_into_month_partitions_and_retention_drops_whole_months(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from edge_daemon.events import iso_utc
+
+    collector, stop, thread = run_collector(setup)
+    dev = Device(broker.port, "cellar")
+    now = datetime.now(timezone.utc)
+    old, recent, broken_clock = now - timedelta(days=70), now - timedelta(days=1), now + timedelta(days=400)
+    months = "SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = " \
+             "i.inhrelid WHERE i.inhparent = 'events'::regclass"  # fmt: skip
+    try:
+        for t in (old, recent, broken_clock):
+            dev.publish(dev.event() | {"window_start": iso_utc(t)}).wait_for_publish(5)
+        assert wait_until(lambda: count(pg, db) == 2 and count(pg, db, "SELECT count(*) FROM rejected") == 1)
+        # The month of each event got its partition (the collector made it); a clock a year ahead got none: that
+        # event is kept in `rejected` with the reason, not lost.
+        assert {f"events_{t:%Y_%m}" for t in (old, recent)} <= set(count(pg, db, months))
+        assert f"events_{broken_clock:%Y_%m}" not in count(pg, db, months)
+        assert "no partition" in count(pg, db, "SELECT reason FROM rejected")
+    finally:
+        stop.set()
+        thread.join(10)
+        dev.close()
+    # Retention (the collector's role, through the owner's function) drops the old month whole.
+    with psycopg.connect(pg.dsn(ROLE, db) + f" password={ROLE_PASSWORD}", autocommit=True) as conn:
+        assert conn.execute("SELECT emotion_edge_purge(30)").fetchone()[0] == 1
+    assert f"events_{old:%Y_%m}" not in count(pg, db, months)
+    assert count(pg, db) == 1

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
@@ -59,13 +60,15 @@ class Collector:
         conn: psycopg.Connection | None = None
         batch: list[store.Message] = []
         next_purge = time.monotonic() + 5.0
+        next_months = time.monotonic()
+        months: set[datetime] = set()
         try:
             while not stop.is_set():
                 if not batch:
                     try:
                         batch.append(self._inbox.get(timeout=0.2))
                     except queue.Empty:
-                        if not self._purge_due(next_purge):
+                        if not self._purge_due(next_purge) and time.monotonic() < next_months:
                             continue  # otherwise on to the database with an empty batch: retention runs when idle too
                 deadline = time.monotonic() + db.batch_wait_ms / 1000
                 while len(batch) < db.batch_size:
@@ -77,10 +80,15 @@ class Collector:
                 try:
                     if conn is None or conn.closed:
                         conn = self._connect_db()
+                        months = set()  # partitions this connection has made sure of
+                    if time.monotonic() >= next_months:  # this month's and the next, ahead of their first event
+                        this = store.month_of(datetime.now(timezone.utc))
+                        store.ensure_partitions(conn, (this, store.month_of(this + timedelta(days=32))), set())
+                        next_months = time.monotonic() + 3600
                     try:
-                        written = store.write_batch(conn, batch)
+                        written = store.write_batch(conn, batch, months)
                     except (psycopg.DataError, psycopg.IntegrityError):
-                        written = store.write_each(conn, batch)
+                        written = store.write_each(conn, batch, months)
                     # Committed: the broker may forget them. Never acknowledged twice (a mid is reused by the broker
                     # once acknowledged), so the batch is emptied before anything else can fail.
                     self.source.ack(batch)
@@ -88,6 +96,7 @@ class Collector:
                     if self._purge_due(next_purge):
                         next_purge = time.monotonic() + self.config.retention.interval_s
                         purged = store.purge(conn, self.config.retention.days)
+                        months.clear()  # it may have dropped a month
                         if purged:
                             logger.info("retention: deleted %d event(s) older than %d days", purged,
                                         self.config.retention.days)  # fmt: skip
