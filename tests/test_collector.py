@@ -474,8 +474,6 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
     auth = authorization({"atrium": "pw-atrium"}, ("collector", "pw-collector"), consumer="emotion-edge-collectors")
     os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"] = "pw-collector"
     with NatsCluster(1, authorization=auth) as nats:
-        # The first MQTT connection creates $MQTT_msgs.
-        dev = Device(nats.mqtt_ports[0], "atrium", v5=False, password="pw-atrium")
         js = {"enabled": True, "servers": [f"127.0.0.1:{nats.nodes[0].client_port}"], "ack_wait_s": 2}
         configs = []
         for name in ("a", "b"):
@@ -488,9 +486,12 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
         with open(log, "w") as err:
             killed = subprocess.Popen([sys.executable, "-m", "edge_daemon", "collect", "--config", str(configs[0])],
                                       cwd=ROOT, stderr=err)  # fmt: skip
+        dev: Device | None = None
         try:
+            # Started before any device: the collector has the gateway make $MQTT_msgs, and makes the consumer.
             assert wait_until(lambda: "collector reading JetStream" in log.read_text(), 30), log.read_text()
             other, stop, thread = run_collector(configs[1], timeout=30)
+            dev = Device(nats.mqtt_ports[0], "atrium", v5=False, password="pw-atrium")
             total = 1000
             infos = []
             for n in range(total):
@@ -512,7 +513,8 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
             del os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"]
             if killed.poll() is None:
                 killed.kill()
-            dev.close()
+            if dev is not None:
+                dev.close()
 
 
 def test_through_the_nats_mqtt_gateway_with_tls_a_device_and_the_collector_deliver(

@@ -36,6 +36,7 @@ from .settings import CollectorConfig, secret, split_node
 logger = logging.getLogger(__name__)
 
 STATUS_KINDS = tuple(k for k in store.KINDS if k != "events")
+STREAM_NOT_FOUND = 10059  # JetStream's error code (a missing consumer is 10014)
 
 
 class JetStreamSource:
@@ -52,6 +53,7 @@ class JetStreamSource:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="jetstream", daemon=True)
         self._log = Throttle()
+        self._closing = False
         self.servers = [
             f"{'tls' if config.mqtt.tls.enabled else 'nats'}://{host}:{port}"
             for host, port in (split_node(s, 4222) for s in self.js_config.servers or ("localhost:4222",))
@@ -117,7 +119,9 @@ class JetStreamSource:
                 delay = min(delay * 2, 10.0)
             finally:
                 if nc is not None and not nc.is_closed:
+                    self._closing = True
                     await nc.close()  # unacknowledged messages go back to the consumer after ack_wait
+                    self._closing = False
                 nc = None
 
     async def _bind(self, nc: Any) -> Any:
@@ -126,8 +130,12 @@ class JetStreamSource:
         j = self.js_config
         try:
             await js.consumer_info(j.stream, j.consumer)
-        except NotFoundError:
-            # The stream appears with the first MQTT connection to the cluster; until then NotFound comes again.
+        except NotFoundError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                # The gateway makes $MQTT_msgs at the first MQTT connection to the cluster. The consumer must exist
+                # before the devices' first events (the stream keeps a message only for the consumers it has), so a
+                # collector started first connects once itself rather than wait for a device.
+                await asyncio.get_running_loop().run_in_executor(None, self._wake_gateway)
             await js.add_consumer(
                 j.stream,
                 ConsumerConfig(
@@ -138,6 +146,34 @@ class JetStreamSource:
             )  # fmt: skip
             logger.info("created the durable consumer %s on %s (%s)", j.consumer, j.stream, self.filter)
         return await js.pull_subscribe_bind(durable=j.consumer, stream=j.stream)
+
+    def _wake_gateway(self) -> None:
+        """One MQTT connection (clean session, no subscription) to a node of `mqtt`, so that NATS' MQTT gateway
+        creates its streams."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        c = self.config.mqtt
+        answered = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{c.client_id}-setup", protocol=mqtt.MQTTv311)
+        if c.username:
+            client.username_pw_set(c.username, secret(c.password_env, "collector_mqtt_password"))
+        if c.tls.enabled:
+            client.tls_set_context(tls_context(self.config))
+        client.on_connect = lambda *args: answered.set()
+        for host, port in c.nodes():
+            try:
+                client.connect(host, port, keepalive=10)
+            except OSError:
+                continue
+            client.loop_start()
+            answered.wait(5)
+            client.disconnect()
+            client.loop_stop()
+            if answered.is_set():
+                logger.info("connected once to the MQTT gateway at %s:%d so that it makes %s", host, port,
+                            self.js_config.stream)  # fmt: skip
+                return
 
     async def _fetch_loop(self, sub: Any) -> None:
         batch = self.config.database.batch_size
@@ -165,6 +201,8 @@ class JetStreamSource:
 
     async def _on_disconnected(self) -> None:
         self.connected.clear()
+        if self._closing:
+            return
         logger.warning("collector lost its NATS node; reconnecting to another (the consumer is the cluster's)")
 
     async def _on_reconnected(self) -> None:
