@@ -489,7 +489,7 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
         dev: Device | None = None
         try:
             # Started before any device: the collector has the gateway make $MQTT_msgs, and makes the consumer.
-            assert wait_until(lambda: "collector reading JetStream" in log.read_text(), 30), log.read_text()
+            assert wait_until(lambda: "(NATS: JetStream" in log.read_text(), 30), log.read_text()
             other, stop, thread = run_collector(configs[1], timeout=30)
             dev = Device(nats.mqtt_ports[0], "atrium", v5=False, password="pw-atrium")
             total = 1000

@@ -54,6 +54,7 @@ class JetStreamSource:
         self._thread = threading.Thread(target=self._run, name="jetstream", daemon=True)
         self._log = Throttle()
         self._closing = False
+        self._nc: Any = None
         self.servers = [
             f"{'tls' if config.mqtt.tls.enabled else 'nats'}://{host}:{port}"
             for host, port in (split_node(s, 4222) for s in self.js_config.servers or ("localhost:4222",))
@@ -105,8 +106,8 @@ class JetStreamSource:
                 sub = await self._bind(nc)
                 for kind in STATUS_KINDS:
                     await nc.subscribe(f"{self.subject_base}.*.{kind}", cb=self._on_status)
-                logger.info("collector reading JetStream %s (consumer %s) through %s", self.js_config.stream,
-                            self.js_config.consumer, nc.connected_url.netloc if nc.connected_url else "?")  # fmt: skip
+                self._nc = nc
+                self._log_connected()
                 self.connected.set()
                 delay = 1.0
                 await self._fetch_loop(sub)
@@ -207,4 +208,9 @@ class JetStreamSource:
 
     async def _on_reconnected(self) -> None:
         self.connected.set()
-        logger.info("collector reconnected to NATS")
+        self._log_connected()
+
+    def _log_connected(self) -> None:
+        url = self._nc.connected_url if self._nc is not None else None
+        logger.info("collector connected to %s (NATS: JetStream %s, consumer %s)", url.netloc if url else "?",
+                    self.js_config.stream, self.js_config.consumer)  # fmt: skip
