@@ -160,8 +160,11 @@ def simulate(devices: int, seconds: float, faults: bool, jetstream: bool = False
             (work / f"collector-{n}.yaml").write_text(
                 f"mqtt:\n  hosts: [{hosts}]\n  client_id: collector-{n}\n  username: collector\n"
                 f'database:\n  dsn: "{pg.dsn(ROLE, "fleet")}"\n  batch_wait_ms: 50\n'
-                + (f"jetstream:\n  enabled: true\n  servers: [{servers}]\n  ack_wait_s: {ACK_WAIT_S}\n"
-                   if jetstream else "")
+                + (
+                    f"jetstream:\n  enabled: true\n  servers: [{servers}]\n  ack_wait_s: {ACK_WAIT_S}\n"
+                    if jetstream
+                    else ""
+                )
             )
         # Which ports the collector's log names: MQTT's, or NATS' client ports.
         collector_ports = [n.client_port for n in nats.nodes] if jetstream else nats.mqtt_ports
