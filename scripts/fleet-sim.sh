@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole fleet on this machine: N simulated devices (the daemon's outbox and MQTT delivery, synthetic windows),
 # a three-node NATS cluster (JetStream + MQTT gateway), the collector and PostgreSQL, all on loopback ports.
-# Usage: scripts/fleet-sim.sh --devices N --minutes M [--faults]
+# Usage: scripts/fleet-sim.sh --devices N --minutes M [--faults] [--jetstream]
 # Ends with one line: devices=N events=E stored=S lost=L duplicated=D p50_ms=... p99_ms=... events_per_s=...
 # Needs scripts/fleet-setup.sh once (PostgreSQL, psycopg, nats-server).
 set -euo pipefail

@@ -118,7 +118,9 @@ class Device:
         self.device_id = device_id
         self.seq = 0
         protocol = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=protocol)
+        # As the daemon does: a persistent session, so that what was in flight is sent again after a reconnect.
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"dev-{device_id}", protocol=protocol,
+                                  clean_session=None if v5 else False)  # fmt: skip
         if password is not None:
             self.client.username_pw_set(device_id, password)
         self.client.max_inflight_messages_set(100)
@@ -142,12 +144,12 @@ class Device:
         self.client.loop_stop()
 
 
-def run_collector(cfg: Path) -> tuple[Collector, threading.Event, threading.Thread]:
+def run_collector(cfg: Path, timeout: float = 10) -> tuple[Collector, threading.Event, threading.Thread]:
     collector = Collector(load_collector_config(cfg))
     stop = threading.Event()
     thread = threading.Thread(target=collector.run, args=(stop,), daemon=True)
     thread.start()
-    assert collector.connected.wait(10), "the collector did not connect"
+    assert collector.connected.wait(timeout), "the collector did not connect"
     time.sleep(0.3)  # its SUBACKs
     return collector, stop, thread
 
@@ -257,6 +259,41 @@ def test_through_nats_a_killed_collector_falls_back_to_3_1_1_and_resumes_its_ses
     assert "MQTT 3.1.1, session resumed" in log
 
 
+def test_on_a_nats_cluster_the_collector_moves_to_the_next_node_when_its_node_is_killed(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster
+
+    _need_nats_server()
+    with NatsCluster(3) as nats:
+        ports = nats.mqtt_ports
+        folder = tmp_path / "failover"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, 1, hosts=[f"127.0.0.1:{p}" for p in ports])
+        collector, stop, thread = run_collector(cfg, timeout=60)  # a new cluster elects its JetStream leaders first
+        dev = Device(ports[2], "lounge", v5=False)
+        total = 600
+        try:
+            used = collector.source.node
+            infos = []
+            for n in range(total):
+                infos.append(dev.publish(dev.event()))
+                if n == total // 3:
+                    assert wait_until(lambda: count(pg, db) > 0, 20)
+                    nats.kill(used)  # the node the collector is connected to, with events in flight to it
+                time.sleep(0.005)
+            for info in infos:
+                info.wait_for_publish(60)
+            assert wait_until(lambda: count(pg, db) == total, 90), count(pg, db)
+            time.sleep(1.0)  # anything that would be stored twice has had time to arrive
+            assert count(pg, db, "SELECT count(DISTINCT seq) FROM events") == count(pg, db) == total
+            assert collector.connected.is_set() and collector.source.node != used
+        finally:
+            stop.set()
+            thread.join(10)
+            dev.close()
+
+
 def test_events_wait_with_the_broker_while_the_database_is_down(
     setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
 ) -> None:
@@ -280,8 +317,10 @@ def test_events_wait_with_the_broker_while_the_database_is_down(
 def test_the_collectors_role_may_only_insert_and_update(setup: Path, pg: LocalPostgres, db: str) -> None:
     dsn = pg.dsn(ROLE, db) + f" password={ROLE_PASSWORD}"
     with admin(pg, db) as conn:
+        conn.execute("SELECT emotion_edge_partition(now() - interval '40 days')")  # what the collector would do
+        new = conn.execute("SELECT now()").fetchone()[0]  # one event: the same window_start when sent again
         conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES "
-                     "('a', 'old', now() - interval '40 days', '{}'), ('a', 'new', now(), '{}')")  # fmt: skip
+                     "('a', 'old', now() - interval '40 days', '{}'), ('a', 'new', %s, '{}')", (new,))  # fmt: skip
     denied = [
         "DELETE FROM events",
         "TRUNCATE events",
@@ -296,8 +335,8 @@ def test_the_collectors_role_may_only_insert_and_update(setup: Path, pg: LocalPo
             conn.execute(sql)
     with psycopg.connect(dsn, autocommit=True) as conn:
         # What it may do: insert, skip what exists, keep devices current, and purge through the owner's function.
-        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES ('a', 'new', now(), "
-                     "'{}') ON CONFLICT (device_id, event_id) DO NOTHING")  # fmt: skip
+        conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES ('a', 'new', %s, "
+                     "'{}') ON CONFLICT (device_id, event_id, window_start) DO NOTHING", (new,))  # fmt: skip
         assert conn.execute("SELECT emotion_edge_purge(30)").fetchone()[0] == 1
         with pytest.raises(psycopg.errors.RaiseException):
             conn.execute("SELECT emotion_edge_purge(0)")  # never everything at once
@@ -373,6 +412,8 @@ def test_retention_deletes_old_events_while_no_events_arrive(
     tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
 ) -> None:
     with admin(pg, db) as conn:
+        for days in (40, 2):  # what the collector would do for events of those days
+            conn.execute(f"SELECT emotion_edge_partition(now() - interval '{days} days')")
         conn.execute("INSERT INTO events (device_id, event_id, window_start, payload) VALUES "
                      "('a', 'old', now() - interval '40 days', '{}'), ('a', 'recent', now() - interval '2 days', '{}')")  # fmt: skip
     folder = tmp_path / "retention"
@@ -421,3 +462,141 @@ def test_the_collector_unit_verifies_and_is_confined(tmp_path: Path) -> None:
     score = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout).group(1))
     assert score <= 2.5, proc.stdout[-3000:]
     assert "LoadCredential=collector_db_password:" in text and "Restart=always" in text
+
+
+def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses_nothing(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    from edge_daemon.fleet.natscluster import NatsCluster, authorization
+
+    _need_nats_server()
+    # The collectors' NATS user may use only their consumer of JetStream's API (natscluster.authorization).
+    auth = authorization({"atrium": "pw-atrium"}, ("collector", "pw-collector"), consumer="emotion-edge-collectors")
+    os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"] = "pw-collector"
+    with NatsCluster(1, authorization=auth) as nats:
+        js = {"enabled": True, "servers": [f"127.0.0.1:{nats.nodes[0].client_port}"], "ack_wait_s": 2}
+        configs = []
+        for name in ("a", "b"):
+            folder = tmp_path / f"js-{name}"
+            folder.mkdir()
+            cfg = collector_yaml(folder, pg, db, nats.mqtt_ports[0], username="collector")
+            cfg.write_text(yaml.safe_dump(yaml.safe_load(cfg.read_text()) | {"jetstream": js}))
+            configs.append(cfg)
+        log = configs[0].parent / "collector.log"
+        with open(log, "w") as err:
+            killed = subprocess.Popen([sys.executable, "-m", "edge_daemon", "collect", "--config", str(configs[0])],
+                                      cwd=ROOT, stderr=err)  # fmt: skip
+        dev: Device | None = None
+        try:
+            # Started before any device: the collector has the gateway make $MQTT_msgs, and makes the consumer.
+            assert wait_until(lambda: "(NATS: JetStream" in log.read_text(), 30), log.read_text()
+            other, stop, thread = run_collector(configs[1], timeout=30)
+            dev = Device(nats.mqtt_ports[0], "atrium", v5=False, password="pw-atrium")
+            total = 1000
+            infos = []
+            for n in range(total):
+                infos.append(dev.publish(dev.event()))
+                if n == total // 2:
+                    killed.send_signal(signal.SIGKILL)  # with events fetched, some stored and not acknowledged
+                    killed.wait(10)
+                time.sleep(0.004)
+            for info in infos:
+                info.wait_for_publish(30)
+            assert wait_until(lambda: count(pg, db) == total, 60), count(pg, db)
+            time.sleep(3.0)  # past ack_wait_s: anything that would be stored twice has come again
+            assert count(pg, db, "SELECT count(DISTINCT seq) FROM events") == count(pg, db) == total
+            # Both took a share: the killed one stored what the other did not.
+            assert 0 < other.stored < total, other.stored
+            stop.set()
+            thread.join(10)
+        finally:
+            del os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"]
+            if killed.poll() is None:
+                killed.kill()
+            if dev is not None:
+                dev.close()
+
+
+def test_through_the_nats_mqtt_gateway_with_tls_a_device_and_the_collector_deliver(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+) -> None:
+    """TLS on NATS' MQTT listener, certificates made here; the device is the daemon's own Outbox and MqttSession."""
+    import dataclasses
+
+    from edge_daemon.config import Config, HomeAssistantConfig, MqttConfig, TlsConfig
+    from edge_daemon.fleet.natscluster import NatsCluster
+    from edge_daemon.mqtt import MqttSession
+    from edge_daemon.outbox import Outbox
+
+    from .test_tls import make_ca, make_server_cert
+
+    _need_nats_server()
+    pki = tmp_path / "pki"
+    ca, ca_key = make_ca(pki, "fleet-ca")
+    crt, key = make_server_cert(pki, ca, ca_key)
+    with NatsCluster(1, extra_mqtt=f"tls {{ cert_file: '{crt}', key_file: '{key}' }}") as nats:
+        port = nats.mqtt_ports[0]
+        plain: list[Any] = []  # the listener speaks TLS only: a plain-text client gets no CONNACK
+        probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="plain", protocol=mqtt.MQTTv311)
+        probe.on_connect = lambda c, u, f, rc, p: plain.append(rc)
+        probe.connect("127.0.0.1", port)
+        probe.loop_start()
+        folder = tmp_path / "tls-collector"
+        folder.mkdir()
+        cfg = collector_yaml(folder, pg, db, port, tls={"enabled": True, "ca_file": str(ca)})
+        collector, stop, thread = run_collector(cfg, timeout=30)
+        mqtt_cfg = MqttConfig(host="127.0.0.1", port=port, tls=TlsConfig(enabled=True, ca_file=str(ca)),
+                              homeassistant=HomeAssistantConfig(discovery=False), commands=False)  # fmt: skip
+        device = dataclasses.replace(Config(), device_id="vault", mqtt=mqtt_cfg)
+        box = Outbox(tmp_path / "outbox")
+        session = MqttSession(device, box, "127.0.0.1", port)
+        session.start()
+        try:
+            assert session.connected.wait(30), "the device did not connect over TLS"
+            for i in range(20):
+                box.append({"schema": 2, "event_id": str(uuid.uuid4()), "device_id": "vault", "emotion": "happy",
+                            "window_start": f"2026-12-06T10:00:{i:02d}.000Z", "confidence": 0.9}, hold=True)  # fmt: skip
+                session.notify_event()
+            assert wait_until(lambda: count(pg, db) == 20, 30), count(pg, db)
+            assert wait_until(lambda: box.depth() == 0, 10)  # acknowledged through the gateway: the outbox is empty
+            assert count(pg, db, "SELECT count(DISTINCT seq) FROM events WHERE device_id = 'vault'") == 20
+            assert plain == []
+        finally:
+            session.stop(1.0)
+            box.close()
+            stop.set()
+            thread.join(10)
+            probe.loop_stop()
+
+
+def test_events_go_into_month_partitions_and_retention_drops_whole_months(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from edge_daemon.events import iso_utc
+
+    collector, stop, thread = run_collector(setup)
+    dev = Device(broker.port, "cellar")
+    now = datetime.now(timezone.utc)
+    old, recent, broken_clock = now - timedelta(days=70), now - timedelta(days=1), now + timedelta(days=400)
+    months = "SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = " \
+             "i.inhrelid WHERE i.inhparent = 'events'::regclass"  # fmt: skip
+    try:
+        for t in (old, recent, broken_clock):
+            dev.publish(dev.event() | {"window_start": iso_utc(t)}).wait_for_publish(5)
+        assert wait_until(lambda: count(pg, db) == 2 and count(pg, db, "SELECT count(*) FROM rejected") == 1)
+        # The month of each event got its partition (the collector made it); a clock a year ahead got none: that
+        # event is kept in `rejected` with the reason, not lost.
+        assert {f"events_{t:%Y_%m}" for t in (old, recent)} <= set(count(pg, db, months))
+        assert f"events_{broken_clock:%Y_%m}" not in count(pg, db, months)
+        assert "no partition" in count(pg, db, "SELECT reason FROM rejected")
+    finally:
+        stop.set()
+        thread.join(10)
+        dev.close()
+    # Retention (the collector's role, through the owner's function) drops the old month whole.
+    with psycopg.connect(pg.dsn(ROLE, db) + f" password={ROLE_PASSWORD}", autocommit=True) as conn:
+        assert conn.execute("SELECT emotion_edge_purge(30)").fetchone()[0] == 1
+    assert f"events_{old:%Y_%m}" not in count(pg, db, months)
+    assert count(pg, db) == 1

@@ -34,9 +34,16 @@ def collect(args: argparse.Namespace) -> int:
         raise UserError(
             f"collect needs the fleet extra ({exc.name} missing): pip install 'emotion-edge[fleet]'"
         ) from None
-    from ..cli import setup_logging
+    from ..logsetup import setup_logging
 
     config = load_collector_config(find_collector_config(args.config))
+    if config.jetstream.enabled:
+        try:
+            import nats  # noqa: F401 - nats-py, the fleet extra's JetStream client
+        except ImportError:
+            raise UserError(
+                "jetstream.enabled needs nats-py (the fleet extra): pip install 'emotion-edge[fleet]'"
+            ) from None
     setup_logging(args.log_level or config.log_level)
     if args.init_db:
         init_db(config, args.init_db)

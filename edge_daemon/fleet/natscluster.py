@@ -101,10 +101,15 @@ class NatsCluster:
         self.close()
 
 
-def authorization(devices: dict[str, str], collector: tuple[str, str], prefix: str = "emotion-edge") -> str:
+def authorization(
+    devices: dict[str, str], collector: tuple[str, str], prefix: str = "emotion-edge", consumer: str | None = None
+) -> str:
     """NATS users: each device may publish and subscribe only under `<prefix>/<its id>/`, the collector may only
     subscribe to every device's topics. The MQTT gateway maps topic `a/b/c` to subject `a.b.c`. Plain-text
-    passwords are for a throwaway cluster; a real one stores bcrypt hashes (`nats server passwd`)."""
+    passwords are for a throwaway cluster; a real one stores bcrypt hashes (`nats server passwd`).
+
+    With `consumer` (the collector's jetstream.consumer), the collector may also create, read from and acknowledge
+    that one durable consumer on $MQTT_msgs, and nothing else of JetStream's API (no stream or other consumer)."""
     base = prefix.replace("/", ".")
     users = []
     for d, pw in devices.items():
@@ -113,5 +118,13 @@ def authorization(devices: dict[str, str], collector: tuple[str, str], prefix: s
         perms = f'publish: [{own}], subscribe: [{own}, "homeassistant.status"]'
         users.append(f'{{ user: "{d}", password: "{pw}", permissions: {{ {perms} }} }}')
     user, pw = collector
-    users.append(f'{{ user: "{user}", password: "{pw}", permissions: {{ publish: [], subscribe: ["{base}.*.*"] }} }}')
+    publish, subscribe = "", f'"{base}.*.*"'
+    if consumer:
+        api = "$JS.API.CONSUMER"
+        publish = (f'"{api}.INFO.$MQTT_msgs.{consumer}", "{api}.DURABLE.CREATE.$MQTT_msgs.{consumer}", '
+                   f'"{api}.MSG.NEXT.$MQTT_msgs.{consumer}", "$JS.ACK.$MQTT_msgs.{consumer}.>"')  # fmt: skip
+        subscribe += ', "_INBOX.>"'  # the replies to those requests
+    users.append(
+        f'{{ user: "{user}", password: "{pw}", permissions: {{ publish: [{publish}], subscribe: [{subscribe}] }} }}'
+    )
     return "authorization { users = [\n  " + "\n  ".join(users) + "\n] }\n"

@@ -8,19 +8,48 @@ file and line). Passwords never live here: the broker's comes from `mqtt.passwor
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import TlsConfig, _f, _host_problem, load_yaml_as, render_default_yaml
+from ..config import TlsConfig, host_problem, load_yaml_as, render_default_yaml
+from ..config import field_spec as _f
 from ..errors import UserError
+
+
+def split_node(text: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6 address]:port`."""
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not host or host:port ([address]:port for IPv6)")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    number = int(port) if port else default_port
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{text!r}: the port must be between 1 and 65535")
+    return host, number
+
+
+def node_problem(text: str) -> str | None:
+    try:
+        host, _ = split_node(text, 1883)
+    except ValueError as exc:
+        return str(exc)
+    return host_problem(host)
 
 
 @dataclass(frozen=True)
 class CollectorMqttConfig:
     """The collector's broker session."""
 
-    host: str = _f("localhost", "broker host (any node of a cluster)", check=_host_problem)
-    port: int = _f(1883, "broker port", lo=1, hi=65535)
+    host: str = _f("localhost", "broker host (when `hosts` is empty)", check=host_problem)
+    port: int = _f(1883, "broker port (and the port of an entry in `hosts` that names none)", lo=1, hi=65535)
+    hosts: tuple[str, ...] = _f(
+        (),
+        "the nodes of one clustered broker (NATS, EMQX, HiveMQ: sessions shared across nodes) as host:port, tried in "
+        "order: when a node refuses or drops the collector it moves to the next one, with back-off; [] uses host and "
+        "port",
+        check=node_problem,
+    )
     topic_prefix: str = _f(
         "emotion-edge", "the devices' mqtt.topic_prefix: collects <topic_prefix>/+/...", pattern=r"[A-Za-z0-9_/-]+"
     )
@@ -62,6 +91,10 @@ class CollectorMqttConfig:
     keepalive_s: int = _f(30, "MQTT keep-alive, seconds", lo=5, hi=3600)
     tls: TlsConfig = field(default_factory=TlsConfig, metadata={"doc": "TLS"})
 
+    def nodes(self) -> list[tuple[str, int]]:
+        """Where to connect, in order: `hosts`, or `host` and `port`."""
+        return [split_node(h, self.port) for h in self.hosts] or [(self.host, self.port)]
+
 
 @dataclass(frozen=True)
 class DatabaseConfig:
@@ -91,10 +124,45 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class JetStreamConfig:
+    """NATS only: read events from a JetStream consumer that several collectors share."""
+
+    enabled: bool = _f(
+        False,
+        "read events through NATS (a durable JetStream pull consumer) instead of an MQTT session: collectors with the "
+        "same `consumer` share the events, each to one of them. Uses mqtt's username, password and tls",
+    )
+    servers: tuple[str, ...] = _f(
+        (), "the NATS nodes' client ports as host:port (4222 when none is named), tried in turn", check=node_problem
+    )
+    stream: str = _f(
+        "$MQTT_msgs",
+        "the stream that holds the devices' QoS 1 messages: NATS' MQTT gateway stores each one in $MQTT_msgs before "
+        "it acknowledges the device's PUBLISH",
+        pattern=r"[A-Za-z0-9_$-]+",
+    )
+    subject_prefix: str = _f(
+        "$MQTT.msgs.", "what the stream puts before a device's subject (<topic_prefix>.<device>.events)",
+        pattern=r"[A-Za-z0-9_$.-]*",
+    )  # fmt: skip
+    consumer: str = _f(
+        "emotion-edge-collectors", "durable consumer name: the collectors that name it share its events",
+        pattern=r"[A-Za-z0-9_-]+",
+    )  # fmt: skip
+    ack_wait_s: float = _f(
+        60.0, "an event a collector took and did not acknowledge this long goes to another collector", lo=1, hi=3600
+    )
+    max_ack_pending: int = _f(
+        1000, "events out to the collectors and not yet acknowledged, at most (back-pressure)", lo=1, hi=100000
+    )
+
+
+@dataclass(frozen=True)
 class CollectorConfig:
     """emotion-edge collect."""
 
     mqtt: CollectorMqttConfig = field(default_factory=CollectorMqttConfig, metadata={"doc": "broker"})
+    jetstream: JetStreamConfig = field(default_factory=JetStreamConfig, metadata={"doc": "NATS JetStream"})
     database: DatabaseConfig = field(default_factory=DatabaseConfig, metadata={"doc": "database"})
     retention: RetentionConfig = field(default_factory=RetentionConfig, metadata={"doc": "retention"})
     log_level: str = _f("info", "debug, info, warning or error", choices=("debug", "info", "warning", "error"))

@@ -3,9 +3,10 @@ gateway, the collector, PostgreSQL; ends with one line of figures counted from t
 
 Each simulated device is the daemon's own delivery path — an `Outbox` and an `MqttSession` — fed synthetic windows
 (2 s cadence, every tenth device 0.5 s) instead of models. Devices run in a few worker processes, spread over the
-cluster's nodes. `--faults` cuts five devices per worker off the network for a while, kills one broker node and
-brings it back (its devices keep events in their outboxes), kills the collector with SIGKILL and restarts it, and
-crashes and restarts PostgreSQL.
+cluster's nodes. `--faults` cuts five devices per worker off the network for a while, kills the broker node the
+collector is connected to and brings it back (the collector moves to another node; the devices on the killed node keep
+events in their outboxes), kills the collector with SIGKILL and restarts it, and crashes and restarts PostgreSQL.
+`--jetstream` runs two collectors on one JetStream consumer instead of one MQTT session.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -32,6 +34,7 @@ logger = logging.getLogger("fleet-sim")
 ROLE, ROLE_PASSWORD = "emotion_edge_collector", "fleet-sim"
 PER_WORKER = 50
 CUT_DEVICES = 5  # per worker, behind a link that --faults cuts for a while
+ACK_WAIT_S = 15  # --jetstream: an event a killed collector had taken goes to another after this long
 
 
 # ------------------------------------------------------------------ a worker process: some devices
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=10)
     p.add_argument("--minutes", type=float, default=1.0)
     p.add_argument("--faults", action="store_true")
+    p.add_argument("--jetstream", action="store_true", help="two collectors sharing a JetStream consumer")
     p.add_argument("--worker", nargs=5, metavar=("IDS", "PORT", "SECONDS", "STATE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
@@ -111,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         ids, port, seconds, state, out = args.worker
         run_devices(ids.split(","), int(port), float(seconds), Path(state), Path(out))
         return 0
-    return simulate(args.devices, args.minutes * 60, args.faults)
+    return simulate(args.devices, args.minutes * 60, args.faults, args.jetstream)
 
 
-def simulate(devices: int, seconds: float, faults: bool) -> int:
+def simulate(devices: int, seconds: float, faults: bool, jetstream: bool = False) -> int:
     import tempfile
 
     import psycopg
@@ -131,42 +135,58 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
     os.environ["FLEET_SIM_SECRET"] = secrets.token_hex(16)  # the workers inherit it
     ids = [f"dev-{i:04d}" for i in range(devices)]
     collector_pw = secrets.token_hex(12)
-    auth = authorization({d: device_password(d) for d in ids}, ("collector", collector_pw))
+    consumer = "emotion-edge-collectors" if jetstream else None
+    auth = authorization({d: device_password(d) for d in ids}, ("collector", collector_pw), consumer=consumer)
     nats = NatsCluster(3, folder=work / "nats", authorization=auth).start()
     procs: list[subprocess.Popen[bytes]] = []
     ok = False
     collector: subprocess.Popen[bytes] | None = None
+    second: subprocess.Popen[bytes] | None = None  # --jetstream: the other collector on the consumer
     try:
         with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
             conn.execute(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
             conn.execute("CREATE DATABASE fleet")
         admin_dsn = pg.admin_dsn.replace("dbname=postgres", "dbname=fleet")
         cfg = CollectorConfig(
-            mqtt=CollectorMqttConfig(host="127.0.0.1", port=nats.mqtt_ports[0], client_id="collector-1"),
+            mqtt=CollectorMqttConfig(client_id="collector-1"),
             database=DatabaseConfig(dsn=pg.dsn(ROLE, "fleet"), batch_wait_ms=50),
         )
         init_db(cfg, admin_dsn)
-        cfg_path = work / "collector.yaml"
-        cfg_path.write_text(
-            f"mqtt:\n  host: 127.0.0.1\n  port: {nats.mqtt_ports[0]}\n  client_id: collector-1\n  username: collector\n"
-            f'database:\n  dsn: "{pg.dsn(ROLE, "fleet")}"\n  batch_wait_ms: 50\n'
-        )
+        # The collector knows every node and starts on node 3, where half the devices are: killing its node takes
+        # the collector's connection and those devices' at once.
+        hosts = ", ".join(f"127.0.0.1:{nats.mqtt_ports[i]}" for i in (2, 0, 1))
+        servers = ", ".join(f"127.0.0.1:{nats.nodes[i].client_port}" for i in (2, 0, 1))
+        for n in (1, 2):
+            (work / f"collector-{n}.yaml").write_text(
+                f"mqtt:\n  hosts: [{hosts}]\n  client_id: collector-{n}\n  username: collector\n"
+                f'database:\n  dsn: "{pg.dsn(ROLE, "fleet")}"\n  batch_wait_ms: 50\n'
+                + (
+                    f"jetstream:\n  enabled: true\n  servers: [{servers}]\n  ack_wait_s: {ACK_WAIT_S}\n"
+                    if jetstream
+                    else ""
+                )
+            )
+        # Which ports the collector's log names: MQTT's, or NATS' client ports.
+        collector_ports = [n.client_port for n in nats.nodes] if jetstream else nats.mqtt_ports
         env = {
             **os.environ,
             "EMOTION_EDGE_COLLECTOR_DB_PASSWORD": ROLE_PASSWORD,
             "EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD": collector_pw,
         }
 
-        def start_collector() -> subprocess.Popen[bytes]:
-            log = open(work / "collector.log", "ab")  # noqa: SIM115
+        def start_collector(n: int = 1) -> subprocess.Popen[bytes]:
+            log = open(work / f"collector-{n}.log" if n > 1 else work / "collector.log", "ab")  # noqa: SIM115
+            cfg_path = work / f"collector-{n}.yaml"
             return subprocess.Popen([sys.executable, "-m", "edge_daemon", "collect", "--config", str(cfg_path)],
                                     stderr=log, env=env)  # fmt: skip
 
         collector = start_collector()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while b"collector connected" not in _read(work / "collector.log") and time.monotonic() < deadline:
             time.sleep(0.2)
-        # Devices go to nodes 2 and 3 (node 1 carries the collector), so that killing node 3 leaves the rest up.
+        if jetstream:
+            second = start_collector(2)
+        # Devices go to nodes 2 and 3, so that node 1 stays for the collector to move to.
         for w in range(0, devices, PER_WORKER):
             chunk = ids[w : w + PER_WORKER]
             port = nats.mqtt_ports[1 + (w // PER_WORKER) % 2]
@@ -175,7 +195,9 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
                                            str(port), str(seconds), str(work / "state"), str(out)]))  # fmt: skip
         t0 = time.monotonic()
         if faults:
-            plan = [(0.15, "cut devices"), (0.2, "kill node n3"), (0.35, "start node n3"), (0.4, "restore devices"),
+            killed = 0
+            plan = [(0.15, "cut devices"), (0.2, "kill the collector's node"), (0.35, "start the node again"),
+                    (0.4, "restore devices"),
                     (0.45, "kill collector"), (0.55, "start collector"), (0.65, "crash postgresql"),
                     (0.72, "start postgresql")]  # fmt: skip
             for at, what in plan:
@@ -184,10 +206,12 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
                 if what in ("cut devices", "restore devices"):
                     for proc in procs:
                         proc.send_signal(signal.SIGUSR1 if what == "cut devices" else signal.SIGUSR2)
-                elif what == "kill node n3":
-                    nats.kill(2)
-                elif what == "start node n3":
-                    nats.start_node(2)
+                elif what == "kill the collector's node":
+                    killed = collector_node(work / "collector.log", collector_ports)
+                    logger.info("fault: the collector is on node n%d: killing it", killed + 1)
+                    nats.kill(killed)
+                elif what == "start the node again":
+                    nats.start_node(killed)
                 elif what == "kill collector":
                     collector.send_signal(signal.SIGKILL)
                     collector.wait()
@@ -203,9 +227,10 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
         for w in range(0, devices, PER_WORKER):
             numbered.update(json.loads((work / f"worker-{w}.json").read_text())["numbered"])
         events = sum(numbered.values())
-        # The collector catches up with what the broker holds for it.
+        # The collector catches up with what the broker holds for it. With JetStream, what the killed collector had
+        # taken and not acknowledged comes again only after ack_wait_s: wait longer than that for the count to move.
         last, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 5:
+        while time.monotonic() - stable_since < (ACK_WAIT_S + 5 if jetstream else 5):
             with psycopg.connect(admin_dsn) as conn:
                 n = conn.execute("SELECT count(*) FROM events").fetchone()[0]
             if n != last:
@@ -237,15 +262,24 @@ def simulate(devices: int, seconds: float, faults: bool) -> int:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-        if collector is not None and collector.poll() is None:
-            collector.send_signal(signal.SIGTERM)
-            collector.wait(10)
+        for proc in (collector, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
         nats.close()
         pg.close()
         if ok:  # the devices' outboxes and the brokers' stores go; the logs stay for a look
             shutil.rmtree(work / "state", ignore_errors=True)
             for node in nats.nodes:
                 shutil.rmtree(nats.dir / node.name, ignore_errors=True)
+
+
+def collector_node(log: Path, ports: list[int]) -> int:
+    """Which node the collector is connected to now: its log's last "collector connected to HOST:PORT"."""
+    found = re.findall(rb"collector connected to \S+:(\d+) ", _read(log))
+    if not found or int(found[-1]) not in ports:
+        raise RuntimeError(f"{log}: no line says which node the collector is connected to")
+    return ports.index(int(found[-1]))
 
 
 def _read(path: Path) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,7 +24,7 @@ KINDS = ("events", "availability", "state", "status", "stats")
 INSERT_EVENT = """
 INSERT INTO events (device_id, event_id, seq, window_start, window_end, emotion, confidence, face_count, payload)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (device_id, event_id) DO NOTHING
+ON CONFLICT (device_id, event_id, window_start) DO NOTHING
 """
 INSERT_REJECTED = "INSERT INTO rejected (topic, reason, payload) VALUES (%s, %s, %s)"
 # The status columns of each kind; `{col}` is one of availability, state, status, stats (never user input).
@@ -52,6 +52,7 @@ class Message:
     mid: int = 0
     qos: int = 0
     generation: int = 0
+    handle: Any = field(default=None, compare=False)  # JetStream: the message to acknowledge
 
 
 @dataclass
@@ -114,8 +115,27 @@ def _status_value(msg: Message) -> Any:
         return Jsonb({"unreadable": msg.payload.decode("utf-8", "replace")[:1000]})
 
 
-def write_batch(conn: psycopg.Connection, batch: Iterable[Message]) -> Written:
-    """Everything in `batch` in one transaction; raises psycopg.Error and leaves nothing half-written."""
+def month_of(t: datetime) -> datetime:
+    t = t.astimezone(timezone.utc)
+    return datetime(t.year, t.month, 1, tzinfo=timezone.utc)
+
+
+def ensure_partitions(conn: psycopg.Connection, times: Iterable[datetime], known: set[datetime]) -> None:
+    """The month partitions of `events` that these times fall in (schema.py, emotion_edge_partition); `known` is
+    what this connection has made sure of already. A month the function refuses (a device clock far off) is left
+    without one: its events are then kept in `rejected`."""
+    for month in sorted({month_of(t) for t in times} - known):
+        try:
+            with conn.transaction():
+                conn.execute("SELECT emotion_edge_partition(%s)", (month,))
+        except psycopg.errors.RaiseException as exc:
+            logger.warning("%s", str(exc).strip().splitlines()[0])
+        known.add(month)
+
+
+def write_batch(conn: psycopg.Connection, batch: Iterable[Message], months: set[datetime] | None = None) -> Written:
+    """Everything in `batch` in one transaction; raises psycopg.Error and leaves nothing half-written. `months`: the
+    partitions known to exist (ensure_partitions); None skips the check."""
     out = Written()
     events: dict[tuple[str, str], tuple[Any, ...]] = {}
     rejected: list[tuple[str, str, str]] = []
@@ -135,6 +155,8 @@ def write_batch(conn: psycopg.Connection, batch: Iterable[Message]) -> Written:
         events[(row[0], row[1])] = row
         seq, at = progress.get(msg.device_id, (None, row[3]))
         progress[msg.device_id] = (max(s for s in (seq, row[2], -1) if s is not None), max(at, row[3]))
+    if months is not None and events:
+        ensure_partitions(conn, (row[3] for row in events.values()), months)
     with conn.transaction(), conn.cursor() as cur:
         if events:
             cur.executemany(INSERT_EVENT, list(events.values()), returning=False)
@@ -155,13 +177,13 @@ def write_batch(conn: psycopg.Connection, batch: Iterable[Message]) -> Written:
     return out
 
 
-def write_each(conn: psycopg.Connection, batch: list[Message]) -> Written:
+def write_each(conn: psycopg.Connection, batch: list[Message], months: set[datetime] | None = None) -> Written:
     """After a batch failed on its data (a payload PostgreSQL cannot hold, such as a NUL in JSON text): one message
     per transaction, and the ones that still fail go to `rejected`, so that one bad message never blocks the rest."""
     out = Written()
     for msg in batch:
         try:
-            one = write_batch(conn, [msg])
+            one = write_batch(conn, [msg], months)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             payload = msg.payload.decode("utf-8", "replace").replace("\x00", "")[:10000]
