@@ -376,6 +376,21 @@ def test_connections_the_broker_closes_at_once_three_times_read_as_a_second_clie
     assert conn.stats()["connected"] is False
 
 
+def test_a_broker_that_answered_before_and_now_closes_the_handshake_is_not_called_a_tls_port(tmp_path: Path) -> None:
+    """A NATS node restarting takes TCP before its MQTT gateway is ready: the log must not send the operator to
+    mqtt.tls. A broker that never answered MQTT still gets the TLS hint."""
+    cfg = config_for(tmp_path)
+    client = make_client(cfg, "emotion-edge-u")
+    conn = Connection(cfg, client, "127.0.0.1", 1883, Signals(), "emotion-edge/u/availability", lambda c, v5: None)
+    closed = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+    conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), closed, None)  # never in: the first attempt
+    assert "is it a TLS port" in conn.last_error
+    conn.on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), None)
+    conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), closed, None)  # the node goes down
+    conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), closed, None)  # and refuses the handshake
+    assert "TLS" not in conn.last_error and "restarting" in conn.last_error
+
+
 # ---------------------------------------------------------------------------- the package's shape
 
 

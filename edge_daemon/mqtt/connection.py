@@ -231,6 +231,11 @@ class Connection:
                 f"accepted the connection but sent no MQTT answer within {self.config.mqtt.keepalive_s:.0f} s "
                 "(mqtt.keepalive_s); is this port an MQTT broker?"
             )
+        elif self._ever_connected:  # it spoke MQTT to us before: not a TLS port, most likely restarting or overloaded
+            reason = (
+                "closed the connection during the MQTT handshake (it answered MQTT before: most likely restarting or "
+                "overloaded; the broker's log says why)"
+            )
         else:
             reason = closed_without_answer(self.config)
         self._failed_attempt(reason)
