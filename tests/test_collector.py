@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -292,6 +293,39 @@ def test_on_a_nats_cluster_the_collector_moves_to_the_next_node_when_its_node_is
             stop.set()
             thread.join(10)
             dev.close()
+
+
+@pytest.mark.parametrize("protocol", ["auto", "5"])
+def test_a_first_node_that_takes_tcp_and_closes_is_left_for_the_next(
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker, protocol: str
+) -> None:
+    """A node still starting (or not an MQTT port) takes the TCP connection and closes it before any answer: the
+    collector, never connected yet, must not stay there trying one protocol after the other."""
+    closer = socket.create_server(("127.0.0.1", 0))
+    stop_closer = threading.Event()
+
+    def close_each() -> None:
+        closer.settimeout(0.2)
+        while not stop_closer.is_set():
+            try:
+                conn, _ = closer.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    threading.Thread(target=close_each, daemon=True).start()
+    folder = tmp_path / "closer"
+    folder.mkdir()
+    hosts = [f"127.0.0.1:{closer.getsockname()[1]}", f"127.0.0.1:{broker.port}"]
+    cfg = collector_yaml(folder, pg, db, 1, hosts=hosts, protocol=protocol)
+    try:
+        collector, stop, thread = run_collector(cfg, timeout=30)
+        assert collector.source.node == 1
+        stop.set()
+        thread.join(10)
+    finally:
+        stop_closer.set()
+        closer.close()
 
 
 def test_events_wait_with_the_broker_while_the_database_is_down(

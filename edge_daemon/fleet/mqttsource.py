@@ -54,6 +54,7 @@ class MqttSource:
         self._ever_connected = False
         self._refused = False
         self._failover_after_refusal = False
+        self._closed_tries = 0  # closes before any answer on the current node (never connected yet)
         self._stopping = False
         self.connected = threading.Event()
         self._client = self._make_client()
@@ -138,8 +139,15 @@ class MqttSource:
             if self._failover_after_refusal:
                 self._failover_after_refusal = False
                 self._next_node()
-        elif not self._ever_connected:
-            self._other_protocol()  # a 3.1.1-only broker may simply close an MQTT 5 CONNECT
+        elif not self._ever_connected and not self._stopping:
+            # Closed before any answer: a 3.1.1-only broker may simply close an MQTT 5 CONNECT, or the node is still
+            # starting. Once each protocol has had its try here (one try when mqtt.protocol is fixed): the next node.
+            self._closed_tries += 1
+            self._other_protocol()
+            if self._closed_tries >= (2 if str(self.config.mqtt.protocol) == "auto" else 1):
+                self._closed_tries = 0
+                logger.warning("broker %s closed the connection without answering MQTT", self.where())
+                self._next_node()
         elif not self._stopping:
             logger.warning("collector lost the broker %s (%s); reconnecting, the cluster keeps the session",
                            self.where(), reason_code)  # fmt: skip
@@ -189,12 +197,13 @@ class MqttSource:
         self._client.loop_start()
 
     def ack(self, batch: list[store.Message]) -> None:
-        """After COMMIT. Never twice (the broker reuses a mid once it is acknowledged): the caller empties its batch."""
+        """After COMMIT. Never twice (the broker reuses a mid once it is acknowledged): the caller empties its batch.
+        Under the lock that a new connection takes to count itself: a mid of the old connection must never be
+        acknowledged on the new one, where it may name a message that was never stored."""
         with self._lock:
-            current = self._generation
-        for m in batch:
-            if m.qos and m.generation == current:
-                self._client.ack(m.mid, m.qos)
+            for m in batch:
+                if m.qos and m.generation == self._generation:
+                    self._client.ack(m.mid, m.qos)
 
     def stop(self) -> None:
         self._stopping = True
