@@ -328,6 +328,18 @@ def test_a_first_node_that_takes_tcp_and_closes_is_left_for_the_next(
         closer.close()
 
 
+def test_a_database_from_before_the_month_partitions_stops_the_collector_with_what_to_run(
+    setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
+) -> None:
+    """An upgraded collector on a database that --init-db has not upgraded would fail every insert and retry for
+    ever; it says what to run and exits 2, acknowledging nothing (the broker keeps the events)."""
+    with admin(pg, db) as conn:
+        conn.execute("DROP FUNCTION emotion_edge_partition(timestamptz)")
+    r = run_cli("collect", "--config", str(setup), timeout=60)
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "--init-db" in r.stderr and "older than this collector" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_events_wait_with_the_broker_while_the_database_is_down(
     setup: Path, pg: LocalPostgres, db: str, broker: LocalBroker
 ) -> None:

@@ -81,6 +81,9 @@ class Collector:
                     if conn is None or conn.closed:
                         conn = self._connect_db()
                         months = set()  # partitions this connection has made sure of
+                        problem = store.schema_problem(conn)
+                        if problem:  # nothing acknowledged: the broker keeps every event for the upgraded collector
+                            raise UserError(problem)
                     if time.monotonic() >= next_months:  # this month's and the next, ahead of their first event
                         this = store.month_of(datetime.now(timezone.utc))
                         store.ensure_partitions(conn, (this, store.month_of(this + timedelta(days=32))), set())

@@ -1,8 +1,8 @@
 """Writing what the collector receives to PostgreSQL: events once each, device status kept current.
 
-One batch is one transaction. Events go in with `INSERT ... ON CONFLICT (device_id, event_id) DO NOTHING`, so an
-event the broker delivers again (after a collector crash, a reconnect, a device that re-sent it from its outbox) is
-stored once. Device status keeps only the latest value of each kind per device.
+One batch is one transaction. Events go in with `INSERT ... ON CONFLICT (device_id, event_id, window_start) DO
+NOTHING` (a re-sent event carries its own window_start), so an event the broker delivers again (after a collector
+crash, a reconnect, a device that re-sent it from its outbox) is stored once. Device status keeps only the latest value of each kind per device.
 """
 
 from __future__ import annotations
@@ -113,6 +113,31 @@ def _status_value(msg: Message) -> Any:
         return Jsonb(json.loads(msg.payload))
     except (ValueError, UnicodeDecodeError):
         return Jsonb({"unreadable": msg.payload.decode("utf-8", "replace")[:1000]})
+
+
+SCHEMA_CHECK = """
+SELECT to_regprocedure('emotion_edge_partition(timestamptz)') IS NOT NULL,
+       EXISTS (SELECT 1 FROM pg_index i
+               WHERE i.indrelid = to_regclass('events') AND i.indisunique
+                 AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                      WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey))
+                     = ARRAY['device_id', 'event_id', 'window_start'])
+"""
+
+
+def schema_problem(conn: psycopg.Connection) -> str | None:
+    """What the database lacks that this collector writes with, or None. A database made by an older collector (before
+    the month partitions) has no partition function and another unique key: every insert would fail and be retried
+    for ever, so the collector refuses to start instead."""
+    has_function, has_key = conn.execute(SCHEMA_CHECK).fetchone() or (False, False)
+    conn.rollback()  # nothing to keep; the collector's own transactions start clean
+    if has_function and has_key:
+        return None
+    return (
+        "database: its schema is older than this collector (no month partitions or no unique key on (device_id, "
+        "event_id, window_start)); run `emotion-edge collect --config FILE --init-db ADMIN_DSN` as the database's "
+        "owner once, then start the collector again"
+    )
 
 
 def month_of(t: datetime) -> datetime:
