@@ -482,6 +482,21 @@ def test_a_bad_collector_config_is_one_line_with_exit_code_2(tmp_path: Path) -> 
     assert_clean_error(run_cli("collect", "--config", str(cfg)), "database.batch_size", "collector.yaml:2")
 
 
+def test_jetstream_with_a_missing_certificate_file_is_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    """Read at start, not in the NATS thread's retry loop (which logged 'trying again' for ever)."""
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "mqtt": {"tls": {"enabled": True, "ca_file": "missing-ca.pem"}},
+                "jetstream": {"enabled": True, "servers": ["127.0.0.1:1"]},
+                "database": {"dsn": "host=127.0.0.1 port=1 dbname=x user=y"},
+            }
+        )
+    )
+    assert_clean_error(run_cli("collect", "--config", str(cfg), timeout=60), "mqtt.tls", "certificate")
+
+
 def test_collector_example_yaml_lists_every_field_with_its_default() -> None:
     from edge_daemon.fleet.settings import render_collector_yaml
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import ssl
 import threading
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from ..errors import UserError
 from ..throttle import Throttle
 from . import store
 from .mqttsource import tls_context
@@ -59,6 +61,14 @@ class JetStreamSource:
             f"{'tls' if config.mqtt.tls.enabled else 'nats'}://{host}:{port}"
             for host, port in (split_node(s, 4222) for s in self.js_config.servers or ("localhost:4222",))
         ]
+        # Read once, here, so that a missing credential or certificate file is one clear error at start (exit 2),
+        # not a retry loop or a dead thread in the NATS thread later.
+        c = config.mqtt
+        self._password = secret(c.password_env, "collector_mqtt_password") if c.username else None
+        try:
+            self._tls = tls_context(config) if c.tls.enabled else None
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise UserError(f"mqtt.tls: cannot use the certificate files ({exc})") from None
 
     # ------------------------------------------------------------------ the collector's side
 
@@ -97,8 +107,7 @@ class JetStreamSource:
         while not self._stop.is_set():
             try:
                 nc = await nats.connect(
-                    servers=self.servers, user=c.username, password=secret(c.password_env, "collector_mqtt_password")
-                    if c.username else None, tls=tls_context(self.config) if c.tls.enabled else None,
+                    servers=self.servers, user=c.username, password=self._password, tls=self._tls,
                     connect_timeout=5, max_reconnect_attempts=-1, reconnect_time_wait=1, allow_reconnect=True,
                     error_cb=self._on_error, disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
                     name=f"emotion-edge-collector/{self.js_config.consumer}",
