@@ -11,6 +11,7 @@ daemon's `classify speech file.wav` (gated windows at a 1 s hop, else the most s
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import shlex
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_daemon.audio import features
 from edge_daemon.audio.features import SpeechFeatures, StreamNorm
 from edge_daemon.errors import UserError
 from edge_daemon.labels import SPEECH_LABELS
@@ -441,12 +443,22 @@ def fold_key(args: argparse.Namespace, corpus: Corpus, feats: SpeechFeatures, lo
     """What a finished fold depends on: the clips, the features, the split and the training recipe. A run stopped
     part-way (a session's end, a reboot) takes the folds whose key matches from `<fold>.result.json` and trains
     only the rest; anything else changed trains every fold again."""
+    code = [Path(__file__).parent / n for n in ("speech.py", "speech_data.py", "common.py")]
+    code += [Path(features.__file__), Path(features.__file__).with_name("vad.py")]
     recipe = {
-        "clips": [(u.corpus, u.speaker, u.label, f"{u.path.parent.name}/{u.path.name}") for u in corpus.items],
+        # the code that trains and scores (any edit retrains: a cv.json never mixes two versions' folds)
+        "code": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in code},
+        "clips": [
+            (u.corpus, u.speaker, u.label, f"{u.path.parent.name}/{u.path.name}", u.path.stat().st_size)
+            for u in corpus.items
+        ],
         "features": cv_features(feats, args),
         "loco": loco,
-        **{k: getattr(args, k) for k in ("folds", "split", "epochs", "crops", "seed", "batch", "lr", "quick")
-           if hasattr(args, k)},
+        **{
+            k: getattr(args, k)
+            for k in ("folds", "split", "epochs", "crops", "seed", "batch", "lr", "quick")
+            if hasattr(args, k)
+        },
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -499,7 +511,7 @@ def cross_validate(
             all_true.append(np.asarray(done["truth"]))
             all_pred.append(np.asarray(done["pred"]))
             scored.append(np.asarray(done["scored"], dtype=int))
-            oof_win.append(np.asarray(done["window_probs"], np.float32).reshape(-1, n))
+            oof_win.append(np.frombuffer(base64.b64decode(done["window_probs"]), np.float32).reshape(-1, n))
             oof_win_y.append(np.asarray(done["window_truth"], dtype=int))
             print(f"{name}: taken from {name}.result.json (an earlier run of this recipe)", flush=True)
             continue
@@ -593,7 +605,7 @@ def cross_validate(
                 "truth": yt.tolist(),
                 "pred": pred.tolist(),
                 "scored": val_clips.tolist(),
-                "window_probs": pw.astype(float).round(6).tolist(),
+                "window_probs": base64.b64encode(pw.astype(np.float32).tobytes()).decode(),  # exact: the temperature
                 "window_truth": oof_win_y[-1].tolist(),
             },
         )
