@@ -124,12 +124,12 @@ def fusion_loop(f: FusionConfig, state: DeviceState, on_window: Callable[[Window
 
 
 def mqtt_session(config: Config, outbox: Outbox, broker: tuple[str, int] | None, replay: bool) -> MqttSession:
+    """The broker session that delivers from `outbox`. A replay may run beside the live daemon of the same device:
+    with the same client id the broker would disconnect one for the other, over and over, so it takes its own."""
     # paho (and with it urllib, http.client, email: about 2 MB) only when there is a broker to talk to: a replay
     # with --no-mqtt, classify and bench never load it
     from .mqtt import MqttSession, client_id_of, resolve_broker
 
-    """The broker session that delivers from `outbox`. A replay may run beside the live daemon of the same device:
-    with the same client id the broker would disconnect one for the other, over and over, so it takes its own."""
     host, port = broker or resolve_broker(config)
     client_id = f"{client_id_of(config)}-replay-{os.getpid()}" if replay else None
     return MqttSession(

@@ -1,8 +1,8 @@
 """What arrives from the broker, and who answers it.
 
 `…/<name>/set` is a command (commands.py, through the dispatcher the daemon attaches) or a button press (an action
-the daemon registered: Home Assistant's buttons); a retained one is never obeyed, whenever it arrives, and saying so
-is throttled. The rest are messages on the device's own topics: another client's value on a retained topic, on
+the daemon registered: Home Assistant's buttons); a retained one is never obeyed, whenever it arrives (on MQTT 5;
+an MQTT 3.1.1 broker marks only what it replays at subscribe time: docs/mqtt-state.md), and saying so is throttled. The rest are messages on the device's own topics: another client's value on a retained topic, on
 `availability`, Home Assistant coming back online, discovery messages to clear; presence.py answers those.
 """
 

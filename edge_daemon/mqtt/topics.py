@@ -1,4 +1,6 @@
-"""The device's topic names: the one place they are spelled (see the package's docstring for what each carries)."""
+"""The device's own topics (availability, events, state, state_changed, stats, status), spelled here once (the
+package's docstring says what each carries). The per-switch `…/<name>/set|state` topics are built by commands.py and
+Home Assistant's discovery topics by homeassistant.py, each from the same base."""
 
 from __future__ import annotations
 

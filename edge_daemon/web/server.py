@@ -299,12 +299,13 @@ class _Handler(ApiRoutes, BaseHTTPRequestHandler):
         self.close_connection = True
         try:
             self.handle_one_request()  # one request per call: the listener keeps the connection between them
-        except (ConnectionError, TimeoutError):
-            raise  # the client went away: nobody to answer
+        except OSError:
+            raise  # the client went away (a reset, a timeout, a TLS error): nobody to answer
         except Exception:  # a bug of ours: the client gets a 500 rather than a closed connection, the log the trace
             logger.exception("web: error while serving %s %s", self.command, self.path)
             self.close_connection = True
             if not self.wfile.sent:  # type: ignore[attr-defined]
+                self._headers_buffer = []  # a status line and headers begun but not sent must not go out before it
                 self._send(500, {"error": "internal error; the device's log has the details"})
 
     def finish(self) -> None:
