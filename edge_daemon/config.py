@@ -42,9 +42,11 @@ def _f(
     choices: tuple = (),
     pattern: str = "",
     check: Callable[[Any], str | None] | None = None,
+    example: str = "[127.0.0.1, 10.0.0.0/8]",
 ) -> Any:
-    """A config field; `check` returns what is wrong with a value, or None."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "check": check}
+    """A config field; `check` returns what is wrong with a value (of a list: with one entry), or None. `example`: a
+    list field's value, for the error that asks for a list."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "check": check, "example": example}
     return field(default=default, metadata=meta)
 
 
@@ -253,6 +255,7 @@ class MqttConfig:
         "the nodes of one clustered broker (NATS, EMQX, HiveMQ) as host:port: when the node in use cannot be reached, "
         "refuses the device or drops it, the device moves to the next one, with back-off; [] uses host and port",
         check=node_problem,
+        example="[broker1.lan:1883, broker2.lan:1883]",
     )
     topic_prefix: str = _f("emotion-edge", "topics live under <topic_prefix>/<device_id>/", pattern=r"[A-Za-z0-9_/-]+")
     client_id: str | None = _f(None, "MQTT client id; null = emotion-edge-<device_id>")
@@ -488,8 +491,8 @@ class _Reader:
             return self.section(hint, node, path)
         if typing.get_origin(hint) is tuple:  # a list of strings, e.g. web.trusted_proxies
             if not isinstance(node, yaml.SequenceNode):
-                raise self.fail(node, path, "must be a list, e.g. [127.0.0.1, 10.0.0.0/8] (or [] for none)")
-            return tuple(self.list_item(f, item, path) for item in node.value)
+                raise self.fail(node, path, f"must be a list, e.g. {f.metadata['example']} (or [] for none)")
+            return tuple(self.list_item(f, item, f"{path}[{i}]") for i, item in enumerate(node.value))
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, path, f"must be a single value ({_describe(hint, f)})")
         try:

@@ -28,6 +28,7 @@ class CollectorMqttConfig:
         "order: when a node refuses or drops the collector it moves to the next one, with back-off; [] uses host and "
         "port",
         check=node_problem,
+        example="[nats1.lan:1883, nats2.lan:1883]",
     )
     topic_prefix: str = _f(
         "emotion-edge", "the devices' mqtt.topic_prefix: collects <topic_prefix>/+/...", pattern=r"[A-Za-z0-9_/-]+"
@@ -112,7 +113,10 @@ class JetStreamConfig:
         "same `consumer` share the events, each to one of them. Uses mqtt's username, password and tls",
     )
     servers: tuple[str, ...] = _f(
-        (), "the NATS nodes' client ports as host:port (4222 when none is named), tried in turn", check=node_problem
+        (),
+        "the NATS nodes' client ports as host:port (4222 when none is named), tried in turn",
+        check=node_problem,
+        example="[nats1.lan:4222, nats2.lan:4222]",
     )
     stream: str = _f(
         "$MQTT_msgs",
