@@ -121,11 +121,9 @@ def cmd_check(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_forget(args: argparse.Namespace, config: Config) -> int:
     from .forget import forget
-    from .mqtt import resolve_broker
 
-    cleared = forget(config)
-    host, port = resolve_broker(config)
-    print(f"forgot device {config.device_id!r} on {host}:{port}: cleared {len(cleared)} retained topic(s)")
+    broker, cleared = forget(config)
+    print(f"forgot device {config.device_id!r} on {broker}: cleared {len(cleared)} retained topic(s)")
     for topic in cleared:
         print(f"  {topic}")
     return 0
