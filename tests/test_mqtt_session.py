@@ -227,8 +227,8 @@ def test_when_the_node_in_use_dies_events_go_on_to_the_next_node_of_mqtt_hosts_w
             assert on_second.wait_for(lambda: len(seqs(on_second)) >= 20, timeout=20), "nothing reached the next node"
             stop.set()
             feeder.join()
-            assert on_second.wait_for(lambda: set(appended) <= seqs(on_first) | seqs(on_second), timeout=20), (
-                sorted(set(appended) - seqs(on_first) - seqs(on_second))
+            assert on_second.wait_for(lambda: set(appended) <= seqs(on_first) | seqs(on_second), timeout=20), sorted(
+                set(appended) - seqs(on_first) - seqs(on_second)
             )
             assert session.stats()["broker"] == f"127.0.0.1:{second.port}" and session.connected.is_set()
             assert f"127.0.0.1:{first.port}: connection lost" in session.stats()["last_error"]

@@ -446,11 +446,13 @@ def test_a_node_that_drops_the_connection_is_left_and_the_next_connection_is_nam
 def test_a_node_that_closes_the_handshake_is_tried_with_both_protocols_before_the_next_node(tmp_path: Path) -> None:
     """Switching version and node in step would never try 3.1.1 on the first node of two."""
     conn, client = cluster_connection(tmp_path, [1883, 1884])
-    tried = []
+    tried, failed_on = [], []
     for _ in range(4):
         tried.append((next_target(client)[1] or 1883, "5" if is_v5(client) else "3.1.1"))
         conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), CLOSED, None)  # never in
+        failed_on.append(conn.last_error.split(": ")[0])
     assert tried == [(1883, "5"), (1883, "3.1.1"), (1884, "5"), (1884, "3.1.1")]
+    assert failed_on == ["127.0.0.1:1883", "127.0.0.1:1883", "127.0.0.1:1884", "127.0.0.1:1884"]
 
 
 def test_with_one_broker_nothing_moves(tmp_path: Path) -> None:

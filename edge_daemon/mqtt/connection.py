@@ -196,9 +196,9 @@ class Connection:
         """A connection attempt that did not get us in: one line per outage and cause, and in stats."""
         self.last_error = self._named(reason)
         self.jittered_backoff()
-        if self._named(reason) != self._last_refusal:
+        if reason != self._last_refusal:  # not per node: every node of a cluster down is one outage, one line
             logger.error("MQTT broker %s %s; retrying with back-off", self.where(), reason)
-            self._last_refusal = self._named(reason)
+            self._last_refusal = reason
 
     def jittered_backoff(self) -> None:
         """paho doubles its delay up to the maximum; a fleet that lost the same broker must not come back in step,
@@ -262,14 +262,6 @@ class Connection:
         if self._refused_attempt:
             self._refused_attempt = False
             return
-        if not self._ever_connected and self.config.mqtt.protocol == "auto":
-            # A broker that speaks only MQTT 3.1.1 may close or ignore an MQTT 5 CONNECT: alternate until one works,
-            # both versions on one node before the next node (else two nodes would each only ever see one version).
-            try_other_protocol(self.config, client)
-            if is_v5(client):
-                self.next_node("closed the connection during the handshake")
-        else:
-            self.next_node("closed the connection during the handshake")
         # Not in yet: the port took the TCP connection but the MQTT handshake ended (no CONNACK).
         if getattr(reason_code, "value", None) == 0x8D or "keep alive" in str(reason_code).lower():
             reason = (
@@ -284,6 +276,14 @@ class Connection:
         else:
             reason = closed_without_answer(self.config)
         self._failed_attempt(reason)
+        if not self._ever_connected and self.config.mqtt.protocol == "auto":
+            # A broker that speaks only MQTT 3.1.1 may close or ignore an MQTT 5 CONNECT: alternate until one works,
+            # both versions on one node before the next node (else two nodes would each only ever see one version).
+            try_other_protocol(self.config, client)
+            if is_v5(client):
+                self.next_node("closed the connection during the handshake")
+        else:
+            self.next_node("closed the connection during the handshake")
 
 
 def _iso(t: float) -> str:
