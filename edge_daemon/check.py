@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from .config import Config, mqtt_password
+from .config import Config, mqtt_password, node_name
 from .errors import UserError
-from .mqtt import probe_broker, resolve_broker
+from .mqtt import probe_broker
 from .outbox import FILENAME as OUTBOX_FILENAME
 from .outbox import MARK_FILENAME
 from .storage import state_dir_problem
@@ -86,14 +86,27 @@ def _check_broker(config: Config) -> list[str]:
             f"mqtt: mqtt.username is set but no password: set ${config.mqtt.password_env} or the systemd credential "
             "mqtt_password"
         )
-    host, port = resolve_broker(config)
+    nodes = config.mqtt.nodes()
+    answers: list[str | None] = []
     try:
-        problem = probe_broker(config, host, port)
+        for host, port in nodes:
+            answers.append(probe_broker(config, host, port))
     except UserError as exc:  # the config's own files (mqtt.tls.*): `run` says the same, and nothing was probed
         return [str(exc), *problems]
-    if problem:
-        problems.insert(0, f"mqtt: broker {host}:{port} (mqtt.host, mqtt.port) {problem}")
-    return problems
+    if len(nodes) == 1:
+        if answers[0]:
+            host, port = nodes[0]
+            problems.insert(0, f"mqtt: broker {node_name(host, port)} (mqtt.host, mqtt.port) {answers[0]}")
+        return problems
+    # A clustered broker: the device uses any node that answers, so a node down is worth a warning, not a failure.
+    usable = [node_name(*n) for n, a in zip(nodes, answers, strict=True) if a is None]
+    lines = []
+    for i, (node, answer) in enumerate(zip(nodes, answers, strict=True)):
+        if answer:
+            lines.append(f"mqtt: broker node {node_name(*node)} (mqtt.hosts[{i}]) {answer}")
+    if usable:
+        lines = [f"warning: {line}; the device uses the nodes that answer: {', '.join(usable)}" for line in lines]
+    return lines + problems
 
 
 def _check_microphone(config: Config) -> list[str]:

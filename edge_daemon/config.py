@@ -42,9 +42,11 @@ def _f(
     choices: tuple = (),
     pattern: str = "",
     check: Callable[[Any], str | None] | None = None,
+    example: str = "[127.0.0.1, 10.0.0.0/8]",
 ) -> Any:
-    """A config field; `check` returns what is wrong with a value, or None."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "check": check}
+    """A config field; `check` returns what is wrong with a value (of a list: with one entry), or None. `example`: a
+    list field's value, for the error that asks for a list."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "pattern": pattern, "check": check, "example": example}
     return field(default=default, metadata=meta)
 
 
@@ -79,6 +81,32 @@ def _host_problem(host: str) -> str | None:
 
 
 host_problem = _host_problem  # public, for the collector's schema
+
+
+def split_node(text: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6 address]:port`: one node of a clustered broker (the device's mqtt.hosts, the
+    collector's mqtt.hosts and jetstream.servers)."""
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not host or host:port ([address]:port for IPv6)")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    number = int(port) if port else default_port
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{text!r}: the port must be between 1 and 65535")
+    return host, number
+
+
+def node_problem(text: str) -> str | None:
+    try:
+        host, _ = split_node(text, 1883)
+    except ValueError as exc:
+        return str(exc)
+    return host_problem(host)
+
+
+def node_name(host: str, port: int) -> str:
+    """host:port as an operator writes it ([address]:port for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -221,7 +249,14 @@ class MqttConfig:
     host: str | None = _f(
         None, "broker host; null: `run` uses localhost, `demo` starts a private local broker", check=_host_problem
     )
-    port: int = _f(1883, "broker port", lo=1, hi=65535)
+    port: int = _f(1883, "broker port (and the port of an entry in `hosts` that names none)", lo=1, hi=65535)
+    hosts: tuple[str, ...] = _f(
+        (),
+        "the nodes of one clustered broker (NATS, EMQX, HiveMQ) as host:port: when the node in use cannot be reached, "
+        "refuses the device or drops it, the device moves to the next one, with back-off; [] uses host and port",
+        check=node_problem,
+        example="[broker1.lan:1883, broker2.lan:1883]",
+    )
     topic_prefix: str = _f("emotion-edge", "topics live under <topic_prefix>/<device_id>/", pattern=r"[A-Za-z0-9_/-]+")
     client_id: str | None = _f(None, "MQTT client id; null = emotion-edge-<device_id>")
     username: str | None = _f(
@@ -253,6 +288,10 @@ class MqttConfig:
     commands: bool = _f(
         True, "obey <topic_prefix>/<device_id>/{analysis,camera,microphone}/set (ON/OFF); false: remote control off"
     )
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """Where to connect, in order: `hosts`, or `host` (localhost when null) and `port`."""
+        return [split_node(h, self.port) for h in self.hosts] or [(self.host or "localhost", self.port)]
 
 
 @dataclass(frozen=True)
@@ -452,8 +491,8 @@ class _Reader:
             return self.section(hint, node, path)
         if typing.get_origin(hint) is tuple:  # a list of strings, e.g. web.trusted_proxies
             if not isinstance(node, yaml.SequenceNode):
-                raise self.fail(node, path, "must be a list, e.g. [127.0.0.1, 10.0.0.0/8] (or [] for none)")
-            return tuple(self.list_item(f, item, path) for item in node.value)
+                raise self.fail(node, path, f"must be a list, e.g. {f.metadata['example']} (or [] for none)")
+            return tuple(self.list_item(f, item, f"{path}[{i}]") for i, item in enumerate(node.value))
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, path, f"must be a single value ({_describe(hint, f)})")
         try:

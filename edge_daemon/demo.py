@@ -67,7 +67,7 @@ def run_demo(config: Config, video: Path, audio: Path, realtime: bool = True, ke
         config, password = _page_for_a_newcomer(config)
     broker = None
     host, port = resolve_broker(config)
-    if config.mqtt.host is None:
+    if config.mqtt.host is None and not config.mqtt.hosts:  # a configured cluster: the replay uses its first node
         broker = LocalBroker().start()
         host, port = "127.0.0.1", broker.port
         print(f"started a private {broker.kind} broker on {host}:{port}", file=sys.stderr)

@@ -18,10 +18,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from . import homeassistant
-from .config import Config
+from .config import Config, node_name
 from .control import NAMES as SWITCHES
 from .errors import UserError
-from .mqtt import Topics, client_id_of, diagnose, make_client, resolve_broker
+from .mqtt import Topics, client_id_of, diagnose, make_client
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def owned_topics(config: Config) -> list[str]:
     ]
 
 
-def forget(config: Config, timeout_s: float = 10.0) -> list[str]:
-    """Clear the device's retained topics on the configured broker; returns the topics cleared."""
-    host, port = resolve_broker(config)
+def forget(config: Config, timeout_s: float = 10.0) -> tuple[str, list[str]]:
+    """Clear the device's retained topics on the configured broker; returns the broker (the node of mqtt.hosts that
+    took the connection) and the topics cleared."""
     t = Topics.for_device(config.mqtt.topic_prefix, config.device_id)
     ha = config.mqtt.homeassistant.prefix
     filters = [
@@ -66,10 +66,15 @@ def forget(config: Config, timeout_s: float = 10.0) -> list[str]:
     client.on_connect = lambda c, userdata, flags, reason_code, properties: connected.put(reason_code)
     client.on_subscribe = lambda c, userdata, mid, reason_codes, properties: subscribed.set()
     client.on_message = on_message
-    try:
-        client.connect(host, port, keepalive=10)
-    except (OSError, ValueError):
-        raise UserError(f"mqtt: broker {host}:{port} {diagnose(config, host, port)}") from None
+    failures = []
+    for host, port in config.mqtt.nodes():  # the nodes of a cluster share retained messages: any one will do
+        try:
+            client.connect(host, port, keepalive=10)
+            break
+        except (OSError, ValueError):
+            failures.append(f"mqtt: broker {node_name(host, port)} {diagnose(config, host, port)}")
+    else:
+        raise UserError("; ".join(failures))
     client.loop_start()
     try:
         try:
@@ -103,7 +108,7 @@ def forget(config: Config, timeout_s: float = 10.0) -> list[str]:
             info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
             if not info.is_published():
                 raise UserError(f"mqtt: broker {host}:{port} did not acknowledge the removals within {timeout_s:.0f} s")
-        return [topic for topic in topics if topic in retained]
+        return node_name(host, port), [topic for topic in topics if topic in retained]
     finally:
         client.disconnect()
         client.loop_stop()

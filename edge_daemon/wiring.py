@@ -124,13 +124,14 @@ def fusion_loop(f: FusionConfig, state: DeviceState, on_window: Callable[[Window
 
 
 def mqtt_session(config: Config, outbox: Outbox, broker: tuple[str, int] | None, replay: bool) -> MqttSession:
-    """The broker session that delivers from `outbox`. A replay may run beside the live daemon of the same device:
-    with the same client id the broker would disconnect one for the other, over and over, so it takes its own."""
+    """The broker session that delivers from `outbox`: to `broker`, or to the configured node(s) (mqtt.hosts fails
+    over between them). A replay may run beside the live daemon of the same device: with the same client id the
+    broker would disconnect one for the other, over and over, so it takes its own."""
     # paho (and with it urllib, http.client, email: about 2 MB) only when there is a broker to talk to: a replay
     # with --no-mqtt, classify and bench never load it
-    from .mqtt import MqttSession, client_id_of, resolve_broker
+    from .mqtt import MqttSession, client_id_of
 
-    host, port = broker or resolve_broker(config)
+    (host, port), *failover = [broker] if broker else config.mqtt.nodes()
     client_id = f"{client_id_of(config)}-replay-{os.getpid()}" if replay else None
     return MqttSession(
         config,
@@ -141,6 +142,7 @@ def mqtt_session(config: Config, outbox: Outbox, broker: tuple[str, int] | None,
         client_id,
         owns_availability=not replay,
         replay=replay,
+        failover=failover,
     )
 
 

@@ -303,3 +303,29 @@ def test_a_missing_mqtt_ca_file_is_one_line_in_check_as_in_run(tmp_path: Path) -
     # Before: "mqtt: broker 127.0.0.1:PORT (mqtt.host, mqtt.port) mqtt.tls.ca_file: ... not found", two in one.
     assert error in lines, lines
     assert not any("mqtt: broker" in line for line in lines), lines
+
+
+def test_check_probes_each_node_of_mqtt_hosts_and_fails_only_when_none_answers(tmp_path: Path, broker: Any) -> None:
+    down = free_port()
+    nodes = [f"127.0.0.1:{down}", f"127.0.0.1:{broker.port}"]
+    cfg = write_config(
+        tmp_path / "config.yaml", camera={"enabled": False}, microphone={"enabled": False}, mqtt={"hosts": nodes}
+    )
+    one_down = run_cli("--config", str(cfg), "check", timeout=60)
+    assert one_down.returncode == 0, one_down.stdout + one_down.stderr
+    assert (
+        f"warning: mqtt: broker node 127.0.0.1:{down} (mqtt.hosts[0]) is unreachable" in one_down.stdout
+        and f"the device uses the nodes that answer: 127.0.0.1:{broker.port}" in one_down.stdout
+    ), one_down.stdout
+    other = free_port()
+    cfg = write_config(
+        tmp_path / "config.yaml", camera={"enabled": False}, microphone={"enabled": False},
+        mqtt={"hosts": [f"127.0.0.1:{down}", f"127.0.0.1:{other}"]},
+    )  # fmt: skip
+    none = run_cli("--config", str(cfg), "check", timeout=60)
+    assert none.returncode == 2, none.stdout + none.stderr
+    failing = [line.split(")")[0] for line in none.stdout.splitlines() if line.startswith("mqtt: broker node")]
+    assert failing == [
+        f"mqtt: broker node 127.0.0.1:{down} (mqtt.hosts[0]",
+        f"mqtt: broker node 127.0.0.1:{other} (mqtt.hosts[1]",
+    ], none.stdout

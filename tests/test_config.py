@@ -53,6 +53,11 @@ def test_overrides_are_read(tmp_path: Path) -> None:
         ("fusion:\n  window_s: 1\n  window_s: 2\n", 3, ["fusion.window_s", "twice"]),
         ("mqtt:\n  host: broker..lan\n", 2, ["mqtt.host", "not a host name", "broker..lan"]),
         ("mqtt:\n  reconnect_max_s: 0.5\n", 2, ["mqtt.reconnect_max_s", "between 1 and 3600"]),
+        ("mqtt:\n  hosts: [a.lan:1883, 'b.lan:99999']\n", 2, ["mqtt.hosts[1]", "'b.lan:99999'", "between 1 and 65535"]),
+        ("mqtt:\n  hosts:\n    - a.lan\n    - a:b:c\n", 4, ["mqtt.hosts[1]", "not host or host:port"]),
+        ("mqtt:\n  hosts: [broker..lan]\n", 2, ["mqtt.hosts[0]", "not a host name", "broker..lan"]),
+        ("mqtt:\n  hosts: [a.lan, 1883]\n", 2, ["mqtt.hosts[1]", "single text value"]),
+        ("mqtt:\n  hosts: a.lan:1883\n", 2, ["mqtt.hosts", "must be a list", "[broker1.lan:1883, broker2.lan:1883]"]),
     ],
 )
 def test_config_mistakes_name_file_line_and_key(tmp_path: Path, text: str, line: int, needles: list[str]) -> None:
@@ -64,6 +69,20 @@ def test_config_mistakes_name_file_line_and_key(tmp_path: Path, text: str, line:
     assert msg.startswith(f"{p}:{line}: "), msg
     for n in needles:
         assert n in msg
+
+
+def test_mqtt_hosts_are_the_nodes_in_order_with_mqtt_port_where_an_entry_names_none(tmp_path: Path) -> None:
+    p = tmp_path / "config.yaml"
+    p.write_text("mqtt:\n  host: ignored.lan\n  port: 1999\n  hosts: [n1.lan, 'n2.lan:2883', '[fd00::3]:3883']\n")
+    assert load_config(p).mqtt.nodes() == [("n1.lan", 1999), ("n2.lan", 2883), ("fd00::3", 3883)]
+    p.write_text("mqtt:\n  port: 1999\n")  # no hosts: host (localhost when null) and port, as before
+    assert load_config(p).mqtt.nodes() == [("localhost", 1999)]
+
+
+def test_cli_reports_a_bad_mqtt_hosts_entry_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    p = tmp_path / "config.yaml"
+    p.write_text("mqtt:\n  hosts:\n    - n1.lan:1883\n    - n2.lan:port\n")
+    assert_clean_error(run_cli("--config", str(p), "check"), f"{p}:4", "mqtt.hosts[1]", "not host or host:port")
 
 
 @pytest.mark.parametrize("section", ["camera", "microphone", "mqtt"])

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge_daemon import wiring
 from edge_daemon.config import load_config
 from edge_daemon.control import Controls
+from edge_daemon.devbroker import LocalBroker
 from edge_daemon.mqtt import MqttSession
 from edge_daemon.outbox import Outbox
 
@@ -186,3 +189,55 @@ def test_another_clients_retained_state_is_corrected_at_once(
     finally:
         session.stop()
         box.close()
+
+
+def test_when_the_node_in_use_dies_events_go_on_to_the_next_node_of_mqtt_hosts_with_no_seq_lost(
+    tmp_path: Path,
+) -> None:
+    """Two Mosquittos stand in for two nodes of a clustered broker (no bridge: a subscriber on each, and the union by
+    seq is what a cluster would hold). The device's session comes from the config, as the daemon's does."""
+    with LocalBroker() as first, LocalBroker() as second:
+        cfg = load_config(
+            write_config(
+                tmp_path / "config.yaml", device_id="fo",
+                mqtt={"hosts": [f"127.0.0.1:{first.port}", f"127.0.0.1:{second.port}"], "reconnect_max_s": 2},
+            )
+        )  # fmt: skip
+        on_first, on_second = (Subscriber(b.port, "emotion-edge/fo/events") for b in (first, second))
+        box = Outbox(tmp_path / "state")
+        session = wiring.mqtt_session(cfg, box, None, replay=False)
+        appended: list[int] = []
+        stop = threading.Event()
+
+        def device() -> None:  # windows close every 50 ms, before, during and after the node's death
+            while not stop.wait(0.05):
+                appended.append(box.append({"n": len(appended)}))
+                session.notify_event()
+
+        feeder = threading.Thread(target=device, daemon=True)
+        session.start()
+        try:
+            assert session.connected.wait(10)
+            assert session.stats()["broker"] == f"127.0.0.1:{first.port}"
+            feeder.start()
+            assert on_first.wait_for(lambda: len(seqs(on_first)) >= 10, timeout=10)
+            assert first.proc is not None
+            first.proc.kill()  # the node dies without a word
+            first.proc.wait()
+            assert on_second.wait_for(lambda: len(seqs(on_second)) >= 20, timeout=20), "nothing reached the next node"
+            stop.set()
+            feeder.join()
+            assert on_second.wait_for(lambda: set(appended) <= seqs(on_first) | seqs(on_second), timeout=20), sorted(
+                set(appended) - seqs(on_first) - seqs(on_second)
+            )
+            assert session.stats()["broker"] == f"127.0.0.1:{second.port}" and session.connected.is_set()
+            assert f"127.0.0.1:{first.port}: connection lost" in session.stats()["last_error"]
+            deadline = time.monotonic() + 10
+            while box.depth() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert box.depth() == 0, "acknowledged events stay in the outbox"
+        finally:
+            stop.set()
+            session.stop()
+            on_first.close()
+            on_second.close()

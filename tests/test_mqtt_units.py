@@ -28,7 +28,8 @@ from edge_daemon import homeassistant
 from edge_daemon.commands import CommandDispatcher
 from edge_daemon.config import Config, load_config
 from edge_daemon.control import Controls
-from edge_daemon.mqtt.client import make_client
+from edge_daemon.devbroker import free_port
+from edge_daemon.mqtt.client import is_v5, make_client
 from edge_daemon.mqtt.connection import Connection
 from edge_daemon.mqtt.delivery import INFLIGHT, RETRY_DROPPED_S, Delivery
 from edge_daemon.mqtt.incoming import Incoming
@@ -362,7 +363,7 @@ def test_connections_the_broker_closes_at_once_three_times_read_as_a_second_clie
     client = make_client(cfg, "emotion-edge-u")  # a real paho client, never connected
     signals, ups = Signals(), []
     conn = Connection(
-        cfg, client, "127.0.0.1", 1883, signals, "emotion-edge/u/availability", lambda c, v5: ups.append(v5)
+        cfg, client, [("127.0.0.1", 1883)], signals, "emotion-edge/u/availability", lambda c, v5: ups.append(v5)
     )
     closed = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
     for _ in range(3):
@@ -381,7 +382,7 @@ def test_a_broker_that_answered_before_and_now_closes_the_handshake_is_not_calle
     mqtt.tls. A broker that never answered MQTT still gets the TLS hint."""
     cfg = config_for(tmp_path)
     client = make_client(cfg, "emotion-edge-u")
-    conn = Connection(cfg, client, "127.0.0.1", 1883, Signals(), "emotion-edge/u/availability", lambda c, v5: None)
+    conn = Connection(cfg, client, [("127.0.0.1", 1883)], Signals(), "emotion-edge/u/availability", lambda c, v5: None)
     closed = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
     conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), closed, None)  # never in: the first attempt
     assert "is it a TLS port" in conn.last_error
@@ -389,6 +390,80 @@ def test_a_broker_that_answered_before_and_now_closes_the_handshake_is_not_calle
     conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), closed, None)  # the node goes down
     conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), closed, None)  # and refuses the handshake
     assert "TLS" not in conn.last_error and "restarting" in conn.last_error
+
+
+CONNACK_OK = ReasonCode(PacketTypes.CONNACK, "Success")
+CLOSED = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+
+
+def cluster_connection(tmp_path: Path, ports: list[int]) -> tuple[Connection, mqtt.Client]:
+    """A connection to the nodes 127.0.0.1:<port> of one clustered broker (mqtt.hosts), its paho client never
+    connected: the callbacks are paho's, called as paho would."""
+    cfg = config_for(tmp_path, hosts=[f"127.0.0.1:{p}" for p in ports])
+    client = make_client(cfg, "emotion-edge-u")
+    conn = Connection(cfg, client, cfg.mqtt.nodes(), Signals(), "emotion-edge/u/availability", lambda c, v5: None)
+    return conn, client
+
+
+def next_target(client: mqtt.Client) -> tuple[str, int]:
+    return client._host, client._port  # where paho's next reconnect goes
+
+
+def test_a_node_that_cannot_be_reached_is_left_for_the_next_one_round_robin(tmp_path: Path) -> None:
+    ports = [free_port(), free_port(), free_port()]  # nothing listens: the probe is refused at once
+    conn, client = cluster_connection(tmp_path, ports)
+    assert conn.stats()["broker"] == f"127.0.0.1:{ports[0]}"
+    for expected in (ports[1], ports[2], ports[0]):
+        conn.on_connect_fail(client, None)
+        assert next_target(client) == ("127.0.0.1", expected)
+        assert conn.stats()["broker"] == f"127.0.0.1:{expected}"
+    # The outage is explained once, naming the node it happened on.
+    assert conn.last_error.startswith(f"127.0.0.1:{ports[0]}: is unreachable")
+
+
+def test_a_node_that_refuses_the_device_is_left_but_a_refused_mqtt_5_is_tried_again_as_3_1_1_first(
+    tmp_path: Path,
+) -> None:
+    conn, client = cluster_connection(tmp_path, [1883, 1884])
+    conn.on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Unsupported protocol version"), None)
+    assert next_target(client) != ("127.0.0.1", 1884) and not is_v5(client), "3.1.1 on the same node first"
+    conn.on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Server unavailable"), None)
+    assert next_target(client) == ("127.0.0.1", 1884)
+    assert conn.last_error == "127.0.0.1:1883: refused the connection: Server unavailable"
+
+
+def test_a_node_that_drops_the_connection_is_left_and_the_next_connection_is_named_in_stats(tmp_path: Path) -> None:
+    conn, client = cluster_connection(tmp_path, [1883, 1884])
+    conn.on_connect(client, None, None, CONNACK_OK, None)
+    assert conn.stats()["broker"] == "127.0.0.1:1883" and conn.signals.connected.is_set()
+    conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), CLOSED, None)  # the node dies
+    assert next_target(client) == ("127.0.0.1", 1884) and conn.signals.lost.is_set()
+    assert conn.last_error == "127.0.0.1:1883: connection lost: Unspecified error"
+    conn.on_connect(client, None, None, CONNACK_OK, None)
+    assert conn.stats()["broker"] == "127.0.0.1:1884" and conn.stats()["connected"] is True
+
+
+def test_a_node_that_closes_the_handshake_is_tried_with_both_protocols_before_the_next_node(tmp_path: Path) -> None:
+    """Switching version and node in step would never try 3.1.1 on the first node of two."""
+    conn, client = cluster_connection(tmp_path, [1883, 1884])
+    tried, failed_on = [], []
+    for _ in range(4):
+        tried.append((next_target(client)[1] or 1883, "5" if is_v5(client) else "3.1.1"))
+        conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), CLOSED, None)  # never in
+        failed_on.append(conn.last_error.split(": ")[0])
+    assert tried == [(1883, "5"), (1883, "3.1.1"), (1884, "5"), (1884, "3.1.1")]
+    assert failed_on == ["127.0.0.1:1883", "127.0.0.1:1883", "127.0.0.1:1884", "127.0.0.1:1884"]
+
+
+def test_with_one_broker_nothing_moves(tmp_path: Path) -> None:
+    cfg = config_for(tmp_path, port=1999)
+    client = make_client(cfg, "emotion-edge-u")
+    conn = Connection(cfg, client, cfg.mqtt.nodes(), Signals(), "emotion-edge/u/availability", lambda c, v5: None)
+    conn.on_connect(client, None, None, CONNACK_OK, None)
+    conn.on_disconnect(client, None, mqtt.DisconnectFlags(False), CLOSED, None)
+    conn.on_connect(client, None, None, ReasonCode(PacketTypes.CONNACK, "Server unavailable"), None)
+    assert conn.where() == "127.0.0.1:1999" and next_target(client) == ("", 1883)  # paho's own, untouched
+    assert conn.last_error == "refused the connection: Server unavailable"  # no node named: there is one
 
 
 # ---------------------------------------------------------------------------- the package's shape

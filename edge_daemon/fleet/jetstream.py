@@ -29,11 +29,12 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from ..config import split_node
 from ..errors import UserError
 from ..throttle import Throttle
 from . import store
 from .mqttsource import tls_context
-from .settings import CollectorConfig, secret, split_node
+from .settings import CollectorConfig, secret
 
 logger = logging.getLogger(__name__)
 

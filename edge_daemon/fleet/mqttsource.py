@@ -30,6 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ..config import node_name
 from ..errors import UserError
 from . import store
 from .settings import CollectorConfig, secret
@@ -60,8 +61,7 @@ class MqttSource:
         self._client = self._make_client()
 
     def where(self) -> str:
-        host, port = self.nodes[self.node]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return node_name(*self.nodes[self.node])
 
     def _make_client(self) -> mqtt.Client:
         c = self.config.mqtt

@@ -8,33 +8,12 @@ file and line). Passwords never live here: the broker's comes from `mqtt.passwor
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import TlsConfig, host_problem, load_yaml_as, render_default_yaml
+from ..config import TlsConfig, host_problem, load_yaml_as, node_problem, render_default_yaml, split_node
 from ..config import field_spec as _f
 from ..errors import UserError
-
-
-def split_node(text: str, default_port: int) -> tuple[str, int]:
-    """`host`, `host:port` or `[v6 address]:port`."""
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
-    if not m:
-        raise ValueError(f"{text!r} is not host or host:port ([address]:port for IPv6)")
-    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    number = int(port) if port else default_port
-    if not 1 <= number <= 65535:
-        raise ValueError(f"{text!r}: the port must be between 1 and 65535")
-    return host, number
-
-
-def node_problem(text: str) -> str | None:
-    try:
-        host, _ = split_node(text, 1883)
-    except ValueError as exc:
-        return str(exc)
-    return host_problem(host)
 
 
 @dataclass(frozen=True)
@@ -49,6 +28,7 @@ class CollectorMqttConfig:
         "order: when a node refuses or drops the collector it moves to the next one, with back-off; [] uses host and "
         "port",
         check=node_problem,
+        example="[nats1.lan:1883, nats2.lan:1883]",
     )
     topic_prefix: str = _f(
         "emotion-edge", "the devices' mqtt.topic_prefix: collects <topic_prefix>/+/...", pattern=r"[A-Za-z0-9_/-]+"
@@ -133,7 +113,10 @@ class JetStreamConfig:
         "same `consumer` share the events, each to one of them. Uses mqtt's username, password and tls",
     )
     servers: tuple[str, ...] = _f(
-        (), "the NATS nodes' client ports as host:port (4222 when none is named), tried in turn", check=node_problem
+        (),
+        "the NATS nodes' client ports as host:port (4222 when none is named), tried in turn",
+        check=node_problem,
+        example="[nats1.lan:4222, nats2.lan:4222]",
     )
     stream: str = _f(
         "$MQTT_msgs",

@@ -3,6 +3,10 @@
 MQTT 5 with a fallback to 3.1.1 (mqtt.protocol auto), a back-off with jitter so that a fleet does not come back in
 step, a growing delay while a broker keeps closing connections at once (two devices with one client id), and one
 log line per outage with its cause (a probe of our own, diagnosis.py, since paho does not say why).
+
+With several nodes of one clustered broker (mqtt.hosts), a node that cannot be reached, refuses the device or drops
+it is left for the next one in the list, round-robin, after the same back-off. A node change is a reconnect like any
+other: what the outbox had in flight is offered again on the new connection (at least once, as ever).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from ..config import Config
+from ..config import Config, node_name
 from ..throttle import Throttle
 from .client import UNSUPPORTED_PROTOCOL, client_id_of, forget_queued, is_v5, try_other_protocol
 from .diagnosis import closed_without_answer, diagnose
@@ -32,14 +36,13 @@ SHORT_LIVED_S = 5.0  # a connection the broker closes sooner than this, three ti
 
 class Connection:
     """One paho client's connection: it calls `on_up(client, v5)` on every connect, before `connected` is set, for
-    the session's subscriptions and announcements."""
+    the session's subscriptions and announcements. `nodes`: where to connect, (host, port) in the order tried."""
 
     def __init__(
         self,
         config: Config,
         client: mqtt.Client,
-        host: str,
-        port: int,
+        nodes: list[tuple[str, int]],
         signals: Signals,
         will_topic: str,
         on_up: Callable[[mqtt.Client, bool], None],
@@ -47,7 +50,10 @@ class Connection:
         c = config.mqtt
         self.config = config
         self.client = client
-        self.host, self.port = host, port
+        if not nodes:
+            raise ValueError("no broker node to connect to")
+        self.nodes = list(nodes)
+        self.node = 0  # index into nodes: where the client is connected, or tries to connect, now
         self.signals = signals
         self.on_up = on_up
         self._last_refusal = ""
@@ -73,6 +79,34 @@ class Connection:
         client.on_connect = self.on_connect
         client.on_disconnect = self.on_disconnect
         client.on_connect_fail = self.on_connect_fail
+
+    @property
+    def host(self) -> str:
+        return self.nodes[self.node][0]
+
+    @property
+    def port(self) -> int:
+        return self.nodes[self.node][1]
+
+    def where(self) -> str:
+        """The node in use (or being tried) as host:port."""
+        return node_name(self.host, self.port)
+
+    def next_node(self, why: str) -> None:
+        """Leave this node: paho's next attempt, after its back-off, goes to the next one in mqtt.hosts."""
+        if len(self.nodes) < 2 or self.signals.stopping.is_set():
+            return
+        left = self.where()
+        self.node = (self.node + 1) % len(self.nodes)
+        # paho's host/port setters refuse while the old connection's state lingers; its reconnect reads these.
+        self.client._host, self.client._port = self.host, self.port  # pinned paho<3
+        # A lost connection is news; while every node is down, each further move would be one more line per retry.
+        log = logger.warning if why == "dropped the connection" else logger.debug
+        log("MQTT broker node %s %s; trying %s next", left, why, self.where())
+
+    def _named(self, reason: str) -> str:
+        """last_error with the node it happened on, when there are several."""
+        return f"{self.where()}: {reason}" if len(self.nodes) > 1 else reason
 
     def start(self) -> None:
         logger.info("connecting to MQTT broker %s:%d", self.host, self.port)
@@ -103,6 +137,7 @@ class Connection:
         since = self.connected_since
         return {
             "connected": self.signals.connected.is_set(),
+            "broker": self.where(),  # the node in use, or the one being tried
             "connected_since": _iso(since) if since else None,
             "disconnects": self.disconnects,
             "last_error": self.last_error or None,
@@ -124,10 +159,14 @@ class Connection:
                     reason_code,
                 )
                 self._last_refusal = str(reason_code)
-            self.last_error = f"refused the connection: {reason_code}"
+            self.last_error = self._named(f"refused the connection: {reason_code}")
             self._refused_attempt = True  # paho reports the same attempt's end to on_disconnect too
             if fallback:
-                try_other_protocol(self.config, client)
+                try_other_protocol(self.config, client)  # the same node again, with MQTT 3.1.1
+            else:
+                # A node still starting (NATS: JetStream not ready, "server unavailable") or misconfigured: another
+                # node of the cluster may take the device.
+                self.next_node("refused the connection")
             self.jittered_backoff()
             return
         self._last_refusal = ""
@@ -148,17 +187,17 @@ class Connection:
         self.signals.wake.set()
 
     def on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        if not self._diagnosis.ready():
-            return
-        reason = diagnose(self.config, self.host, self.port)  # paho does not say why; a probe of our own does
-        self._failed_attempt(reason)
+        if self._diagnosis.ready():
+            reason = diagnose(self.config, self.host, self.port)  # paho does not say why; a probe of our own does
+            self._failed_attempt(reason)
+        self.next_node("cannot be reached")
 
     def _failed_attempt(self, reason: str) -> None:
         """A connection attempt that did not get us in: one line per outage and cause, and in stats."""
-        self.last_error = reason
+        self.last_error = self._named(reason)
         self.jittered_backoff()
-        if reason != self._last_refusal:
-            logger.error("MQTT broker %s:%d %s; retrying with back-off", self.host, self.port, reason)
+        if reason != self._last_refusal:  # not per node: every node of a cluster down is one outage, one line
+            logger.error("MQTT broker %s %s; retrying with back-off", self.where(), reason)
             self._last_refusal = reason
 
     def jittered_backoff(self) -> None:
@@ -200,7 +239,7 @@ class Connection:
             # that send one say 0x8E. Both mean the same thing here.
             if taken or (self._short_lived >= 3 and not told):
                 cid = client_id_of(self.config)
-                self.last_error = (
+                self.last_error = self._named(
                     f"session taken over by another client with client id {cid!r}"
                     if taken
                     else f"the broker closed {self._short_lived} connections in a row within seconds ({reason_code}): "
@@ -213,18 +252,16 @@ class Connection:
                         "Give each device its own; the broker's log names both addresses.",
                         self.host, self.port, reason_code, cid, self.config.device_id,
                     )  # fmt: skip
-                return
-            self.last_error = f"connection lost: {reason_code}"
+                return  # the same client id is refused on every node of a cluster: no node to move to
+            self.last_error = self._named(f"connection lost: {reason_code}")
             logger.warning(
                 "MQTT connection lost (%s); reconnecting with back-off, events wait in the outbox", reason_code
             )
+            self.next_node("dropped the connection")
             return
         if self._refused_attempt:
             self._refused_attempt = False
             return
-        if not self._ever_connected:
-            # A broker that speaks only MQTT 3.1.1 may close or ignore an MQTT 5 CONNECT: alternate until one works.
-            try_other_protocol(self.config, client)
         # Not in yet: the port took the TCP connection but the MQTT handshake ended (no CONNACK).
         if getattr(reason_code, "value", None) == 0x8D or "keep alive" in str(reason_code).lower():
             reason = (
@@ -239,6 +276,14 @@ class Connection:
         else:
             reason = closed_without_answer(self.config)
         self._failed_attempt(reason)
+        if not self._ever_connected and self.config.mqtt.protocol == "auto":
+            # A broker that speaks only MQTT 3.1.1 may close or ignore an MQTT 5 CONNECT: alternate until one works,
+            # both versions on one node before the next node (else two nodes would each only ever see one version).
+            try_other_protocol(self.config, client)
+            if is_v5(client):
+                self.next_node("closed the connection during the handshake")
+        else:
+            self.next_node("closed the connection during the handshake")
 
 
 def _iso(t: float) -> str:

@@ -14,7 +14,8 @@ from .client import UNSUPPORTED_PROTOCOL, client_id_of, make_client
 
 
 def resolve_broker(config: Config) -> tuple[str, int]:
-    return (config.mqtt.host or "localhost", config.mqtt.port)
+    """The broker, or the first node of mqtt.hosts (all of them: config.mqtt.nodes())."""
+    return config.mqtt.nodes()[0]
 
 
 def diagnose(config: Config, host: str, port: int) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import homeassistant
 from ..commands import CommandDispatcher
-from ..config import Config
+from ..config import Config, node_name
 from ..outbox import Outbox
 from .client import client_id_of, make_client
 from .connection import Connection
@@ -24,7 +24,10 @@ from .topics import Topics
 
 
 class MqttSession:
-    """One broker connection that reconnects by itself (paho's loop thread) plus a thread that drains the outbox."""
+    """One broker connection that reconnects by itself (paho's loop thread) plus a thread that drains the outbox.
+
+    `host`, `port`: the broker, or the first node of a clustered one; `failover`: its other nodes, tried in turn when
+    the one in use cannot be reached, refuses or drops the connection (mqtt.hosts)."""
 
     def __init__(
         self,
@@ -36,13 +39,13 @@ class MqttSession:
         client_id: str | None = None,
         owns_availability: bool = True,
         replay: bool = False,
+        failover: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.config = config
         # A replay never speaks as the service: its topics live under <base>/replay/ and it is a device of its own in
         # Home Assistant (homeassistant.py), so that nothing it says reaches the service's entities or automations.
         self.replay = replay
         self.topics = Topics(homeassistant.base_topic(config, replay))
-        self.host, self.port = host, port
         self.drain_rate_per_s = drain_rate_per_s
         self.owns_availability = owns_availability
         self.signals = Signals()
@@ -56,18 +59,19 @@ class MqttSession:
             self.topics.events,
             self.signals,
             drain_rate_per_s,
-            broker=f"{host}:{port}",
+            broker=node_name(host, port),
             client_id=client_id_of(config),
             tick=self.presence.tick,
         )
         self.connection = Connection(
-            config, client, host, port, self.signals, self.topics.availability, on_up=self._on_up
+            config, client, [(host, port), *failover], self.signals, self.topics.availability, on_up=self._on_up
         )
         client.on_publish = self.delivery.on_publish
         client.on_message = self.incoming.on_message
         self._drainer = threading.Thread(target=self.delivery.run, name="mqtt-drain", daemon=True)
 
     def _on_up(self, client: Any, v5: bool) -> None:
+        self.delivery.broker = self.connection.where()  # for its log line about refusals: the node that refused
         self.incoming.subscribe(client, v5)  # commands first: whoever sees `online` can send one and be heard
         self.presence.on_connected(client, v5)
 
@@ -190,6 +194,14 @@ class MqttSession:
     @retry_refused_s.setter
     def retry_refused_s(self, seconds: float) -> None:
         self.delivery.retry_refused_s = seconds
+
+    @property
+    def host(self) -> str:
+        return self.connection.host  # the node in use, or the one being tried
+
+    @property
+    def port(self) -> int:
+        return self.connection.port
 
     @property
     def last_error(self) -> str:

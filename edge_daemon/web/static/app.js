@@ -475,7 +475,9 @@ function showHealth(h) {
     stateCell(tr.insertCell(), paused && src.state !== "ended" ? "paused" : src.state, src.since,
       offline ? friendlyReason(src.kind, src.reason) : "", offline ? src.reason : "");
   }
-  stateCell($("broker-state"), h.broker.state, h.broker.since, h.broker.state === "off" ? "not connected to a broker in this run" : "");
+  const mq = h.stats.mqtt;  // with mqtt.hosts: the node in use, or the one being tried
+  stateCell($("broker-state"), h.broker.state, h.broker.since,
+    h.broker.state === "off" ? "not connected to a broker in this run" : mq && mq.broker ? mq.broker : "");
   const st = h.stats;
   $("uptime").textContent = duration(st.uptime_s) + (h.replay ? " (replay)" : "");
   costs(st.inference_ms || {});
