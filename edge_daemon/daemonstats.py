@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import supervisor
-from .audio.features import SAMPLE_RATE
+from .capture import SAMPLE_RATE
 from .capture.camera import CameraSource
 from .capture.files import VideoFileSource
 from .capture.microphone import MicrophoneSource

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audio.features import SAMPLE_RATE
 from .audio.vad import Gate
+from .capture import SAMPLE_RATE
 from .capture.buffers import AudioRing, LatestSlot
 from .capture.camera import CameraSource
 from .capture.files import VideoFileSource, WavFileSource

@@ -71,3 +71,16 @@ def test_help_and_version_load_no_numpy_opencv_or_model(argv: list[str]) -> None
         f"from edge_daemon.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"
     )
     assert loaded == []
+
+
+def test_capture_imports_nothing_downstream() -> None:
+    """capture → perception → fusion → publishing: the capture package (threads that read devices) never imports
+    what consumes it, so a change to the feature code or the broker session cannot reach the camera thread."""
+    import ast
+
+    downstream = ("audio", "vision", "fusion", "pipeline", "mqtt", "web", "daemon", "wiring", "history", "outbox")
+    for path in sorted((ROOT / "edge_daemon" / "capture").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                first = (node.module or "").split(".")[0]
+                assert node.level == 1 or first not in downstream, f"{path.name} imports ..{node.module}"

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16_000  # Hz, mono; microphones are opened at this rate and training resamples to it
+from ..capture import SAMPLE_RATE  # the rate audio is captured at (also what training imports from here)
+
 MAX_NORM_MEMORY = 100_000  # windows (more than a day of speech): beyond it a metadata value is a mistake
 
 # Pitch tracking (`SpeechFeatures.pitch`): normalised autocorrelation at 8 kHz, the method of Boersma (1993) that

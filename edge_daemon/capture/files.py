@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.features import SAMPLE_RATE
 from ..errors import UserError
+from . import SAMPLE_RATE
 from .buffers import AudioRing, Frame, LatestSlot
 from .retry import SourceStatus
 from .sampling import open_video, video_fps

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..audio.features import SAMPLE_RATE
 from ..config import MicrophoneConfig
+from . import SAMPLE_RATE
 from .buffers import AudioRing
 from .retry import PAUSE_POLL_S, Backoff, SourceStatus, always_on
 
