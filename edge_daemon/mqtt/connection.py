@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 
 from ..config import Config, node_name
 from ..throttle import Throttle
-from .client import UNSUPPORTED_PROTOCOL, client_id_of, forget_queued, is_v5, try_other_protocol
+from .client import UNSUPPORTED_PROTOCOL, forget_queued, is_v5, try_other_protocol
 from .diagnosis import closed_without_answer, diagnose
 from .signals import Signals
 from .topics import OFFLINE
@@ -238,7 +238,7 @@ class Connection:
             # Mosquitto 2.0 closes the older connection of a client id without a DISCONNECT reason; MQTT 5 brokers
             # that send one say 0x8E. Both mean the same thing here.
             if taken or (self._short_lived >= 3 and not told):
-                cid = client_id_of(self.config)
+                cid = client._client_id.decode()  # pinned paho<3: the id in use (a replay's is its own)
                 self.last_error = self._named(
                     f"session taken over by another client with client id {cid!r}"
                     if taken

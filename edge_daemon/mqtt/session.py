@@ -50,7 +50,8 @@ class MqttSession:
         self.owns_availability = owns_availability
         self.signals = Signals()
         self.connected = self.signals.connected
-        self._client = client = make_client(config, client_id or client_id_of(config))
+        client_id = client_id or client_id_of(config)  # a replay's own id, so that its log lines name the right client
+        self._client = client = make_client(config, client_id)
         self.presence = Presence(config, client, self.topics, self.signals, replay, owns_availability)
         self.incoming = Incoming(config, self.topics, self.presence, self.signals)
         self.delivery = Delivery(
@@ -60,7 +61,7 @@ class MqttSession:
             self.signals,
             drain_rate_per_s,
             broker=node_name(host, port),
-            client_id=client_id_of(config),
+            client_id=client_id,
             tick=self.presence.tick,
         )
         self.connection = Connection(
