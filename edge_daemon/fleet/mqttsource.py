@@ -32,12 +32,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import node_name
 from ..errors import UserError
+from ..mqtt.client import UNSUPPORTED_PROTOCOL  # CONNACK: unacceptable protocol version (3.1.1, 5)
 from . import store
 from .settings import CollectorConfig, secret
 
 logger = logging.getLogger(__name__)
-
-UNSUPPORTED_PROTOCOL = (0x01, 0x84)  # CONNACK: unacceptable protocol version (3.1.1 code, MQTT 5 code)
 
 
 class MqttSource:
