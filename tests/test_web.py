@@ -176,7 +176,9 @@ def test_the_pause_switch_needs_the_pages_csrf_token_and_refuses_other_sites(liv
         assert r.status == 200 and r.json()["controls"]["analysis"] is False
         assert json.loads((live.state / "controls.json").read_text())["analysis"] is False  # the one shared switch
         assert admin(live.port, "/api/state").json()["controls"]["analysis"] is False
-        assert "analysis switched off (from web)" in live.daemon.log
+        # The daemon's log is another process's file: read until the line is there (it failed once in CI when read
+        # the instant the answer came, not reproduced since).
+        wait_until(lambda: "analysis switched off (from web)" in live.daemon.log, 10, "the switch in the log")
         wait_until(lambda: camera_state(live) == "paused", 30, "the camera released while switched off")
     finally:
         on = request(
@@ -230,7 +232,17 @@ def test_stats_report_health_sources_since_when_broker_and_models(live: Live) ->
     assert kinds["camera"]["since"].endswith("Z") and kinds["microphone"]["reason"]
     assert s["broker"]["state"] == "online"
     assert s["stats"]["inference_ms"]["face_detect"] > 0 and "drops" in s["stats"]
-    assert s["stats"]["history"]["written"] >= 1 and s["stats"]["history"]["write_failed"] == 0
+    assert s["stats"]["history"]["write_failed"] == 0
+    # Written = committed by the history's own thread; reading the events asks it to commit what waits. Asked until
+    # it shows (once in CI the first read saw 0, not reproduced since): at most a few seconds.
+    wait_until(
+        lambda: (
+            admin(live.port, "/api/events").json()
+            and admin(live.port, "/api/stats").json()["stats"]["history"]["written"] >= 1
+        ),
+        15,
+        "events counted as written to the history",
+    )
     assert set(s["models"]) == {"face_detector", "face_emotion", "speech_emotion"}
     cards = admin(live.port, "/api/models").json()
     assert all(m["version"] and "#" in m["card"] for m in cards.values())
