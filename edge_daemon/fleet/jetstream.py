@@ -29,7 +29,7 @@ from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from ..config import split_node
+from ..config import node_name, split_node
 from ..errors import UserError
 from ..throttle import Throttle
 from . import store
@@ -39,6 +39,7 @@ from .settings import CollectorConfig, secret
 logger = logging.getLogger(__name__)
 
 STATUS_KINDS = tuple(k for k in store.KINDS if k != "events")
+NATS_PORT = 4222  # NATS' client port, when a jetstream.servers entry names none
 STREAM_NOT_FOUND = 10059  # JetStream's error code (a missing consumer is 10014)
 
 
@@ -58,9 +59,9 @@ class JetStreamSource:
         self._log = Throttle()
         self._closing = False
         self._nc: Any = None
+        scheme = "tls" if config.mqtt.tls.enabled else "nats"
         self.servers = [
-            f"{'tls' if config.mqtt.tls.enabled else 'nats'}://{host}:{port}"
-            for host, port in (split_node(s, 4222) for s in self.js_config.servers or ("localhost:4222",))
+            f"{scheme}://{node_name(*split_node(s, NATS_PORT))}" for s in self.js_config.servers or ("localhost",)
         ]
         # Read once, here, so that a missing credential or certificate file is one clear error at start (exit 2),
         # not a retry loop or a dead thread in the NATS thread later.
