@@ -231,6 +231,54 @@ def test_ravdess_folds_do_not_move_when_ased_is_merged() -> None:
     assert all(len(f) == 1 for f in grouped_folds(small, 5))
 
 
+# ---------------------------------------------------------------- augmentation and weights for many corpora
+
+
+def _band_energy(audio: np.ndarray, lo: float, hi: float) -> float:
+    spec = np.abs(np.fft.rfft(audio.astype(np.float64))) ** 2
+    f = np.fft.rfftfreq(len(audio), 1 / SR)
+    return float(spec[(f >= lo) & (f < hi)].sum())
+
+
+def test_channel_variant_keeps_length_and_level_but_changes_the_microphone_and_room() -> None:
+    from training.speech_data import augment_audio, channel_filter, room_response
+
+    rng = np.random.default_rng(7)
+    white = (rng.standard_normal(SR * 2) * 0.1).astype(np.float32)
+    for _ in range(20):
+        out = augment_audio(white, "channel", rng)
+        # same length (the clip's voice-gate scores still line up) and the same level (only the channel differs)
+        assert out.shape == white.shape and out.dtype == np.float32
+        assert np.isclose(np.sqrt(np.mean(out**2)), np.sqrt(np.mean(white**2)), rtol=0.02)
+        assert not np.allclose(out, white, atol=1e-3)
+    # a room: the direct sound first, then a tail that has fallen by about 60 dB at its end
+    h = room_response(np.random.default_rng(1))
+    assert h[0] == 1.0 and 0.15 * SR <= len(h) <= 0.8 * SR
+    tail = h[int(0.002 * SR) :]
+    assert np.mean(tail[-200:] ** 2) < 1e-4 * np.mean(tail[:200] ** 2)
+    # whatever was drawn, across many draws band limits show: less energy above 7 kHz or below 80 Hz on average
+    hi = [_band_energy(channel_filter(white, np.random.default_rng(s)), 7000, 8000) for s in range(30)]
+    lo = [_band_energy(channel_filter(white, np.random.default_rng(s)), 0, 80) for s in range(30)]
+    assert np.median(hi) < _band_energy(white, 7000, 8000) and min(lo) < 0.5 * _band_energy(white, 0, 80)
+
+
+def test_balanced_corpora_weigh_the_same_in_the_loss_and_classes_keep_their_weights() -> None:
+    from training.speech import window_weights
+
+    # 300 ASED windows and 100 RAVDESS ones, two classes each, evenly
+    y = np.array([0, 1] * 150 + [0, 1] * 50)
+    corpora = np.array(["ased"] * 300 + ["ravdess"] * 100)
+    plain = window_weights(y, corpora, 8, balance_corpora=False)
+    assert np.allclose(plain, 1.0)  # every class as frequent: each window counts the same
+    w = window_weights(y, corpora, 8, balance_corpora=True)
+    assert np.isclose(w.mean(), 1.0)
+    assert np.isclose(w[corpora == "ased"].sum(), w[corpora == "ravdess"].sum())
+    # a rare class still gets more weight within a corpus
+    y2 = np.array([0] * 90 + [1] * 10)
+    w2 = window_weights(y2, np.array(["ravdess"] * 100), 8, balance_corpora=True)
+    assert np.isclose(w2[y2 == 0].sum(), w2[y2 == 1].sum()) and w2[-1] > w2[0]
+
+
 # ---------------------------------------------------------------- UAR and scoring on a subset of labels
 
 

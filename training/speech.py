@@ -99,6 +99,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=30,
         help="normalise per stream over this many voiced windows (SpeechFeatures.norm_memory); 0 = per window (CMVN)",
     )
+    ap.add_argument(
+        "--channel",
+        action="store_true",
+        help="one more waveform variant per clip: a random microphone and room (band limits, reverberation)",
+    )
+    ap.add_argument(
+        "--balance-corpora",
+        action="store_true",
+        help="weight each training corpus equally in the loss (else each clip counts the same: ASED's 2,474 clips "
+        "outweigh RAVDESS's 1,200)",
+    )
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-cv", action="store_true", help="train the shipped model only (reuses cv.json if any)")
@@ -379,7 +390,7 @@ def fit(
     args: argparse.Namespace,
     xw: np.ndarray,
     yw: np.ndarray,
-    weights: dict[int, float],
+    weights: np.ndarray,
     val: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
     log_prefix: str,
 ) -> tuple[Any, dict]:
@@ -390,10 +401,12 @@ def fit(
     n = len(SPEECH_LABELS)
     model = build_model(xw.shape[1:], n, args.pool)
     ds = (
-        tf.data.Dataset.from_tensor_slices((xw, keras.utils.to_categorical(yw, n).astype(np.float32)))
+        tf.data.Dataset.from_tensor_slices(
+            (xw, keras.utils.to_categorical(yw, n).astype(np.float32), weights.astype(np.float32))
+        )
         .shuffle(len(xw), seed=args.seed, reshuffle_each_iteration=True)
         .batch(args.batch)
-        .map(lambda a, b: (spec_augment(tf, a, args.seed), b), num_parallel_calls=tf.data.AUTOTUNE)
+        .map(lambda a, b, w: (spec_augment(tf, a, args.seed), b, w), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(2)
     )
     steps = args.epochs * int(np.ceil(len(xw) / args.batch))
@@ -419,7 +432,7 @@ def fit(
                 msg += f" val_clip_acc {hist['val_clip_accuracy'][-1]:.3f}"
             print(msg, flush=True)
 
-    model.fit(ds, epochs=args.epochs, class_weight=weights, callbacks=[ClipEval()], verbose=0)
+    model.fit(ds, epochs=args.epochs, callbacks=[ClipEval()], verbose=0)
     return model, hist
 
 
@@ -428,6 +441,17 @@ def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
     c = np.bincount(y, minlength=n).astype(float)
     w = np.where(c > 0, c.sum() / (n * np.maximum(c, 1)), 0.0)
     return {i: float(w[i]) for i in range(n)}
+
+
+def window_weights(y: np.ndarray, corpora: np.ndarray, n: int, balance_corpora: bool) -> np.ndarray:
+    """Each training window's weight in the loss: its class's inverse frequency and, with `balance_corpora`, its
+    corpus's too (every corpus then weighs the same, so the largest does not set what "angry" sounds like); mean 1."""
+    cw = class_weights(y, n)
+    w = np.asarray([cw[int(c)] for c in y])
+    if balance_corpora:
+        names, idx, counts = np.unique(corpora, return_inverse=True, return_counts=True)
+        w = w * (len(y) / (len(names) * counts))[idx]
+    return w / w.mean()
 
 
 def export(model: Any, xw: np.ndarray, path: Path, seed: int) -> Path:
@@ -456,7 +480,7 @@ def fold_key(args: argparse.Namespace, corpus: Corpus, feats: SpeechFeatures, lo
         "loco": loco,
         **{
             k: getattr(args, k)
-            for k in ("folds", "split", "epochs", "crops", "seed", "batch", "lr", "quick")
+            for k in ("folds", "split", "epochs", "crops", "seed", "batch", "lr", "quick", "channel", "balance_corpora")
             if hasattr(args, k)
         },
     }
@@ -540,7 +564,7 @@ def cross_validate(
             args,
             xtr[tr],
             yw,
-            class_weights(yw, n),
+            window_weights(yw, kinds[tw.clip[tr]], n, args.balance_corpora),
             (xev[ev], ew.clip[ev], val_clips, y_clip[val_clips]),
             f"fold {k + 1}",
         )
@@ -689,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     cache = args.run_dir / "cache"
     y_clip = np.asarray([SPEECH_LABELS.index(u.label) for u in corpus.items])
-    augs = ("orig",) if args.quick else AUG_KINDS
+    augs = ("orig",) if args.quick else AUG_KINDS + (("channel",) if args.channel else ())
     t0 = time.time()
     tw = build_train_windows(corpus, feats, args.crops, augs, args.seed, cache)
     ew = build_eval_windows(corpus, feats, cache)
@@ -732,7 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     xtr = stream_normalise(
         served, tw.x, speaker_streams(tw.clip, tw.aug, np.arange(len(corpus.items)), speakers, rng, SESSION_BREAK_P)
     )
-    model, hist = fit(args, xtr, yw, class_weights(yw, len(SPEECH_LABELS)), None, "final")
+    kinds = np.asarray([u.corpus for u in corpus.items])
+    weights = window_weights(yw, kinds[tw.clip], len(SPEECH_LABELS), args.balance_corpora)
+    model, hist = fit(args, xtr, yw, weights, None, "final")
     tfl = export(model, xtr, args.run_dir / "speech_emotion.tflite", args.seed)
     common.plot_curves(
         {"loss": hist["loss"], "accuracy": hist["accuracy"]},
@@ -817,7 +843,10 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "windows": f"{feats.window_s} s random crops ({args.crops} per clip per variant) that the daemon's voice gate "
         f"passes ({default_gate()})",
-        "augmentation": "speed/pitch ±10 % by resampling, noise 10-30 dB SNR, SpecAugment time+feature masks",
+        "augmentation": "speed/pitch ±10 % by resampling, noise 10-30 dB SNR, "
+        + ("a random microphone and room (band limits, synthetic reverberation), " if args.channel else "")
+        + "SpecAugment time+feature masks"
+        + ("; each corpus weighted equally in the loss" if args.balance_corpora else ""),
         "quantisation": "full int8 (in/out int8), 400 real training windows for calibration",
     }
     write_meta(
