@@ -497,6 +497,31 @@ def test_jetstream_with_a_missing_certificate_file_is_one_line_with_exit_code_2(
     assert_clean_error(run_cli("collect", "--config", str(cfg), timeout=60), "mqtt.tls", "certificate")
 
 
+def test_jetstream_without_servers_uses_the_mqtt_nodes_hosts_at_the_nats_client_port(tmp_path: Path) -> None:
+    """The MQTT gateway is a port of the same NATS server: naming the nodes once must be enough (it was localhost)."""
+    import queue
+
+    from edge_daemon.fleet.jetstream import JetStreamSource
+
+    cfg = tmp_path / "collector.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "mqtt": {"hosts": ["nats1.lan:1883", "[fd00::2]:1884"]},
+                "jetstream": {"enabled": True},
+                "database": {"dsn": "host=127.0.0.1 port=1 dbname=x user=y"},
+            }
+        )
+    )
+    source = JetStreamSource(load_collector_config(cfg), queue.SimpleQueue())
+    assert source.servers == ["nats://nats1.lan:4222", "nats://[fd00::2]:4222"]
+    named = yaml.safe_load(cfg.read_text())
+    named["jetstream"]["servers"] = ["nats9.lan", "nats8.lan:5222"]
+    cfg.write_text(yaml.safe_dump(named))
+    source = JetStreamSource(load_collector_config(cfg), queue.SimpleQueue())
+    assert source.servers == ["nats://nats9.lan:4222", "nats://nats8.lan:5222"]
+
+
 def test_collector_example_yaml_lists_every_field_with_its_default() -> None:
     from edge_daemon.fleet.settings import render_collector_yaml
 

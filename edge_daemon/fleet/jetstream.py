@@ -60,9 +60,10 @@ class JetStreamSource:
         self._closing = False
         self._nc: Any = None
         scheme = "tls" if config.mqtt.tls.enabled else "nats"
-        self.servers = [
-            f"{scheme}://{node_name(*split_node(s, NATS_PORT))}" for s in self.js_config.servers or ("localhost",)
-        ]
+        # No servers named: the MQTT nodes' hosts, since NATS' MQTT gateway is a port of the same server.
+        nodes = [split_node(s, NATS_PORT) for s in self.js_config.servers]
+        nodes = nodes or [(host, NATS_PORT) for host, _ in config.mqtt.nodes()]
+        self.servers = [f"{scheme}://{node_name(host, port)}" for host, port in nodes]
         # Read once, here, so that a missing credential or certificate file is one clear error at start (exit 2),
         # not a retry loop or a dead thread in the NATS thread later.
         c = config.mqtt

@@ -114,7 +114,8 @@ class JetStreamConfig:
     )
     servers: tuple[str, ...] = _f(
         (),
-        "the NATS nodes' client ports as host:port (4222 when none is named), tried in turn",
+        "the NATS nodes' client ports as host:port (4222 when none is named), tried in turn; none: the hosts of "
+        "`mqtt`, port 4222 (the MQTT gateway is a port of the same NATS server)",
         check=node_problem,
         example="[nats1.lan:4222, nats2.lan:4222]",
     )
