@@ -7,7 +7,6 @@ module starts its own cluster on a free loopback port in a temporary folder.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -84,13 +83,13 @@ def collector_yaml(tmp_path: Path, pg: LocalPostgres, db: str, port: int, **mqtt
 
 
 @pytest.fixture
-def setup(tmp_path: Path, pg: LocalPostgres, db: str, broker: LocalBroker) -> Path:
+def setup(tmp_path: Path, pg: LocalPostgres, db: str, broker: LocalBroker, monkeypatch: pytest.MonkeyPatch) -> Path:
     cfg = collector_yaml(tmp_path, pg, db, broker.port)
     proc = run_cli(
         "collect", "--config", str(cfg), "--init-db", pg.admin_dsn.replace("dbname=postgres", f"dbname={db}")
     )
     assert proc.returncode == 0, proc.stderr
-    os.environ["EMOTION_EDGE_COLLECTOR_DB_PASSWORD"] = ROLE_PASSWORD
+    monkeypatch.setenv("EMOTION_EDGE_COLLECTOR_DB_PASSWORD", ROLE_PASSWORD)
     return cfg
 
 
@@ -413,7 +412,7 @@ def test_a_shared_group_splits_events_between_collectors_and_stores_each_once(
 
 
 def test_with_per_device_credentials_a_device_cannot_write_another_devices_rows(
-    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from edge_daemon.fleet.natscluster import NatsCluster, authorization
 
@@ -424,11 +423,8 @@ def test_with_per_device_credentials_a_device_cannot_write_another_devices_rows(
         folder = tmp_path / "acl"
         folder.mkdir()
         cfg = collector_yaml(folder, pg, db, port, username="collector")
-        os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"] = "pw-collector"
-        try:
-            collector, stop, thread = run_collector(cfg)
-        finally:
-            del os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"]
+        monkeypatch.setenv("EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD", "pw-collector")
+        collector, stop, thread = run_collector(cfg)
         kitchen = Device(port, "kitchen", v5=False, password="pw-kitchen")
         try:
             kitchen.publish(kitchen.event()).wait_for_publish(5)
@@ -551,14 +547,14 @@ def test_the_collector_unit_verifies_and_is_confined(tmp_path: Path) -> None:
 
 
 def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses_nothing(
-    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str
+    tmp_path: Path, setup: Path, pg: LocalPostgres, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from edge_daemon.fleet.natscluster import NatsCluster, authorization
 
     _need_nats_server()
     # The collectors' NATS user may use only their consumer of JetStream's API (natscluster.authorization).
     auth = authorization({"atrium": "pw-atrium"}, ("collector", "pw-collector"), consumer="emotion-edge-collectors")
-    os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"] = "pw-collector"
+    monkeypatch.setenv("EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD", "pw-collector")
     with NatsCluster(1, authorization=auth) as nats:
         js = {"enabled": True, "servers": [f"127.0.0.1:{nats.nodes[0].client_port}"], "ack_wait_s": 2}
         configs = []
@@ -596,7 +592,6 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
             stop.set()
             thread.join(10)
         finally:
-            del os.environ["EMOTION_EDGE_COLLECTOR_MQTT_PASSWORD"]
             if killed.poll() is None:
                 killed.kill()
             if dev is not None:
