@@ -6,7 +6,9 @@ module starts its own cluster on a free loopback port in a temporary folder.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -596,6 +598,65 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
                 killed.kill()
             if dev is not None:
                 dev.close()
+
+
+def test_a_jetstream_consumer_made_for_another_topic_prefix_is_brought_in_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The durable consumer outlives the collectors: one made under the old `topic_prefix` kept its filter, and a
+    collector moved to a new prefix bound it and read nothing, without a word."""
+    import queue
+
+    import nats as nats_client
+
+    from edge_daemon.fleet.jetstream import JetStreamSource
+    from edge_daemon.fleet.natscluster import NatsCluster
+
+    _need_nats_server()
+    with NatsCluster(1) as cluster:
+        port = cluster.nodes[0].client_port
+
+        def source(prefix: str) -> tuple[JetStreamSource, queue.SimpleQueue]:
+            cfg = tmp_path / f"{prefix.replace('/', '-')}.yaml"
+            cfg.write_text(yaml.safe_dump({
+                "mqtt": {"host": "127.0.0.1", "port": cluster.mqtt_ports[0], "topic_prefix": prefix},
+                "jetstream": {"enabled": True, "servers": [f"127.0.0.1:{port}"]},
+                "database": {"dsn": "host=127.0.0.1 port=1 dbname=x user=y"},
+            }))  # fmt: skip
+            inbox: queue.SimpleQueue = queue.SimpleQueue()
+            src = JetStreamSource(load_collector_config(cfg), inbox)
+            src.start()
+            assert src.connected.wait(30)
+            return src, inbox
+
+        old, _ = source("emotion-edge")
+        old.stop()
+        with caplog.at_level(logging.WARNING, logger="edge_daemon.fleet.jetstream"):
+            new, inbox = source("home/emotion")
+        try:
+            assert "$MQTT.msgs.emotion-edge.*.events -> $MQTT.msgs.home.emotion.*.events" in caplog.text
+
+            async def filter_subject() -> str:
+                nc = await nats_client.connect(f"nats://127.0.0.1:{port}")
+                try:
+                    info = await nc.jetstream().consumer_info("$MQTT_msgs", "emotion-edge-collectors")
+                    return info.config.filter_subject
+                finally:
+                    await nc.close()
+
+            assert asyncio.run(filter_subject()) == "$MQTT.msgs.home.emotion.*.events"
+            dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-kitchen", protocol=mqtt.MQTTv311)
+            dev.connect("127.0.0.1", cluster.mqtt_ports[0])
+            dev.loop_start()
+            try:
+                dev.publish("home/emotion/kitchen/events", b'{"seq": 1}', qos=1).wait_for_publish(10)
+                got = inbox.get(timeout=15)
+            finally:
+                dev.disconnect()
+                dev.loop_stop()
+            assert (got.kind, got.device_id, got.topic) == ("events", "kitchen", "home/emotion/kitchen/events")
+        finally:
+            new.stop()
 
 
 def test_through_the_nats_mqtt_gateway_with_tls_a_device_and_the_collector_deliver(

@@ -138,26 +138,34 @@ class JetStreamSource:
                 nc = None
 
     async def _bind(self, nc: Any) -> Any:
-        """The shared durable consumer: created by the first collector, bound by the others."""
+        """The shared durable consumer: created by the first collector, bound by the others, and brought in line with
+        this collector's settings when they changed (a new `mqtt.topic_prefix` must not leave it reading old topics)."""
         js = nc.jetstream()
         j = self.js_config
+        wanted = ConsumerConfig(
+            durable_name=j.consumer, filter_subject=self.filter, ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, ack_wait=j.ack_wait_s, max_ack_pending=j.max_ack_pending, max_deliver=-1,
+        )  # fmt: skip
         try:
-            await js.consumer_info(j.stream, j.consumer)
+            have = (await js.consumer_info(j.stream, j.consumer)).config
         except NotFoundError as exc:
             if exc.err_code == STREAM_NOT_FOUND:
                 # The gateway makes $MQTT_msgs at the first MQTT connection to the cluster. The consumer must exist
                 # before the devices' first events (the stream keeps a message only for the consumers it has), so a
                 # collector started first connects once itself rather than wait for a device.
                 await asyncio.get_running_loop().run_in_executor(None, self._wake_gateway)
-            await js.add_consumer(
-                j.stream,
-                ConsumerConfig(
-                    durable_name=j.consumer, filter_subject=self.filter, ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL, ack_wait=j.ack_wait_s, max_ack_pending=j.max_ack_pending,
-                    max_deliver=-1,
-                ),
-            )  # fmt: skip
+            await js.add_consumer(j.stream, wanted)
             logger.info("created the durable consumer %s on %s (%s)", j.consumer, j.stream, self.filter)
+        else:
+            changed = [
+                f"{name} {getattr(have, name)} -> {getattr(wanted, name)}"
+                for name in ("filter_subject", "ack_wait", "max_ack_pending")
+                if getattr(have, name) != getattr(wanted, name)
+            ]
+            if changed:  # the same durable name: NATS updates it in place, keeping what is still unacknowledged
+                await js.add_consumer(j.stream, wanted)
+                logger.warning("updated the durable consumer %s to this collector's settings: %s", j.consumer,
+                               "; ".join(changed))  # fmt: skip
         return await js.pull_subscribe_bind(durable=j.consumer, stream=j.stream)
 
     def _wake_gateway(self) -> None:
