@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..devbroker import free_port, stop_process, wait_for_port
 from ..errors import UserError
+from .settings import GATEWAY_STREAM
 
 
 def nats_server() -> str:
@@ -120,9 +121,8 @@ def authorization(
     user, pw = collector
     publish, subscribe = "", f'"{base}.*.*"'
     if consumer:
-        api = "$JS.API.CONSUMER"
-        publish = (f'"{api}.INFO.$MQTT_msgs.{consumer}", "{api}.DURABLE.CREATE.$MQTT_msgs.{consumer}", '
-                   f'"{api}.MSG.NEXT.$MQTT_msgs.{consumer}", "$JS.ACK.$MQTT_msgs.{consumer}.>"')  # fmt: skip
+        api, on = "$JS.API.CONSUMER", f"{GATEWAY_STREAM}.{consumer}"
+        publish = f'"{api}.INFO.{on}", "{api}.DURABLE.CREATE.{on}", "{api}.MSG.NEXT.{on}", "$JS.ACK.{on}.>"'
         subscribe += ', "_INBOX.>"'  # the replies to those requests
     users.append(
         f'{{ user: "{user}", password: "{pw}", permissions: {{ publish: [{publish}], subscribe: [{subscribe}] }} }}'

@@ -103,6 +103,12 @@ class RetentionConfig:
     interval_s: float = _f(3600.0, "the deletion runs this often, seconds", lo=10, hi=604800)
 
 
+# NATS' MQTT gateway stores every QoS 1 message a device publishes in this stream of its own, under this subject
+# prefix (NATS' MQTT implementation notes); the collector's JetStream mode reads it there.
+GATEWAY_STREAM = "$MQTT_msgs"
+GATEWAY_SUBJECT_PREFIX = "$MQTT.msgs."
+
+
 @dataclass(frozen=True)
 class JetStreamConfig:
     """NATS only: read events from a JetStream consumer that several collectors share."""
@@ -120,13 +126,13 @@ class JetStreamConfig:
         example="[nats1.lan:4222, nats2.lan:4222]",
     )
     stream: str = _f(
-        "$MQTT_msgs",
+        GATEWAY_STREAM,
         "the stream that holds the devices' QoS 1 messages: NATS' MQTT gateway stores each one in $MQTT_msgs before "
         "it acknowledges the device's PUBLISH",
         pattern=r"[A-Za-z0-9_$-]+",
     )
     subject_prefix: str = _f(
-        "$MQTT.msgs.", "what the stream puts before a device's subject (<topic_prefix>.<device>.events)",
+        GATEWAY_SUBJECT_PREFIX, "what the stream puts before a device's subject (<topic_prefix>.<device>.events)",
         pattern=r"[A-Za-z0-9_$.-]*",
     )  # fmt: skip
     consumer: str = _f(
