@@ -72,15 +72,12 @@ def _text_problem(value: str) -> str | None:
     return None
 
 
-def _host_problem(host: str) -> str | None:
+def host_problem(host: str) -> str | None:
     try:
         host.encode("idna")  # what the socket layer does with it; an empty or over-long label fails here
     except UnicodeError:
         return f"is not a host name or address (empty or over-long part), got {host!r}"
     return None
-
-
-host_problem = _host_problem  # public, for the collector's schema
 
 
 def split_node(text: str, default_port: int) -> tuple[str, int]:
@@ -247,7 +244,7 @@ class MqttConfig:
     """The broker session and topics."""
 
     host: str | None = _f(
-        None, "broker host; null: `run` uses localhost, `demo` starts a private local broker", check=_host_problem
+        None, "broker host; null: `run` uses localhost, `demo` starts a private local broker", check=host_problem
     )
     port: int = _f(1883, "broker port (and the port of an entry in `hosts` that names none)", lo=1, hi=65535)
     hosts: tuple[str, ...] = _f(
@@ -363,7 +360,7 @@ class WebConfig:
     """The device page and HTTP API, served by `run` and `replay --realtime`."""
 
     enabled: bool = _f(True, "serve the device page and the HTTP API")
-    host: str = _f("0.0.0.0", "address to listen on (127.0.0.1: this machine only)", check=_host_problem)
+    host: str = _f("0.0.0.0", "address to listen on (127.0.0.1: this machine only)", check=host_problem)
     port: int = _f(8765, "port to listen on", lo=1, hi=65535)
     password_env: str = _f(
         "EMOTION_EDGE_WEB_PASSWORD",
