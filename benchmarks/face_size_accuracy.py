@@ -65,7 +65,7 @@ def main() -> int:
             return 2
     faces, labels = load_faces(args.fer_val, args.every)
     truth = np.array([CANONICAL.index(x) for x in labels])
-    print(f"{len(faces)} FER2013 val faces (every {args.every}th of each class); accuracy by face width (px):")
+    print(f"{len(faces)} FER2013 val faces (1 in {args.every} of each class); accuracy by face width (px):")
     print(f"{'model':44}" + "".join(f"{w:>8}" for w in args.widths))
     for m in args.model:
         model = FaceEmotionModel(m, 1, "neutral")
