@@ -514,6 +514,9 @@ def test_jetstream_without_servers_uses_the_mqtt_nodes_hosts_at_the_nats_client_
     source = JetStreamSource(load_collector_config(cfg), queue.SimpleQueue())
     assert source.servers == ["nats://nats1.lan:4222", "nats://[fd00::2]:4222"]
     named = yaml.safe_load(cfg.read_text())
+    named["mqtt"] = {"host": "nats1.lan", "port": 1883}
+    cfg.write_text(yaml.safe_dump(named))
+    assert JetStreamSource(load_collector_config(cfg), queue.SimpleQueue()).servers == ["nats://nats1.lan:4222"]
     named["jetstream"]["servers"] = ["nats9.lan", "nats8.lan:5222"]
     cfg.write_text(yaml.safe_dump(named))
     source = JetStreamSource(load_collector_config(cfg), queue.SimpleQueue())
@@ -600,11 +603,12 @@ def test_through_nats_collectors_share_a_jetstream_consumer_and_one_killed_loses
                 dev.close()
 
 
-def test_a_jetstream_consumer_made_for_another_topic_prefix_is_brought_in_line(
+def test_a_jetstream_consumer_made_for_another_topic_prefix_keeps_its_events_and_reads_the_new_topics(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The durable consumer outlives the collectors: one made under the old `topic_prefix` kept its filter, and a
-    collector moved to a new prefix bound it and read nothing, without a word."""
+    """The durable consumer outlives the collectors. One made under the old `topic_prefix` kept its filter, and a
+    collector moved to a new prefix bound it and read nothing, without a word; replacing the filter instead would
+    make `$MQTT_msgs` (interest retention) delete the events still waiting under the old prefix."""
     import queue
 
     import nats as nats_client
@@ -614,13 +618,13 @@ def test_a_jetstream_consumer_made_for_another_topic_prefix_is_brought_in_line(
 
     _need_nats_server()
     with NatsCluster(1) as cluster:
-        port = cluster.nodes[0].client_port
+        port, mqtt_port = cluster.nodes[0].client_port, cluster.mqtt_ports[0]
 
-        def source(prefix: str) -> tuple[JetStreamSource, queue.SimpleQueue]:
+        def source(prefix: str, ack_wait_s: float) -> tuple[JetStreamSource, queue.SimpleQueue]:
             cfg = tmp_path / f"{prefix.replace('/', '-')}.yaml"
             cfg.write_text(yaml.safe_dump({
-                "mqtt": {"host": "127.0.0.1", "port": cluster.mqtt_ports[0], "topic_prefix": prefix},
-                "jetstream": {"enabled": True, "servers": [f"127.0.0.1:{port}"]},
+                "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "topic_prefix": prefix},
+                "jetstream": {"enabled": True, "servers": [f"127.0.0.1:{port}"], "ack_wait_s": ack_wait_s},
                 "database": {"dsn": "host=127.0.0.1 port=1 dbname=x user=y"},
             }))  # fmt: skip
             inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -629,36 +633,49 @@ def test_a_jetstream_consumer_made_for_another_topic_prefix_is_brought_in_line(
             assert src.connected.wait(30)
             return src, inbox
 
-        with caplog.at_level(logging.WARNING, logger="edge_daemon.fleet.jetstream"):
-            for _ in range(2):  # made, then bound as it is: the same settings are no change
-                old, _ = source("emotion-edge")
-                old.stop()
-            assert "updated the durable consumer" not in caplog.text
-            new, inbox = source("home/emotion")
-        try:
-            assert "$MQTT.msgs.emotion-edge.*.events -> $MQTT.msgs.home.emotion.*.events" in caplog.text
-
-            async def filter_subject() -> str:
-                nc = await nats_client.connect(f"nats://127.0.0.1:{port}")
-                try:
-                    info = await nc.jetstream().consumer_info("$MQTT_msgs", "emotion-edge-collectors")
-                    return info.config.filter_subject
-                finally:
-                    await nc.close()
-
-            assert asyncio.run(filter_subject()) == "$MQTT.msgs.home.emotion.*.events"
+        def publish(topic: str) -> None:
             dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-kitchen", protocol=mqtt.MQTTv311)
-            dev.connect("127.0.0.1", cluster.mqtt_ports[0])
+            dev.connect("127.0.0.1", mqtt_port)
             dev.loop_start()
             try:
-                dev.publish("home/emotion/kitchen/events", b'{"seq": 1}', qos=1).wait_for_publish(10)
-                got = inbox.get(timeout=15)
+                dev.publish(topic, b'{"seq": 1}', qos=1).wait_for_publish(10)
             finally:
                 dev.disconnect()
                 dev.loop_stop()
-            assert (got.kind, got.device_id, got.topic) == ("events", "kitchen", "home/emotion/kitchen/events")
-        finally:
-            new.stop()
+
+        async def filters() -> list[str]:
+            nc = await nats_client.connect(f"nats://127.0.0.1:{port}")
+            try:
+                c = (await nc.jetstream().consumer_info("$MQTT_msgs", "emotion-edge-collectors")).config
+                return c.filter_subjects or [c.filter_subject]
+            finally:
+                await nc.close()
+
+        with caplog.at_level(logging.WARNING, logger="edge_daemon.fleet.jetstream"):
+            for _ in range(2):  # made, then bound as it is: the same settings are no change
+                old, _ = source("emotion-edge", 60.0)
+                old.stop()
+            assert "updated the durable consumer" not in caplog.text
+            publish("emotion-edge/kitchen/events")  # waits in the stream: no collector is running
+            new, inbox = source("home/emotion", 33.3)
+            try:
+                assert "now also reads $MQTT.msgs.home.emotion.*.events" in caplog.text
+                assert "ack_wait 60 s -> 33.3 s" in caplog.text
+                assert asyncio.run(filters()) == [
+                    "$MQTT.msgs.emotion-edge.*.events",
+                    "$MQTT.msgs.home.emotion.*.events",
+                ]
+                waiting = inbox.get(timeout=15)  # the event from before the move is not lost
+                assert (waiting.device_id, waiting.topic) == ("kitchen", "emotion-edge/kitchen/events")
+                publish("home/emotion/kitchen/events")
+                got = inbox.get(timeout=15)
+                assert (got.kind, got.device_id, got.topic) == ("events", "kitchen", "home/emotion/kitchen/events")
+            finally:
+                new.stop()
+            caplog.clear()
+            again, _ = source("home/emotion", 33.3)  # 33.3 s survives NATS' nanoseconds: no update on every start
+            again.stop()
+            assert "updated the durable consumer" not in caplog.text
 
 
 def test_through_the_nats_mqtt_gateway_with_tls_a_device_and_the_collector_deliver(

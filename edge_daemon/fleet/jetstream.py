@@ -43,6 +43,31 @@ NATS_PORT = 4222  # NATS' client port, when a jetstream.servers entry names none
 STREAM_NOT_FOUND = 10059  # JetStream's error code (a missing consumer is 10014)
 
 
+def adjust(have: ConsumerConfig, wanted: ConsumerConfig) -> tuple[ConsumerConfig, list[str]]:
+    """The consumer `have` as this collector needs it, and what that changes (nothing: an empty list).
+
+    Its subjects are only ever added to: `$MQTT_msgs` keeps a message only while a consumer is interested in its
+    subject, so taking the old prefix's subject away (after `mqtt.topic_prefix` changed, or from a collector that
+    shares the consumer with another prefix) would delete the events still waiting there. An old prefix is removed
+    by hand once it has drained (docs/fleet.md). Timings are compared in whole nanoseconds, as NATS keeps them (33.3 s
+    comes back as 33.299999999)."""
+    filters = list(have.filter_subjects or ([have.filter_subject] if have.filter_subject else []))
+    changed = []
+    update = ConsumerConfig(
+        durable_name=wanted.durable_name, ack_policy=wanted.ack_policy, deliver_policy=have.deliver_policy,
+        ack_wait=wanted.ack_wait, max_ack_pending=wanted.max_ack_pending, max_deliver=have.max_deliver,
+        filter_subject=have.filter_subject, filter_subjects=have.filter_subjects,
+    )  # fmt: skip
+    if filters and wanted.filter_subject not in filters:  # no filter at all: it reads every subject already
+        update.filter_subject, update.filter_subjects = None, [*filters, wanted.filter_subject]
+        changed.append(f"now also reads {wanted.filter_subject} (kept: {', '.join(filters)})")
+    if round((have.ack_wait or 0) * 1e9) != int(wanted.ack_wait * 1e9):  # nats-py sends int(seconds * 1e9)
+        changed.append(f"ack_wait {have.ack_wait:g} s -> {wanted.ack_wait:g} s")
+    if have.max_ack_pending != wanted.max_ack_pending:
+        changed.append(f"max_ack_pending {have.max_ack_pending} -> {wanted.max_ack_pending}")
+    return update, changed
+
+
 class JetStreamSource:
     """Feeds `inbox` from the shared consumer (events) and from subscriptions (status); `ack(batch)` after COMMIT."""
 
@@ -138,8 +163,8 @@ class JetStreamSource:
                 nc = None
 
     async def _bind(self, nc: Any) -> Any:
-        """The shared durable consumer: created by the first collector, bound by the others, and brought in line with
-        this collector's settings when they changed (a new `mqtt.topic_prefix` must not leave it reading old topics)."""
+        """The shared durable consumer: created by the first collector, bound by the others, and widened to this
+        collector's topics when it does not read them yet (`adjust`)."""
         js = nc.jetstream()
         j = self.js_config
         wanted = ConsumerConfig(
@@ -157,15 +182,10 @@ class JetStreamSource:
             await js.add_consumer(j.stream, wanted)
             logger.info("created the durable consumer %s on %s (%s)", j.consumer, j.stream, self.filter)
         else:
-            changed = [
-                f"{name} {getattr(have, name)} -> {getattr(wanted, name)}"
-                for name in ("filter_subject", "ack_wait", "max_ack_pending")
-                if getattr(have, name) != getattr(wanted, name)
-            ]
-            if changed:  # the same durable name: NATS updates it in place, keeping what is still unacknowledged
-                await js.add_consumer(j.stream, wanted)
-                logger.warning("updated the durable consumer %s to this collector's settings: %s", j.consumer,
-                               "; ".join(changed))  # fmt: skip
+            update, changed = adjust(have, wanted)
+            if changed:  # the same durable name: NATS updates it in place
+                await js.add_consumer(j.stream, update)
+                logger.warning("updated the durable consumer %s: %s", j.consumer, "; ".join(changed))
         return await js.pull_subscribe_bind(durable=j.consumer, stream=j.stream)
 
     def _wake_gateway(self) -> None:

@@ -103,14 +103,18 @@ class NatsCluster:
 
 
 def authorization(
-    devices: dict[str, str], collector: tuple[str, str], prefix: str = "emotion-edge", consumer: str | None = None
+    devices: dict[str, str],
+    collector: tuple[str, str],
+    prefix: str = "emotion-edge",
+    consumer: str | None = None,
+    stream: str = GATEWAY_STREAM,
 ) -> str:
     """NATS users: each device may publish and subscribe only under `<prefix>/<its id>/`, the collector may only
     subscribe to every device's topics. The MQTT gateway maps topic `a/b/c` to subject `a.b.c`. Plain-text
     passwords are for a throwaway cluster; a real one stores bcrypt hashes (`nats server passwd`).
 
     With `consumer` (the collector's jetstream.consumer), the collector may also create, read from and acknowledge
-    that one durable consumer on $MQTT_msgs, and nothing else of JetStream's API (no stream or other consumer)."""
+    that one durable consumer on `stream` (the collector's jetstream.stream), and nothing else of JetStream's API (no stream or other consumer)."""
     base = prefix.replace("/", ".")
     users = []
     for d, pw in devices.items():
@@ -121,7 +125,7 @@ def authorization(
     user, pw = collector
     publish, subscribe = "", f'"{base}.*.*"'
     if consumer:
-        api, on = "$JS.API.CONSUMER", f"{GATEWAY_STREAM}.{consumer}"
+        api, on = "$JS.API.CONSUMER", f"{stream}.{consumer}"
         publish = f'"{api}.INFO.{on}", "{api}.DURABLE.CREATE.{on}", "{api}.MSG.NEXT.{on}", "$JS.ACK.{on}.>"'
         subscribe += ', "_INBOX.>"'  # the replies to those requests
     users.append(

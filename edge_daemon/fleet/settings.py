@@ -127,8 +127,8 @@ class JetStreamConfig:
     )
     stream: str = _f(
         GATEWAY_STREAM,
-        "the stream that holds the devices' QoS 1 messages: NATS' MQTT gateway stores each one in $MQTT_msgs before "
-        "it acknowledges the device's PUBLISH",
+        f"the stream that holds the devices' QoS 1 messages: NATS' MQTT gateway stores each one in {GATEWAY_STREAM} "
+        "before it acknowledges the device's PUBLISH",
         pattern=r"[A-Za-z0-9_$-]+",
     )
     subject_prefix: str = _f(
