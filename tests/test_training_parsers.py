@@ -262,21 +262,25 @@ def test_channel_variant_keeps_length_and_level_but_changes_the_microphone_and_r
     assert np.median(hi) < _band_energy(white, 7000, 8000) and min(lo) < 0.5 * _band_energy(white, 0, 80)
 
 
-def test_balanced_corpora_weigh_the_same_in_the_loss_and_classes_keep_their_weights() -> None:
+def test_balanced_corpora_weigh_the_same_in_the_loss_and_so_do_the_classes_within_each() -> None:
     from training.speech import window_weights
 
-    # 300 ASED windows and 100 RAVDESS ones, two classes each, evenly
-    y = np.array([0, 1] * 150 + [0, 1] * 50)
-    corpora = np.array(["ased"] * 300 + ["ravdess"] * 100)
+    # RAVDESS-like: 8 classes, neutral half as frequent; URDU-like: 4 of them, fewer clips, another mix
+    y = np.array([0] * 80 + [1, 2, 3, 4, 5, 6, 7] * 160 + [0] * 40 + [2] * 160 + [3] * 100 + [4] * 100)
+    corpora = np.array(["ravdess"] * (80 + 7 * 160) + ["urdu"] * 400)
     plain = window_weights(y, corpora, 8, balance_corpora=False)
-    assert np.allclose(plain, 1.0)  # every class as frequent: each window counts the same
+    assert np.isclose(plain.mean(), 1.0)
+    assert np.allclose([plain[y == k].sum() for k in range(8)], plain.sum() / 8)  # every class the same
     w = window_weights(y, corpora, 8, balance_corpora=True)
     assert np.isclose(w.mean(), 1.0)
-    assert np.isclose(w[corpora == "ased"].sum(), w[corpora == "ravdess"].sum())
-    # a rare class still gets more weight within a corpus
-    y2 = np.array([0] * 90 + [1] * 10)
-    w2 = window_weights(y2, np.array(["ravdess"] * 100), 8, balance_corpora=True)
-    assert np.isclose(w2[y2 == 0].sum(), w2[y2 == 1].sum()) and w2[-1] > w2[0]
+    assert np.isclose(w[corpora == "ravdess"].sum(), w[corpora == "urdu"].sum())
+    for corpus, classes in (("ravdess", range(8)), ("urdu", (0, 2, 3, 4))):
+        totals = [w[(corpora == corpus) & (y == k)].sum() for k in classes]
+        assert np.allclose(totals, totals[0]), (corpus, totals)  # within a corpus, every class the same
+    # the version stage 2b ran (corpus weights times the plain class weights) fails both: the corpora got 55/45 %
+    c = np.where(corpora == "ravdess", len(y) / (2 * np.sum(corpora == "ravdess")), len(y) / (2 * 400))
+    old = plain * c
+    assert not np.isclose(old[corpora == "ravdess"].sum(), old[corpora == "urdu"].sum(), rtol=0.05)
 
 
 # ---------------------------------------------------------------- UAR and scoring on a subset of labels

@@ -271,8 +271,18 @@ def build_train_windows(
     """Gated random crops of every clip under each waveform augmentation, featurised by the daemon's code."""
     key = hashlib.sha1(
         json.dumps(
-            # "aug": the cache also holds each window's augmentation (for the speaker streams); older caches do not
-            [[str(u.path) for u in corpus.items], feats.to_meta(), crops, augs, seed, repr(default_gate()), "aug"]
+            # "aug": the cache also holds each window's augmentation (for the speaker streams); older caches do not.
+            # The augmentation code is hashed too: an edit to `channel_filter` must not reuse windows made before it.
+            [
+                [str(u.path) for u in corpus.items],
+                feats.to_meta(),
+                crops,
+                augs,
+                seed,
+                repr(default_gate()),
+                "aug",
+                hashlib.sha256(Path(__file__).with_name("speech_data.py").read_bytes()).hexdigest(),
+            ]
         ).encode()
     ).hexdigest()[:12]
     f = cache / f"train_windows_{key}.npz"
@@ -444,13 +454,22 @@ def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
 
 
 def window_weights(y: np.ndarray, corpora: np.ndarray, n: int, balance_corpora: bool) -> np.ndarray:
-    """Each training window's weight in the loss: its class's inverse frequency and, with `balance_corpora`, its
-    corpus's too (every corpus then weighs the same, so the largest does not set what "angry" sounds like); mean 1."""
-    cw = class_weights(y, n)
-    w = np.asarray([cw[int(c)] for c in y])
-    if balance_corpora:
-        names, idx, counts = np.unique(corpora, return_inverse=True, return_counts=True)
-        w = w * (len(y) / (len(names) * counts))[idx]
+    """Each training window's weight in the loss, mean 1. Plain: its class's inverse frequency over the whole set.
+    With `balance_corpora`: every corpus weighs the same, and within a corpus each of its classes does (so the
+    largest corpus does not set what "angry" sounds like; a class that only one corpus has, RAVDESS's calm, weighs
+    what that corpus's other classes weigh). Stage 2b (training/README.md) ran with an earlier version that multiplied
+    corpus weights onto the plain class weights, which balanced neither."""
+    if not balance_corpora:
+        cw = class_weights(y, n)
+        w = np.asarray([cw[int(c)] for c in y])
+        return w / w.mean()
+    cells = np.char.add(np.char.add(corpora.astype(str), ":"), y.astype(str))
+    names, idx, counts = np.unique(cells, return_inverse=True, return_counts=True)
+    corpus_of = np.asarray([c.split(":")[0] for c in names])
+    corpus_names, corpus_idx = np.unique(corpus_of, return_inverse=True)
+    classes_in = np.bincount(corpus_idx)  # how many classes each corpus has
+    share = 1.0 / (len(corpus_names) * classes_in[corpus_idx])  # each cell's share of the loss
+    w = (share / counts)[idx]
     return w / w.mean()
 
 
