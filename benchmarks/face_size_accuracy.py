@@ -32,28 +32,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_daemon.errors import UserError  # noqa: E402
-from edge_daemon.labels import CANONICAL, normalise  # noqa: E402
 from edge_daemon.vision.emotion import FaceEmotionModel  # noqa: E402
+from training.face_data import load_folder_tree  # noqa: E402
 
 WIDTHS = (16, 24, 32, 40, 48)
 BOOTSTRAP = 2000
 
 
 def load_faces(root: Path, every: int) -> tuple[list[np.ndarray], np.ndarray]:
-    faces, labels = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        label = normalise(folder.name)
-        if label not in CANONICAL:
-            raise UserError(f"{folder}: not one of the classes {', '.join(CANONICAL)} (a FER2013 val tree?)")
-        for f in sorted(folder.iterdir())[::every]:
-            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                raise UserError(f"{f}: not an image")
-            faces.append(img)
-            labels.append(CANONICAL.index(label))
-    if not faces:
-        raise UserError(f"{root}: no class folders with images (a FER2013 val tree?)")
-    return faces, np.asarray(labels)
+    """Every `every`-th face of each class, in the tree's sorted order (training's own reader of the tree)."""
+    tree = load_folder_tree(root)
+    if tree.rejected:
+        where, why = tree.rejected[0]
+        raise UserError(f"{where}: {why} ({len(tree.rejected)} file(s) not read; a FER2013 val tree?)")
+    labels = np.asarray(tree.labels)
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == k)[::every] for k in np.unique(labels)]))
+    return [tree.images[i] for i in keep], labels[keep]
 
 
 def render(face: np.ndarray, width: int, how: str) -> np.ndarray:

@@ -460,16 +460,13 @@ def window_weights(y: np.ndarray, corpora: np.ndarray, n: int, balance_corpora: 
     what that corpus's other classes weigh). Stage 2b (training/README.md) ran with an earlier version that multiplied
     corpus weights onto the plain class weights, which balanced neither."""
     if not balance_corpora:
-        cw = class_weights(y, n)
-        w = np.asarray([cw[int(c)] for c in y])
+        w = np.asarray(list(class_weights(y, n).values()))[y]
         return w / w.mean()
-    cells = np.char.add(np.char.add(corpora.astype(str), ":"), y.astype(str))
-    names, idx, counts = np.unique(cells, return_inverse=True, return_counts=True)
-    corpus_of = np.asarray([c.split(":")[0] for c in names])
-    corpus_names, corpus_idx = np.unique(corpus_of, return_inverse=True)
-    classes_in = np.bincount(corpus_idx)  # how many classes each corpus has
-    share = 1.0 / (len(corpus_names) * classes_in[corpus_idx])  # each cell's share of the loss
-    w = (share / counts)[idx]
+    corpus = np.unique(corpora, return_inverse=True)[1]
+    cell = corpus * n + y  # one count per (corpus, class)
+    counts = np.bincount(cell, minlength=(corpus.max() + 1) * n)
+    classes_in = (counts.reshape(-1, n) > 0).sum(axis=1)  # how many classes each corpus has
+    w = 1.0 / (len(classes_in) * classes_in[corpus] * counts[cell])  # each cell's share, spread over its windows
     return w / w.mean()
 
 
@@ -865,7 +862,11 @@ def main(argv: list[str] | None = None) -> int:
         "augmentation": "speed/pitch ±10 % by resampling, noise 10-30 dB SNR, "
         + ("a random microphone and room (band limits, synthetic reverberation), " if args.channel else "")
         + "SpecAugment time+feature masks"
-        + ("; each corpus weighted equally in the loss" if args.balance_corpora else ""),
+        + (
+            "; each corpus, and each class within a corpus, weighted equally in the loss"
+            if args.balance_corpora
+            else ""
+        ),
         "quantisation": "full int8 (in/out int8), 400 real training windows for calibration",
     }
     write_meta(

@@ -114,7 +114,8 @@ def authorization(
     passwords are for a throwaway cluster; a real one stores bcrypt hashes (`nats server passwd`).
 
     With `consumer` (the collector's jetstream.consumer), the collector may also create, read from and acknowledge
-    that one durable consumer on `stream` (the collector's jetstream.stream), and nothing else of JetStream's API (no stream or other consumer)."""
+    that one durable consumer on `stream` (the collector's jetstream.stream), and nothing else of JetStream's API
+    (no stream or other consumer)."""
     base = prefix.replace("/", ".")
     users = []
     for d, pw in devices.items():
