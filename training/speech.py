@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--numcep", type=int, default=None, help="override SpeechFeatures.numcep")
     ap.add_argument("--pitch", action="store_true", help="add the voice's pitch to the MFCCs (SpeechFeatures.pitch)")
     ap.add_argument(
+        "--mel",
+        action="store_true",
+        help="log mel bands in place of the MFCCs, heard by a 2-D conv net over time and frequency (SpeechFeatures.mel)",
+    )
+    ap.add_argument(
         "--pool",
         choices=("avg", "avgmax"),
         default="avg",
@@ -125,6 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 crop, no augmentation")
     args = ap.parse_args(argv)
+    if args.mel and (args.pitch or args.numcep or args.pool != "avg"):
+        ap.error("--mel hears log mel bands with its own 2-D net: --pitch, --numcep and --pool are for the MFCC net")
     if args.quick:
         args.epochs, args.crops = min(args.epochs, 2), 1
     return args
@@ -170,6 +177,8 @@ def feature_params(args: argparse.Namespace) -> SpeechFeatures:
         kw["numcep"] = args.numcep
     if args.pitch:
         kw["pitch"] = True
+    if args.mel:
+        kw["mel"], kw["deltas"] = True, False
     if args.norm_memory:
         kw["cmvn"] = False  # the raw featuriser: each training set's stream normaliser gets its own prior (with_prior)
     return SpeechFeatures(**kw)
@@ -234,6 +243,12 @@ def stream_normalise(feats: SpeechFeatures, x: np.ndarray, streams: list[np.ndar
 
 # Keys cv.json's feature record holds beside the metadata: training settings, not features.
 CV_ONLY_KEYS = ("norm_memory", "pool")
+
+
+def feature_text(feats: SpeechFeatures) -> str:
+    if feats.mel:
+        return f"{feats.nfilt} log mel bands, a 2-D conv net over time and frequency"
+    return f"{feats.numcep} MFCC{' + log f0 + voicing' if feats.pitch else ''}{' + deltas' if feats.deltas else ''}"
 
 
 def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, Any]:
@@ -342,7 +357,8 @@ def clip_probs(win_probs: np.ndarray, clip_idx: np.ndarray, clips: np.ndarray) -
 
 def clip_stats_features(corpus: Corpus, feats: SpeechFeatures) -> np.ndarray:
     """Classic baseline input: mean and std over the whole clip of MFCC+deltas (no per-window CMVN)."""
-    raw = replace(feats, cmvn=False, norm_memory=0, norm_prior=(), pitch=False)  # the classic baseline: MFCCs only
+    # The classic baseline: MFCCs and deltas only, whatever the network hears
+    raw = replace(feats, cmvn=False, norm_memory=0, norm_prior=(), pitch=False, mel=False, deltas=True)
     rows = []
     for u in corpus.items:
         a = read_wav(u.path)
@@ -356,12 +372,15 @@ def clip_stats_features(corpus: Corpus, feats: SpeechFeatures) -> np.ndarray:
 # ---------------------------------------------------------------- model
 
 
-def build_model(input_shape: tuple[int, int], n_classes: int, pool: str = "avg") -> Any:
-    """1-D conv net over time (features as channels): small, int8-friendly, ~0.2 M params."""
+def build_model(input_shape: tuple[int, int], n_classes: int, pool: str = "avg", mel: bool = False) -> Any:
+    """1-D conv net over time (features as channels): small, int8-friendly, ~0.2 M params. With `mel` (log mel bands
+    in, `SpeechFeatures.mel`) a 2-D conv net over time and frequency instead."""
     import keras
     from keras import layers
 
     inp = keras.Input(shape=input_shape, name="mfcc")
+    if mel:
+        return _conv2d_model(keras, layers, inp, n_classes)
     x = inp
     for ch, k in ((64, 5), (96, 5), (128, 3), (160, 3)):
         x = layers.Conv1D(ch, k, padding="same", use_bias=False)(x)
@@ -378,6 +397,27 @@ def build_model(input_shape: tuple[int, int], n_classes: int, pool: str = "avg")
     x = layers.Dropout(0.3)(x)
     out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name="speech_cnn1d")
+
+
+def _conv2d_model(keras: Any, layers: Any, inp: Any, n_classes: int) -> Any:
+    """Time x mel bands as an image: 3x3 convolutions and 2x2 pooling, so a pattern learnt on one voice is found a few
+    bands up or down on another (the point of `SpeechFeatures.mel`). The input stays (frames, bands), reshaped inside,
+    so the daemon feeds it as it feeds the 1-D net."""
+    x = layers.Reshape((*inp.shape[1:], 1))(inp)
+    for i, ch in enumerate((16, 32, 64, 96)):
+        # The first layer strides instead of pooling: at full resolution the map is large and the work is memory-bound
+        x = layers.Conv2D(ch, 3, strides=1 if i else 2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        if i:
+            x = layers.MaxPooling2D(2)(x)
+        x = layers.Dropout(0.15)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.4)(x)
+    x = layers.Dense(64, activation="relu")(x)
+    x = layers.Dropout(0.3)(x)
+    out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="speech_cnn2d_mel")
 
 
 def spec_augment(tf: Any, x: Any, seed: int) -> Any:
@@ -409,7 +449,7 @@ def fit(
     import keras
 
     n = len(SPEECH_LABELS)
-    model = build_model(xw.shape[1:], n, args.pool)
+    model = build_model(xw.shape[1:], n, args.pool, mel=args.mel)
     ds = (
         tf.data.Dataset.from_tensor_slices(
             (xw, keras.utils.to_categorical(yw, n).astype(np.float32), weights.astype(np.float32))
@@ -1006,7 +1046,7 @@ calibration error per window {m.get("ece_window_int8_before", float("nan")):.3f}
 
 Eight classes, output order = `edge_daemon.labels.SPEECH_LABELS`: {", ".join(SPEECH_LABELS)}
 (`calm` maps to neutral in the daemon). Input: one {feats.window_s} s window at {feats.sample_rate} Hz →
-`SpeechFeatures` ({feats.numcep} MFCC{" + log f0 + voicing" if feats.pitch else ""} + deltas, {norm_text(feats)}) = {feats.num_frames}×{feats.num_features},
+`SpeechFeatures` ({feature_text(feats)}, {norm_text(feats)}) = {feats.num_frames}×{feats.num_features},
 int8 in and out.
 
 ## Data and licence

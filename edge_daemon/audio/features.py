@@ -1,4 +1,5 @@
-"""Speech features: MFCCs (and optionally the voice's pitch) with deltas, normalised per window or per stream.
+"""Speech features: MFCCs (and optionally the voice's pitch) with deltas, or log mel band energies, normalised per
+window or per stream.
 Training imports this module, so there is no skew.
 
 All parameters travel in the speech model's metadata (`preprocess` section);
@@ -55,6 +56,10 @@ class SpeechFeatures:
     # speaker's usual pitch is much of how surprise, fear and sadness differ, and it is there in a low voice as much as
     # in a high one (20 MFCCs from 40 mel bands smear a low voice's harmonics). Models before it have no such field.
     pitch: bool = False
+    # Log mel band energies (nfilt of them) in place of the MFCCs, for a network that convolves over frequency as well
+    # as time: a lower voice is the same pattern moved down the mel axis, which such a net can follow and a net over
+    # cepstra (the DCT of these bands) cannot. An image of time x frequency, so without deltas or pitch columns.
+    mel: bool = False
     cmvn: bool = True  # per-window mean/variance normalisation: removes level and channel colour
     # Per-stream normalisation instead (`StreamNorm`): each window is normalised by the running mean and standard
     # deviation of the last `norm_memory` windows this stream classified, starting from the training frames' statistics
@@ -73,6 +78,7 @@ class SpeechFeatures:
             ("nfft", int),
             ("deltas", bool),
             ("pitch", bool),
+            ("mel", bool),
             ("cmvn", bool),
         ):
             value = getattr(self, name)
@@ -87,6 +93,8 @@ class SpeechFeatures:
             raise ValueError("window_s, winlen, winstep or preemph out of range")
         if not (1 <= self.numcep <= self.nfilt <= 128 and self.winlen * self.sample_rate <= self.nfft <= 8192):
             raise ValueError("numcep, nfilt or nfft out of range (numcep <= nfilt, nfft >= one frame)")
+        if self.mel and (self.deltas or self.pitch):
+            raise ValueError("mel (log mel bands, an image over time and frequency) takes neither deltas nor pitch")
         if self.pitch and self.frame_step % (self.sample_rate // PITCH_RATE):
             raise ValueError(f"pitch needs a frame step of whole {PITCH_RATE} Hz samples: winstep {self.winstep} s is "
                              f"{self.frame_step} samples at {self.sample_rate} Hz")  # fmt: skip
@@ -139,6 +147,8 @@ class SpeechFeatures:
             # Left out when off: a model without pitch has exactly the metadata it had before the field existed, so
             # older daemons (which refuse unknown fields) still load it and cached features keep their keys.
             del meta["pitch"]
+        if not self.mel:
+            del meta["mel"]  # the same
         return meta
 
     def stream(self) -> StreamNorm | None:
@@ -162,6 +172,8 @@ class SpeechFeatures:
 
     @property
     def num_features(self) -> int:
+        if self.mel:
+            return self.nfilt
         return (self.numcep + len(PITCH_COLUMNS) * self.pitch) * (3 if self.deltas else 1)
 
     @cached_property
@@ -177,21 +189,31 @@ class SpeechFeatures:
     def _dct(self) -> np.ndarray:
         return _dct_matrix(self.nfilt)
 
-    def mfcc(self, x: np.ndarray) -> np.ndarray:
-        """`python_speech_features.mfcc(x, …, appendEnergy=True, winfunc=np.hamming)` with our parameters, step by step
-        with the same operations, so that the mel filterbank is built once instead of on every call."""
+    def _power_spectrum(self, x: np.ndarray) -> np.ndarray:
+        """Pre-emphasis, framing, power spectrum: (frames, nfft // 2 + 1), as python_speech_features computes it."""
         frames = _framesig(
             np.append(x[0], x[1:] - self.preemph * x[:-1]),  # pre-emphasis
             self.winlen * self.sample_rate,
             self.winstep * self.sample_rate,
         )
-        pspec = 1.0 / self.nfft * np.square(np.absolute(np.fft.rfft(frames, self.nfft)))
-        eps = np.finfo(float).eps
-        energy = pspec.sum(axis=1)
-        energy = np.where(energy == 0, eps, energy)  # exactly as psf: zeros become eps (log of 0)
+        return 1.0 / self.nfft * np.square(np.absolute(np.fft.rfft(frames, self.nfft)))
+
+    def _log_mel(self, pspec: np.ndarray) -> np.ndarray:
         feat = pspec @ self._filterbank.T
-        feat = np.log(np.where(feat == 0, eps, feat))
-        feat = _lifter((feat @ self._dct)[:, : self.numcep], 22)
+        return np.log(np.where(feat == 0, np.finfo(float).eps, feat))  # as psf: zeros become eps (log of 0)
+
+    def log_mel(self, x: np.ndarray) -> np.ndarray:
+        """(frames, nfilt) log mel band energies: the log of `python_speech_features.fbank(x, …, winfunc=np.hamming)`'s
+        first output with our parameters (its `logfbank` takes no window; the MFCCs' Hamming window is kept)."""
+        return self._log_mel(self._power_spectrum(x))
+
+    def mfcc(self, x: np.ndarray) -> np.ndarray:
+        """`python_speech_features.mfcc(x, …, appendEnergy=True, winfunc=np.hamming)` with our parameters, step by step
+        with the same operations, so that the mel filterbank is built once instead of on every call."""
+        pspec = self._power_spectrum(x)
+        energy = pspec.sum(axis=1)
+        energy = np.where(energy == 0, np.finfo(float).eps, energy)  # exactly as psf: zeros become eps (log of 0)
+        feat = _lifter((self._log_mel(pspec) @ self._dct)[:, : self.numcep], 22)
         feat[:, 0] = np.log(energy)
         return feat
 
@@ -257,7 +279,7 @@ class SpeechFeatures:
         if audio.shape != (self.window_samples,):
             raise ValueError(f"expected {self.window_samples} mono samples, got shape {audio.shape}")
         x = audio.astype(np.float64) + self._dither
-        feat = self.mfcc(x)
+        feat = self.log_mel(x) if self.mel else self.mfcc(x)
         if self.pitch:
             feat = np.concatenate([feat, self.pitch_track(x, len(feat))], axis=1)
         if self.deltas:
