@@ -35,6 +35,21 @@ def test_mfcc_equals_python_speech_features() -> None:
         assert np.allclose(f.mfcc(x), ref, rtol=1e-12, atol=1e-9)
 
 
+def test_log_mel_bands_are_python_speech_features_own_and_travel_in_the_metadata() -> None:
+    """`mel`: the log of psf's filterbank energies (the MFCCs' Hamming window), one column per band, no deltas."""
+    f = SpeechFeatures(mel=True, deltas=False, cmvn=False)
+    x = np.random.default_rng(0).standard_normal(f.window_samples) * 0.1
+    x[: f.window_samples // 4] = 0.0
+    ref = np.log(psf.fbank(x, f.sample_rate, f.winlen, f.winstep, f.nfilt, f.nfft, 0, None, f.preemph, np.hamming)[0])
+    np.testing.assert_allclose(f.log_mel(x), ref, rtol=1e-12, atol=1e-9)
+    assert f.compute(x).shape == (f.num_frames, f.nfilt) == (f.num_frames, f.num_features)
+    assert SpeechFeatures.from_meta(json.loads(json.dumps(f.to_meta()))) == f
+    assert "mel" not in SpeechFeatures().to_meta()  # off, left out: older daemons still load MFCC models
+    for wrong in ({"deltas": True}, {"deltas": False, "pitch": True}):
+        with pytest.raises(ValueError, match="mel"):
+            SpeechFeatures(mel=True, **wrong)
+
+
 def test_features_have_the_advertised_shape_and_are_level_invariant() -> None:
     f = SpeechFeatures()
     x = np.random.default_rng(0).standard_normal(f.window_samples).astype(np.float32) * 0.05

@@ -157,6 +157,26 @@ def test_speech_quick_run_cv_and_export(tmp_path: Path) -> None:
     assert other.returncode == 0 and "taken from" not in other.stdout
 
 
+def test_speech_quick_run_with_mel_bands_exports_a_2d_net_the_daemon_runs(tmp_path: Path) -> None:
+    _ravdess_tree(tmp_path / "rav")
+    out = tmp_path / "models" / "speech_emotion.tflite"
+    data = f"ravdess={tmp_path / 'rav'}"
+    common = ["--data", data, "--quick", "--mel", "--folds", "2", "--threads", "2", "--run-dir", str(tmp_path / "run")]
+    r = _run("training.speech", *common, "--skip-cv", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta, _ = load_model(out.with_suffix(".json"), expect_kind="speech_emotion")
+    served = SpeechFeatures.from_meta(meta.preprocess)
+    assert served.mel and not served.deltas and served.num_features == served.nfilt == 40
+    assert served.norm_memory == 30 and len(served.norm_prior) == 2 * 40  # normalised per stream, like the MFCCs
+    assert meta.raw["input"]["shape"] == [1, served.num_frames, 40]  # (frames, bands): reshaped inside the model
+    wav = sorted((tmp_path / "rav").rglob("*.wav"))[0]
+    probs = SpeechEmotionModel(out.with_suffix(".json")).classify_clip(read_wav(wav), default_gate())
+    assert probs.shape == (len(SPEECH_LABELS),) and abs(float(probs.sum()) - 1) < 0.05
+    assert "40 log mel bands, a 2-D conv net" in out.with_suffix(".md").read_text()
+    bad = _run("training.speech", *common, "--pitch", "--skip-cv", "--out", str(out))
+    assert bad.returncode == 2 and "--mel" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_training_and_daemon_compute_identical_speech_inputs(tmp_path: Path) -> None:
     _ravdess_tree(tmp_path / "rav")
     feats = SpeechFeatures()
