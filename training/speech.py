@@ -374,14 +374,20 @@ def clip_stats_features(corpus: Corpus, feats: SpeechFeatures) -> np.ndarray:
 
 def build_model(input_shape: tuple[int, int], n_classes: int, pool: str = "avg", mel: bool = False) -> Any:
     """1-D conv net over time (features as channels): small, int8-friendly, ~0.2 M params. With `mel` (log mel bands
-    in, `SpeechFeatures.mel`) a 2-D conv net over time and frequency instead."""
+    in, `SpeechFeatures.mel`) a 2-D conv net over time and frequency instead; the same head on both."""
     import keras
     from keras import layers
 
     inp = keras.Input(shape=input_shape, name="mfcc")
-    if mel:
-        return _conv2d_model(keras, layers, inp, n_classes)
-    x = inp
+    x = _conv2d_body(layers, inp) if mel else _conv1d_body(layers, inp, pool)
+    x = layers.Dropout(0.4)(x)
+    x = layers.Dense(64, activation="relu")(x)
+    x = layers.Dropout(0.3)(x)
+    out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="speech_cnn2d_mel" if mel else "speech_cnn1d")
+
+
+def _conv1d_body(layers: Any, x: Any, pool: str) -> Any:
     for ch, k in ((64, 5), (96, 5), (128, 3), (160, 3)):
         x = layers.Conv1D(ch, k, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
@@ -389,20 +395,14 @@ def build_model(input_shape: tuple[int, int], n_classes: int, pool: str = "avg",
         x = layers.MaxPooling1D(2)(x)
         x = layers.Dropout(0.15)(x)
     if pool == "avgmax":  # also the strongest moment of each learned pattern (a pitch peak, a burst)
-        x = layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
-    else:
-        x = layers.GlobalAveragePooling1D()(x)
-    x = layers.Dropout(0.4)(x)
-    x = layers.Dense(64, activation="relu")(x)
-    x = layers.Dropout(0.3)(x)
-    out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="speech_cnn1d")
+        return layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
+    return layers.GlobalAveragePooling1D()(x)
 
 
-def _conv2d_model(keras: Any, layers: Any, inp: Any, n_classes: int) -> Any:
-    """Time x mel bands as an image: 3x3 convolutions and 2x2 pooling, so a pattern learnt on one voice is found a few
-    bands up or down on another (the point of `SpeechFeatures.mel`). The input stays (frames, bands), reshaped inside,
-    so the daemon feeds it as it feeds the 1-D net."""
+def _conv2d_body(layers: Any, inp: Any) -> Any:
+    """Time x mel bands as an image: 3x3 convolutions, each layer halving both axes, so a pattern learnt on one voice
+    is found a few bands up or down on another (the point of `SpeechFeatures.mel`). The input stays (frames, bands),
+    reshaped inside, so the daemon feeds it as it feeds the 1-D net."""
     x = layers.Reshape((*inp.shape[1:], 1))(inp)
     for i, ch in enumerate((16, 32, 64, 96)):
         # The first layer strides instead of pooling: at full resolution the map is large and the work is memory-bound
@@ -412,12 +412,7 @@ def _conv2d_model(keras: Any, layers: Any, inp: Any, n_classes: int) -> Any:
         if i:
             x = layers.MaxPooling2D(2)(x)
         x = layers.Dropout(0.15)(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.4)(x)
-    x = layers.Dense(64, activation="relu")(x)
-    x = layers.Dropout(0.3)(x)
-    out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="speech_cnn2d_mel")
+    return layers.GlobalAveragePooling2D()(x)
 
 
 def spec_augment(tf: Any, x: Any, seed: int) -> Any:
