@@ -172,9 +172,11 @@ def test_speech_quick_run_with_mel_bands_exports_a_2d_net_the_daemon_runs(tmp_pa
     wav = sorted((tmp_path / "rav").rglob("*.wav"))[0]
     probs = SpeechEmotionModel(out.with_suffix(".json")).classify_clip(read_wav(wav), default_gate())
     assert probs.shape == (len(SPEECH_LABELS),) and abs(float(probs.sum()) - 1) < 0.05
-    assert "40 log mel bands, a 2-D conv net" in out.with_suffix(".md").read_text()
-    bad = _run("training.speech", *common, "--pitch", "--skip-cv", "--out", str(out))
-    assert bad.returncode == 2 and "--mel" in bad.stderr and "Traceback" not in bad.stderr
+    card = out.with_suffix(".md").read_text()
+    assert "(40 log mel bands, normalised per stream" in card and "A 2-D conv net over time and frequency" in card
+    for wrong in (["--pitch"], ["--pool", "avgmax"], ["--numcep", "13"]):  # the MFCC net's options
+        bad = _run("training.speech", *common, *wrong, "--skip-cv", "--out", str(out))
+        assert bad.returncode == 2 and "--mel" in bad.stderr and "Traceback" not in bad.stderr, wrong
 
 
 def test_training_and_daemon_compute_identical_speech_inputs(tmp_path: Path) -> None:

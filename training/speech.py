@@ -130,7 +130,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 epochs, 1 crop, no augmentation")
     args = ap.parse_args(argv)
-    if args.mel and (args.pitch or args.numcep or args.pool != "avg"):
+    if args.numcep is not None and args.numcep < 1:
+        ap.error(f"--numcep {args.numcep}: at least 1 cepstrum")
+    if args.mel and (args.pitch or args.numcep is not None or args.pool != "avg"):
         ap.error("--mel hears log mel bands with its own 2-D net: --pitch, --numcep and --pool are for the MFCC net")
     if args.quick:
         args.epochs, args.crops = min(args.epochs, 2), 1
@@ -173,7 +175,7 @@ def feature_params(args: argparse.Namespace) -> SpeechFeatures:
     kw: dict[str, Any] = {}
     if args.window_s:
         kw["window_s"] = args.window_s
-    if args.numcep:
+    if args.numcep is not None:
         kw["numcep"] = args.numcep
     if args.pitch:
         kw["pitch"] = True
@@ -247,8 +249,12 @@ CV_ONLY_KEYS = ("norm_memory", "pool")
 
 def feature_text(feats: SpeechFeatures) -> str:
     if feats.mel:
-        return f"{feats.nfilt} log mel bands, a 2-D conv net over time and frequency"
+        return f"{feats.nfilt} log mel bands"
     return f"{feats.numcep} MFCC{' + log f0 + voicing' if feats.pitch else ''}{' + deltas' if feats.deltas else ''}"
+
+
+def net_text(feats: SpeechFeatures) -> str:
+    return "A 2-D conv net over time and frequency" if feats.mel else "A 1-D conv net over time"
 
 
 def cv_features(feats: SpeechFeatures, args: argparse.Namespace) -> dict[str, Any]:
@@ -378,7 +384,7 @@ def build_model(input_shape: tuple[int, int], n_classes: int, pool: str = "avg",
     import keras
     from keras import layers
 
-    inp = keras.Input(shape=input_shape, name="mfcc")
+    inp = keras.Input(shape=input_shape, name="mfcc")  # the name every exported model has, mel bands or not
     x = _conv2d_body(layers, inp) if mel else _conv1d_body(layers, inp, pool)
     x = layers.Dropout(0.4)(x)
     x = layers.Dense(64, activation="relu")(x)
@@ -1050,8 +1056,8 @@ int8 in and out.
 - Split: {t["split_protocol"]}.
 
 ## How it was made
-`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}). {m["params"]:,} parameters, {t["epochs"]} epochs.
-Windows: {t["windows"]}. Augmentation: {t["augmentation"]}. {t["quantisation"]}.
+`{t["command"]}` (git {t["git"]}, {t["date"]}, seed {t["seed"]}). {net_text(feats)}, {m["params"]:,} parameters,
+{t["epochs"]} epochs. Windows: {t["windows"]}. Augmentation: {t["augmentation"]}. {t["quantisation"]}.
 
 ## Speaker-independent results ({", ".join(sorted(corpora))})
 {res}

@@ -40,14 +40,14 @@ PITCH_TRACKER = 2
 
 @dataclass(frozen=True)
 class SpeechFeatures:
-    """MFCC front end. Defaults are the shipped speech model's except for the normalisation (a prior only training can
+    """MFCC (or log mel band) front end. Defaults are the shipped speech model's except for the normalisation (a prior only training can
     give); the metadata is the source of truth at run time."""
 
     sample_rate: int = SAMPLE_RATE
     window_s: float = 2.0  # seconds of audio per model input
     winlen: float = 0.025  # analysis frame, s
     winstep: float = 0.010  # frame step, s
-    numcep: int = 20
+    numcep: int = 20  # unused with `mel`
     nfilt: int = 40
     nfft: int = 512  # >= winlen * sample_rate, else python_speech_features truncates frames
     preemph: float = 0.97
@@ -94,7 +94,8 @@ class SpeechFeatures:
         if not (1 <= self.numcep <= self.nfilt <= 128 and self.winlen * self.sample_rate <= self.nfft <= 8192):
             raise ValueError("numcep, nfilt or nfft out of range (numcep <= nfilt, nfft >= one frame)")
         if self.mel and (self.deltas or self.pitch):
-            raise ValueError("mel (log mel bands, an image over time and frequency) takes neither deltas nor pitch")
+            raise ValueError("mel (log mel bands, an image over time and frequency) takes neither deltas nor pitch: "
+                             "set deltas and pitch to false")  # fmt: skip
         if self.pitch and self.frame_step % (self.sample_rate // PITCH_RATE):
             raise ValueError(f"pitch needs a frame step of whole {PITCH_RATE} Hz samples: winstep {self.winstep} s is "
                              f"{self.frame_step} samples at {self.sample_rate} Hz")  # fmt: skip
