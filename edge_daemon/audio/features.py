@@ -40,8 +40,8 @@ PITCH_TRACKER = 2
 
 @dataclass(frozen=True)
 class SpeechFeatures:
-    """MFCC (or log mel band) front end. Defaults are the shipped speech model's except for the normalisation (a prior only training can
-    give); the metadata is the source of truth at run time."""
+    """MFCC (or log mel band) front end. Defaults are the shipped speech model's except for the normalisation (a prior
+    only training can give); the metadata is the source of truth at run time."""
 
     sample_rate: int = SAMPLE_RATE
     window_s: float = 2.0  # seconds of audio per model input
