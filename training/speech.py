@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--mel",
         action="store_true",
-        help="log mel bands in place of the MFCCs, input to a 2-D conv net over time and frequency (SpeechFeatures.mel)",
+        help="log mel bands instead of MFCCs, input to a 2-D conv net over time and frequency (SpeechFeatures.mel)",
     )
     ap.add_argument(
         "--pool",
