@@ -487,11 +487,10 @@ def fit(
     return model, hist
 
 
-def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
-    """Inverse frequency (RAVDESS has half as many neutral clips as the others)."""
+def class_weights(y: np.ndarray, n: int) -> np.ndarray:
+    """Inverse frequency per class index (RAVDESS has half as many neutral clips as the others)."""
     c = np.bincount(y, minlength=n).astype(float)
-    w = np.where(c > 0, c.sum() / (n * np.maximum(c, 1)), 0.0)
-    return {i: float(w[i]) for i in range(n)}
+    return np.where(c > 0, c.sum() / (n * np.maximum(c, 1)), 0.0)
 
 
 def window_weights(y: np.ndarray, corpora: np.ndarray, n: int, balance_corpora: bool) -> np.ndarray:
@@ -501,7 +500,7 @@ def window_weights(y: np.ndarray, corpora: np.ndarray, n: int, balance_corpora: 
     what that corpus's other classes weigh). Stage 2b (training/README.md) ran with an earlier version that multiplied
     corpus weights onto the plain class weights, which balanced neither."""
     if not balance_corpora:
-        w = np.asarray(list(class_weights(y, n).values()))[y]
+        w = class_weights(y, n)[y]
         return w / w.mean()
     corpus = np.unique(corpora, return_inverse=True)[1]
     cell = corpus * n + y  # one count per (corpus, class)
